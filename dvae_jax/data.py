@@ -1,0 +1,427 @@
+"""Datasets of the DVAE papers: binarized MNIST, OMNIGLOT (28×28) and Caltech-101 Silhouettes.
+
+Splits and binarization follow MATH.md §6:
+
+* ``binarized_mnist``: Larochelle & Murray's fixed binarization, 50k / 10k / 10k.
+* ``omniglot``: 28×28 grey images; the last 1,345 training images are the validation set. Training
+  images stay grey (probabilities in [0, 1]) and are binarized dynamically each batch (see
+  :func:`binarize`); validation and test images are binarized once with a fixed seed.
+* ``caltech101_silhouettes``: Marlin et al.'s split 1, stored column-major with the object 0 on a
+  background of 1; returned upright with the object as 1 (``1 - x``, as most papers do).
+
+All images are returned as rows of 784 pixels in row-major 28×28 order.
+
+Where the files are looked for (the first match wins), see :func:`data_search_path`:
+
+1. the ``data_dir`` argument (``--data_dir`` of ``experiments/run.py``), if given: only there;
+2. else ``$DVAE_JAX_DATA_DIR``, if set: only there;
+3. else ``../shared/data`` relative to the working directory, ``../shared/data`` beside the
+   repository that holds this package, and the cache ``$XDG_CACHE_HOME/dvae_jax`` (default
+   ``~/.cache/dvae_jax``).
+
+Binarized MNIST missing everywhere is downloaded from the original URL into the first explicit
+location (1 or 2) or else the cache, unless downloads are forbidden (``allow_download=False`` or
+``DVAE_JAX_OFFLINE=1``). Every file is written atomically (temporary file + ``os.replace``) and the
+pixels are checked against the known MD5 sums before anything is kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+DATASETS = ("binarized_mnist", "omniglot", "caltech101_silhouettes")
+IMAGE_SIDE = 28
+NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
+
+DATA_DIR_ENV = "DVAE_JAX_DATA_DIR"
+OFFLINE_ENV = "DVAE_JAX_OFFLINE"
+
+MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+MNIST_SPLITS = {"train": 50_000, "valid": 10_000, "test": 10_000}
+# MD5 of each split's uint8 pixel bytes ({0, 1}, row-major), as listed in shared/data/README.md.
+MNIST_MD5 = {
+  "train": "8d4f0427d6c2572b5e9994e08bad66de",
+  "valid": "3e33becd40c694040e5e6c812e2f4b50",
+  "test": "fc34623e13bd64fed2f8b61365198339",
+}
+OMNIGLOT_NUM_VALID = 1_345  # MATH.md §6: the last 1,345 training images.
+
+# The files each dataset can be read from, in order of preference within one folder.
+DATA_FILES = {
+  "binarized_mnist": (
+    "binarized_mnist.npz",
+    "binarized_mnist_{train,valid,test}.amat",
+  ),
+  "omniglot": ("chardata.mat", "omniglot_28x28_rebuilt.npz"),
+  "caltech101_silhouettes": (
+    "caltech101_silhouettes_28.npz",
+    "caltech101_silhouettes_28_split1.mat",
+  ),
+}
+
+_HOW_TO_PROVIDE = {
+  "binarized_mnist": (
+    "binarized_mnist.npz (arrays train/valid/test, uint8 {0,1}) or the three original "
+    f"binarized_mnist_{{train,valid,test}}.amat files from {MNIST_URL}; online, the loader "
+    f"downloads them itself unless {OFFLINE_ENV}=1 or allow_download=False"
+  ),
+  "omniglot": (
+    "Burda et al.'s chardata.mat (IWAE 28x28 OMNIGLOT, keys data/testdata) or "
+    "omniglot_28x28_rebuilt.npz (arrays train/test, uint8 0..255)"
+  ),
+  "caltech101_silhouettes": (
+    "caltech101_silhouettes_28.npz (arrays train/valid/test) or Marlin's "
+    "caltech101_silhouettes_28_split1.mat (keys train_data/val_data/test_data)"
+  ),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+  """No location holds the files of a dataset (and downloading was impossible or forbidden)."""
+
+
+class Dataset(NamedTuple):
+  """A dataset's three splits as NumPy arrays of 784-pixel rows (row-major 28×28).
+
+  Attributes:
+    name: one of :data:`DATASETS`.
+    train: [n_train, 784]; uint8 in {0, 1}, or float32 probabilities in [0, 1] when
+      ``dynamic_binarization`` (binarize each batch with :func:`binarize`).
+    valid: [n_valid, 784] uint8 in {0, 1}.
+    test: [n_test, 784] uint8 in {0, 1}.
+    dynamic_binarization: whether ``train`` holds grey values to be binarized per batch.
+    source: the file(s) the data came from.
+  """
+
+  name: str
+  train: np.ndarray
+  valid: np.ndarray
+  test: np.ndarray
+  dynamic_binarization: bool
+  source: str
+
+  @property
+  def train_mean(self) -> np.ndarray:
+    """[784] float32 training-set pixel means (the ``mean_x`` of MATH.md §5)."""
+    return self.train.astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def cache_dir() -> pathlib.Path:
+  """``$XDG_CACHE_HOME/dvae_jax``, default ``~/.cache/dvae_jax``."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return pathlib.Path(base) / "dvae_jax"
+
+
+def data_search_path(data_dir: str | os.PathLike | None = None) -> list[tuple[pathlib.Path, str]]:
+  """The folders searched for data, in order, each with the reason it is on the list.
+
+  An explicit ``data_dir`` (or else ``$DVAE_JAX_DATA_DIR``) is the only folder searched, so that a
+  user who names a folder never silently gets data from somewhere else.
+  """
+  if data_dir:
+    return [(pathlib.Path(data_dir).expanduser(), "data_dir argument / --data_dir flag")]
+  env = os.environ.get(DATA_DIR_ENV)
+  if env:
+    return [(pathlib.Path(env).expanduser(), f"${DATA_DIR_ENV}")]
+  repo = pathlib.Path(__file__).resolve().parent.parent
+  candidates = [
+    (pathlib.Path.cwd().parent / "shared" / "data", "../shared/data relative to the working dir"),
+    (repo.parent / "shared" / "data", "../shared/data relative to the repository"),
+    (cache_dir(), "cache"),
+  ]
+  seen, unique = set(), []
+  for path, why in candidates:
+    key = os.path.abspath(path)
+    if key not in seen:
+      seen.add(key)
+      unique.append((path, why))
+  return unique
+
+
+def downloads_allowed(allow_download: bool | None = None) -> bool:
+  """``allow_download`` if given, else False exactly when ``$DVAE_JAX_OFFLINE`` is set non-empty
+  and not ``0``."""
+  if allow_download is not None:
+    return allow_download
+  return os.environ.get(OFFLINE_ENV, "") in ("", "0")
+
+
+def load_dataset(
+  name: str = "binarized_mnist",
+  data_dir: str | os.PathLike | None = None,
+  *,
+  allow_download: bool | None = None,
+  binarization_seed: int = 0,
+) -> Dataset:
+  """Loads a dataset's train / validation / test splits (MATH.md §6).
+
+  Args:
+    name: one of :data:`DATASETS`.
+    data_dir: the folder holding the files; default: the search path of :func:`data_search_path`.
+    allow_download: whether binarized MNIST may be downloaded when missing; None: yes unless
+      ``$DVAE_JAX_OFFLINE`` is set.
+    binarization_seed: seed of the one-off binarization of OMNIGLOT's validation and test images.
+
+  Returns:
+    A :class:`Dataset`.
+
+  Raises:
+    ValueError: unknown ``name``.
+    DataNotFoundError: the files are nowhere on the search path and cannot be downloaded; the
+      message lists the folders searched and how to provide the files.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+  searched = data_search_path(data_dir)
+  for folder, _ in searched:
+    found = _find_files(name, folder)
+    if found is not None:
+      return _LOADERS[name](found, binarization_seed)
+  if name == "binarized_mnist" and downloads_allowed(allow_download):
+    target = searched[0][0] if (data_dir or os.environ.get(DATA_DIR_ENV)) else cache_dir()
+    try:
+      path = download_binarized_mnist(target)
+    except OSError as err:  # URLError is an OSError
+      raise DataNotFoundError(_not_found_message(name, searched, f"download failed: {err}")) from err
+    return _load_mnist([path], binarization_seed)
+  reason = (
+    f"downloads are forbidden (allow_download=False or ${OFFLINE_ENV})"
+    if name == "binarized_mnist"
+    else "this dataset cannot be downloaded automatically"
+  )
+  raise DataNotFoundError(_not_found_message(name, searched, reason))
+
+
+def _not_found_message(name: str, searched: Sequence[tuple[pathlib.Path, str]], reason: str) -> str:
+  where = "\n".join(f"  - {path} ({why})" for path, why in searched)
+  return (
+    f"dataset {name!r} not found; looked for {' or '.join(DATA_FILES[name])} in:\n{where}\n"
+    f"({reason}). Provide {_HOW_TO_PROVIDE[name]} in a folder and point to it with "
+    f"--data_dir=FOLDER or ${DATA_DIR_ENV}=FOLDER (or put it in {cache_dir()})."
+  )
+
+
+def _find_files(name: str, folder: pathlib.Path) -> list[pathlib.Path] | None:
+  """The files of ``name`` present in ``folder`` (first acceptable form), or None."""
+  for pattern in DATA_FILES[name]:
+    if "{" in pattern:
+      stem, rest = pattern.split("{", 1)
+      alternatives, suffix = rest.split("}", 1)
+      paths = [folder / f"{stem}{alt}{suffix}" for alt in alternatives.split(",")]
+    else:
+      paths = [folder / pattern]
+    if all(p.is_file() for p in paths):
+      return paths
+  return None
+
+
+def _columns_to_rows(x: np.ndarray) -> np.ndarray:
+  """[n, 784] column-major 28×28 images -> [n, 784] row-major."""
+  x = x.reshape(-1, IMAGE_SIDE, IMAGE_SIDE).transpose(0, 2, 1)
+  return np.ascontiguousarray(x.reshape(-1, NUM_PIXELS))
+
+
+def _binarize_once(probs: np.ndarray, seed: int, stream: int) -> np.ndarray:
+  """Fixed Bernoulli draw of grey images (OMNIGLOT validation / test, MATH.md §6)."""
+  rng = np.random.default_rng([seed, stream])
+  return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.uint8)
+
+
+def _check_binary(name: str, split: str, x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2 or x.shape[1] != NUM_PIXELS:
+    raise ValueError(f"{name} {split}: expected [n, {NUM_PIXELS}] images, got shape {x.shape}")
+  if not np.isin(x, (0, 1)).all():
+    raise ValueError(f"{name} {split}: expected binary pixels in {{0, 1}}")
+  return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def _load_mnist(paths: list[pathlib.Path], seed: int) -> Dataset:
+  del seed  # fixed binarization
+  if len(paths) == 1:
+    with np.load(paths[0]) as f:
+      splits = {s: f[s] for s in MNIST_SPLITS}
+  else:
+    splits = {s: parse_amat(p.read_bytes()) for s, p in zip(MNIST_SPLITS, paths, strict=True)}
+  splits = {s: _check_binary("binarized_mnist", s, x) for s, x in splits.items()}
+  return Dataset(
+    "binarized_mnist", **splits, dynamic_binarization=False, source=", ".join(map(str, paths))
+  )
+
+
+def _load_omniglot(paths: list[pathlib.Path], seed: int) -> Dataset:
+  (path,) = paths
+  if path.suffix == ".mat":
+    import scipy.io  # only needed for a user-supplied chardata.mat
+
+    mat = scipy.io.loadmat(path)
+    # chardata.mat stores one image per column, each column-major: x.T gives column-major rows.
+    train = _columns_to_rows(np.asarray(mat["data"], np.float32).T)
+    test = _columns_to_rows(np.asarray(mat["testdata"], np.float32).T)
+  else:
+    with np.load(path) as f:
+      train = f["train"].astype(np.float32) / 255.0
+      test = f["test"].astype(np.float32) / 255.0
+  if train.min() < 0 or train.max() > 1 or test.min() < 0 or test.max() > 1:
+    raise ValueError(f"omniglot images in {path} are not grey values in [0, 1]")
+  valid = train[-OMNIGLOT_NUM_VALID:]
+  train = np.ascontiguousarray(train[:-OMNIGLOT_NUM_VALID])
+  return Dataset(
+    "omniglot",
+    train=train,
+    valid=_binarize_once(valid, seed, 0),
+    test=_binarize_once(test, seed, 1),
+    dynamic_binarization=True,
+    source=str(path),
+  )
+
+
+def _load_caltech(paths: list[pathlib.Path], seed: int) -> Dataset:
+  del seed
+  (path,) = paths
+  if path.suffix == ".mat":
+    import scipy.io
+
+    mat = scipy.io.loadmat(path)
+    raw = {"train": mat["train_data"], "valid": mat["val_data"], "test": mat["test_data"]}
+  else:
+    with np.load(path) as f:
+      raw = {s: f[s] for s in ("train", "valid", "test")}
+  # Stored column-major with the object 0 on a background of 1; flip so the object is 1.
+  splits = {
+    s: 1 - _check_binary("caltech101_silhouettes", s, _columns_to_rows(np.asarray(x)))
+    for s, x in raw.items()
+  }
+  return Dataset("caltech101_silhouettes", **splits, dynamic_binarization=False, source=str(path))
+
+
+_LOADERS: dict[str, Callable[[list[pathlib.Path], int], Dataset]] = {
+  "binarized_mnist": _load_mnist,
+  "omniglot": _load_omniglot,
+  "caltech101_silhouettes": _load_caltech,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Download (binarized MNIST only).
+
+
+def parse_amat(text: bytes) -> np.ndarray:
+  """Parses a Larochelle ``.amat`` file ("0 1 0 ..." one image per line) -> [n, 784] uint8."""
+  lines = [ln for ln in text.split(b"\n") if ln.strip()]
+  raw = np.frombuffer(b" ".join(lines), dtype=np.uint8)
+  digits = raw[(raw == ord("0")) | (raw == ord("1"))] - ord("0")
+  others = raw[(raw != ord("0")) & (raw != ord("1")) & (raw != ord(" ")) & (raw != ord("\r"))]
+  if others.size or digits.size != len(lines) * NUM_PIXELS:
+    raise ValueError(
+      f"not a binarized MNIST .amat file: expected {len(lines)} rows of {NUM_PIXELS} 0/1 values"
+    )
+  return digits.reshape(len(lines), NUM_PIXELS)
+
+
+def _atomic_write(path: pathlib.Path, write: Callable[[object], None]) -> None:
+  """Writes through ``write(file)`` to a temporary file beside ``path``, then renames it."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def download_binarized_mnist(
+  dest_dir: str | os.PathLike,
+  *,
+  base_url: str = MNIST_URL,
+  urlopen: Callable | None = None,
+  timeout_s: float = 60.0,
+) -> pathlib.Path:
+  """Downloads the three ``.amat`` files into ``dest_dir`` and writes ``binarized_mnist.npz``.
+
+  Each split is checked against :data:`MNIST_MD5` before anything is written; files are written
+  atomically, so an interrupted download leaves no partial file behind. ``urlopen`` (default
+  ``urllib.request.urlopen``, looked up at call time) can be replaced, e.g. by tests.
+
+  Returns:
+    The path of the written ``binarized_mnist.npz``.
+
+  Raises:
+    OSError: the download failed. ValueError: a file is malformed or its checksum is wrong.
+  """
+  urlopen = urlopen or urllib.request.urlopen
+  dest = pathlib.Path(dest_dir).expanduser()
+  splits, texts = {}, {}
+  for split, count in MNIST_SPLITS.items():
+    url = f"{base_url}binarized_mnist_{split}.amat"
+    with urlopen(url, timeout=timeout_s) as response:
+      texts[split] = response.read()
+    x = parse_amat(texts[split])
+    digest = hashlib.md5(x.tobytes()).hexdigest()
+    if x.shape[0] != count or digest != MNIST_MD5[split]:
+      raise ValueError(
+        f"{url}: got {x.shape[0]} images with md5 {digest}; expected {count} with md5 "
+        f"{MNIST_MD5[split]}"
+      )
+    splits[split] = x
+  for split, text in texts.items():
+    _atomic_write(dest / f"binarized_mnist_{split}.amat", lambda f, t=text: f.write(t))
+  path = dest / "binarized_mnist.npz"
+  _atomic_write(path, lambda f: np.savez(f, **splits))
+  return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching: the data order is a pure function of (seed, step), so an interrupted run resumes it.
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batch_indices(seed: int, step: int, batch_size: int, num_examples: int) -> np.ndarray:
+  """Indices [batch_size] of the training examples of global batch ``step``.
+
+  The training set is visited epoch by epoch, each in the order of a permutation seeded by
+  ``(seed, epoch)``; batch ``step`` holds the consecutive positions ``step * batch_size + i`` of
+  that endless sequence (a batch may straddle two epochs).
+  """
+  if batch_size < 1 or num_examples < 1 or step < 0:
+    raise ValueError(f"need batch_size, num_examples >= 1 and step >= 0, got {batch_size}, "
+                     f"{num_examples}, {step}")
+  positions = step * batch_size + np.arange(batch_size, dtype=np.int64)
+  epochs, offsets = np.divmod(positions, num_examples)
+  out = np.empty(batch_size, dtype=np.int64)
+  for epoch in np.unique(epochs):
+    sel = epochs == epoch
+    out[sel] = _epoch_permutation(seed, int(epoch), num_examples)[offsets[sel]]
+  return out
+
+
+def train_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> np.ndarray:
+  """[batch_size, 784] float32 training batch ``step`` (grey values if dynamically binarized)."""
+  idx = batch_indices(seed, step, batch_size, dataset.train.shape[0])
+  return dataset.train[idx].astype(np.float32)
+
+
+def binarize(key: jax.Array, probs: jax.Array) -> jax.Array:
+  """Dynamic binarization x ~ Bernoulli(probs) (MATH.md §6); same shape and dtype as ``probs``.
+
+  Use one key for the whole global batch: with JAX's partitionable threefry (the default) the
+  draw does not depend on how the batch is sharded across devices.
+  """
+  return jax.random.bernoulli(key, probs).astype(probs.dtype)

@@ -1,0 +1,502 @@
+"""Training objectives of DVAE, DVAE++ and DVAE# (MATH.md §4), one entry per method.
+
+| name              | family         | posterior relaxation         | prior term                          |
+|-------------------|----------------|------------------------------|-------------------------------------|
+| dvae              | dvae           | spike-and-exp                | discrete KL (Rolfe 2017 surrogate   |
+|                   |                |                              | gradient for > 1 group)             |
+| dvae_pp_exp       | dvae_pp        | exponential mixture          | discrete KL = CE − H with ν         |
+| dvae_pp_power     | dvae_pp        | power-function mixture       | discrete KL = CE − H with ν         |
+| dvae_sharp_exp    | dvae_sharp     | exponential mixture          | relaxed marginal, mean-field log Z_ζ|
+| dvae_sharp_unexp  | dvae_sharp     | uniform+exponential mixture  | relaxed marginal, mean-field log Z_ζ|
+| dvae_sharp_gauss  | dvae_sharp     | Gaussian mixture             | relaxed marginal, mean-field log Z_ζ|
+| dvae_sharp        | dvae_sharp     | power-function mixture       | relaxed marginal, mean-field log Z_ζ|
+| dvae_sharp_gi     | dvae_sharp_gi  | shifted Gaussian mixture     | Gaussian-integral marginal          |
+
+``loss_fn`` is a pure function of the model (a merged NNX module), the prior pytree, the prior
+sampler's samples and a PRNG key; the runner differentiates it with respect to the model's
+``nnx.Param`` state and the prior. ``weight_decay`` is added by the runner (MATH.md §6).
+
+Shapes: x [batch, pixels]; K = num_samples posterior samples per example; the latent vector
+``zeta`` [K, batch, num_latent] is the concatenation of the groups.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.special import log_ndtr
+
+from dvae_jax import models
+from dvae_jax import priors as priors_lib
+from dvae_jax import rbm as rbm_lib
+from dvae_jax import smoothing as smoothing_lib
+
+Array = jax.Array
+
+FAMILY_DVAE = "dvae"
+FAMILY_DVAE_PP = "dvae_pp"
+FAMILY_DVAE_SHARP = "dvae_sharp"
+FAMILY_DVAE_SHARP_GI = "dvae_sharp_gi"
+
+# Weight decay coefficient of MATH.md §2 and §6: 1e-4 · ½‖w‖².
+WEIGHT_DECAY = 1e-4
+
+_METHOD_TABLE: dict[str, tuple[str, Any]] = {
+  "dvae": (FAMILY_DVAE, smoothing_lib.SpikeAndExp),
+  "dvae_pp_exp": (FAMILY_DVAE_PP, smoothing_lib.Exponential),
+  "dvae_pp_power": (FAMILY_DVAE_PP, smoothing_lib.PowerFunction),
+  "dvae_sharp_exp": (FAMILY_DVAE_SHARP, smoothing_lib.Exponential),
+  "dvae_sharp_unexp": (FAMILY_DVAE_SHARP, smoothing_lib.UniformExponential),
+  "dvae_sharp_gauss": (FAMILY_DVAE_SHARP, smoothing_lib.Gaussian),
+  "dvae_sharp": (FAMILY_DVAE_SHARP, smoothing_lib.PowerFunction),
+  "dvae_sharp_gi": (FAMILY_DVAE_SHARP_GI, None),
+}
+METHODS: tuple[str, ...] = tuple(_METHOD_TABLE)
+
+
+class Method(NamedTuple):
+  """A training objective (MATH.md §4).
+
+  Attributes:
+    name: one of ``METHODS``.
+    family: ``'dvae'``, ``'dvae_pp'``, ``'dvae_sharp'`` or ``'dvae_sharp_gi'``.
+    smoothing: the smoothing of ``dvae_jax.smoothing`` (``None`` for the Gaussian integral, whose
+      posterior is the shifted Gaussian mixture of this module).
+    beta: sharpness β (λ_min for the Gaussian integral).
+    mean_field_iterations: iterations of the mean-field log Z_ζ (DVAE# overlapping smoothings).
+  """
+
+  name: str
+  family: str
+  smoothing: Any
+  beta: float
+  mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS
+
+
+def get_method(name: str, beta: float, *,
+               mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS) -> Method:
+  """The method called ``name`` with sharpness ``beta`` (MATH.md §4, §6 for the values of β)."""
+  if name not in _METHOD_TABLE:
+    raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
+  if not beta > 0:
+    raise ValueError(f"beta must be > 0, got {beta}")
+  if mean_field_iterations < 1:
+    raise ValueError(f"mean_field_iterations must be >= 1, got {mean_field_iterations}")
+  family, smoothing_cls = _METHOD_TABLE[name]
+  smoothing = None if smoothing_cls is None else smoothing_cls(beta=float(beta))
+  return Method(name, family, smoothing, float(beta), mean_field_iterations)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The shifted Gaussian mixture posterior of the Gaussian integral (MATH.md §4, §1).
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def shifted_gaussian_mixture_log_prob(zeta: Array, logits: Array, shift: Array,
+                                      scale: Array) -> Array:
+  """log[(1 − q) N(ζ; Δμ, s²) + q N(ζ; 1 + Δμ, s²)] elementwise, q = σ(logits) (MATH.md §4)."""
+  u0 = (zeta - shift) / scale
+  u1 = u0 - 1.0 / scale
+  mix = jnp.logaddexp(jax.nn.log_sigmoid(-logits) - 0.5 * u0**2,
+                      jax.nn.log_sigmoid(logits) - 0.5 * u1**2)
+  return mix - jnp.log(scale) - _HALF_LOG_2PI
+
+
+def _log1mexp(d: Array) -> Array:
+  """log(1 − e^d) for d < 0, accurate on both sides of −log 2."""
+  d = jnp.minimum(d, -jnp.finfo(d.dtype).tiny)
+  return jnp.where(d > -math.log(2.0), jnp.log(-jnp.expm1(d)), jnp.log1p(-jnp.exp(d)))
+
+
+def _log_ndtr_diff(a: Array, b: Array) -> Array:
+  """log(Φ(a) − Φ(b)) for a > b; uses Φ(−b) − Φ(−a) in the upper tail to avoid cancellation."""
+  upper = (a + b) > 0
+  hi = jnp.where(upper, -b, a)
+  lo = jnp.where(upper, -a, b)
+  log_hi = log_ndtr(hi)
+  return log_hi + _log1mexp(log_ndtr(lo) - log_hi)
+
+
+def shifted_gaussian_mixture_dzeta_dq(zeta: Array, logits: Array, shift: Array,
+                                      scale: Array) -> Array:
+  """Implicit derivative dζ/dq = (R0(ζ) − R1(ζ)) / q(ζ) of the shifted mixture (MATH.md §1).
+
+  R0, R1 are the component CDFs Φ((ζ − Δμ)/s), Φ((ζ − 1 − Δμ)/s) and q(ζ) the mixture density;
+  computed in log space, so it stays finite wherever the density is positive.
+  """
+  u0 = (zeta - shift) / scale
+  log_diff = _log_ndtr_diff(u0, u0 - 1.0 / scale)
+  return jnp.exp(log_diff - shifted_gaussian_mixture_log_prob(zeta, logits, shift, scale))
+
+
+def sample_shifted_gaussian_mixture(key: Array, logits: Array, shift: Array, scale: Array) -> Array:
+  """ζ = z + Δμ + s·ε, z ~ Bernoulli(σ(logits)), ε ~ N(0, 1), with the implicit q-gradient.
+
+  Ancestral form of MATH.md §1: z carries no gradient; the surrogate
+  ζ + sg(dζ/dq)·q − sg(sg(dζ/dq)·q) attaches the implicit gradient with respect to q, while Δμ and s
+  get their pathwise gradients (dζ/dΔμ = 1, dζ/ds = ε), which are unbiased for the implicit ones.
+
+  Args:
+    key: PRNG key.
+    logits: [...] Bernoulli logits l.
+    shift: [...] Δμ (broadcastable).
+    scale: [...] s > 0 (broadcastable).
+
+  Returns:
+    [...] samples, the shape of ``logits``.
+  """
+  key_z, key_eps = jax.random.split(key)
+  q = jax.nn.sigmoid(logits)
+  z = (jax.random.uniform(key_z, logits.shape, logits.dtype) < lax.stop_gradient(q))
+  eps = jax.random.normal(key_eps, logits.shape, logits.dtype)
+  zeta = z.astype(logits.dtype) + shift + scale * eps
+  dzeta_dq = lax.stop_gradient(
+    shifted_gaussian_mixture_dzeta_dq(zeta, logits, shift, scale))
+  return zeta + dzeta_dq * q - lax.stop_gradient(dzeta_dq * q)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The hierarchical posterior (MATH.md §4).
+
+
+class PosteriorSample(NamedTuple):
+  """K relaxed samples of the hierarchical posterior q(ζ|x) = Π_i q(ζ_i | x, ζ_<i).
+
+  Attributes:
+    zeta: [K, batch, n] relaxed samples.
+    logits: [K, batch, n] Bernoulli logits of each group given the earlier groups' samples.
+    log_q: [K, batch] log q(ζ|x) (DVAE# families; ``None`` otherwise).
+    z: [K, batch, n] the binary states behind ζ (spike-and-exp only; ``None`` otherwise).
+  """
+
+  zeta: Array
+  logits: Array
+  log_q: Array | None
+  z: Array | None
+
+
+def _sample_group(key: Array, method: Method, out, scale: Array | None):
+  """One group's (ζ, logits, log q, z) from the encoder output ``out``."""
+  if method.family == FAMILY_DVAE_SHARP_GI:
+    logits, shift_logits = out
+    shift = models.gaussian_shift(shift_logits)
+    zeta = sample_shifted_gaussian_mixture(key, logits, shift, scale)
+    log_q = jnp.sum(shifted_gaussian_mixture_log_prob(zeta, logits, shift, scale), -1)
+    return zeta, logits, log_q, None
+  logits = out[0] if isinstance(out, tuple) else out
+  s = method.smoothing
+  if method.family == FAMILY_DVAE:
+    # Spike-and-exp: z = 1 exactly when ρ > 1 − q, the branch of the inverse CDF (MATH.md §1).
+    rho = jax.random.uniform(key, logits.shape, logits.dtype)
+    q = jax.nn.sigmoid(logits)
+    zeta = smoothing_lib.inverse_cdf(s, rho, q)
+    z = (rho > 1.0 - lax.stop_gradient(q)).astype(logits.dtype)
+    return zeta, logits, None, z
+  zeta = smoothing_lib.sample(s, key, logits)
+  if method.family == FAMILY_DVAE_PP:
+    return zeta, logits, None, None
+  log_q = jnp.sum(smoothing_lib.mixture_log_prob_logits(s, zeta, logits), -1)
+  return zeta, logits, log_q, None
+
+
+def sample_posterior(model: models.DVAENet, x: Array, key: Array, method: Method,
+                     num_samples: int = 1) -> PosteriorSample:
+  """K relaxed samples of the hierarchical posterior, group by group (MATH.md §4).
+
+  Group i's encoder reads [x − mean_x, ζ_<i]; its relaxed sample uses the method's smoothing
+  (numerical inverse CDF with implicit gradient, or the ancestral Gaussian-integral sampler).
+
+  Args:
+    model: the network (train or eval mode as set on the module).
+    x: [batch, pixels] data.
+    key: one PRNG key for the whole batch.
+    method: from ``get_method``.
+    num_samples: K.
+
+  Returns:
+    ``PosteriorSample`` with leading dimensions [K, batch].
+  """
+  spec = model.spec
+  if x.ndim != 2 or x.shape[1] != spec.num_pixels:
+    raise ValueError(f"x must have shape [batch, {spec.num_pixels}], got {x.shape}")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if method.family == FAMILY_DVAE_SHARP_GI and not model.gaussian_integral:
+    raise ValueError(f"method {method.name!r} needs a DVAENet built with gaussian_integral=True")
+  k, batch, units = num_samples, x.shape[0], spec.units_per_group
+  x_rep = jnp.broadcast_to(x, (k, batch, spec.num_pixels)).reshape(k * batch, spec.num_pixels)
+  scale_all = model.gaussian_scale() if method.family == FAMILY_DVAE_SHARP_GI else None
+  keys = jax.random.split(key, spec.num_groups)
+  zetas, logits_all, log_qs, zs = [], [], [], []
+  for g in range(spec.num_groups):
+    if g == 0:
+      # The first group sees x only: run the encoder once and repeat its output K times (identical
+      # batch statistics, K times less work).
+      out = model.encode_group(0, x, None)
+      out = jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (k, *a.shape)).reshape(k * batch, a.shape[-1]), out)
+    else:
+      out = model.encode_group(g, x_rep, jnp.concatenate(zetas, axis=-1))
+    scale = None if scale_all is None else scale_all[g * units:(g + 1) * units]
+    zeta, logits, log_q, z = _sample_group(keys[g], method, out, scale)
+    zetas.append(zeta)
+    logits_all.append(logits)
+    log_qs.append(log_q)
+    zs.append(z)
+
+  def stack(parts):
+    return jnp.concatenate(parts, axis=-1).reshape(k, batch, spec.num_latent)
+
+  log_q = None if log_qs[0] is None else sum(log_qs).reshape(k, batch)
+  z = None if zs[0] is None else stack(zs)
+  return PosteriorSample(stack(zetas), stack(logits_all), log_q, z)
+
+
+def reconstruction_log_prob(model: models.DVAENet, zeta: Array, x: Array) -> Array:
+  """log p(x|ζ) = Σ_pixels Bernoulli log-likelihood, ``zeta`` [K, batch, n], x [batch, pixels] → [K, batch]."""
+  k, batch, n = zeta.shape
+  logits = model.decode(zeta.reshape(k * batch, n)).reshape(k, batch, -1)
+  return jnp.sum(priors_lib.bernoulli_log_prob(x, logits), axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# DVAE / DVAE++ KL terms (MATH.md §4).
+
+
+def dvae_pp_cross_entropy(m: rbm_lib.RBM, logits: Array, nu1: Array, log_z: Array) -> Array:
+  """DVAE++ cross-entropy CE = −b1·μ1 − b2·μ2 − ν1ᵀ W μ2 + log Z (MATH.md §4).
+
+  Args:
+    m: the RBM.
+    logits: [..., n] posterior logits (μ = σ(logits)).
+    nu1: [..., n1] E[z1 | ζ1] (= μ1 with one group, mean field).
+    log_z: scalar log Z (the training surrogate for gradients).
+
+  Returns:
+    [...] cross-entropies.
+  """
+  mu1, mu2 = priors_lib.split_sides(m, jax.nn.sigmoid(logits))
+  return -(mu1 @ m.b1 + mu2 @ m.b2 + jnp.sum((nu1 @ m.w) * mu2, -1)) + log_z
+
+
+def dvae_cross_term(m: rbm_lib.RBM, z1: Array, logits1: Array, mu2: Array) -> Array:
+  """E_q[z1ᵀ W z2] of a hierarchical spike-and-exp posterior: Rolfe (2017) eqs. 11–12 (MATH.md §4).
+
+  Every unit of z1 belongs to a group no later than every unit of z2, so q_j (j in z2) depends on
+  ζ_i (i in z1) but not the other way round. With ρ_i uniform, z_i = 1[ρ_i > 1 − q_i] and ζ_i
+  continuous in ρ_i (ζ_i = 0 at the switch),
+    ∂/∂φ E[z_i z_j] = E[ (1 − z_i)/(1 − q_i) · q_j · ∂q_i/∂φ + z_i · ∂q_j/∂φ ],
+  the first term being the boundary term of the moving threshold (q_j at ζ_i = 0, i.e. on the z_i = 0
+  samples) and the second the pathwise term. The returned value is the unbiased single-sample
+  estimate Σ_ij z_i W_ij q_j; its gradient is that of the surrogate
+    Σ_i q_i · sg((1 − z_i)/(1 − q_i) Σ_j W_ij q_j) + Σ_ij sg(z_i) W_ij q_j
+  (W gets the gradient z_i q_j from the second term only).
+
+  Args:
+    m: the RBM.
+    z1: [..., n1] binary states of the first side (no gradient).
+    logits1: [..., n1] their posterior logits.
+    mu2: [..., n2] posterior means of the second side given the earlier relaxed samples.
+
+  Returns:
+    [...] estimates of E[z1ᵀ W z2].
+  """
+  z1 = lax.stop_gradient(z1)
+  q1 = jax.nn.sigmoid(logits1)
+  # (1 − z)/(1 − q) = (1 − z)(1 + e^l); the exponent is clamped where z = 1 (where it is unused)
+  # so that no inf·0 appears; a z = 0 draw with l > 80 has probability < e^-80.
+  inv_one_minus_q = 1.0 + jnp.exp(jnp.where(z1 > 0, 0.0, jnp.minimum(logits1, 80.0)))
+  boundary = lax.stop_gradient((1.0 - z1) * inv_one_minus_q * (mu2 @ m.w.T))
+  surrogate = jnp.sum(q1 * boundary, -1) + jnp.sum((z1 @ m.w) * mu2, -1)
+  value = jnp.sum((z1 @ m.w) * mu2, -1)
+  return lax.stop_gradient(value) + surrogate - lax.stop_gradient(surrogate)
+
+
+def discrete_kl(prior: priors_lib.Prior, log_z: Array | None, post: PosteriorSample, method: Method,
+                num_groups: int) -> Array:
+  """KL(q(z|x) ‖ p(z)) for DVAE and DVAE++ from one posterior sample per row (MATH.md §4).
+
+  RBM prior: KL = CE − H, H = Σ_i H_Bernoulli(q_i) over all groups (conditionals given the earlier
+  relaxed samples). One group: CE with ν1 = μ1 (mean field, exact). Several groups: DVAE++ uses
+  ν1 = σ(l1 + b(ζ1)), E[z1|ζ1] under the overlapping smoothing; DVAE uses the Rolfe (2017) gradient
+  surrogate of ``dvae_cross_term``. Factorial prior: Σ_i KL(Bernoulli(q_i) ‖ Bernoulli(p_i)).
+
+  Returns:
+    [K, batch] KL estimates (their gradient is the KL gradient).
+  """
+  logits = post.logits
+  if isinstance(prior, priors_lib.FactorialBernoulli):
+    return jnp.sum(priors_lib.bernoulli_kl(logits, prior.logits), -1)
+  entropy = jnp.sum(priors_lib.bernoulli_entropy(logits), -1)
+  logits1, _ = priors_lib.split_sides(prior, logits)
+  if method.family == FAMILY_DVAE and num_groups > 1:
+    mu1, mu2 = priors_lib.split_sides(prior, jax.nn.sigmoid(logits))
+    z1, _ = priors_lib.split_sides(prior, post.z)
+    cross = dvae_cross_term(prior, z1, logits1, mu2)
+    ce = -(mu1 @ prior.b1 + mu2 @ prior.b2 + cross) + log_z
+    return ce - entropy
+  if num_groups == 1:
+    nu1 = jax.nn.sigmoid(logits1)
+  else:
+    zeta1, _ = priors_lib.split_sides(prior, post.zeta)
+    nu1 = jax.nn.sigmoid(logits1 + smoothing_lib.log_ratio(method.smoothing, zeta1))
+  return dvae_pp_cross_entropy(prior, logits, nu1, log_z) - entropy
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loss.
+
+
+def relaxed_log_prior(prior: priors_lib.Prior, zeta: Array, log_z: Array, method: Method) -> Array:
+  """log p(ζ) of the DVAE# relaxed prior for ``method`` (MATH.md §4), [..., n] → [...]."""
+  if method.family == FAMILY_DVAE_SHARP_GI:
+    return priors_lib.gaussian_integral_log_prob(prior, zeta, method.beta, log_z)
+  if method.family != FAMILY_DVAE_SHARP:
+    raise ValueError(f"method {method.name!r} has no relaxed prior (it uses the discrete KL)")
+  return priors_lib.relaxed_log_prob(prior, method.smoothing, zeta, log_z,
+                                     num_iterations=method.mean_field_iterations)
+
+
+def iw_loss(log_w: Array) -> Array:
+  """−mean_x Σ_k sg(softmax_k(log w)) log w_k, ``log_w`` [K, batch] (MATH.md §4).
+
+  Its gradient equals that of −mean_x log (1/K) Σ_k w_k (the IWAE gradient); with K = 1 it is the
+  negative ELBO.
+  """
+  weights = lax.stop_gradient(jax.nn.softmax(log_w, axis=0))
+  return -jnp.mean(jnp.sum(weights * log_w, axis=0))
+
+
+def log_mean_exp(log_w: Array, axis: int = 0) -> Array:
+  """log (1/K) Σ_k exp(log_w_k) along ``axis``."""
+  return jax.nn.logsumexp(log_w, axis=axis) - math.log(log_w.shape[axis])
+
+
+class RelaxedTerms(NamedTuple):
+  """Per-sample terms of the DVAE# objective, each [K, batch] (MATH.md §4)."""
+
+  log_px: Array
+  log_prior: Array
+  log_q: Array
+
+
+def relaxed_terms(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array, x: Array, key: Array,
+                  method: Method, num_samples: int = 1) -> RelaxedTerms:
+  """log p(x|ζ_k), log p(ζ_k), log q(ζ_k|x) for K relaxed posterior samples (DVAE#, MATH.md §4).
+
+  ``log_z`` is the scalar log Z of the RBM (the training surrogate of ``rbm.log_partition_surrogate``
+  for gradients); the log weights are ``kappa * (log_prior - log_q) + log_px``.
+  """
+  if method.family not in (FAMILY_DVAE_SHARP, FAMILY_DVAE_SHARP_GI):
+    raise ValueError(f"method {method.name!r} has no relaxed prior (it uses the discrete KL)")
+  post = sample_posterior(model, x, key, method, num_samples)
+  log_px = reconstruction_log_prob(model, post.zeta, x)
+  return RelaxedTerms(log_px, relaxed_log_prior(prior, post.zeta, log_z, method), post.log_q)
+
+
+def training_log_partition(prior: priors_lib.Prior, prior_samples) -> Array:
+  """The training log Z of MATH.md §2 from the sampler's samples (analytic for the factorial prior).
+
+  Args:
+    prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
+    prior_samples: ``(z1 [S, n1], z2 [S, n2], log_z)`` or an object with those attributes (a sampler
+      state); ignored for the factorial prior.
+  """
+  if isinstance(prior, priors_lib.FactorialBernoulli):
+    return jnp.sum(jax.nn.softplus(prior.logits))
+  if prior_samples is None:
+    raise ValueError("an RBM prior needs prior_samples = (z1 [S, n1], z2 [S, n2], log_z)")
+  if all(hasattr(prior_samples, a) for a in ("z1", "z2", "log_z")):
+    z1, z2, log_z = prior_samples.z1, prior_samples.z2, prior_samples.log_z
+  else:
+    z1, z2, log_z = prior_samples
+  return rbm_lib.log_partition_surrogate(prior, z1, z2, log_z)
+
+
+def loss_fn(model: models.DVAENet, prior: priors_lib.Prior, prior_samples, x: Array, key: Array,
+            method: Method, num_samples: int = 1, kappa: Array | float = 1.0
+            ) -> tuple[Array, dict[str, Array]]:
+  """The training loss of ``method`` on a batch (MATH.md §4).
+
+  DVAE, DVAE++: mean over the K samples and the batch of −log p(x|ζ) + κ·KL. DVAE#: the importance-
+  weighted bound with log w_k = κ[log p(ζ_k) − log q(ζ_k|x)] + log p(x|ζ_k) (the relaxed ELBO for
+  K = 1).
+
+  Args:
+    model: the network (BatchNorm in training mode normally; batch statistics are updated in place).
+    prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
+    prior_samples: ``(z1 [S, n1], z2 [S, n2], log_z)`` (or a sampler state with those attributes) for
+      the RBM's training log Z; ignored (may be ``None``) for the factorial prior.
+    x: [batch, pixels] binary data (float).
+    key: one PRNG key for the whole batch.
+    method: from ``get_method``.
+    num_samples: K.
+    kappa: KL warm-up weight κ.
+
+  Returns:
+    ``(loss, terms)``: the scalar loss and a dict of scalar diagnostics, batch means at κ = 1 (no
+    gradient): ``recon`` (−log p(x|ζ)), ``kl``, ``neg_elbo`` (= recon + kl), ``log_z`` (the value
+    used), and for DVAE# also ``log_prior``, ``log_q`` and ``neg_iw_bound`` (−log of the mean
+    importance weight).
+  """
+  if priors_lib.num_units(prior) != model.spec.num_latent:
+    raise ValueError(f"prior has {priors_lib.num_units(prior)} units, the model "
+                     f"{model.spec.num_latent} latents")
+  log_z = training_log_partition(prior, prior_samples)
+  terms = {"log_z": log_z}
+  if method.family in (FAMILY_DVAE, FAMILY_DVAE_PP):
+    post = sample_posterior(model, x, key, method, num_samples)
+    log_px = reconstruction_log_prob(model, post.zeta, x)
+    kl = discrete_kl(prior, log_z, post, method, model.spec.num_groups)
+    loss = jnp.mean(-log_px + kappa * kl)
+    terms["kl"] = jnp.mean(kl)
+  else:
+    t = relaxed_terms(model, prior, log_z, x, key, method, num_samples)
+    log_px = t.log_px
+    loss = iw_loss(kappa * (t.log_prior - t.log_q) + t.log_px)
+    terms["log_prior"] = jnp.mean(t.log_prior)
+    terms["log_q"] = jnp.mean(t.log_q)
+    terms["kl"] = terms["log_q"] - terms["log_prior"]
+    terms["neg_iw_bound"] = -jnp.mean(log_mean_exp(t.log_px + t.log_prior - t.log_q))
+  terms["recon"] = -jnp.mean(log_px)
+  terms["neg_elbo"] = terms["recon"] + terms["kl"]
+  terms = {k: lax.stop_gradient(v) for k, v in terms.items()}
+  return loss, terms
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weight decay (MATH.md §2, §6).
+
+
+def _is_decayed(path) -> bool:
+  names = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", "")))) for p in path]
+  return "kernel" in names or ("norm" in names and "scale" in names)
+
+
+def weight_decay(params, prior: priors_lib.Prior | None = None,
+                 coefficient: float = WEIGHT_DECAY) -> Array:
+  """coefficient · ½ Σ‖w‖² over dense kernels, BatchNorm scales and the RBM couplings W.
+
+  Args:
+    params: the model's ``nnx.Param`` state (``nnx.state(model, nnx.Param)`` or the ``params`` of
+      ``nnx.split(model, nnx.Param, nnx.BatchStat)``); leaves are selected by their path: ``kernel``
+      of every Dense layer and ``scale`` of every BatchNorm (``norm``) layer.
+    prior: ``rbm.RBM`` (its ``w`` is decayed) or ``FactorialBernoulli`` / ``None`` (nothing).
+    coefficient: 1e-4 in MATH.md §6.
+
+  Returns:
+    Scalar penalty to add to the loss.
+  """
+  leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+            if _is_decayed(path)]
+  if not leaves:
+    raise ValueError("weight_decay found no dense kernel in params; pass nnx.state(model, nnx.Param)")
+  total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
+  if isinstance(prior, rbm_lib.RBM):
+    total = total + jnp.sum(jnp.square(prior.w))
+  return 0.5 * coefficient * total

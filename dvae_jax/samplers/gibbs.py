@@ -1,0 +1,163 @@
+"""Block Gibbs sampling of an RBM at inverse temperature β (MATH.md §2–§3).
+
+One sweep updates the two sides in turn from their exact conditionals,
+
+  z2 ~ Bernoulli(σ(β (b2 + Wᵀ z1))),   then   z1 ~ Bernoulli(σ(β (b1 + W z2))),
+
+for all chains at once (two [S, n1] × [n1, n2] matmuls per sweep). It leaves p_β(z) ∝ exp(−β E(z))
+invariant. States are 0/1 arrays in the dtype of the parameters, chains along the leading axis.
+
+Random bits: a threefry key (JAX's default) is hashed directly with
+`jax.extend.random.threefry_2x32` over a counter of length S·n, which yields two 32-bit words per
+hash (JAX's `jax.random.bits` in its default "partitionable" mode spends one hash per word and was
+2× slower here; see benchmarks/sampler_speed.py). Other key implementations (rbg, unsafe_rbg) go
+through `jax.random.bits`. A unit is set when the top 24 bits of its word, read as an integer u,
+satisfy u < σ(βh)·2^24: the same 2^-24 resolution as a float32 uniform, with one shift, one
+conversion and one compare instead of building a float.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.random import threefry_2x32
+
+from dvae_jax import rbm as rbm_lib
+
+Array = jax.Array
+RBM = rbm_lib.RBM
+
+_UNIFORM_BITS = 24
+_UNIFORM_SCALE = float(2**_UNIFORM_BITS)
+
+
+class GibbsState(NamedTuple):
+  """Chains of a block Gibbs sampler: z1 [S, n1], z2 [S, n2] (0/1 in the parameters' dtype)."""
+
+  z1: Array
+  z2: Array
+
+
+def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
+  """Uniform uint32 words of the given shape from one key (threefry hashed directly, see above)."""
+  size = math.prod(shape)
+  if jax.random.key_impl(key) != "threefry2x32" or size % 2:
+    return jax.random.bits(key, shape, jnp.uint32)
+  counter = lax.iota(jnp.uint32, size)
+  return threefry_2x32(jax.random.key_data(key), counter).reshape(shape)
+
+
+def bernoulli_logits(key: Array, logits: Array) -> Array:
+  """Independent z ~ Bernoulli(σ(logits)) as 0/1 values of logits.dtype, same shape as logits."""
+  u = (random_bits(key, logits.shape) >> (32 - _UNIFORM_BITS)).astype(logits.dtype)
+  return (u < jax.nn.sigmoid(logits) * _UNIFORM_SCALE).astype(logits.dtype)
+
+
+def check_beta(beta) -> None:
+  """Raises ValueError for a concrete inverse temperature outside [0, ∞) (traced values pass)."""
+  if isinstance(beta, (int, float)) and not (beta >= 0 and math.isfinite(beta)):
+    raise ValueError(f"inverse temperature beta must be finite and >= 0, got {beta}")
+
+
+def _check_chains(m: RBM, z1: Array, z2: Array | None = None) -> None:
+  rbm_lib.check_rbm(m)
+  if z1.ndim != 2 or z1.shape[1] != m.n1:
+    raise ValueError(f"z1 must have shape [num_chains, n1={m.n1}], got {z1.shape}")
+  if z2 is not None and (z2.ndim != 2 or z2.shape != (z1.shape[0], m.n2)):
+    raise ValueError(f"z2 must have shape [num_chains={z1.shape[0]}, n2={m.n2}], got {z2.shape}")
+
+
+def init(key: Array, m: RBM, num_chains: int) -> GibbsState:
+  """Chains drawn from the uniform distribution (the exact β = 0 distribution of every RBM).
+
+  Args:
+    key: PRNG key.
+    m: the RBM (sets n1, n2 and the dtype).
+    num_chains: S.
+
+  Returns:
+    GibbsState with z1 [S, n1], z2 [S, n2].
+  """
+  rbm_lib.check_rbm(m)
+  if num_chains < 1:
+    raise ValueError(f"num_chains must be >= 1, got {num_chains}")
+  k1, k2 = jax.random.split(key)
+  dtype = m.w.dtype
+  z1 = (random_bits(k1, (num_chains, m.n1)) >> 31).astype(dtype)
+  z2 = (random_bits(k2, (num_chains, m.n2)) >> 31).astype(dtype)
+  return GibbsState(z1, z2)
+
+
+def sweep_with_energy(key: Array, m: RBM, z1: Array, beta=1.0) -> tuple[Array, Array, Array]:
+  """One block Gibbs sweep at inverse temperature beta, also returning E(z1', z2') at β = 1.
+
+  The energy comes for free from the field of the second half-step: E = −z1·(b1 + W z2) − b2·z2.
+  Annealing samplers (AIS, PA) need it for their weights.
+
+  Args:
+    key: PRNG key.
+    m: the RBM.
+    z1: [S, n1] current first side (the current z2 does not enter: it is redrawn first).
+    beta: scalar inverse temperature β ≥ 0 (may be traced).
+
+  Returns:
+    (z1 [S, n1], z2 [S, n2], energy [S]) after the sweep.
+  """
+  k2, k1 = jax.random.split(key)
+  h2 = m.b2 + z1 @ m.w
+  z2 = bernoulli_logits(k2, beta * h2)
+  h1 = m.b1 + z2 @ m.w.T
+  z1 = bernoulli_logits(k1, beta * h1)
+  e = -jnp.sum(z1 * h1, axis=-1) - z2 @ m.b2
+  return z1, z2, e
+
+
+def sweep(key: Array, m: RBM, z1: Array, z2: Array, beta=1.0) -> GibbsState:
+  """One block Gibbs sweep: z2 ~ σ(β(b2 + Wᵀz1)), then z1 ~ σ(β(b1 + W z2)) (MATH.md §2).
+
+  Args:
+    key: PRNG key.
+    m: the RBM.
+    z1: [S, n1] chains.
+    z2: [S, n2] chains (redrawn first, so their value does not influence the result).
+    beta: inverse temperature β ≥ 0 (a Python float or a traced scalar).
+
+  Returns:
+    GibbsState(z1 [S, n1], z2 [S, n2]).
+  """
+  _check_chains(m, z1, z2)
+  check_beta(beta)
+  z1, z2, _ = sweep_with_energy(key, m, z1, beta)
+  return GibbsState(z1, z2)
+
+
+def run(key: Array, m: RBM, state: GibbsState, num_sweeps: int, beta=1.0) -> GibbsState:
+  """num_sweeps block Gibbs sweeps at inverse temperature beta, in a `lax.scan`.
+
+  Args:
+    key: PRNG key (split once per sweep).
+    m: the RBM.
+    state: GibbsState with z1 [S, n1], z2 [S, n2].
+    num_sweeps: number of sweeps (static, ≥ 0).
+    beta: inverse temperature β ≥ 0.
+
+  Returns:
+    The GibbsState after the sweeps.
+  """
+  _check_chains(m, state.z1, state.z2)
+  check_beta(beta)
+  if num_sweeps < 0:
+    raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
+  if num_sweeps == 0:
+    return state
+
+  def body(carry, k):
+    z1, z2, _ = sweep_with_energy(k, m, carry.z1, beta)
+    return GibbsState(z1, z2), None
+
+  state, _ = lax.scan(body, state, jax.random.split(key, num_sweeps))
+  return state

@@ -1,0 +1,59 @@
+"""Base configuration shared by every named experiment (MATH.md §6).
+
+Keys left at ``None`` are filled in by ``experiments.config_lib.resolve_config``:
+
+* ``beta`` (also ``-1``): from the β table of MATH.md §6 for the method, dataset and struct;
+* the budget keys (``num_steps``, ``num_prior_samples``, ``num_sweeps``, ``eval_every``,
+  ``eval_iw_samples``, ``val_iw_samples``, ``eval_num_examples``, ``ais_num_chains``,
+  ``ais_num_temperatures``, ``checkpoint_every``): from the chosen ``protocol``, ``'cpu'`` (the
+  default: a short run that finishes on a laptop CPU) or ``'paper'`` (MATH.md §6's full protocol).
+
+Any key given on the command line (``--config.KEY=VALUE``) wins over both.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+  c = config_dict.ConfigDict()
+  c.method = "dvae_sharp"  # Objective, one of objectives.METHODS (each named config sets it).
+  c.protocol = "cpu"  # 'cpu' (short default run) or 'paper' (MATH.md §6, 1M steps).
+
+  # Data and model.
+  c.dataset = "binarized_mnist"  # binarized_mnist | omniglot | caltech101_silhouettes
+  c.data_dir = ""  # '' = search path of dvae_jax.data (also --data_dir, $DVAE_JAX_DATA_DIR).
+  c.struct = "1-layer-lin"  # 1-layer-lin | 1-layer-nonlin | 2-layer-nonlin | 4-layer-nonlin
+  c.prior = "rbm"  # rbm | factorial
+  c.k = 1  # Importance samples K of the training objective (MATH.md §4).
+  c.beta = config_dict.placeholder(float)  # Smoothing sharpness; None or -1: MATH.md §6 table.
+
+  # Optimisation (MATH.md §6).
+  c.num_steps = config_dict.placeholder(int)
+  c.batch_size = 100
+  c.learning_rate = 3e-3  # Base of the piecewise-constant schedule.
+  c.adam_eps = 1e-3
+  c.weight_decay = 1e-4  # Coefficient of ½‖w‖² (dense kernels, BN scales, RBM W).
+  c.kl_warmup_fraction = 0.3  # κ = min(t / (fraction · num_steps), 1).
+
+  # Prior sampler (MATH.md §3).
+  c.sampler = "pa"  # pa | pcd
+  c.num_prior_samples = config_dict.placeholder(int)
+  c.num_sweeps = config_dict.placeholder(int)
+
+  # Evaluation: the discrete model, AIS log Z (MATH.md §3, §6).
+  c.eval_every = config_dict.placeholder(int)  # Validation NLL every this many steps.
+  c.val_iw_samples = config_dict.placeholder(int)  # Importance samples of the validation NLL.
+  c.eval_iw_samples = config_dict.placeholder(int)  # Importance samples of the final test NLL.
+  c.eval_num_examples = config_dict.placeholder(int)  # Examples per split; 0 = the whole split.
+  c.eval_batch_size = 100  # Examples per evaluation batch.
+  c.ais_num_chains = config_dict.placeholder(int)
+  c.ais_num_temperatures = config_dict.placeholder(int)
+
+  # Bookkeeping.
+  c.seed = 0
+  c.log_every = 100  # Metrics row every this many steps (and at the last step).
+  c.checkpoint_every = config_dict.placeholder(int)
+  c.max_checkpoints = 2  # Latest checkpoints kept (the best-validation one is kept too).
+  c.num_image_samples = 64  # Model samples / reconstructions in each PNG grid.
+  c.debug_nan_step = -1  # Debug hook: poison the loss at this step (tests of the NaN guard).
+  return c

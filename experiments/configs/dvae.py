@@ -1,0 +1,13 @@
+"""DVAE (Rolfe 2017): spike-and-exp smoothing, RBM prior (MATH.md §4, §6).
+
+β defaults to the "spike-and-exp" column of the MATH.md §6 table for the dataset and struct
+(see ``experiments.config_lib.BETA_TABLE``).
+"""
+
+from experiments.configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.method = "dvae"
+  return config

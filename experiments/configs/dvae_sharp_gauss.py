@@ -1,0 +1,13 @@
+"""DVAE# relaxed marginal with Gaussian smoothing (MATH.md §4, §6).
+
+β defaults to the "DVAE# Gauss" column of the MATH.md §6 table for the dataset and struct
+(see ``experiments.config_lib.BETA_TABLE``).
+"""
+
+from experiments.configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.method = "dvae_sharp_gauss"
+  return config

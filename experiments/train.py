@@ -1,0 +1,532 @@
+"""Training and evaluation loop: ``train_and_evaluate(config, workdir)`` (MATH.md §6).
+
+The training state is one pytree (:class:`TrainState`) and the train step a pure jitted function of
+(state, batch) that donates the state. The randomness of step ``t`` comes from ``fold_in(key, t)``
+and the data of step ``t`` from ``(seed, t)`` alone, so a run restored from its checkpoint at step
+``t`` continues exactly as if it had never stopped. The batch is split over all devices
+(``experiments.sharding``); one PRNG key drives the whole global batch, so the result does not depend
+on the number of devices.
+
+Outputs in ``workdir``: ``metrics.jsonl`` (one JSON row per logged step / evaluation),
+``tensorboard/`` (event files), ``checkpoints/`` (latest) and ``checkpoints_best/`` (best
+validation NLL), ``samples_STEP.png`` / ``reconstructions_STEP.png``, ``config.json`` and, at the
+end, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from ml_collections import config_dict
+
+from dvae_jax import data as data_lib
+from dvae_jax import evaluation, models, objectives, priors
+from dvae_jax import samplers as samplers_lib
+from experiments import checkpointing, config_lib, images, sharding
+from experiments import metrics as metrics_lib
+
+# Piecewise-constant learning rate of MATH.md §6 as multiples of the base rate 3e-3:
+# [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3, [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
+LR_BOUNDARIES = (0.02, 0.60, 0.75, 0.95)
+LR_MULTIPLIERS = (0.1, 1.0, 1.0 / 3.0, 0.1, 9.1e-5 / 3e-3)
+
+# Keys whose change does not alter the trajectory of a run; any other difference between a workdir's
+# config and the requested one refuses to resume.
+_RESUMABLE_DIFFERENCES = ("data_dir",)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A train step produced a NaN or inf; the message names the step and the offending terms."""
+
+
+class TrainState(NamedTuple):
+  """Everything a run needs to continue, as one pytree.
+
+  Attributes:
+    step: [] int32, the number of steps done.
+    params: ``{'model': nnx.State of the nnx.Param leaves, 'prior': RBM | FactorialBernoulli}``.
+    batch_stats: nnx.State of the BatchNorm running statistics (and fixed data statistics).
+    opt_state: optax Adam state.
+    sampler_state: the prior sampler's persistent state (``()`` for the factorial prior).
+    key: the run's training key; step ``t`` uses ``fold_in(key, t)``.
+  """
+
+  step: jax.Array
+  params: dict
+  batch_stats: Any
+  opt_state: Any
+  sampler_state: Any
+  key: jax.Array
+
+
+def learning_rate_schedule(base: float, num_steps: int) -> Callable[[jax.Array], jax.Array]:
+  """The piecewise-constant schedule of MATH.md §6, scaled by ``base`` (3e-3 in the paper)."""
+  boundaries = jnp.array([int(round(f * num_steps)) for f in LR_BOUNDARIES])
+  values = base * jnp.array(LR_MULTIPLIERS, jnp.float32)
+
+  def schedule(step):
+    return values[jnp.sum(step >= boundaries)]
+
+  return schedule
+
+
+def kl_warmup(step: jax.Array, num_steps: int, fraction: float) -> jax.Array:
+  """κ = min(t / (fraction · num_steps), 1) (MATH.md §6); 1 when ``fraction`` is 0."""
+  if fraction <= 0:
+    return jnp.ones((), jnp.float32)
+  return jnp.minimum(step.astype(jnp.float32) / (fraction * num_steps), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The static parts of a run: data, model structure, method, sampler, optimiser, mesh."""
+
+  config: config_dict.FrozenConfigDict
+  dataset: data_lib.Dataset
+  graphdef: Any
+  eval_graphdef: Any
+  method: Any
+  sampler: Any
+  optimizer: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+
+
+def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
+  """Loads the data and builds the model, the optimiser and the initial (replicated) state."""
+  config = config_lib.resolve_config(config)
+  mesh = mesh or sharding.make_mesh()
+  sharding.check_divisible("batch_size", config.batch_size, mesh)
+  sharding.check_divisible("eval_batch_size", config.eval_batch_size, mesh)
+  dataset = data_lib.load_dataset(config.dataset, config.data_dir or None)
+  method = objectives.get_method(config.method, config.beta)
+  spec = models.get_struct(config.struct)
+  root = jax.random.key(config.seed)
+  init_key, train_key, sampler_key = jax.random.split(root, 3)
+  model = models.DVAENet(
+    spec,
+    dataset.train_mean,
+    gaussian_integral=_needs_gaussian_integral(method),
+    rngs=nnx.Rngs(init_key),
+  )
+  model.train()
+  graphdef, params_model, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  model.eval()
+  eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+  prior = priors.init_prior(config.prior, spec)
+  params = {"model": params_model, "prior": prior}
+  optimizer = optax.adam(
+    learning_rate_schedule(config.learning_rate, config.num_steps), eps=config.adam_eps
+  )
+  if config.prior == "rbm":
+    sampler = samplers_lib.make_prior_sampler(
+      config.sampler, config.num_prior_samples, config.num_sweeps
+    )
+    sampler_state = sampler.init(sampler_key, prior)
+  else:
+    sampler, sampler_state = None, ()
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=optimizer.init(params),
+    sampler_state=sampler_state,
+    key=train_key,
+  )
+  state = sharding.replicate(state, mesh)
+  experiment = Experiment(
+    config, dataset, graphdef, eval_graphdef, method, sampler, optimizer, mesh
+  )
+  return experiment, state
+
+
+def _needs_gaussian_integral(method: objectives.Method) -> bool:
+  return method.family == objectives.FAMILY_DVAE_SHARP_GI
+
+
+def weight_decay_penalty(coefficient: float, params: dict) -> jax.Array:
+  """``coefficient`` · ½‖w‖² over dense kernels, BN scales and the RBM couplings (MATH.md §2, §6)."""
+  return objectives.weight_decay(params["model"], params["prior"], coefficient=coefficient)
+
+
+def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array], tuple]:
+  """The jitted step ``(state, x [batch, 784]) -> (state, metrics)``; ``state`` is donated."""
+  config = experiment.config
+  graphdef, method, sampler = experiment.graphdef, experiment.method, experiment.sampler
+  dynamic = experiment.dataset.dynamic_binarization
+  schedule = learning_rate_schedule(config.learning_rate, config.num_steps)
+
+  def step_fn(state: TrainState, x: jax.Array):
+    key = jax.random.fold_in(state.key, state.step)
+    sampler_key, loss_key, data_key = jax.random.split(key, 3)
+    if dynamic:
+      x = data_lib.binarize(data_key, x)
+    if config.debug_nan_step >= 0:
+      x = jnp.where(state.step == config.debug_nan_step, jnp.nan, x)
+    kappa = kl_warmup(state.step, config.num_steps, config.kl_warmup_fraction)
+    prior = state.params["prior"]
+    if sampler is not None:
+      sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
+      prior_samples = (sampler_state.z1, sampler_state.z2, sampler_state.log_z)
+    else:
+      sampler_state, info, prior_samples = (), {}, None
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params["model"], state.batch_stats)
+      loss, terms = objectives.loss_fn(
+        model, params["prior"], prior_samples, x, loss_key, method, config.k, kappa
+      )
+      penalty = weight_decay_penalty(config.weight_decay, params)
+      return loss + penalty, (loss, terms, penalty, nnx.state(model, nnx.BatchStat))
+
+    grads, (loss, terms, penalty, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    metrics = {
+      "loss": loss,
+      **{f"terms/{k}": v for k, v in terms.items()},
+      "weight_decay": penalty,
+      "grad_norm": grad_norm,
+      "lr": schedule(state.step),
+      "kappa": kappa,
+      **{f"sampler/{k}": jnp.mean(v) for k, v in _info_dict(info).items()},
+    }
+    metrics["finite"] = jnp.all(
+      jnp.array([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)])
+    )
+    new_state = TrainState(
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      sampler_state=sampler_state,
+      key=state.key,
+    )
+    return new_state, metrics
+
+  replicated = sharding.replicated(experiment.mesh)
+  return jax.jit(
+    step_fn,
+    donate_argnums=(0,),
+    in_shardings=(replicated, sharding.batch_sharded(experiment.mesh)),
+    out_shardings=(replicated, replicated),
+  )
+
+
+def _info_dict(info) -> dict:
+  if isinstance(info, dict):
+    items = info.items()
+  elif hasattr(info, "_asdict"):
+    items = info._asdict().items()
+  else:
+    items = ()
+  return {
+    k: v
+    for k, v in items
+    if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.floating)
+  }
+
+
+def make_eval_fn(experiment: Experiment, num_samples: int):
+  """Jitted ``(params, batch_stats, log_z, x [B, 784], mask [B], key) -> (Σ nll, Σ −ELBO)`` of the
+  discrete model with ``num_samples`` importance samples (MATH.md §6)."""
+  graphdef = experiment.eval_graphdef
+  chunk = min(num_samples, 100)
+
+  def eval_fn(params, batch_stats, log_z, x, mask, key):
+    model = nnx.merge(graphdef, params["model"], batch_stats)
+    out = evaluation.evaluate(model, params["prior"], log_z, x, key, num_samples,
+                              sample_chunk=chunk)
+    return jnp.sum(out["nll"] * mask), jnp.sum(out["neg_elbo"] * mask)
+
+  replicated = sharding.replicated(experiment.mesh)
+  batch = sharding.batch_sharded(experiment.mesh)
+  return jax.jit(
+    eval_fn,
+    in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
+    out_shardings=replicated,
+  )
+
+
+def log_partition(experiment: Experiment, prior, key) -> tuple[float, float]:
+  """(log Z, its standard error): AIS for the RBM (MATH.md §3), exact (0, 0) for the factorial
+  prior, whose log-probabilities are normalised."""
+  config = experiment.config
+  if config.prior == "factorial":
+    return 0.0, 0.0
+  result = samplers_lib.ais_log_partition(
+    prior, key, num_chains=config.ais_num_chains, num_temperatures=config.ais_num_temperatures
+  )
+  return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
+
+
+def evaluate_split(experiment: Experiment, eval_fn, state: TrainState, x_all: np.ndarray,
+                   log_z: float, key) -> dict[str, float]:
+  """Mean NLL and −ELBO (nats) over the examples ``x_all`` [n, 784] (uint8 or float)."""
+  config, mesh = experiment.config, experiment.mesh
+  batch_size = config.eval_batch_size
+  n = x_all.shape[0]
+  total_nll = total_elbo = 0.0
+  batch_sharding = sharding.batch_sharded(mesh)
+  log_z = sharding.put_global(np.float32(log_z), sharding.replicated(mesh))
+  for b, start in enumerate(range(0, n, batch_size)):
+    x = np.zeros((batch_size, x_all.shape[1]), np.float32)
+    mask = np.zeros((batch_size,), np.float32)
+    chunk = x_all[start:start + batch_size]
+    x[:len(chunk)], mask[:len(chunk)] = chunk, 1.0
+    nll, elbo = eval_fn(
+      state.params, state.batch_stats, log_z,
+      sharding.put_global(x, batch_sharding), sharding.put_global(mask, batch_sharding),
+      jax.random.fold_in(key, b),
+    )
+    total_nll += float(sharding.to_host(nll))
+    total_elbo += float(sharding.to_host(elbo))
+  return {"nll": total_nll / n, "neg_elbo": total_elbo / n}
+
+
+# ----------------------------------------------------------------------------------------------
+# Images.
+
+
+def _decode_mean(experiment: Experiment, params, batch_stats, z):
+  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
+  return jax.nn.sigmoid(model.decode(z, use_running_average=True))
+
+
+def model_samples(experiment: Experiment, state: TrainState, key, num: int) -> np.ndarray:
+  """[num', 784] decoder means p(x|z) of prior samples z (the sampler's population for the RBM)."""
+  prior = state.params["prior"]
+  if experiment.sampler is not None:
+    z = jnp.concatenate([state.sampler_state.z1, state.sampler_state.z2], axis=-1)[:num]
+  else:
+    z = jax.random.bernoulli(key, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
+  return np.asarray(_decode_mean(experiment, state.params, state.batch_stats, z.astype(jnp.float32)))
+
+
+def reconstructions(experiment: Experiment, state: TrainState, key, x: np.ndarray) -> np.ndarray:
+  """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
+  model = nnx.merge(experiment.eval_graphdef, state.params["model"], state.batch_stats)
+  x = jnp.asarray(x, jnp.float32)
+  z_prev = None
+  for group in range(model.spec.num_groups):
+    logits = model.encode_group(group, x, z_prev, use_running_average=True)
+    if isinstance(logits, tuple):
+      logits = logits[0]
+    z = jax.random.bernoulli(jax.random.fold_in(key, group), jax.nn.sigmoid(logits))
+    z = z.astype(jnp.float32)
+    z_prev = z if z_prev is None else jnp.concatenate([z_prev, z], axis=-1)
+  return np.asarray(jax.nn.sigmoid(model.decode(z_prev, use_running_average=True)))
+
+
+def write_images(experiment, state, key, workdir, step, writer) -> None:
+  num = experiment.config.num_image_samples
+  cols = max(1, int(math.sqrt(num)))
+  samples = images.tile(model_samples(experiment, state, key, num), cols)
+  half = max(1, num // 2)
+  originals = experiment.dataset.valid[:half].astype(np.float32)
+  recon = reconstructions(experiment, state, jax.random.fold_in(key, 1), originals)
+  recon_grid = images.tile(images.interleave(originals, recon), 2 * max(1, cols // 2))
+  if jax.process_index() == 0:
+    images.save_png(pathlib.Path(workdir) / f"samples_{step:08d}.png", samples)
+    images.save_png(pathlib.Path(workdir) / f"reconstructions_{step:08d}.png", recon_grid)
+    writer.write_image(step, "samples", samples)
+    writer.write_image(step, "reconstructions", recon_grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+
+
+def _check_finite(step: int, metrics_host: dict) -> None:
+  bad = [k for k, v in metrics_host.items() if k != "finite" and not np.all(np.isfinite(v))]
+  named = ", ".join(f"{k}={np.asarray(metrics_host[k]).item()}" for k in bad) or "(none named)"
+  raise NonFiniteLossError(
+    f"non-finite value at training step {step}: {named}. Training stopped; the last good "
+    "checkpoint is kept."
+  )
+
+
+def _eval_subset(x: np.ndarray, num: int) -> np.ndarray:
+  return x if num == 0 else x[:num]
+
+
+def _check_resumable(workdir: pathlib.Path, config) -> None:
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  old = json.loads(path.read_text())
+  new = metrics_lib.to_python(config.to_dict())
+  diff = sorted(k for k in set(old) | set(new)
+                if k not in _RESUMABLE_DIFFERENCES and old.get(k) != new.get(k))
+  if diff:
+    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+    raise ValueError(
+      f"workdir {workdir} holds a run with a different config ({details}); resume it with the "
+      "same config or choose another --workdir"
+    )
+
+
+def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
+  """Trains (or resumes) a run in ``workdir`` and returns the results written to ``results.json``.
+
+  Args:
+    config: a config of ``experiments/configs`` (keys left at None are resolved, see
+      ``experiments.config_lib.resolve_config``).
+    workdir: output folder; an existing run there is resumed from its latest checkpoint.
+
+  Raises:
+    NonFiniteLossError: a step produced NaN/inf (the last good checkpoint is kept).
+    ValueError: invalid config, or a workdir holding a run with another config.
+  """
+  wall_start = time.time()
+  workdir = pathlib.Path(workdir)
+  experiment, state = build(config)
+  config = experiment.config
+  primary = jax.process_index() == 0
+  _check_resumable(workdir, config)
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(
+      json.dumps(metrics_lib.to_python(config.to_dict()), indent=1, sort_keys=True)
+    )
+  latest = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints)
+  best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
+  record = {"best_val_nll": jnp.array(jnp.inf, jnp.float32), "best_step": jnp.array(-1, jnp.int32),
+            "train_seconds": jnp.array(0.0, jnp.float32)}
+  record = sharding.replicate(record, experiment.mesh)
+  start = latest.latest_step() or 0
+  if start:
+    state, record = latest.restore(start, (state, record))
+    for stale in [s for s in best.all_steps() if s > start]:
+      best.delete(stale)  # written after the checkpoint we resume from
+  record = {k: sharding.to_host(v).item() for k, v in record.items()}
+  writer = metrics_lib.MetricsWriter(workdir, enabled=primary)
+  writer.truncate_after(start)
+  progress = metrics_lib.Progress(config.num_steps, start, enabled=primary)
+  if start:
+    progress.message(f"resuming {workdir} from step {start}")
+  progress.message(
+    f"{config.method} ({config.prior} prior, {config.sampler}) on {config.dataset}, "
+    f"struct {config.struct}, beta {config.beta}, k {config.k}, {config.num_steps} steps, "
+    f"{jax.device_count()} device(s)"
+  )
+
+  train_step = make_train_step(experiment)
+  val_eval = make_eval_fn(experiment, config.val_iw_samples)
+  eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
+  val_x = _eval_subset(experiment.dataset.valid, config.eval_num_examples)
+  batch_sharding = sharding.batch_sharded(experiment.mesh)
+  train_seconds = record["train_seconds"]
+  logged_seconds, logged_step = train_seconds, start
+
+  try:
+    for step in range(start, config.num_steps):
+      t0 = time.perf_counter()
+      x = data_lib.train_batch(experiment.dataset, config.seed, step, config.batch_size)
+      state, metrics = train_step(state, sharding.put_global(x, batch_sharding))
+      done = step + 1
+      # Reading the flag waits for the step: the time below is the step's, and a NaN is caught
+      # before anything is checkpointed.
+      if not bool(sharding.to_host(metrics["finite"])):
+        _check_finite(done, {k: sharding.to_host(v) for k, v in metrics.items()})
+      train_seconds += time.perf_counter() - t0
+      last = done == config.num_steps
+      is_eval = done % config.eval_every == 0 or last
+      if done % config.log_every == 0 or last:
+        row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k != "finite"}
+        row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
+        logged_seconds, logged_step = train_seconds, done
+        writer.write(done, row)
+        progress.update(done, f"loss {row['loss']:.2f}", log_line=True)
+      else:
+        progress.update(done)
+      if is_eval:
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(eval_root, done)
+        log_z, log_z_err = log_partition(experiment, state.params["prior"],
+                                         jax.random.fold_in(key, 0))
+        val = evaluate_split(experiment, val_eval, state, val_x, log_z,
+                             jax.random.fold_in(key, 1))
+        improved = val["nll"] < record["best_val_nll"]
+        if improved:
+          record.update(best_val_nll=val["nll"], best_step=done)
+          best.save(done, {"params": state.params, "batch_stats": state.batch_stats})
+        writer.write(done, {"val/nll": val["nll"], "val/neg_elbo": val["neg_elbo"],
+                            "val/log_z": log_z, "val/log_z_stderr": log_z_err,
+                            "val/best_nll": record["best_val_nll"],
+                            "eval_seconds": time.perf_counter() - t0})
+        progress.message(f"step {done}: val NLL {val['nll']:.3f} (best {record['best_val_nll']:.3f}"
+                         f" at step {record['best_step']}), log Z {log_z:.2f} ± {log_z_err:.2f}")
+        write_images(experiment, state, jax.random.fold_in(key, 2), workdir, done, writer)
+      if done % config.checkpoint_every == 0 or is_eval:
+        rec = {"best_val_nll": np.float32(record["best_val_nll"]),
+               "best_step": np.int32(record["best_step"]),
+               "train_seconds": np.float32(train_seconds)}
+        latest.save(done, (state, sharding.replicate(rec, experiment.mesh)))
+  finally:
+    latest.close()
+    best.close()
+
+  results = final_evaluation(experiment, state, record, workdir, eval_root)
+  results.update(
+    train_seconds=train_seconds,
+    wall_seconds_this_session=time.time() - wall_start,
+  )
+  if primary:
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(metrics_lib.to_python(results), indent=1, sort_keys=True))
+    os.replace(tmp, workdir / "results.json")
+    writer.write(config.num_steps, {"test/nll": results["test_nll"],
+                                    "test/neg_elbo": results["test_neg_elbo"]})
+  writer.close()
+  progress.message(
+    f"test NLL {results['test_nll']:.3f} nats ({config.eval_iw_samples} importance samples, "
+    f"best validation step {results['best_step']}); results in {workdir / 'results.json'}"
+  )
+  return results
+
+
+def final_evaluation(experiment: Experiment, state: TrainState, record: dict,
+                     workdir: pathlib.Path, eval_root) -> dict:
+  """Test NLL with ``eval_iw_samples`` importance samples at the best-validation checkpoint."""
+  config = experiment.config
+  best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
+  best_step = best.latest_step()
+  if best_step is not None:
+    restored = best.restore(best_step, {"params": state.params, "batch_stats": state.batch_stats})
+    state = state._replace(**restored)
+  best.close()
+  key = jax.random.fold_in(eval_root, 2**31 - 1)
+  log_z, log_z_err = log_partition(experiment, state.params["prior"], jax.random.fold_in(key, 0))
+  test_eval = make_eval_fn(experiment, config.eval_iw_samples)
+  test_x = _eval_subset(experiment.dataset.test, config.eval_num_examples)
+  test = evaluate_split(experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1))
+  results = {
+    "test_nll": test["nll"],
+    "test_neg_elbo": test["neg_elbo"],
+    "test_log_z": log_z,
+    "test_log_z_stderr": log_z_err,
+    "val_nll": record["best_val_nll"],
+    "best_step": best_step,
+    "num_test_examples": int(test_x.shape[0]),
+    "num_devices": jax.device_count(),
+    "data_source": experiment.dataset.source,
+    "config": config.to_dict(),
+  }
+  if config.dataset == "omniglot" and not experiment.dataset.source.endswith("chardata.mat"):
+    results["note"] = ("OMNIGLOT rebuilt from the original images (not chardata.mat): likelihoods "
+                       "are not directly comparable to published OMNIGLOT numbers")
+  return results

@@ -1,0 +1,56 @@
+"""Tests of experiments/metrics.py: JSON rows, truncation on resume, TensorBoard files, progress."""
+
+import io
+import json
+
+import numpy as np
+
+from experiments import metrics
+
+
+def test_rows_are_plain_json_and_truncation_drops_later_rows(tmp_path):
+  writer = metrics.MetricsWriter(tmp_path)
+  for step in (1, 2, 3, 4):
+    writer.write(step, {"loss": np.float32(step / 2), "terms/kl": np.array(1.5), "ok": True})
+  writer.truncate_after(2)
+  writer.write(3, {"loss": 9.0})
+  writer.close()
+  rows = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  assert rows[0] == {"step": 1, "loss": 0.5, "terms/kl": 1.5, "ok": True} and rows[2]["loss"] == 9.0
+  assert all(isinstance(json.loads(line), dict)
+             for line in (tmp_path / metrics.METRICS_FILE).read_text().splitlines())
+  events = list((tmp_path / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+  assert events and events[0].stat().st_size > 0
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  writer = metrics.MetricsWriter(tmp_path / "w", enabled=False)
+  writer.write(1, {"loss": 1.0})
+  writer.truncate_after(0)
+  writer.close()
+  assert not (tmp_path / "w").exists()
+
+
+def test_progress_prints_lines_when_not_a_terminal():
+  stream = io.StringIO()
+  progress = metrics.Progress(total=10, start=0, stream=stream)
+  progress.update(3)  # no terminal: silent unless it is a log line
+  progress.update(5, "loss 1.0", log_line=True)
+  progress.message("done")
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 2 and lines[0].startswith("step 5/10 ( 50.0%)") and "ETA" in lines[0]
+  assert lines[0].endswith("loss 1.0") and lines[1] == "done"
+
+
+class _Tty(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_bar_on_a_terminal():
+  stream = _Tty()
+  progress = metrics.Progress(total=4, start=0, stream=stream)
+  progress.update(2)
+  text = stream.getvalue()
+  assert text.startswith("\r[############............] step 2/4") and "ETA" in text

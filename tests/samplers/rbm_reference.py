@@ -1,0 +1,59 @@
+"""Float64 NumPy references for the sampler tests: random RBMs and brute-force enumeration.
+
+Independent of dvae_jax.rbm: log Z and the moments are computed here from the definitions of
+MATH.md §2 with NumPy/SciPy in float64.
+"""
+
+import numpy as np
+from scipy.special import expit, logsumexp
+
+from dvae_jax import rbm
+
+
+def random_rbm(seed: int, n1: int, n2: int, w_std: float, b_std: float = 0.5) -> rbm.RBM:
+  """float32 RBM with N(0, b_std²) biases and N(0, w_std²) couplings."""
+  rng = np.random.default_rng(seed)
+  return rbm.RBM(
+    np.asarray(rng.normal(0.0, b_std, n1), np.float32),
+    np.asarray(rng.normal(0.0, b_std, n2), np.float32),
+    np.asarray(rng.normal(0.0, w_std, (n1, n2)), np.float32),
+  )
+
+
+def all_states(n: int) -> np.ndarray:
+  """[2^n, n] float64 binary states."""
+  return ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+
+
+def _float64(m):
+  return [np.asarray(x, np.float64) for x in m]
+
+
+def log_z(m) -> float:
+  """log Z = logsumexp over z1 of b1·z1 + Σ_j log(1 + exp(b2_j + (z1ᵀW)_j)), in float64."""
+  b1, b2, w = _float64(m)
+  z1 = all_states(len(b1))
+  return float(logsumexp(z1 @ b1 + np.logaddexp(0.0, b2 + z1 @ w).sum(1)))
+
+
+def moments(m):
+  """Exact (E[z1] [n1], E[z2] [n2], E[z1 z2ᵀ] [n1, n2]) in float64 by enumerating z1."""
+  b1, b2, w = _float64(m)
+  z1 = all_states(len(b1))
+  field = b2 + z1 @ w
+  log_p = z1 @ b1 + np.logaddexp(0.0, field).sum(1)
+  p = np.exp(log_p - logsumexp(log_p))
+  mean_z2 = expit(field)
+  return p @ z1, p @ mean_z2, (z1 * p[:, None]).T @ mean_z2
+
+
+def binomial_stderr(p, num):
+  """Standard error of the mean of num independent Bernoulli(p) variables."""
+  return np.sqrt(np.clip(p * (1.0 - p), 0.0, None) / num)
+
+
+def max_abs_z(estimates, exact, stderr):
+  """Largest |estimate − exact| / stderr over all moment arrays."""
+  return max(
+    float(np.max(np.abs(e - x) / s)) for e, x, s in zip(estimates, exact, stderr, strict=True)
+  )

@@ -1,0 +1,89 @@
+"""Tests of dvae_jax.samplers.ais: log Z against exact enumeration, calibration of its stderr."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import rbm_reference as ref
+
+from dvae_jax import rbm
+from dvae_jax.samplers import ais, ais_log_partition
+
+
+@pytest.mark.parametrize("w_std", [0.3, 1.0, 2.5])
+def test_ais_log_z_matches_exact(w_std):
+  m = ref.random_rbm(10, 14, 14, w_std)
+  exact = ref.log_z(m)
+  res = ais_log_partition(m, jax.random.key(0))
+  assert res.log_weights.shape == (1024,)
+  assert res.z1.shape == (1024, 14)
+  err = float(res.log_z) - exact
+  # |error| < 4 stderr: two-sided false-alarm rate 6e-5 if the stderr is right (calibration is
+  # tested below); the absolute bound is the brief's accuracy target for w_std <= 1.
+  assert abs(err) < 4.0 * float(res.stderr), (err, float(res.stderr))
+  if w_std <= 1.0:
+    assert abs(err) < 0.05
+  assert 1.0 <= float(res.ess) <= 1024.0
+
+
+def test_ais_stderr_is_calibrated():
+  """Over many independent small runs, (log Ẑ − log Z)/stderr behaves like a standard normal."""
+  m = ref.random_rbm(11, 10, 10, 1.0)
+  exact = ref.log_z(m)
+  betas = ais.linear_betas(40)
+  runs = jax.jit(jax.vmap(lambda k: ais.run(k, m, betas, 128)))(
+    jax.random.split(jax.random.key(1), 400)
+  )
+  z = (np.asarray(runs.log_z, np.float64) - exact) / np.asarray(runs.stderr, np.float64)
+  # Budget chosen so the weights are not degenerate (stderr ≈ 0.05–0.1, ESS ≈ 60% of chains).
+  assert 0.02 < np.median(runs.stderr) < 0.2
+  # With 400 runs: coverage of ±2 sd is 0.954 for a normal, binomial sd 0.0105, so [0.91, 0.99]
+  # is a 4-sd band; the sd of the z-scores has sampling sd ≈ 1/sqrt(800) = 0.035, so [0.85, 1.15]
+  # also allows for the delta method's small bias; the mean has sd 0.05 (bias of log of a mean,
+  # -var/2 ≈ -0.005 nats, is a tenth of a stderr here).
+  coverage = np.mean(np.abs(z) < 2.0)
+  assert 0.91 < coverage < 0.99, coverage
+  assert 0.85 < np.std(z) < 1.15, np.std(z)
+  assert abs(np.mean(z)) < 0.25, np.mean(z)
+
+
+def test_log_mean_exp_stderr_matches_numpy():
+  rng = np.random.default_rng(0)
+  log_w = rng.normal(3.0, 1.0, 500)
+  w = np.exp(log_w)
+  got_mean, got_se = ais.log_mean_exp_stderr(jnp.asarray(log_w, jnp.float32))
+  np.testing.assert_allclose(got_mean, np.log(w.mean()), rtol=1e-5)
+  np.testing.assert_allclose(got_se, w.std(ddof=1) / np.sqrt(500) / w.mean(), rtol=1e-4)
+
+
+def test_kahan_add_beats_naive_float32():
+  # 20000 increments of 0.001 onto 100: float32 spacing at 100 is 7.6e-6, so each naive add
+  # rounds by up to 3.8e-6.
+  def body(carry, x):
+    naive, total, comp = carry
+    total, comp = ais.kahan_add(total, comp, x)
+    return (naive + x, total, comp), None
+
+  xs = jnp.full((20000,), 0.001, jnp.float32)
+  start = jnp.float32(100.0)
+  (naive, total, _), _ = jax.lax.scan(body, (start, start, jnp.float32(0.0)), xs)
+  truth = 100.0 + 20000 * float(np.float32(0.001))
+  assert abs(float(total) - truth) < 1e-5
+  assert abs(float(naive) - truth) > 10 * abs(float(total) - truth)
+
+
+def test_zero_rbm_is_exact():
+  m = rbm.init_rbm(5, 7)
+  res = ais_log_partition(m, jax.random.key(0), num_chains=16, num_temperatures=5)
+  np.testing.assert_allclose(res.log_z, 12 * np.log(2.0), rtol=1e-6)
+  np.testing.assert_allclose(res.stderr, 0.0, atol=1e-6)
+
+
+def test_errors():
+  m = rbm.init_rbm(3, 3)
+  with pytest.raises(ValueError, match="num_temperatures"):
+    ais.linear_betas(1)
+  with pytest.raises(ValueError, match="betas"):
+    ais.run(jax.random.key(0), m, jnp.zeros((2, 2)), 4)
+  with pytest.raises(ValueError, match="num_sweeps"):
+    ais.run(jax.random.key(0), m, jnp.linspace(0, 1, 3), 4, num_sweeps=0)

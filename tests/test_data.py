@@ -1,0 +1,304 @@
+"""Tests of dvae_jax/data.py: splits, orientation, binarization, search path, download, batching."""
+
+import hashlib
+import io
+import os
+import pathlib
+import urllib.error
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.io
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dvae_jax import data
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+  """Tests never touch the network: any real urlopen fails loudly."""
+
+  def forbidden(*args, **kwargs):
+    raise AssertionError("a test tried to open a URL")
+
+  monkeypatch.setattr(data.urllib.request, "urlopen", forbidden)
+
+
+@pytest.fixture(scope="module")
+def mnist(data_dir):
+  return data.load_dataset("binarized_mnist", data_dir)
+
+
+@pytest.fixture(scope="module")
+def omniglot_raw(data_dir):
+  with np.load(data_dir / "omniglot_28x28_rebuilt.npz") as f:
+    return f["train"], f["test"]
+
+
+def test_mnist_splits_match_published_checksums(mnist):
+  assert not mnist.dynamic_binarization
+  for split, count in data.MNIST_SPLITS.items():
+    x = getattr(mnist, split)
+    assert x.shape == (count, 784) and x.dtype == np.uint8
+    # The MD5 sums are those of shared/data/README.md (and of the original .amat files).
+    assert hashlib.md5(x.tobytes()).hexdigest() == data.MNIST_MD5[split]
+  np.testing.assert_allclose(mnist.train_mean, mnist.train.mean(0, dtype=np.float64), atol=1e-6)
+
+
+def test_mnist_is_upright(mnist):
+  # Digits are written in the middle: the centre row of an upright image holds more ink than the
+  # top row, and ink is spread over columns near the centre. Row-major order puts row 0 first.
+  images = mnist.valid.reshape(-1, 28, 28)
+  assert images[:, 0, :].mean() < 0.01 < images[:, 14, :].mean()
+
+
+def test_unknown_dataset_is_refused():
+  with pytest.raises(ValueError, match=r"unknown dataset 'baz'.*binarized_mnist.*omniglot"):
+    data.load_dataset("baz")
+
+
+def test_omniglot_rebuilt_split_and_binarization(data_dir, omniglot_raw):
+  raw_train, raw_test = omniglot_raw
+  ds = data.load_dataset("omniglot", data_dir, binarization_seed=3)
+  n_valid = data.OMNIGLOT_NUM_VALID
+  assert ds.dynamic_binarization
+  assert ds.train.shape == (raw_train.shape[0] - n_valid, 784) and ds.train.dtype == np.float32
+  assert ds.valid.shape == (n_valid, 784) and ds.valid.dtype == np.uint8
+  assert ds.test.shape == (raw_test.shape[0], 784) and ds.test.dtype == np.uint8
+  np.testing.assert_allclose(ds.train, raw_train[:-n_valid] / 255.0, atol=1e-7)
+  assert set(np.unique(ds.valid)) <= {0, 1} and set(np.unique(ds.test)) <= {0, 1}
+  # The validation images are the LAST 1,345 training images, binarized: pixels with no ink are
+  # always 0 and fully inked pixels always 1.
+  grey_valid = raw_train[-n_valid:]
+  assert ds.valid[grey_valid == 0].max() == 0 and ds.valid[grey_valid == 255].min() == 1
+  # Mean of a Bernoulli draw: over the m = 1345*784 pixels, sd of the mean <= 0.5/sqrt(m) ≈ 5e-4;
+  # 5 sd tolerance.
+  m = grey_valid.size
+  assert abs(ds.valid.mean() - (grey_valid / 255.0).mean()) < 5 * 0.5 / np.sqrt(m)
+  # Fixed seed: the same draw each time; another seed, another draw.
+  again = data.load_dataset("omniglot", data_dir, binarization_seed=3)
+  other = data.load_dataset("omniglot", data_dir, binarization_seed=4)
+  np.testing.assert_array_equal(again.valid, ds.valid)
+  np.testing.assert_array_equal(again.test, ds.test)
+  assert (other.test != ds.test).any()
+
+
+def test_omniglot_reads_user_chardata_mat(tmp_path, omniglot_raw):
+  """A chardata.mat laid out as Burda's (784 × n, each column a column-major image) is read back
+  upright; it is preferred to the rebuilt .npz in the same folder."""
+  raw_train, raw_test = omniglot_raw
+  train = raw_train[:1500].reshape(-1, 28, 28) / 255.0
+  test = raw_test[:50].reshape(-1, 28, 28) / 255.0
+
+  def to_chardata(images):  # Fortran-order flattening of each image, one image per column.
+    return np.stack([img.flatten(order="F") for img in images], axis=1)
+
+  scipy.io.savemat(tmp_path / "chardata.mat", {"data": to_chardata(train),
+                                               "testdata": to_chardata(test)})
+  np.savez(tmp_path / "omniglot_28x28_rebuilt.npz", train=np.zeros((2000, 784), np.uint8),
+           test=np.zeros((10, 784), np.uint8))
+  ds = data.load_dataset("omniglot", tmp_path)
+  assert ds.source.endswith("chardata.mat")
+  np.testing.assert_allclose(ds.train, train[:-data.OMNIGLOT_NUM_VALID].reshape(-1, 784),
+                             atol=1e-6)
+  assert ds.test.shape == (50, 784)
+  assert ds.test[test.reshape(-1, 784) == 0].max() == 0
+
+
+def test_caltech_is_upright_and_flipped(data_dir):
+  ds = data.load_dataset("caltech101_silhouettes", data_dir)
+  assert ds.train.shape == (4100, 784) and ds.valid.shape == (2264, 784)
+  assert ds.test.shape == (2307, 784) and not ds.dynamic_binarization
+  # Object = 1 on a background of 0: the image border is nearly all background.
+  images = ds.train.reshape(-1, 28, 28)
+  border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
+  assert border.mean() < 0.1 < images[:, 10:18, 10:18].mean()
+  # Upright: side views of airplanes are wider than tall, faces taller than wide. The spread of
+  # ink along columns (x) vs rows (y) tells the orientation (a transposed image swaps them).
+  with np.load(data_dir / "caltech101_silhouettes_28.npz") as f:
+    names, labels = list(f["classnames"]), f["train_labels"]
+
+  def wider_fraction(class_name):
+    x = images[labels == names.index(class_name) + 1].astype(float)
+    coords = np.arange(28.0)
+
+    def spread(profile):
+      mass = profile.sum(1, keepdims=True)
+      mean = (profile * coords).sum(1, keepdims=True) / mass
+      return ((profile * (coords - mean) ** 2).sum(1) / mass[:, 0])
+
+    return (spread(x.sum(1)) > spread(x.sum(2))).mean()
+
+  assert wider_fraction("Airplanes Side 2") > 0.9
+  assert wider_fraction("Faces 2") < 0.3
+
+
+def test_caltech_reads_marlin_mat(tmp_path, data_dir):
+  with np.load(data_dir / "caltech101_silhouettes_28.npz") as f:
+    raw = {s: f[s][:20] for s in ("train", "valid", "test")}
+  scipy.io.savemat(tmp_path / "caltech101_silhouettes_28_split1.mat",
+                   {"train_data": raw["train"], "val_data": raw["valid"],
+                    "test_data": raw["test"]})
+  ds = data.load_dataset("caltech101_silhouettes", tmp_path)
+  full = data.load_dataset("caltech101_silhouettes", data_dir)
+  np.testing.assert_array_equal(ds.train, full.train[:20])
+  np.testing.assert_array_equal(ds.test, full.test[:20])
+
+
+def test_search_path_order(monkeypatch, tmp_path):
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  default = [p for p, _ in data.data_search_path()]
+  assert default[-1] == tmp_path / "xdg" / "dvae_jax"
+  assert pathlib.Path.cwd().parent / "shared" / "data" in default
+  monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
+  assert [p for p, _ in data.data_search_path()] == [tmp_path / "env"]
+  assert [p for p, _ in data.data_search_path(tmp_path / "flag")] == [tmp_path / "flag"]
+
+
+@pytest.mark.parametrize("how", ["argument", "env"])
+def test_offline_error_names_places_and_remedy(tmp_path, monkeypatch, how):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  kwargs = {"allow_download": False}
+  if how == "env":
+    monkeypatch.setenv(data.OFFLINE_ENV, "1")
+    kwargs = {}
+  with pytest.raises(data.DataNotFoundError) as info:
+    data.load_dataset("binarized_mnist", empty, **kwargs)
+  message = str(info.value)
+  for expected in (str(empty), "binarized_mnist.npz", ".amat", "--data_dir",
+                   data.DATA_DIR_ENV, "forbidden"):
+    assert expected in message
+  assert list(empty.iterdir()) == []
+
+
+def test_omniglot_missing_says_how_to_provide(tmp_path):
+  with pytest.raises(data.DataNotFoundError, match=r"chardata\.mat.*\n.*" + str(tmp_path)):
+    data.load_dataset("omniglot", tmp_path)
+
+
+class _FakeResponse(io.BytesIO):
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _amat(x):
+  return "".join(" ".join(map(str, row)) + "\n" for row in x).encode()
+
+
+@pytest.fixture
+def fake_mnist_server(monkeypatch):
+  """Small fake .amat splits served by a stand-in urlopen; checksums adjusted to match."""
+  rng = np.random.default_rng(0)
+  splits = {s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
+            for s, n in zip(data.MNIST_SPLITS, (7, 3, 4), strict=True)}
+  monkeypatch.setattr(data, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
+  monkeypatch.setattr(data, "MNIST_MD5",
+                      {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()})
+  requested = []
+
+  def urlopen(url, timeout):
+    requested.append(url)
+    split = url.rsplit("_", 1)[1].removesuffix(".amat")
+    return _FakeResponse(_amat(splits[split]))
+
+  monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+  return splits, requested
+
+
+def test_download_writes_atomically_and_loads(tmp_path, fake_mnist_server):
+  splits, requested = fake_mnist_server
+  target = tmp_path / "cache"
+  ds = data.load_dataset("binarized_mnist", target, allow_download=True)
+  assert requested == [f"{data.MNIST_URL}binarized_mnist_{s}.amat" for s in data.MNIST_SPLITS]
+  for split, x in splits.items():
+    np.testing.assert_array_equal(getattr(ds, split), x)
+  names = sorted(p.name for p in target.iterdir())
+  assert names == sorted(["binarized_mnist.npz"]
+                         + [f"binarized_mnist_{s}.amat" for s in data.MNIST_SPLITS])
+  # The .amat files alone are a valid source too.
+  (target / "binarized_mnist.npz").unlink()
+  again = data.load_dataset("binarized_mnist", target, allow_download=False)
+  np.testing.assert_array_equal(again.test, splits["test"])
+
+
+def test_download_checksum_mismatch_writes_nothing(tmp_path, fake_mnist_server, monkeypatch):
+  monkeypatch.setitem(data.MNIST_MD5, "test", "0" * 32)
+  with pytest.raises(ValueError, match="md5"):
+    data.download_binarized_mnist(tmp_path)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_download_failure_is_a_clear_not_found_error(tmp_path, monkeypatch):
+  def urlopen(url, timeout):
+    raise urllib.error.URLError("no route to host")
+
+  monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+  with pytest.raises(data.DataNotFoundError, match="download failed.*no route to host"):
+    data.load_dataset("binarized_mnist", tmp_path, allow_download=True)
+
+
+def test_parse_amat_roundtrip_on_real_rows(mnist):
+  x = mnist.test[:300]
+  np.testing.assert_array_equal(data.parse_amat(_amat(x)), x)
+  with pytest.raises(ValueError, match="amat"):
+    data.parse_amat(b"0 1 2\n")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+  seed=st.integers(0, 2**31 - 1),
+  batch_size=st.integers(1, 40),
+  num_examples=st.integers(1, 97),
+  epochs=st.integers(1, 3),
+)
+def test_batches_visit_each_example_once_per_epoch(seed, batch_size, num_examples, epochs):
+  total = epochs * num_examples * batch_size  # a whole number of epochs and of batches
+  steps = total // batch_size
+  idx = np.concatenate([data.batch_indices(seed, t, batch_size, num_examples)
+                        for t in range(steps)])
+  assert idx.shape == (total,)
+  for e in range(epochs * batch_size):
+    epoch = idx[e * num_examples:(e + 1) * num_examples]
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(num_examples))
+  # Pure function of (seed, step): recomputing in another order gives the same batches.
+  for t in reversed(range(steps)):
+    np.testing.assert_array_equal(data.batch_indices(seed, t, batch_size, num_examples),
+                                  idx[t * batch_size:(t + 1) * batch_size])
+
+
+def test_batches_depend_on_seed_and_reject_bad_sizes():
+  a = data.batch_indices(0, 5, 100, 50_000)
+  b = data.batch_indices(1, 5, 100, 50_000)
+  assert (a != b).any()
+  with pytest.raises(ValueError, match="batch_size"):
+    data.batch_indices(0, 0, 0, 10)
+
+
+def test_train_batch_dtype_and_values(mnist):
+  x = data.train_batch(mnist, seed=0, step=3, batch_size=16)
+  assert x.shape == (16, 784) and x.dtype == np.float32
+  np.testing.assert_array_equal(x, mnist.train[data.batch_indices(0, 3, 16, 50_000)])
+
+
+def test_binarize_mean_matches_probabilities():
+  probs = jnp.linspace(0.0, 1.0, 784, dtype=jnp.float32)[None].repeat(2000, 0)
+  x = data.binarize(jax.random.key(0), probs)
+  assert x.dtype == jnp.float32 and set(np.unique(np.asarray(x))) <= {0.0, 1.0}
+  # Per pixel: the mean of 2000 Bernoulli(p) draws has sd sqrt(p(1-p)/2000) <= 0.0112; 5 sd, plus
+  # exact 0/1 at p = 0 and p = 1.
+  mean = np.asarray(x).mean(0)
+  p = np.asarray(probs[0])
+  assert np.all(np.abs(mean - p) <= 5 * np.sqrt(p * (1 - p) / 2000) + 1e-7)
+
+
+def test_environment_variable_locates_data(monkeypatch, data_dir):
+  monkeypatch.setenv(data.DATA_DIR_ENV, os.fspath(data_dir))
+  assert data.load_dataset("caltech101_silhouettes").source.startswith(os.fspath(data_dir))

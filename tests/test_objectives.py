@@ -1,0 +1,600 @@
+"""Tests of dvae_jax/objectives.py and dvae_jax/priors.py (MATH.md §2, §4, §6).
+
+Every formula is checked against an independent computation: float64 NumPy/SciPy enumeration of the
+binary states, Gauss–Legendre quadrature, or the expectation of a Monte-Carlo gradient against the
+gradient of a quadrature (with tolerances from the standard error).
+"""
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from scipy import stats
+from scipy.special import expit, logsumexp
+
+from dvae_jax import models, objectives, priors, rbm, smoothing
+from dvae_jax.samplers import make_prior_sampler
+
+# ---- float64 NumPy references (from the table of MATH.md §1) ---------------------------------------
+
+
+def _np_log_r0(name, beta, zeta, eps=0.05):
+  zeta = np.asarray(zeta, np.float64)
+  if name == "exp":
+    return np.log(beta) - beta * zeta - np.log1p(-np.exp(-beta))
+  if name == "power":
+    return -np.log(beta) + (1.0 / beta - 1.0) * np.log(zeta)
+  if name == "gauss":
+    return stats.norm.logpdf(zeta, 0.0, 1.0 / np.sqrt(beta))
+  if name == "unexp":
+    return np.log((1 - eps) * np.exp(_np_log_r0("exp", beta, zeta)) + eps)
+  raise ValueError(name)
+
+
+def _np_log_r1(name, beta, zeta):
+  return _np_log_r0(name, beta, 1.0 - np.asarray(zeta, np.float64))
+
+
+SMOOTHINGS = {
+  "exp": (smoothing.Exponential, 12.0),
+  "power": (smoothing.PowerFunction, 40.0),
+  "gauss": (smoothing.Gaussian, 25.0),
+  "unexp": (smoothing.UniformExponential, 16.0),
+}
+
+
+def _states(n):
+  return np.array(list(itertools.product([0.0, 1.0], repeat=n)))
+
+
+def _random_rbm(rng, n1, n2, scale=1.0):
+  return rbm.RBM(jnp.asarray(rng.normal(size=n1), jnp.float32),
+                 jnp.asarray(rng.normal(size=n2), jnp.float32),
+                 jnp.asarray(scale * rng.normal(size=(n1, n2)), jnp.float32))
+
+
+def _np_neg_energy(m, z):
+  b1, b2, w = (np.asarray(a, np.float64) for a in m)
+  n1 = len(b1)
+  return z[:, :n1] @ b1 + z[:, n1:] @ b2 + np.sum((z[:, :n1] @ w) * z[:, n1:], 1)
+
+
+def _np_log_z(m):
+  return logsumexp(_np_neg_energy(m, _states(m.n1 + m.n2)))
+
+
+# ---- DVAE# relaxed marginal (MATH.md §4) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SMOOTHINGS))
+def test_mean_field_is_a_lower_bound_on_exact_log_z_zeta(name):
+  cls, beta = SMOOTHINGS[name]
+  s = cls(beta=beta)
+  rng = np.random.default_rng(0)
+  m = _random_rbm(rng, 3, 4)
+  lo, hi = (-0.4, 1.4) if name == "gauss" else (0.05, 0.95)
+  zeta = rng.uniform(lo, hi, size=(6, 7))
+  # Reference: Z_ζ = Σ_z exp(−E(z) + Σ_i log r(ζ_i|z_i)), all 2^7 states, float64.
+  z = _states(7)
+  log_r = np.where(z[:, None, :] > 0, _np_log_r1(name, beta, zeta)[None],
+                   _np_log_r0(name, beta, zeta)[None])  # [128, 6, 7]
+  exact = logsumexp(_np_neg_energy(m, z)[:, None] + log_r.sum(-1), axis=0)
+  zeta32 = jnp.asarray(zeta, jnp.float32)
+  np.testing.assert_allclose(priors.relaxed_log_partition_exact(m, s, zeta32), exact, rtol=1e-5,
+                             atol=1e-4)
+  mean_field = np.asarray(priors.relaxed_log_partition(m, s, zeta32), np.float64)
+  assert np.all(mean_field <= exact + 1e-4), mean_field - exact
+  assert np.all(np.isfinite(mean_field))
+  # Without couplings the mean-field solution is exact (a factorial distribution).
+  m0 = m._replace(w=jnp.zeros_like(m.w))
+  exact0 = logsumexp(_np_neg_energy(m0, z)[:, None] + log_r.sum(-1), axis=0)
+  np.testing.assert_allclose(priors.relaxed_log_partition(m0, s, zeta32), exact0, rtol=1e-5,
+                             atol=1e-4)
+
+
+def _gauss_legendre(a, b, n):
+  x, w = np.polynomial.legendre.leggauss(n)
+  return 0.5 * (b - a) * x + 0.5 * (a + b), 0.5 * (b - a) * w
+
+
+def _nodes_1d(name, beta):
+  """Quadrature nodes/weights for ∫ f(ζ) dζ over the support, smooth after substitution."""
+  if name == "gauss":
+    return _gauss_legendre(-5.0, 6.0, 200)
+  if name == "power":
+    # r(ζ|0) ∝ ζ^{1/β − 1}: with ζ = ½ t^β on [0, ½] (and 1 − ζ = ½ t^β on [½, 1]) the integrand
+    # becomes smooth in t.
+    t, w = _gauss_legendre(0.0, 1.0, 60)
+    zeta = 0.5 * t**beta
+    jac = 0.5 * beta * t ** (beta - 1.0) * w
+    return np.concatenate([zeta, 1.0 - zeta]), np.concatenate([jac, jac])
+  return _gauss_legendre(0.0, 1.0, 60)
+
+
+@pytest.mark.parametrize("name,beta", [("exp", 8.0), ("power", 2.0), ("gauss", 5.0),
+                                       ("unexp", 8.0)])
+def test_relaxed_marginal_integrates_to_one(name, beta):
+  # A 1+1 machine; p(ζ) = Z_ζ / Z with both partition functions exact; float64 throughout. The
+  # power function is evaluated at ζ clipped to [δ, 1 − δ] (smoothing.py); with β = 2 in float64 the
+  # mass below δ = 1.1e-16 is δ^{1/2} ≈ 1e-8, below the tolerance.
+  with jax.enable_x64(True):
+    cls = SMOOTHINGS[name][0]
+    s = cls(beta=beta)
+    m = rbm.RBM(jnp.array([0.3]), jnp.array([-0.7]), jnp.array([[1.5]]))
+    log_z = rbm.exact_log_partition(m)
+    zeta, w = _nodes_1d(name, beta)
+    grid = np.stack(np.meshgrid(zeta, zeta, indexing="ij"), -1).reshape(-1, 2)
+    weights = np.outer(w, w).reshape(-1)
+    log_p = priors.relaxed_log_prob(m, s, jnp.asarray(grid), log_z, exact=True)
+    total = float(np.sum(weights * np.exp(np.asarray(log_p))))
+  assert abs(total - 1.0) < 1e-6, total
+
+
+def test_factorial_relaxed_marginal_is_the_per_unit_mixture():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=6)
+  prior = priors.FactorialBernoulli(jnp.asarray(logits, jnp.float32))
+  for name, (cls, beta) in SMOOTHINGS.items():
+    lo, hi = (-0.4, 1.4) if name == "gauss" else (0.05, 0.95)
+    zeta = rng.uniform(lo, hi, size=(5, 6))
+    p = expit(logits)
+    want = np.sum(np.log((1 - p) * np.exp(_np_log_r0(name, beta, zeta))
+                         + p * np.exp(_np_log_r1(name, beta, zeta))), -1)
+    got = priors.relaxed_log_prob(prior, cls(beta=beta), jnp.asarray(zeta, jnp.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+# ---- Gaussian integral (MATH.md §4) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n1,n2,scale,beta", [(3, 2, 3.0, 6.0), (2, 3, 0.5, 30.0)])
+def test_gaussian_integral_log_prob_is_the_augmented_mixture(n1, n2, scale, beta):
+  # p(ζ) = Σ_z p(z) N(ζ; z, A⁻¹), A = W_f + λI (derivation in priors.gaussian_integral_log_prob),
+  # brute force over all z with SciPy's multivariate normal. The first case has λ = σ_max + 5 > β,
+  # the second λ = β.
+  rng = np.random.default_rng(2)
+  m = _random_rbm(rng, n1, n2, scale)
+  n = n1 + n2
+  w = np.asarray(m.w, np.float64)
+  lam = max(np.linalg.norm(w, 2) + 5.0, beta)
+  np.testing.assert_allclose(priors.gaussian_integral_lambda(m, beta), lam, rtol=1e-5)
+  a_mat = lam * np.eye(n)
+  a_mat[:n1, n1:] = w
+  a_mat[n1:, :n1] = w.T
+  cov = np.linalg.inv(a_mat)
+  z = _states(n)
+  log_pz = _np_neg_energy(m, z) - _np_log_z(m)
+  zeta = rng.normal(0.5, 0.6, size=(8, n))
+  want = np.array([logsumexp([lp + stats.multivariate_normal.logpdf(zt, zz, cov)
+                              for lp, zz in zip(log_pz, z, strict=True)]) for zt in zeta])
+  got = priors.gaussian_integral_log_prob(m, jnp.asarray(zeta, jnp.float32), beta,
+                                          jnp.float32(_np_log_z(m)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-4)
+
+
+def test_gaussian_integral_factorial_prior():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=4)
+  zeta = rng.normal(0.5, 0.5, size=(7, 4))
+  beta = 12.0  # λ = max(0 + 5, β) = β
+  p = expit(logits)
+  sd = 1 / math.sqrt(beta)
+  want = np.sum(np.log((1 - p) * stats.norm.pdf(zeta, 0, sd) + p * stats.norm.pdf(zeta, 1, sd)), -1)
+  got = priors.gaussian_integral_log_prob(priors.FactorialBernoulli(jnp.asarray(logits, jnp.float32)),
+                                          jnp.asarray(zeta, jnp.float32), beta)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+# ---- DVAE/DVAE++ KL (MATH.md §4) --------------------------------------------------------------------
+
+
+def test_dvae_pp_kl_equals_exact_kl_for_one_group():
+  rng = np.random.default_rng(4)
+  m = _random_rbm(rng, 3, 3)
+  logits = rng.normal(size=(5, 6)) * 1.5
+  log_z = _np_log_z(m)
+  # Reference: Σ_z q(z) [log q(z) − log p(z)] over the 64 states, factorial q.
+  z = _states(6)
+  log_q = z @ logits.T - np.sum(np.logaddexp(0, logits), 1)  # [64, 5]
+  log_p = (_np_neg_energy(m, z) - log_z)[:, None]
+  want = np.sum(np.exp(log_q) * (log_q - log_p), 0)
+  lg = jnp.asarray(logits, jnp.float32)
+  ce = objectives.dvae_pp_cross_entropy(m, lg, jax.nn.sigmoid(lg[:, :3]), jnp.float32(log_z))
+  got = ce - jnp.sum(priors.bernoulli_entropy(lg), -1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  # The same through discrete_kl with a one-group posterior (b(ζ) = 0 for both DVAE and DVAE++).
+  post = objectives.PosteriorSample(jnp.zeros((1, 5, 6)), lg[None], None, jnp.zeros((1, 5, 6)))
+  for name in ("dvae", "dvae_pp_exp", "dvae_pp_power"):
+    kl = objectives.discrete_kl(m, jnp.float32(log_z), post, objectives.get_method(name, 5.0), 1)
+    np.testing.assert_allclose(kl[0], want, rtol=1e-5, atol=1e-4)
+  # Factorial prior: the analytic Bernoulli KL, against the same enumeration.
+  p_logits = rng.normal(size=6)
+  log_pf = (z @ p_logits - np.sum(np.logaddexp(0, p_logits)))[:, None]
+  want_f = np.sum(np.exp(log_q) * (log_q - log_pf), 0)
+  kl_f = objectives.discrete_kl(priors.FactorialBernoulli(jnp.asarray(p_logits, jnp.float32)), None,
+                                post, objectives.get_method("dvae_pp_exp", 5.0), 1)
+  np.testing.assert_allclose(kl_f[0], want_f, rtol=1e-5, atol=1e-4)
+
+
+def _toy_hierarchy_expectation(theta, r1, grid):
+  """E_q[z1ᵀ W z2] by quadrature for a two-group toy posterior (2 + 2 units).
+
+  q(z1_i = 1) = σ(a_i); ζ1_i ~ r(·|z1_i); q(z2_j = 1 | ζ1) = σ(c_j + (C ζ1)_j). ``r1`` gives the
+  per-state (nodes, weights) of ζ1_i given z1_i: a single node 0 for the spike, or Gauss–Legendre.
+  """
+  a, c, cmat, w = theta
+  q1 = jax.nn.sigmoid(a)
+  total = 0.0
+  for z in itertools.product([0, 1], repeat=2):
+    prob = jnp.prod(jnp.where(jnp.array(z) > 0, q1, 1 - q1))
+    (n0, w0), (n1, w1) = r1(z[0], grid), r1(z[1], grid)
+    zeta = jnp.stack(jnp.meshgrid(n0, n1, indexing="ij"), -1).reshape(-1, 2)
+    weight = jnp.outer(w0, w1).reshape(-1)
+    mu2 = jax.nn.sigmoid(c + zeta @ cmat.T)
+    total = total + prob * jnp.sum(weight * ((jnp.array(z, zeta.dtype) @ w) * mu2).sum(-1))
+  return total
+
+
+def _check_expected_gradient(sample_grads, exact_grad):
+  """Mean of per-sample gradients vs the exact one: 5 standard errors of the mean (SE = sd/√N)."""
+  for g, e in zip(jax.tree.leaves(sample_grads), jax.tree.leaves(exact_grad), strict=True):
+    g = np.asarray(g, np.float64)
+    mean, se = g.mean(0), g.std(0, ddof=1) / math.sqrt(g.shape[0])
+    assert np.all(np.abs(mean - np.asarray(e)) <= 5 * se + 1e-6), (mean, np.asarray(e), se)
+
+
+def _toy_theta(seed):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=2)), jnp.asarray(rng.normal(size=2)),
+          jnp.asarray(2.0 * rng.normal(size=(2, 2))), jnp.asarray(rng.normal(size=(2, 2))))
+
+
+def test_rolfe_surrogate_gradient_is_unbiased():
+  # DVAE with two groups (MATH.md §4; Rolfe 2017 eqs. 11–12): the expected gradient of
+  # dvae_cross_term with respect to (a, c, C, W) equals the gradient of E[z1ᵀ W z2].
+  beta, num = 4.0, 40000
+  with jax.enable_x64(True):
+    s = smoothing.SpikeAndExp(beta=beta)
+    nodes, weights = _gauss_legendre(0.0, 1.0, 40)
+    r1 = np.exp(np.log(beta) + beta * nodes - np.log(np.expm1(beta)))
+
+    def spike_exp(z, _):
+      return (jnp.zeros(1), jnp.ones(1)) if z == 0 else (jnp.asarray(nodes),
+                                                         jnp.asarray(weights * r1))
+
+    theta = _toy_theta(5)
+    exact = jax.grad(_toy_hierarchy_expectation)(theta, spike_exp, None)
+
+    def one_sample(theta, rho):
+      a, c, cmat, w = theta
+      q1 = jax.nn.sigmoid(a)
+      zeta1 = smoothing.inverse_cdf(s, rho, q1)
+      z1 = (rho > 1.0 - q1).astype(rho.dtype)
+      mu2 = jax.nn.sigmoid(c + cmat @ zeta1)
+      return objectives.dvae_cross_term(rbm.RBM(jnp.zeros(2), jnp.zeros(2), w), z1, a, mu2)
+
+    rho = jax.random.uniform(jax.random.key(0), (num, 2), jnp.float64)
+    values = jax.vmap(one_sample, (None, 0))(theta, rho)
+    grads = jax.vmap(jax.grad(one_sample), (None, 0))(theta, rho)
+    value = float(_toy_hierarchy_expectation(theta, spike_exp, None))
+  # The value is the unbiased estimate Σ z_i W_ij q_j.
+  assert abs(float(values.mean()) - value) < 5 * float(values.std()) / math.sqrt(num)
+  _check_expected_gradient(grads, exact)
+
+
+def test_dvae_pp_nu_cross_term_gradient_is_unbiased():
+  # DVAE++ with two groups: E[z1ᵀ W z2] = E_ζ[ν1ᵀ W μ2], ν1 = σ(l1 + b(ζ1)); reparameterised gradient.
+  beta, num = 5.0, 40000
+  with jax.enable_x64(True):
+    s = smoothing.Exponential(beta=beta)
+    nodes, weights = _gauss_legendre(0.0, 1.0, 40)
+
+    def overlapping(z, _):
+      log_r = _np_log_r1("exp", beta, nodes) if z else _np_log_r0("exp", beta, nodes)
+      return jnp.asarray(nodes), jnp.asarray(weights * np.exp(log_r))
+
+    theta = _toy_theta(6)
+    exact = jax.grad(_toy_hierarchy_expectation)(theta, overlapping, None)
+
+    def one_sample(theta, key):
+      a, c, cmat, w = theta
+      zeta1 = smoothing.sample(s, key, a)
+      nu1 = jax.nn.sigmoid(a + smoothing.log_ratio(s, zeta1))
+      mu2 = jax.nn.sigmoid(c + cmat @ zeta1)
+      m = rbm.RBM(jnp.zeros(2), jnp.zeros(2), w)
+      logits = jnp.concatenate([a, c + cmat @ zeta1])
+      # −CE + log Z with zero biases is exactly ν1ᵀ W μ2.
+      return -objectives.dvae_pp_cross_entropy(m, logits, nu1, 0.0)
+
+    keys = jax.random.split(jax.random.key(1), num)
+    values = jax.vmap(one_sample, (None, 0))(theta, keys)
+    grads = jax.vmap(jax.grad(one_sample), (None, 0))(theta, keys)
+    value = float(_toy_hierarchy_expectation(theta, overlapping, None))
+  assert abs(float(values.mean()) - value) < 5 * float(values.std()) / math.sqrt(num)
+  _check_expected_gradient(grads, exact)
+
+
+# ---- the shifted Gaussian mixture posterior of the Gaussian integral -------------------------------
+
+
+def _np_mixture_cdf(zeta, q, shift, s):
+  return (1 - q) * stats.norm.cdf(zeta, shift, s) + q * stats.norm.cdf(zeta, 1 + shift, s)
+
+
+def test_shifted_gaussian_mixture_density_samples_and_implicit_derivative():
+  logit, shift, s = 0.7, -0.1, 0.15
+  q = expit(logit)
+  zeta = np.linspace(-1.0, 2.0, 13)
+  want = np.log((1 - q) * stats.norm.pdf(zeta, shift, s) + q * stats.norm.pdf(zeta, 1 + shift, s))
+  np.testing.assert_allclose(
+    objectives.shifted_gaussian_mixture_log_prob(jnp.asarray(zeta, jnp.float32), logit, shift, s),
+    want, rtol=1e-5, atol=1e-5)
+  # Samples follow the mixture (Kolmogorov–Smirnov; p-value threshold 1e-3 at a fixed seed).
+  draws = objectives.sample_shifted_gaussian_mixture(jax.random.key(0), jnp.full((20000,), logit),
+                                                     shift, s)
+  assert stats.kstest(np.asarray(draws), lambda t: _np_mixture_cdf(t, q, shift, s)).pvalue > 1e-3
+  # dζ/dq against a central finite difference of the inverse CDF (root finding in float64).
+  from scipy.optimize import brentq
+  for rho in (0.05, 0.3, 0.5, 0.62, 0.97):
+    def inv(qq, rho=rho):
+      return brentq(lambda t: _np_mixture_cdf(t, qq, shift, s) - rho, -3, 4, xtol=1e-14)
+    h = 1e-6
+    fd = (inv(q + h) - inv(q - h)) / (2 * h)
+    got = objectives.shifted_gaussian_mixture_dzeta_dq(jnp.float32(inv(q)), logit, shift, s)
+    np.testing.assert_allclose(got, fd, rtol=2e-4)
+
+
+def test_shifted_gaussian_mixture_expected_gradient():
+  # d/dθ E[f(ζ)] for θ = (l, Δμ, s) by quadrature of the density vs the mean surrogate gradient.
+  num = 40000
+  with jax.enable_x64(True):
+    theta = (jnp.array(0.4), jnp.array(0.1), jnp.array(0.2))
+    nodes, weights = _gauss_legendre(-2.5, 3.5, 400)
+
+    def f(zeta):
+      return jnp.sin(3.0 * zeta) + zeta**2
+
+    def exact(theta):
+      l, shift, s = theta
+      dens = jnp.exp(objectives.shifted_gaussian_mixture_log_prob(nodes, l, shift, s))
+      return jnp.sum(weights * dens * f(nodes))
+
+    def one_sample(theta, key):
+      l, shift, s = theta
+      return f(objectives.sample_shifted_gaussian_mixture(key, l, shift, s))
+
+    keys = jax.random.split(jax.random.key(2), num)
+    grads = jax.vmap(jax.grad(one_sample), (None, 0))(theta, keys)
+    _check_expected_gradient(grads, jax.grad(exact)(theta))
+
+
+# ---- the full objectives on a tiny hierarchical model ----------------------------------------------
+
+TINY = models.StructSpec("tiny", num_groups=2, units_per_group=3, encoder_hidden=(5,),
+                         decoder_hidden=(4,), num_pixels=8)
+
+
+def _tiny_setup(kind, seed=0):
+  rng = np.random.default_rng(seed)
+  mean_x = rng.uniform(0.2, 0.8, TINY.num_pixels)
+  net = models.DVAENet(TINY, mean_x, gaussian_integral=True, rngs=nnx.Rngs(seed))
+  prior = priors.init_prior(kind, TINY)
+  prior = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.normal(size=a.shape), a.dtype), prior)
+  x = jnp.asarray(rng.uniform(size=(6, TINY.num_pixels)) < mean_x, jnp.float32)
+  samples = (jnp.asarray(rng.uniform(size=(16, 3)) < 0.5, jnp.float32),
+             jnp.asarray(rng.uniform(size=(16, 3)) < 0.5, jnp.float32), jnp.float32(4.0))
+  return net, prior, x, samples
+
+
+def _loss_and_grads(net, prior, samples, x, key, method, k, kappa):
+  graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+
+  @jax.jit
+  def run(params, prior):
+    def f(params, prior):
+      model = nnx.merge(graphdef, params, batch_stats, copy=True)
+      return objectives.loss_fn(model, prior, samples, x, key, method, k, kappa)
+
+    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
+
+  return run(params, prior)
+
+
+@pytest.mark.parametrize("kind", ["rbm", "factorial"])
+@pytest.mark.parametrize("name", objectives.METHODS)
+def test_every_method_has_finite_nonzero_gradients(name, kind):
+  net, prior, x, samples = _tiny_setup(kind)
+  method = objectives.get_method(name, 8.0)
+  k = 1 if name.startswith("dvae_pp") else 2
+  (loss, terms), (g_params, g_prior) = _loss_and_grads(net, prior, samples, x, jax.random.key(0),
+                                                       method, k, 0.5)
+  chex.assert_tree_all_finite((loss, terms, g_params, g_prior))
+  expected = {"recon", "kl", "neg_elbo", "log_z"}
+  if method.family in (objectives.FAMILY_DVAE_SHARP, objectives.FAMILY_DVAE_SHARP_GI):
+    expected |= {"log_prior", "log_q", "neg_iw_bound"}
+  assert set(terms) == expected
+
+  def nonzero(tree):
+    return all(float(jnp.max(jnp.abs(leaf))) > 0 for leaf in jax.tree.leaves(tree))
+
+  # Every parameter of each group's encoder (except the shift head of a non-GI method), the decoder
+  # and the prior receives gradient.
+  for g in range(TINY.num_groups):
+    enc = g_params["encoders"][g]
+    assert nonzero({k: v for k, v in enc.items() if k != "out2"}), (name, g)
+    assert nonzero(enc["out2"]) == (name == "dvae_sharp_gi")
+  assert nonzero(g_params["decoder"])
+  assert nonzero(g_prior)
+  assert nonzero(g_params["s_var"]) == (name == "dvae_sharp_gi")
+
+
+@pytest.mark.parametrize("name", ["dvae_sharp", "dvae_sharp_gi"])
+def test_iw_loss_gradient_is_the_gradient_of_log_mean_exp(name):
+  net, prior, x, samples = _tiny_setup("rbm", seed=1)
+  method = objectives.get_method(name, 10.0)
+  key, k, kappa = jax.random.key(3), 4, 0.7
+  graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+
+  def via_loss(params, prior):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    return objectives.loss_fn(model, prior, samples, x, key, method, k, kappa)[0]
+
+  def via_log_mean_exp(params, prior):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    log_z = objectives.training_log_partition(prior, samples)
+    t = objectives.relaxed_terms(model, prior, log_z, x, key, method, k)
+    log_w = kappa * (t.log_prior - t.log_q) + t.log_px
+    return -jnp.mean(jax.nn.logsumexp(log_w, axis=0) - math.log(k))
+
+  g1 = jax.jit(jax.grad(via_loss, argnums=(0, 1)))(params, prior)
+  g2 = jax.jit(jax.grad(via_log_mean_exp, argnums=(0, 1)))(params, prior)
+  chex.assert_trees_all_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_single_sample_loss_is_the_relaxed_elbo_and_iw_bound_is_tighter():
+  net, prior, x, samples = _tiny_setup("rbm", seed=2)
+  method = objectives.get_method("dvae_sharp_exp", 10.0)
+  (loss, terms), _ = _loss_and_grads(net, prior, samples, x, jax.random.key(4), method, 1, 1.0)
+  np.testing.assert_allclose(loss, terms["neg_elbo"], rtol=1e-6)
+  np.testing.assert_allclose(terms["neg_iw_bound"], terms["neg_elbo"], rtol=1e-6)
+  np.testing.assert_allclose(terms["kl"], terms["log_q"] - terms["log_prior"], rtol=1e-6)
+  _, terms5 = _loss_and_grads(net, prior, samples, x, jax.random.key(4), method, 5, 1.0)[0]
+  assert float(terms5["neg_iw_bound"]) <= float(terms5["neg_elbo"])
+
+
+def test_hierarchical_posterior_log_q_and_binary_states():
+  net, _, x, _ = _tiny_setup("rbm", seed=3)
+  net.eval()
+  key, k = jax.random.key(5), 3
+  # DVAE#: log q(ζ|x) = Σ_g log q(ζ_g | x, ζ_<g), with each group's logits recomputed here from the
+  # sampled earlier groups.
+  method = objectives.get_method("dvae_sharp", 20.0)
+  post = objectives.sample_posterior(net, x, key, method, k)
+  chex.assert_shape([post.zeta, post.logits], (k, 6, 6))
+  zeta = post.zeta.reshape(k * 6, 6)
+  xr = jnp.tile(x, (k, 1))
+  l0 = net.encode_group(0, xr, None)[0]
+  l1 = net.encode_group(1, xr, zeta[:, :3])[0]
+  np.testing.assert_allclose(post.logits.reshape(k * 6, 6), jnp.concatenate([l0, l1], -1),
+                             rtol=1e-5, atol=1e-5)
+  want = jnp.sum(smoothing.mixture_log_prob_logits(method.smoothing, zeta,
+                                                   jnp.concatenate([l0, l1], -1)), -1)
+  np.testing.assert_allclose(post.log_q.reshape(-1), want, rtol=1e-5, atol=1e-4)
+  # The K samples differ, the first group's logits do not.
+  assert float(jnp.max(jnp.abs(post.zeta[0] - post.zeta[1]))) > 0
+  np.testing.assert_allclose(post.logits[0, :, :3], post.logits[2, :, :3])
+  # DVAE: z is the branch of the spike-and-exp inverse CDF, ζ = 0 exactly when z = 0.
+  post = objectives.sample_posterior(net, x, key, objectives.get_method("dvae", 5.0), 200)
+  z, zeta = np.asarray(post.z), np.asarray(post.zeta)
+  assert np.all(zeta[z == 0] == 0) and np.all(zeta[z == 1] >= 0)
+  np.testing.assert_allclose(z.mean(0), np.asarray(jax.nn.sigmoid(post.logits)).mean(0), atol=0.15)
+
+
+def test_weight_decay_counts_kernels_bn_scales_and_rbm_couplings():
+  net = models.DVAENet("2-layer-nonlin", np.full(784, 0.3), gaussian_integral=True,
+                       rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  for mlp in [*net.encoders, net.decoder]:
+    for bn in mlp.norm:
+      bn.scale[...] = jnp.asarray(rng.uniform(0.5, 2.0, bn.scale.shape), jnp.float32)
+  m = _random_rbm(rng, 200, 200)
+  want = 0.0
+  for mlp in [*net.encoders, net.decoder]:
+    for d in [*mlp.dense, mlp.out] + ([mlp.out2] if mlp.out2 is not None else []):
+      want += np.sum(np.asarray(d.kernel[...], np.float64) ** 2)
+    for bn in mlp.norm:
+      want += np.sum(np.asarray(bn.scale[...], np.float64) ** 2)
+  params = nnx.state(net, nnx.Param)
+  np.testing.assert_allclose(objectives.weight_decay(params, priors.FactorialBernoulli(
+    jnp.ones(400))), 0.5e-4 * want, rtol=1e-5)
+  want += np.sum(np.asarray(m.w, np.float64) ** 2)
+  np.testing.assert_allclose(objectives.weight_decay(params, m), 0.5e-4 * want, rtol=1e-5)
+
+
+def test_bad_inputs():
+  with pytest.raises(ValueError, match="dvae_sharp_gi"):
+    objectives.get_method("dvae_sharp_power", 40.0)
+  with pytest.raises(ValueError, match="beta"):
+    objectives.get_method("dvae", 0.0)
+  with pytest.raises(ValueError, match="prior kind"):
+    priors.init_prior("ising", TINY)
+  net, prior, x, samples = _tiny_setup("rbm")
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="prior_samples"):
+    objectives.loss_fn(net, prior, None, x, key, objectives.get_method("dvae", 5.0))
+  with pytest.raises(ValueError, match="units"):
+    objectives.loss_fn(net, rbm.init_rbm(2, 2), samples, x, key, objectives.get_method("dvae", 5.0))
+  with pytest.raises(ValueError, match="x must have shape"):
+    objectives.loss_fn(net, prior, samples, x[:, :5], key, objectives.get_method("dvae", 5.0))
+  plain = models.DVAENet(TINY, np.full(8, 0.5), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="gaussian_integral=True"):
+    objectives.loss_fn(plain, prior, samples, x, key, objectives.get_method("dvae_sharp_gi", 5.0))
+  with pytest.raises(ValueError, match="discrete KL"):
+    objectives.relaxed_log_prior(prior, jnp.zeros((1, 6)), 0.0, objectives.get_method("dvae", 5.0))
+
+
+# ---- a few Adam steps on binarized MNIST, every method ---------------------------------------------
+
+BETAS = {"dvae": 5.0, "dvae_pp_exp": 12.0, "dvae_pp_power": 40.0, "dvae_sharp_gi": 40.0,
+         "dvae_sharp_gauss": 40.0, "dvae_sharp_exp": 12.0, "dvae_sharp_unexp": 40.0,
+         "dvae_sharp": 40.0}  # MATH.md §6, 1-layer-lin
+
+
+@pytest.mark.parametrize("name,kind", [(n, "rbm") for n in objectives.METHODS]
+                         + [("dvae_sharp", "factorial"), ("dvae_pp_power", "factorial")])
+def test_training_steps_on_mnist(name, kind, data_dir):
+  data = np.load(data_dir / "binarized_mnist.npz")
+  train = data["train"][:2000].astype(np.float32)
+  mean_x = train.mean(0)
+  net = models.DVAENet("1-layer-lin", mean_x, gaussian_integral=name == "dvae_sharp_gi",
+                       rngs=nnx.Rngs(0))
+  spec = net.spec
+  prior = priors.init_prior(kind, spec)
+  method = objectives.get_method(name, BETAS[name])
+  sampler = make_prior_sampler("pcd", num_samples=64, num_sweeps=2)
+  graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+  tx = optax.adam(3e-3, eps=1e-3)
+  opt_state = tx.init((params, prior))
+  num_samples = 2 if name.startswith("dvae_sharp") else 1
+  key = jax.random.key(0)
+  chains = sampler.init(key, prior if kind == "rbm" else rbm.init_rbm(spec.n1, spec.n2))
+
+  @jax.jit
+  def step(params, batch_stats, prior, opt_state, chains, x, key, kappa):
+    key_sampler, key_loss = jax.random.split(key)
+    if kind == "rbm":
+      chains, _ = sampler.step(key_sampler, chains, prior)
+
+    def total_loss(trainable):
+      params, prior = trainable
+      model = nnx.merge(graphdef, params, batch_stats, copy=True)
+      loss, terms = objectives.loss_fn(model, prior, chains, x, key_loss, method, num_samples,
+                                       kappa)
+      loss = loss + objectives.weight_decay(params, prior)
+      return loss, (terms, nnx.state(model, nnx.BatchStat))
+
+    (loss, (terms, batch_stats)), grads = jax.value_and_grad(total_loss, has_aux=True)(
+      (params, prior))
+    updates, opt_state = tx.update(grads, opt_state)
+    params, prior = optax.apply_updates((params, prior), updates)
+    return params, batch_stats, prior, opt_state, chains, loss, terms
+
+  start = (params, prior)
+  losses = []
+  for t in range(4):
+    x = jnp.asarray(train[t * 25:(t + 1) * 25])
+    params, batch_stats, prior, opt_state, chains, loss, terms = step(
+      params, batch_stats, prior, opt_state, chains, x, jax.random.fold_in(key, t), 0.1 * (t + 1))
+    chex.assert_tree_all_finite((loss, terms))
+    losses.append(float(loss))
+  chex.assert_tree_all_finite((params, prior, batch_stats))
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), start, (params, prior))
+  assert all(v > 0 for v in jax.tree.leaves(moved))
+  # The pixel-mean model alone costs about 206 nats per image; random kernels add to it.
+  assert 100 < losses[0] < 2000, losses
