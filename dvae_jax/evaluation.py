@@ -1,18 +1,18 @@
 """Evaluation of the discrete model: negative ELBO and importance-weighted NLL (MATH.md §4, §6).
 
 At evaluation every method is the same discrete model: the Bernoulli posterior
-q(z|x) = Π_i Bernoulli(z_i; σ(l_i(x, z_<i))) with the encoder fed binary z, the prior p(z) (the RBM
-with a log Z from AIS, or the factorial prior), and the decoder p(x|z) on binary z. BatchNorm uses its
-running statistics. With log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x):
+q(z|x) = Π_i Bernoulli(z_i; σ(l_i(x, z_<i))) with the encoder fed binary z, the prior p(z) (the
+RBM with a log Z from AIS, or the factorial prior), and the decoder p(x|z) on binary z. BatchNorm
+uses its running statistics. With log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x):
 
   neg_elbo = −(1/K) Σ_k log w_k,   nll = −log (1/K) Σ_k w_k   (the IWAE bound, ≥ −log p(x) in
   expectation, tight as K → ∞).
 
 Samples are drawn in chunks of ``sample_chunk`` under ``lax.scan`` so memory stays at
-[sample_chunk, batch, pixels]. Accumulation: each chunk's log-sum-exp is a float32 reduction over at
-most ``sample_chunk`` terms; the chunks are combined with a running ``logaddexp``, whose relative
-rounding error grows with the number of chunks C as about C·2⁻²⁴ (C = 40 for K = 4000 in chunks of 100:
-< 3e-6 nats), well below the Monte-Carlo error; float64 is not needed for this accumulation.
+[sample_chunk, batch, pixels]. Accumulation: each chunk's log-sum-exp is a float32 reduction over
+at most ``sample_chunk`` terms; the chunks are combined with a running ``logaddexp``, whose
+relative rounding error grows with the number of chunks C as about C·2⁻²⁴ (C = 40 for K = 4000 in
+chunks of 100: < 3e-6 nats), far below the Monte-Carlo error, so float64 is not needed here.
 """
 
 from __future__ import annotations
@@ -40,8 +40,14 @@ def _encoder_logits(model: models.DVAENet, group: int, x: Array, z_prev: Array |
   return out[0] if isinstance(out, tuple) else out
 
 
-def discrete_log_weights(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array | None,
-                         x: Array, key: Array, num_samples: int) -> Array:
+def discrete_log_weights(
+  model: models.DVAENet,
+  prior: priors_lib.Prior,
+  log_z: Array | None,
+  x: Array,
+  key: Array,
+  num_samples: int,
+) -> Array:
   """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for K binary posterior samples (MATH.md §4).
 
   Args:
@@ -78,9 +84,16 @@ def discrete_log_weights(model: models.DVAENet, prior: priors_lib.Prior, log_z: 
   return (log_px + log_pz - log_q).reshape(k, batch)
 
 
-def evaluate(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array | None, x: Array,
-             key: Array, num_samples: int, *, sample_chunk: int = DEFAULT_SAMPLE_CHUNK
-             ) -> dict[str, Array]:
+def evaluate(
+  model: models.DVAENet,
+  prior: priors_lib.Prior,
+  log_z: Array | None,
+  x: Array,
+  key: Array,
+  num_samples: int,
+  *,
+  sample_chunk: int = DEFAULT_SAMPLE_CHUNK,
+) -> dict[str, Array]:
   """Importance-weighted NLL and negative ELBO of the discrete model, per example (MATH.md §6).
 
   Args:
@@ -103,8 +116,9 @@ def evaluate(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array | None
   if x.ndim != 2 or x.shape[1] != model.spec.num_pixels:
     raise ValueError(f"x must have shape [batch, {model.spec.num_pixels}], got {x.shape}")
   if priors_lib.num_units(prior) != model.spec.num_latent:
-    raise ValueError(f"prior has {priors_lib.num_units(prior)} units, the model "
-                     f"{model.spec.num_latent} latents")
+    raise ValueError(
+      f"prior has {priors_lib.num_units(prior)} units, the model {model.spec.num_latent} latents"
+    )
   x = jnp.asarray(x, jnp.float32)
   chunk = min(sample_chunk, num_samples)
   num_chunks = -(-num_samples // chunk)
@@ -123,9 +137,10 @@ def evaluate(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array | None
   return {"nll": -(lse - math.log(num_samples)), "neg_elbo": -total / num_samples}
 
 
-def exact_log_likelihood(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array | None,
-                         x: Array) -> dict[str, Array]:
-  """Exact log p(x) and ELBO of the discrete model by enumerating all 2^n latent states (tiny models).
+def exact_log_likelihood(
+  model: models.DVAENet, prior: priors_lib.Prior, log_z: Array | None, x: Array
+) -> dict[str, Array]:
+  """Exact log p(x) and ELBO of the discrete model by enumerating all 2^n latent states.
 
   log p(x) = logsumexp_z [log p(x|z) + log p(z)]; ELBO = Σ_z q(z|x) [log p(x, z) − log q(z|x)] with
   the hierarchical q(z|x) = Π_i q(z_i | x, z_<i). For tests; n ≤ 20.
@@ -136,8 +151,9 @@ def exact_log_likelihood(model: models.DVAENet, prior: priors_lib.Prior, log_z: 
   spec = model.spec
   n = spec.num_latent
   if n > _MAX_ENUMERATED_LATENTS:
-    raise ValueError(f"exact_log_likelihood enumerates 2^n states; n = {n} > "
-                     f"{_MAX_ENUMERATED_LATENTS}")
+    raise ValueError(
+      f"exact_log_likelihood enumerates 2^n states; n = {n} > {_MAX_ENUMERATED_LATENTS}"
+    )
   states = jnp.asarray(np.array(list(itertools.product([0.0, 1.0], repeat=n)), np.float32))
   num_states, batch, units = states.shape[0], x.shape[0], spec.units_per_group
   x = jnp.asarray(x, jnp.float32)
@@ -145,13 +161,14 @@ def exact_log_likelihood(model: models.DVAENet, prior: priors_lib.Prior, log_z: 
   z_rep = jnp.broadcast_to(states[:, None], (num_states, batch, n)).reshape(-1, n)
   log_q = jnp.zeros((num_states * batch,), jnp.float32)
   for g in range(spec.num_groups):
-    z_prev = None if g == 0 else z_rep[:, :g * units]
+    z_prev = None if g == 0 else z_rep[:, : g * units]
     logits = _encoder_logits(model, g, x_rep, z_prev)
-    log_q = log_q + jnp.sum(priors_lib.bernoulli_log_prob(z_rep[:, g * units:(g + 1) * units],
-                                                          logits), -1)
+    log_q = log_q + jnp.sum(
+      priors_lib.bernoulli_log_prob(z_rep[:, g * units : (g + 1) * units], logits), -1
+    )
   log_pz = priors_lib.discrete_log_prob(prior, z_rep, log_z)
   x_logits = model.decode(z_rep, use_running_average=True)
-  log_joint = (jnp.sum(priors_lib.bernoulli_log_prob(x_rep, x_logits), -1) + log_pz)
+  log_joint = jnp.sum(priors_lib.bernoulli_log_prob(x_rep, x_logits), -1) + log_pz
   log_joint = log_joint.reshape(num_states, batch)
   log_q = log_q.reshape(num_states, batch)
   elbo = jnp.sum(jnp.exp(log_q) * (log_joint - log_q), axis=0)

@@ -1,10 +1,11 @@
 """Encoder/decoder networks of the discrete VAEs (MATH.md §5), as thin Flax NNX modules.
 
-A *struct* names an architecture: the number of latent groups of the hierarchical posterior, the units
-per group, and the hidden widths of each group's encoder and of the decoder. The latent vector is the
-concatenation of the groups, ``zeta = [group_1, ..., group_G]`` of width ``num_latent``; the RBM prior
-sees its first half as ``z1`` and its second half as ``z2`` (``n1 = n2 = num_latent / 2``), which is
-MATH.md §5's "group 1 ‖ group 2" for two groups and "groups 1–2 ‖ 3–4" for four.
+A *struct* names an architecture: the number of latent groups of the hierarchical posterior, the
+units per group, and the hidden widths of each group's encoder and of the decoder. The latent vector
+is the concatenation of the groups, ``zeta = [group_1, ..., group_G]`` of width ``num_latent``; the
+RBM prior sees its first half as ``z1`` and its second half as ``z2``
+(``n1 = n2 = num_latent / 2``), which is MATH.md §5's "group 1 ‖ group 2" for two groups and
+"groups 1–2 ‖ 3–4" for four.
 
 The modules only hold parameters and compute logits; sampling, the hierarchy over groups and the
 objectives are pure functions in ``dvae_jax.objectives`` and ``dvae_jax.evaluation``.
@@ -73,11 +74,15 @@ class StructSpec(NamedTuple):
   def validate(self) -> StructSpec:
     """Returns self; raises ``ValueError`` naming the problem when the spec is unusable."""
     if self.num_groups < 1 or self.units_per_group < 1 or self.num_pixels < 1:
-      raise ValueError(f"struct {self.name!r}: num_groups, units_per_group and num_pixels must be "
-                       f">= 1, got {self.num_groups}, {self.units_per_group}, {self.num_pixels}")
+      raise ValueError(
+        f"struct {self.name!r}: num_groups, units_per_group and num_pixels must be "
+        f">= 1, got {self.num_groups}, {self.units_per_group}, {self.num_pixels}"
+      )
     if self.num_latent % 2:
-      raise ValueError(f"struct {self.name!r}: num_latent = {self.num_latent} must be even so that "
-                       "the RBM has two equal sides")
+      raise ValueError(
+        f"struct {self.name!r}: num_latent = {self.num_latent} must be even so that "
+        "the RBM has two equal sides"
+      )
     if any(h < 1 for h in self.encoder_hidden + self.decoder_hidden):
       raise ValueError(f"struct {self.name!r}: hidden widths must be >= 1")
     return self
@@ -115,17 +120,30 @@ class MLP(nnx.Module):
   Gaussian-integral posterior). Kernels He-normal, biases zero.
   """
 
-  def __init__(self, in_features: int, hidden: tuple[int, ...], out_features: int, *,
-               second_head: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    hidden: tuple[int, ...],
+    out_features: int,
+    *,
+    second_head: bool = False,
+    rngs: nnx.Rngs,
+  ):
     init = nnx.initializers.he_normal()
     widths = (in_features, *hidden)
-    self.dense = nnx.List([nnx.Linear(a, b, kernel_init=init, rngs=rngs)
-                           for a, b in zip(widths[:-1], widths[1:], strict=True)])
-    self.norm = nnx.List([nnx.BatchNorm(b, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
-                          for b in hidden])
+    self.dense = nnx.List(
+      [
+        nnx.Linear(a, b, kernel_init=init, rngs=rngs)
+        for a, b in zip(widths[:-1], widths[1:], strict=True)
+      ]
+    )
+    self.norm = nnx.List(
+      [nnx.BatchNorm(b, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs) for b in hidden]
+    )
     self.out = nnx.Linear(widths[-1], out_features, kernel_init=init, rngs=rngs)
-    self.out2 = (nnx.Linear(widths[-1], out_features, kernel_init=init, rngs=rngs)
-                 if second_head else None)
+    self.out2 = (
+      nnx.Linear(widths[-1], out_features, kernel_init=init, rngs=rngs) if second_head else None
+    )
 
   def __call__(self, h: jax.Array, *, use_running_average: bool | None = None):
     """Returns the output ``[batch, out]`` (a pair of them with ``second_head``)."""
@@ -141,8 +159,8 @@ class DVAENet(nnx.Module):
 
   Args:
     struct: a name in ``STRUCTS`` or a custom ``StructSpec``.
-    mean_x: ``[num_pixels]`` training-set pixel means; the encoder sees ``x - mean_x`` and the decoder
-      logits get the offset ``logit(clip(mean_x, 1e-3, 1 - 1e-3))``.
+    mean_x: ``[num_pixels]`` training-set pixel means; the encoder sees ``x - mean_x`` and the
+      decoder logits get the offset ``logit(clip(mean_x, 1e-3, 1 - 1e-3))``.
     gaussian_integral: add the second encoder head and the per-unit ``s_var`` of the DVAE# Gaussian-
       integral posterior (MATH.md §4).
     rngs: parameter initialisation.
@@ -151,8 +169,14 @@ class DVAENet(nnx.Module):
   takes ``use_running_average`` to override the mode (``True`` = running statistics).
   """
 
-  def __init__(self, struct: str | StructSpec, mean_x: jax.Array, *, gaussian_integral: bool = False,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    struct: str | StructSpec,
+    mean_x: jax.Array,
+    *,
+    gaussian_integral: bool = False,
+    rngs: nnx.Rngs,
+  ):
     spec = get_struct(struct)
     mean_x = jnp.asarray(mean_x, jnp.float32)
     if mean_x.shape != (spec.num_pixels,):
@@ -160,30 +184,44 @@ class DVAENet(nnx.Module):
     self.spec = spec
     self.gaussian_integral = gaussian_integral
     units = spec.units_per_group
-    self.encoders = nnx.List([
-      MLP(spec.num_pixels + i * units, spec.encoder_hidden, units, second_head=gaussian_integral,
-          rngs=rngs)
-      for i in range(spec.num_groups)
-    ])
+    self.encoders = nnx.List(
+      [
+        MLP(
+          spec.num_pixels + i * units,
+          spec.encoder_hidden,
+          units,
+          second_head=gaussian_integral,
+          rngs=rngs,
+        )
+        for i in range(spec.num_groups)
+      ]
+    )
     self.decoder = MLP(spec.num_latent, spec.decoder_hidden, spec.num_pixels, rngs=rngs)
     self.mean_x = DataStat(mean_x)
     clipped = jnp.clip(mean_x, MEAN_CLIP, 1.0 - MEAN_CLIP)
     self.logit_offset = DataStat(jnp.log(clipped) - jnp.log1p(-clipped))
     self.s_var = nnx.Param(jnp.ones((spec.num_latent,))) if gaussian_integral else None
 
-  def encode_group(self, group: int, x: jax.Array, zeta_prev: jax.Array | None, *,
-                   use_running_average: bool | None = None):
+  def encode_group(
+    self,
+    group: int,
+    x: jax.Array,
+    zeta_prev: jax.Array | None,
+    *,
+    use_running_average: bool | None = None,
+  ):
     """Logits of group ``group`` of the hierarchical posterior, q(z_i | x, ζ_<i) (MATH.md §4).
 
     Args:
       group: group index in ``[0, num_groups)`` (a Python int).
       x: ``[batch, num_pixels]`` data.
-      zeta_prev: ``[batch, group * units_per_group]`` the earlier groups' samples (relaxed in training,
-        binary at evaluation), or ``None`` for group 0.
+      zeta_prev: ``[batch, group * units_per_group]`` the earlier groups' samples (relaxed in
+        training, binary at evaluation), or ``None`` for group 0.
       use_running_average: BatchNorm mode override.
 
     Returns:
-      logits ``[batch, units_per_group]``; with ``gaussian_integral`` a pair ``(logits, shift_logits)``.
+      logits ``[batch, units_per_group]``; with ``gaussian_integral`` a pair
+      ``(logits, shift_logits)``.
     """
     if not 0 <= group < self.spec.num_groups:
       raise ValueError(f"group must be in [0, {self.spec.num_groups}), got {group}")
@@ -197,7 +235,7 @@ class DVAENet(nnx.Module):
     return self.encoders[group](h, use_running_average=use_running_average)
 
   def decode(self, zeta: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
-    """Bernoulli logits of p(x | ζ), ``[batch, num_pixels]``, from ``zeta`` ``[batch, num_latent]``."""
+    """Bernoulli logits of p(x|ζ) ``[batch, num_pixels]`` from ``zeta`` ``[batch, num_latent]``."""
     if zeta.shape[-1] != self.spec.num_latent:
       raise ValueError(f"zeta must have {self.spec.num_latent} columns, got shape {zeta.shape}")
     logits = self.decoder(zeta, use_running_average=use_running_average)

@@ -1,16 +1,16 @@
 """Training objectives of DVAE, DVAE++ and DVAE# (MATH.md §4), one entry per method.
 
-| name              | family         | posterior relaxation         | prior term                          |
-|-------------------|----------------|------------------------------|-------------------------------------|
-| dvae              | dvae           | spike-and-exp                | discrete KL (Rolfe 2017 surrogate   |
-|                   |                |                              | gradient for > 1 group)             |
-| dvae_pp_exp       | dvae_pp        | exponential mixture          | discrete KL = CE − H with ν         |
-| dvae_pp_power     | dvae_pp        | power-function mixture       | discrete KL = CE − H with ν         |
-| dvae_sharp_exp    | dvae_sharp     | exponential mixture          | relaxed marginal, mean-field log Z_ζ|
-| dvae_sharp_unexp  | dvae_sharp     | uniform+exponential mixture  | relaxed marginal, mean-field log Z_ζ|
-| dvae_sharp_gauss  | dvae_sharp     | Gaussian mixture             | relaxed marginal, mean-field log Z_ζ|
-| dvae_sharp        | dvae_sharp     | power-function mixture       | relaxed marginal, mean-field log Z_ζ|
-| dvae_sharp_gi     | dvae_sharp_gi  | shifted Gaussian mixture     | Gaussian-integral marginal          |
+| name             | family        | posterior relaxation     | prior term                        |
+|------------------|---------------|--------------------------|-----------------------------------|
+| dvae             | dvae          | spike-and-exp            | discrete KL (Rolfe 2017 surrogate |
+|                  |               |                          | gradient for > 1 group)           |
+| dvae_pp_exp      | dvae_pp       | exponential              | discrete KL = CE − H with ν       |
+| dvae_pp_power    | dvae_pp       | power function           | discrete KL = CE − H with ν       |
+| dvae_sharp_exp   | dvae_sharp    | exponential              | relaxed marginal, mean-field Z_ζ  |
+| dvae_sharp_unexp | dvae_sharp    | uniform+exponential      | relaxed marginal, mean-field Z_ζ  |
+| dvae_sharp_gauss | dvae_sharp    | Gaussian                 | relaxed marginal, mean-field Z_ζ  |
+| dvae_sharp       | dvae_sharp    | power function           | relaxed marginal, mean-field Z_ζ  |
+| dvae_sharp_gi    | dvae_sharp_gi | shifted Gaussian mixture | Gaussian-integral marginal        |
 
 ``loss_fn`` is a pure function of the model (a merged NNX module), the prior pytree, the prior
 sampler's samples and a PRNG key; the runner differentiates it with respect to the model's
@@ -77,8 +77,9 @@ class Method(NamedTuple):
   mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS
 
 
-def get_method(name: str, beta: float, *,
-               mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS) -> Method:
+def get_method(
+  name: str, beta: float, *, mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS
+) -> Method:
   """The method called ``name`` with sharpness ``beta`` (MATH.md §4, §6 for the values of β)."""
   if name not in _METHOD_TABLE:
     raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
@@ -91,19 +92,21 @@ def get_method(name: str, beta: float, *,
   return Method(name, family, smoothing, float(beta), mean_field_iterations)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The shifted Gaussian mixture posterior of the Gaussian integral (MATH.md §4, §1).
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def shifted_gaussian_mixture_log_prob(zeta: Array, logits: Array, shift: Array,
-                                      scale: Array) -> Array:
+def shifted_gaussian_mixture_log_prob(
+  zeta: Array, logits: Array, shift: Array, scale: Array
+) -> Array:
   """log[(1 − q) N(ζ; Δμ, s²) + q N(ζ; 1 + Δμ, s²)] elementwise, q = σ(logits) (MATH.md §4)."""
   u0 = (zeta - shift) / scale
   u1 = u0 - 1.0 / scale
-  mix = jnp.logaddexp(jax.nn.log_sigmoid(-logits) - 0.5 * u0**2,
-                      jax.nn.log_sigmoid(logits) - 0.5 * u1**2)
+  mix = jnp.logaddexp(
+    jax.nn.log_sigmoid(-logits) - 0.5 * u0**2, jax.nn.log_sigmoid(logits) - 0.5 * u1**2
+  )
   return mix - jnp.log(scale) - _HALF_LOG_2PI
 
 
@@ -122,8 +125,9 @@ def _log_ndtr_diff(a: Array, b: Array) -> Array:
   return log_hi + _log1mexp(log_ndtr(lo) - log_hi)
 
 
-def shifted_gaussian_mixture_dzeta_dq(zeta: Array, logits: Array, shift: Array,
-                                      scale: Array) -> Array:
+def shifted_gaussian_mixture_dzeta_dq(
+  zeta: Array, logits: Array, shift: Array, scale: Array
+) -> Array:
   """Implicit derivative dζ/dq = (R0(ζ) − R1(ζ)) / q(ζ) of the shifted mixture (MATH.md §1).
 
   R0, R1 are the component CDFs Φ((ζ − Δμ)/s), Φ((ζ − 1 − Δμ)/s) and q(ζ) the mixture density;
@@ -152,15 +156,14 @@ def sample_shifted_gaussian_mixture(key: Array, logits: Array, shift: Array, sca
   """
   key_z, key_eps = jax.random.split(key)
   q = jax.nn.sigmoid(logits)
-  z = (jax.random.uniform(key_z, logits.shape, logits.dtype) < lax.stop_gradient(q))
+  z = jax.random.uniform(key_z, logits.shape, logits.dtype) < lax.stop_gradient(q)
   eps = jax.random.normal(key_eps, logits.shape, logits.dtype)
   zeta = z.astype(logits.dtype) + shift + scale * eps
-  dzeta_dq = lax.stop_gradient(
-    shifted_gaussian_mixture_dzeta_dq(zeta, logits, shift, scale))
+  dzeta_dq = lax.stop_gradient(shifted_gaussian_mixture_dzeta_dq(zeta, logits, shift, scale))
   return zeta + dzeta_dq * q - lax.stop_gradient(dzeta_dq * q)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The hierarchical posterior (MATH.md §4).
 
 
@@ -204,8 +207,9 @@ def _sample_group(key: Array, method: Method, out, scale: Array | None):
   return zeta, logits, log_q, None
 
 
-def sample_posterior(model: models.DVAENet, x: Array, key: Array, method: Method,
-                     num_samples: int = 1) -> PosteriorSample:
+def sample_posterior(
+  model: models.DVAENet, x: Array, key: Array, method: Method, num_samples: int = 1
+) -> PosteriorSample:
   """K relaxed samples of the hierarchical posterior, group by group (MATH.md §4).
 
   Group i's encoder reads [x − mean_x, ζ_<i]; its relaxed sample uses the method's smoothing
@@ -239,10 +243,11 @@ def sample_posterior(model: models.DVAENet, x: Array, key: Array, method: Method
       # batch statistics, K times less work).
       out = model.encode_group(0, x, None)
       out = jax.tree.map(
-        lambda a: jnp.broadcast_to(a, (k, *a.shape)).reshape(k * batch, a.shape[-1]), out)
+        lambda a: jnp.broadcast_to(a, (k, *a.shape)).reshape(k * batch, a.shape[-1]), out
+      )
     else:
       out = model.encode_group(g, x_rep, jnp.concatenate(zetas, axis=-1))
-    scale = None if scale_all is None else scale_all[g * units:(g + 1) * units]
+    scale = None if scale_all is None else scale_all[g * units : (g + 1) * units]
     zeta, logits, log_q, z = _sample_group(keys[g], method, out, scale)
     zetas.append(zeta)
     logits_all.append(logits)
@@ -258,13 +263,13 @@ def sample_posterior(model: models.DVAENet, x: Array, key: Array, method: Method
 
 
 def reconstruction_log_prob(model: models.DVAENet, zeta: Array, x: Array) -> Array:
-  """log p(x|ζ) = Σ_pixels Bernoulli log-likelihood, ``zeta`` [K, batch, n], x [batch, pixels] → [K, batch]."""
+  """log p(x|ζ) summed over pixels: ``zeta`` [K, batch, n], x [batch, pixels] → [K, batch]."""
   k, batch, n = zeta.shape
   logits = model.decode(zeta.reshape(k * batch, n)).reshape(k, batch, -1)
   return jnp.sum(priors_lib.bernoulli_log_prob(x, logits), axis=-1)
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # DVAE / DVAE++ KL terms (MATH.md §4).
 
 
@@ -291,9 +296,9 @@ def dvae_cross_term(m: rbm_lib.RBM, z1: Array, logits1: Array, mu2: Array) -> Ar
   ζ_i (i in z1) but not the other way round. With ρ_i uniform, z_i = 1[ρ_i > 1 − q_i] and ζ_i
   continuous in ρ_i (ζ_i = 0 at the switch),
     ∂/∂φ E[z_i z_j] = E[ (1 − z_i)/(1 − q_i) · q_j · ∂q_i/∂φ + z_i · ∂q_j/∂φ ],
-  the first term being the boundary term of the moving threshold (q_j at ζ_i = 0, i.e. on the z_i = 0
-  samples) and the second the pathwise term. The returned value is the unbiased single-sample
-  estimate Σ_ij z_i W_ij q_j; its gradient is that of the surrogate
+  the first term being the boundary term of the moving threshold (q_j at ζ_i = 0, i.e. on the
+  z_i = 0 samples) and the second the pathwise term. The returned value is the unbiased
+  single-sample estimate Σ_ij z_i W_ij q_j; its gradient is that of the surrogate
     Σ_i q_i · sg((1 − z_i)/(1 − q_i) Σ_j W_ij q_j) + Σ_ij sg(z_i) W_ij q_j
   (W gets the gradient z_i q_j from the second term only).
 
@@ -317,8 +322,13 @@ def dvae_cross_term(m: rbm_lib.RBM, z1: Array, logits1: Array, mu2: Array) -> Ar
   return lax.stop_gradient(value) + surrogate - lax.stop_gradient(surrogate)
 
 
-def discrete_kl(prior: priors_lib.Prior, log_z: Array | None, post: PosteriorSample, method: Method,
-                num_groups: int) -> Array:
+def discrete_kl(
+  prior: priors_lib.Prior,
+  log_z: Array | None,
+  post: PosteriorSample,
+  method: Method,
+  num_groups: int,
+) -> Array:
   """KL(q(z|x) ‖ p(z)) for DVAE and DVAE++ from one posterior sample per row (MATH.md §4).
 
   RBM prior: KL = CE − H, H = Σ_i H_Bernoulli(q_i) over all groups (conditionals given the earlier
@@ -348,7 +358,7 @@ def discrete_kl(prior: priors_lib.Prior, log_z: Array | None, post: PosteriorSam
   return dvae_pp_cross_entropy(prior, logits, nu1, log_z) - entropy
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The loss.
 
 
@@ -358,8 +368,9 @@ def relaxed_log_prior(prior: priors_lib.Prior, zeta: Array, log_z: Array, method
     return priors_lib.gaussian_integral_log_prob(prior, zeta, method.beta, log_z)
   if method.family != FAMILY_DVAE_SHARP:
     raise ValueError(f"method {method.name!r} has no relaxed prior (it uses the discrete KL)")
-  return priors_lib.relaxed_log_prob(prior, method.smoothing, zeta, log_z,
-                                     num_iterations=method.mean_field_iterations)
+  return priors_lib.relaxed_log_prob(
+    prior, method.smoothing, zeta, log_z, num_iterations=method.mean_field_iterations
+  )
 
 
 def iw_loss(log_w: Array) -> Array:
@@ -385,12 +396,19 @@ class RelaxedTerms(NamedTuple):
   log_q: Array
 
 
-def relaxed_terms(model: models.DVAENet, prior: priors_lib.Prior, log_z: Array, x: Array, key: Array,
-                  method: Method, num_samples: int = 1) -> RelaxedTerms:
+def relaxed_terms(
+  model: models.DVAENet,
+  prior: priors_lib.Prior,
+  log_z: Array,
+  x: Array,
+  key: Array,
+  method: Method,
+  num_samples: int = 1,
+) -> RelaxedTerms:
   """log p(x|ζ_k), log p(ζ_k), log q(ζ_k|x) for K relaxed posterior samples (DVAE#, MATH.md §4).
 
-  ``log_z`` is the scalar log Z of the RBM (the training surrogate of ``rbm.log_partition_surrogate``
-  for gradients); the log weights are ``kappa * (log_prior - log_q) + log_px``.
+  ``log_z`` is the scalar log Z of the RBM (for gradients, the training surrogate of
+  ``rbm.log_partition_surrogate``); the log weights are ``kappa * (log_prior - log_q) + log_px``.
   """
   if method.family not in (FAMILY_DVAE_SHARP, FAMILY_DVAE_SHARP_GI):
     raise ValueError(f"method {method.name!r} has no relaxed prior (it uses the discrete KL)")
@@ -418,9 +436,16 @@ def training_log_partition(prior: priors_lib.Prior, prior_samples) -> Array:
   return rbm_lib.log_partition_surrogate(prior, z1, z2, log_z)
 
 
-def loss_fn(model: models.DVAENet, prior: priors_lib.Prior, prior_samples, x: Array, key: Array,
-            method: Method, num_samples: int = 1, kappa: Array | float = 1.0
-            ) -> tuple[Array, dict[str, Array]]:
+def loss_fn(
+  model: models.DVAENet,
+  prior: priors_lib.Prior,
+  prior_samples,
+  x: Array,
+  key: Array,
+  method: Method,
+  num_samples: int = 1,
+  kappa: Array | float = 1.0,
+) -> tuple[Array, dict[str, Array]]:
   """The training loss of ``method`` on a batch (MATH.md §4).
 
   DVAE, DVAE++: mean over the K samples and the batch of −log p(x|ζ) + κ·KL. DVAE#: the importance-
@@ -430,8 +455,8 @@ def loss_fn(model: models.DVAENet, prior: priors_lib.Prior, prior_samples, x: Ar
   Args:
     model: the network (BatchNorm in training mode normally; batch statistics are updated in place).
     prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
-    prior_samples: ``(z1 [S, n1], z2 [S, n2], log_z)`` (or a sampler state with those attributes) for
-      the RBM's training log Z; ignored (may be ``None``) for the factorial prior.
+    prior_samples: ``(z1 [S, n1], z2 [S, n2], log_z)`` (or a sampler state with those attributes)
+      for the RBM's training log Z; ignored (may be ``None``) for the factorial prior.
     x: [batch, pixels] binary data (float).
     key: one PRNG key for the whole batch.
     method: from ``get_method``.
@@ -445,8 +470,9 @@ def loss_fn(model: models.DVAENet, prior: priors_lib.Prior, prior_samples, x: Ar
     importance weight).
   """
   if priors_lib.num_units(prior) != model.spec.num_latent:
-    raise ValueError(f"prior has {priors_lib.num_units(prior)} units, the model "
-                     f"{model.spec.num_latent} latents")
+    raise ValueError(
+      f"prior has {priors_lib.num_units(prior)} units, the model {model.spec.num_latent} latents"
+    )
   log_z = training_log_partition(prior, prior_samples)
   terms = {"log_z": log_z}
   if method.family in (FAMILY_DVAE, FAMILY_DVAE_PP):
@@ -469,7 +495,7 @@ def loss_fn(model: models.DVAENet, prior: priors_lib.Prior, prior_samples, x: Ar
   return loss, terms
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Weight decay (MATH.md §2, §6).
 
 
@@ -478,8 +504,9 @@ def _is_decayed(path) -> bool:
   return "kernel" in names or ("norm" in names and "scale" in names)
 
 
-def weight_decay(params, prior: priors_lib.Prior | None = None,
-                 coefficient: float = WEIGHT_DECAY) -> Array:
+def weight_decay(
+  params, prior: priors_lib.Prior | None = None, coefficient: float = WEIGHT_DECAY
+) -> Array:
   """coefficient · ½ Σ‖w‖² over dense kernels, BatchNorm scales and the RBM couplings W.
 
   Args:
@@ -492,10 +519,13 @@ def weight_decay(params, prior: priors_lib.Prior | None = None,
   Returns:
     Scalar penalty to add to the loss.
   """
-  leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-            if _is_decayed(path)]
+  leaves = [
+    leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0] if _is_decayed(path)
+  ]
   if not leaves:
-    raise ValueError("weight_decay found no dense kernel in params; pass nnx.state(model, nnx.Param)")
+    raise ValueError(
+      "weight_decay found no dense kernel in params; pass nnx.state(model, nnx.Param)"
+    )
   total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
   if isinstance(prior, rbm_lib.RBM):
     total = total + jnp.sum(jnp.square(prior.w))

@@ -11,12 +11,13 @@ For DVAE# the prior of the relaxed variables ζ is the marginal of an augmented 
 
 - overlapping smoothing r(ζ|z): p(z, ζ) = e^{−E(z)} Π_i r(ζ_i|z_i) / Z, so
   log p(ζ) = log Z_ζ − log Z with Z_ζ = Σ_z exp(−E(z) + Σ_i [b_i(ζ) z_i + c_i(ζ)]),
-  b = log r(ζ|1) − log r(ζ|0), c = log r(ζ|0). ``relaxed_log_partition`` estimates log Z_ζ by mean field
-  (a lower bound); ``relaxed_log_partition_exact`` enumerates it (tests, small machines).
+  b = log r(ζ|1) − log r(ζ|0), c = log r(ζ|0). ``relaxed_log_partition`` estimates log Z_ζ by mean
+  field (a lower bound); ``relaxed_log_partition_exact`` enumerates it (tests, small machines).
 - Gaussian integral: ``gaussian_integral_log_prob`` (derivation in its docstring).
 
-``log_z`` arguments are scalars; pass ``rbm.log_partition_surrogate(...)`` during training so that the
-gradient of −log Z is the model expectation (MATH.md §2), or an AIS / exact value at evaluation.
+``log_z`` arguments are scalars; pass ``rbm.log_partition_surrogate(...)`` during training so that
+the gradient of −log Z is the model expectation (MATH.md §2), or an AIS / exact value at
+evaluation.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ Array = jax.Array
 
 # Mean-field iterations for log Z_ζ (MATH.md §4).
 MEAN_FIELD_ITERATIONS = 5
-# Gaussian integral: λ = max(σ_max(W) + GI_EIGEN_MARGIN, β) keeps A = W_f + λI positive definite with
-# its smallest eigenvalue at least GI_EIGEN_MARGIN (MATH.md §4).
+# Gaussian integral: λ = max(σ_max(W) + GI_EIGEN_MARGIN, β) keeps A = W_f + λI positive definite,
+# with its smallest eigenvalue at least GI_EIGEN_MARGIN (MATH.md §4).
 GI_EIGEN_MARGIN = 5.0
 # Exact enumeration of Z_ζ is for tests; beyond this many units on the smaller side it is hopeless.
 _MAX_EXACT_UNITS = 24
@@ -84,7 +85,7 @@ def split_sides(prior: Prior, v: Array) -> tuple[Array, Array]:
   return v[..., :n1], v[..., n1:]
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Bernoulli helpers (elementwise, from logits, numerically safe).
 
 
@@ -108,12 +109,12 @@ def bernoulli_kl(q_logits: Array, p_logits: Array) -> Array:
   return -bernoulli_entropy(q_logits) - (q * p_logits - jax.nn.softplus(p_logits))
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Discrete log-probabilities.
 
 
 def discrete_log_prob(prior: Prior, z: Array, log_z: Array | None = None) -> Array:
-  """log p(z) of binary states ``z`` ``[..., n]`` (MATH.md §2); ``log_z`` is needed for the RBM only.
+  """log p(z) of binary states ``z`` ``[..., n]`` (MATH.md §2); ``log_z`` is for the RBM only.
 
   Returns:
     ``[...]``.
@@ -122,7 +123,9 @@ def discrete_log_prob(prior: Prior, z: Array, log_z: Array | None = None) -> Arr
     _check_width(prior, z)
     return jnp.sum(bernoulli_log_prob(z, prior.logits), axis=-1)
   if log_z is None:
-    raise ValueError("discrete_log_prob of an RBM needs log_z (exact, AIS or the training surrogate)")
+    raise ValueError(
+      "discrete_log_prob of an RBM needs log_z (exact, AIS or the training surrogate)"
+    )
   z1, z2 = split_sides(prior, z)
   return rbm_lib.log_prob(prior, z1, z2, log_z)
 
@@ -132,19 +135,20 @@ def _check_width(prior: Prior, v: Array) -> None:
     raise ValueError(f"expected a trailing dimension of {num_units(prior)}, got shape {v.shape}")
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # DVAE# relaxed marginal with an overlapping smoothing (MATH.md §4).
 
 
-def mean_field_log_partition(m: rbm_lib.RBM, a1: Array, a2: Array,
-                             num_iterations: int = MEAN_FIELD_ITERATIONS) -> Array:
+def mean_field_log_partition(
+  m: rbm_lib.RBM, a1: Array, a2: Array, num_iterations: int = MEAN_FIELD_ITERATIONS
+) -> Array:
   """Mean-field lower bound on log Σ_z exp(−E(z) + a1·z1 + a2·z2) (MATH.md §4).
 
   The magnetisations start at 0.5 and take ``num_iterations`` block updates
   m2 ← σ(b2 + a2 + Wᵀm1), m1 ← σ(b1 + a1 + W m2) under stop-gradient; then
-  log Ẑ = (b1 + a1)·m1 + (b2 + a2)·m2 + m1ᵀ W m2 + H(m1) + H(m2). By Gibbs' inequality this is a lower
-  bound for any m. Gradients flow through the energy term at fixed m (envelope theorem: at a fixed
-  point of the updates the derivative with respect to m vanishes).
+  log Ẑ = (b1 + a1)·m1 + (b2 + a2)·m2 + m1ᵀ W m2 + H(m1) + H(m2). By Gibbs' inequality this is a
+  lower bound for any m. Gradients flow through the energy term at fixed m (envelope theorem: at a
+  fixed point of the updates the derivative with respect to m vanishes).
 
   Args:
     m: the RBM.
@@ -174,8 +178,7 @@ def mean_field_log_partition(m: rbm_lib.RBM, a1: Array, a2: Array,
   # After the last update m1 = σ(u1) is newer than the m1 that produced u2; any m is a valid bound.
   m1, m2 = jax.nn.sigmoid(u1), jax.nn.sigmoid(u2)
   entropy = jnp.sum(bernoulli_entropy(u1), -1) + jnp.sum(bernoulli_entropy(u2), -1)
-  neg_energy = (jnp.sum(h1 * m1, -1) + jnp.sum(h2 * m2, -1)
-                + jnp.sum((m1 @ m.w) * m2, -1))
+  neg_energy = jnp.sum(h1 * m1, -1) + jnp.sum(h2 * m2, -1) + jnp.sum((m1 @ m.w) * m2, -1)
   return neg_energy + entropy
 
 
@@ -187,8 +190,9 @@ def _relaxed_fields(prior: Prior, smoothing, zeta: Array) -> tuple[Array, Array,
   return b1, b2, c
 
 
-def relaxed_log_partition(m: rbm_lib.RBM, smoothing, zeta: Array,
-                          num_iterations: int = MEAN_FIELD_ITERATIONS) -> Array:
+def relaxed_log_partition(
+  m: rbm_lib.RBM, smoothing, zeta: Array, num_iterations: int = MEAN_FIELD_ITERATIONS
+) -> Array:
   """Mean-field log Ẑ_ζ of the augmented machine, ``zeta`` [..., n] → [...] (MATH.md §4)."""
   _check_width(m, zeta)
   b1, b2, c = _relaxed_fields(m, smoothing, zeta)
@@ -202,17 +206,27 @@ def relaxed_log_partition_exact(m: rbm_lib.RBM, smoothing, zeta: Array) -> Array
   """
   _check_width(m, zeta)
   if min(m.n1, m.n2) > _MAX_EXACT_UNITS:
-    raise ValueError(f"exact enumeration needs min(n1, n2) <= {_MAX_EXACT_UNITS}, got "
-                     f"{min(m.n1, m.n2)}")
+    raise ValueError(
+      f"exact enumeration needs min(n1, n2) <= {_MAX_EXACT_UNITS}, got {min(m.n1, m.n2)}"
+    )
   b1, b2, c = _relaxed_fields(m, smoothing, zeta)
   batch = zeta.shape[:-1]
-  flat = jax.vmap(lambda a1, a2: rbm_lib.exact_log_partition(rbm_lib.RBM(m.b1 + a1, m.b2 + a2, m.w)))
+  flat = jax.vmap(
+    lambda a1, a2: rbm_lib.exact_log_partition(rbm_lib.RBM(m.b1 + a1, m.b2 + a2, m.w))
+  )
   out = flat(b1.reshape(-1, m.n1), b2.reshape(-1, m.n2))
   return out.reshape(batch) + c
 
 
-def relaxed_log_prob(prior: Prior, smoothing, zeta: Array, log_z: Array | None = None, *,
-                     num_iterations: int = MEAN_FIELD_ITERATIONS, exact: bool = False) -> Array:
+def relaxed_log_prob(
+  prior: Prior,
+  smoothing,
+  zeta: Array,
+  log_z: Array | None = None,
+  *,
+  num_iterations: int = MEAN_FIELD_ITERATIONS,
+  exact: bool = False,
+) -> Array:
   """log p(ζ) of the DVAE# relaxed prior with an overlapping smoothing (MATH.md §4).
 
   RBM: log Ẑ_ζ − log Z (mean field, or enumeration with ``exact=True``). Factorial prior: exact per
@@ -239,7 +253,7 @@ def relaxed_log_prob(prior: Prior, smoothing, zeta: Array, log_z: Array | None =
   return relaxed_log_partition(prior, smoothing, zeta, num_iterations) - log_z
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # DVAE# Gaussian integral (MATH.md §4).
 
 
@@ -256,8 +270,9 @@ def gaussian_integral_lambda(prior: Prior, beta: float) -> Array:
   return jnp.maximum(sigma_max + GI_EIGEN_MARGIN, beta)
 
 
-def gaussian_integral_log_prob(prior: Prior, zeta: Array, beta: float,
-                               log_z: Array | None = None) -> Array:
+def gaussian_integral_log_prob(
+  prior: Prior, zeta: Array, beta: float, log_z: Array | None = None
+) -> Array:
   """log p(ζ) of the Gaussian-integral relaxation of the prior (MATH.md §4).
 
   Derivation (the augmented machine). With W_f = [[0, W], [Wᵀ, 0]], a = [b1; b2] and A = W_f + λI
@@ -268,9 +283,11 @@ def gaussian_integral_log_prob(prior: Prior, zeta: Array, beta: float,
     p(z, ζ) = det(A/2π)^{1/2} exp(−½ζᵀAζ) exp(Σ_i z_i [(Aζ)_i + a_i − λ/2]) / Z,
   and the sum over z factorises:
     log p(ζ) = −log Z + ½ log det(A/2π) − ½ζᵀAζ + Σ_i softplus((Aζ)_i + a_i − λ/2).
-  The prior's marginal over z is untouched, whatever λ. The log-determinant uses the Schur complement,
-  det A = λ^{n} det(I − λ⁻² WᵀW), so ½ log det(A/2π) = −(n/2) log(2π/λ) + ½ log det(I − λ⁻²WᵀW).
-  For the factorial prior (W = 0) this is the per-unit mixture (1−p_i) N(ζ_i; 0, 1/λ) + p_i N(ζ_i; 1, 1/λ).
+  The prior's marginal over z is untouched, whatever λ. The log-determinant uses the Schur
+  complement, det A = λ^{n} det(I − λ⁻² WᵀW), so
+    ½ log det(A/2π) = −(n/2) log(2π/λ) + ½ log det(I − λ⁻²WᵀW).
+  For the factorial prior (W = 0) this is the per-unit mixture
+  (1 − p_i) N(ζ_i; 0, 1/λ) + p_i N(ζ_i; 1, 1/λ).
 
   Args:
     prior: ``rbm.RBM`` or ``FactorialBernoulli``.
@@ -289,8 +306,9 @@ def gaussian_integral_log_prob(prior: Prior, zeta: Array, beta: float,
     a = prior.logits
     log_z_fact = jnp.sum(jax.nn.softplus(a))
     field = lam * zeta + a - 0.5 * lam
-    return (log_norm - 0.5 * lam * jnp.sum(zeta**2, -1) + jnp.sum(jax.nn.softplus(field), -1)
-            - log_z_fact)
+    return (
+      log_norm - 0.5 * lam * jnp.sum(zeta**2, -1) + jnp.sum(jax.nn.softplus(field), -1) - log_z_fact
+    )
   if log_z is None:
     raise ValueError("gaussian_integral_log_prob of an RBM needs log_z")
   m = prior
@@ -302,6 +320,7 @@ def gaussian_integral_log_prob(prior: Prior, zeta: Array, beta: float,
   a_zeta1 = lam * zeta1 + zeta2 @ m.w.T
   a_zeta2 = lam * zeta2 + zeta1 @ m.w
   quad = jnp.sum(zeta1 * a_zeta1, -1) + jnp.sum(zeta2 * a_zeta2, -1)
-  soft = (jnp.sum(jax.nn.softplus(a_zeta1 + m.b1 - 0.5 * lam), -1)
-          + jnp.sum(jax.nn.softplus(a_zeta2 + m.b2 - 0.5 * lam), -1))
+  soft = jnp.sum(jax.nn.softplus(a_zeta1 + m.b1 - 0.5 * lam), -1) + jnp.sum(
+    jax.nn.softplus(a_zeta2 + m.b2 - 0.5 * lam), -1
+  )
   return -log_z + log_norm + 0.5 * log_det - 0.5 * quad + soft

@@ -56,7 +56,7 @@ ArrayLike = Any
 #: Default iteration budget of the safeguarded Newton solver. Measured on a grid of ρ, q and the
 #: papers' β (see tests/test_smoothing.py and /work/notes/smoothing.md): the float32 solution stops
 #: changing after at most 12 iterations; 24 leaves a 2x margin for unusual inputs.
-DEFAULT_SOLVER_ITERATIONS = 24
+DEFAULT_SOLVER_ITERATIONS = 16
 
 # Below this u = α softplus(−x), log(1 − e^{−u}) is evaluated from log u (u may underflow to 0).
 _SMALL_U = 1e-4
@@ -297,7 +297,7 @@ def _dzeta_dq_x(s, x, q):
 
 
 # The exponential and uniform+exp in the logit coordinate x = logit ζ. With ε = 0 these are the
-# exponential's. E = 1 − e^{−β}; R_exp(ζ) = (1 − e^{−βζ})/E; 1 − R_exp(ζ) = e^{−β}(e^{β(1−ζ)} − 1)/E.
+# exponential's. E = 1 − e^{−β}; R_exp(ζ) = (1 − e^{−βζ})/E; 1 − R_exp(ζ) = e^{−βζ}(1 − e^{−β(1−ζ)})/E.
 
 
 def _uexp_log_cdf0_x(beta, eps, x):
@@ -314,7 +314,8 @@ def _uexp_log_cdf0_x(beta, eps, x):
 def _uexp_log_sf0_x(beta, eps, x):
   log_e = _log_neg_expm1_neg(beta)
   w = jnp.maximum(jax.nn.sigmoid(-x), jnp.finfo(x.dtype).tiny)
-  log_ratio = -beta + jnp.log(jnp.expm1(beta * w) / w) - log_e
+  # (1 − R_exp)/w = e^{−βζ}(1 − e^{−βw})/(wE), with ζ = σ(x): no overflow of e^{βw}.
+  log_ratio = -beta * jax.nn.sigmoid(x) + jnp.log(-jnp.expm1(-beta * w) / w) - log_e
   if eps:
     log_ratio = jnp.logaddexp(math.log1p(-eps) + log_ratio, math.log(eps))
   return jax.nn.log_sigmoid(-x) + log_ratio

@@ -41,16 +41,24 @@ def main(argv):
   if _COORDINATOR.value:
     import jax
 
+    # CPU hosts (and tests with forced host devices) need a collectives backend; GPUs/TPUs ignore it.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     config = config_lib.resolve_config(_CONFIG.value, data_dir=_DATA_DIR.value)
   except config_lib.ConfigError as err:
-    raise app.UsageError(str(err)) from None
+    sys.exit(f"error: {err}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
+  from dvae_jax import data as data_lib
   from experiments import train  # after jax.distributed.initialize
 
   workdir = _WORKDIR.value or f"runs/{_config_name()}"
-  logging.info("workdir: %s", workdir)
-  train.train_and_evaluate(config, workdir)
+  print(f"workdir: {workdir}", flush=True)
+  try:
+    train.train_and_evaluate(config, workdir)
+  except (data_lib.DataNotFoundError, train.NonFiniteLossError, train.WorkdirConfigError) as err:
+    sys.exit(f"error: {err}")
 
 
 def _config_name() -> str:

@@ -52,6 +52,10 @@ class NonFiniteLossError(FloatingPointError):
   """A train step produced a NaN or inf; the message names the step and the offending terms."""
 
 
+class WorkdirConfigError(ValueError):
+  """The workdir holds a run with a different config."""
+
+
 class TrainState(NamedTuple):
   """Everything a run needs to continue, as one pytree.
 
@@ -134,7 +138,7 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
     sampler = samplers_lib.make_prior_sampler(
       config.sampler, config.num_prior_samples, config.num_sweeps
     )
-    sampler_state = sampler.init(sampler_key, prior)
+    sampler_state = jax.jit(sampler.init)(sampler_key, prior)
   else:
     sampler, sampler_state = None, ()
   state = TrainState(
@@ -173,8 +177,8 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     sampler_key, loss_key, data_key = jax.random.split(key, 3)
     if dynamic:
       x = data_lib.binarize(data_key, x)
-    if config.debug_nan_step >= 0:
-      x = jnp.where(state.step == config.debug_nan_step, jnp.nan, x)
+    if config.debug_nan_step > 0:  # test hook: poison the data of the step that ends at it
+      x = jnp.where(state.step + 1 == config.debug_nan_step, jnp.nan, x)
     kappa = kl_warmup(state.step, config.num_steps, config.kl_warmup_fraction)
     prior = state.params["prior"]
     if sampler is not None:
@@ -194,7 +198,7 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     grads, (loss, terms, penalty, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = {
       "loss": loss,
       **{f"terms/{k}": v for k, v in terms.items()},
@@ -301,53 +305,73 @@ def evaluate_split(experiment: Experiment, eval_fn, state: TrainState, x_all: np
 # Images.
 
 
-def _decode_mean(experiment: Experiment, params, batch_stats, z):
-  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
-  return jax.nn.sigmoid(model.decode(z, use_running_average=True))
-
-
-def model_samples(experiment: Experiment, state: TrainState, key, num: int) -> np.ndarray:
-  """[num', 784] decoder means p(x|z) of prior samples z (the sampler's population for the RBM)."""
-  prior = state.params["prior"]
+def model_samples(experiment: Experiment, params, batch_stats, sampler_state, key, num: int):
+  """[num', 784] decoder means p(x|z) of prior samples z: the sampler's population (its first
+  ``num``) for the RBM, fresh draws for the factorial prior."""
+  prior = params["prior"]
   if experiment.sampler is not None:
-    z = jnp.concatenate([state.sampler_state.z1, state.sampler_state.z2], axis=-1)[:num]
+    z = jnp.concatenate([sampler_state.z1, sampler_state.z2], axis=-1)[:num]
   else:
     z = jax.random.bernoulli(key, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
-  return np.asarray(_decode_mean(experiment, state.params, state.batch_stats, z.astype(jnp.float32)))
+  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
+  return jax.nn.sigmoid(model.decode(z.astype(jnp.float32), use_running_average=True))
 
 
-def reconstructions(experiment: Experiment, state: TrainState, key, x: np.ndarray) -> np.ndarray:
+def reconstructions(experiment: Experiment, params, batch_stats, key, x: jax.Array) -> jax.Array:
   """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
-  model = nnx.merge(experiment.eval_graphdef, state.params["model"], state.batch_stats)
-  x = jnp.asarray(x, jnp.float32)
+  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
   z_prev = None
   for group in range(model.spec.num_groups):
     logits = model.encode_group(group, x, z_prev, use_running_average=True)
-    if isinstance(logits, tuple):
+    if isinstance(logits, tuple):  # Gaussian-integral posterior: (logits, shift logits)
       logits = logits[0]
     z = jax.random.bernoulli(jax.random.fold_in(key, group), jax.nn.sigmoid(logits))
     z = z.astype(jnp.float32)
     z_prev = z if z_prev is None else jnp.concatenate([z_prev, z], axis=-1)
-  return np.asarray(jax.nn.sigmoid(model.decode(z_prev, use_running_average=True)))
+  return jax.nn.sigmoid(model.decode(z_prev, use_running_average=True))
 
 
-def write_images(experiment, state, key, workdir, step, writer) -> None:
+def make_image_fn(experiment: Experiment):
+  """Jitted ``(state, key, originals [m, 784]) -> (samples [n, 784], reconstructions [m, 784])``."""
+  num = experiment.config.num_image_samples
+
+  def image_fn(state: TrainState, key, originals):
+    samples = model_samples(experiment, state.params, state.batch_stats, state.sampler_state,
+                            jax.random.fold_in(key, 0), num)
+    recon = reconstructions(experiment, state.params, state.batch_stats,
+                            jax.random.fold_in(key, 1), originals)
+    return samples, recon
+
+  return jax.jit(image_fn, out_shardings=sharding.replicated(experiment.mesh))
+
+
+def write_images(experiment, image_fn, state, key, workdir, step, writer) -> None:
+  """Writes ``samples_STEP.png`` and ``reconstructions_STEP.png`` (and TensorBoard images)."""
   num = experiment.config.num_image_samples
   cols = max(1, int(math.sqrt(num)))
-  samples = images.tile(model_samples(experiment, state, key, num), cols)
-  half = max(1, num // 2)
-  originals = experiment.dataset.valid[:half].astype(np.float32)
-  recon = reconstructions(experiment, state, jax.random.fold_in(key, 1), originals)
-  recon_grid = images.tile(images.interleave(originals, recon), 2 * max(1, cols // 2))
+  originals = experiment.dataset.valid[:max(1, num // 2)].astype(np.float32)
+  samples, recon = image_fn(state, key, sharding.put_global(
+    originals, sharding.replicated(experiment.mesh)))
+  samples, recon = sharding.to_host(samples), sharding.to_host(recon)
   if jax.process_index() == 0:
-    images.save_png(pathlib.Path(workdir) / f"samples_{step:08d}.png", samples)
+    samples_grid = images.tile(samples, cols)
+    recon_grid = images.tile(images.interleave(originals, recon), 2 * max(1, cols // 2))
+    images.save_png(pathlib.Path(workdir) / f"samples_{step:08d}.png", samples_grid)
     images.save_png(pathlib.Path(workdir) / f"reconstructions_{step:08d}.png", recon_grid)
-    writer.write_image(step, "samples", samples)
+    writer.write_image(step, "samples", samples_grid)
     writer.write_image(step, "reconstructions", recon_grid)
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop.
+
+
+def initial_record(mesh, *, best_val_nll: float = np.inf, best_step: int = -1,
+                   train_seconds: float = 0.0) -> dict:
+  """The run's bookkeeping saved beside the state: ``checkpoints/STEP`` holds ``(state, record)``."""
+  record = {"best_val_nll": np.float32(best_val_nll), "best_step": np.int32(best_step),
+            "train_seconds": np.float32(train_seconds)}
+  return sharding.replicate(record, mesh)
 
 
 def _check_finite(step: int, metrics_host: dict) -> None:
@@ -373,7 +397,7 @@ def _check_resumable(workdir: pathlib.Path, config) -> None:
                 if k not in _RESUMABLE_DIFFERENCES and old.get(k) != new.get(k))
   if diff:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-    raise ValueError(
+    raise WorkdirConfigError(
       f"workdir {workdir} holds a run with a different config ({details}); resume it with the "
       "same config or choose another --workdir"
     )
@@ -404,9 +428,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     )
   latest = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints)
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
-  record = {"best_val_nll": jnp.array(jnp.inf, jnp.float32), "best_step": jnp.array(-1, jnp.int32),
-            "train_seconds": jnp.array(0.0, jnp.float32)}
-  record = sharding.replicate(record, experiment.mesh)
+  record = initial_record(experiment.mesh)
   start = latest.latest_step() or 0
   if start:
     state, record = latest.restore(start, (state, record))
@@ -424,8 +446,18 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     f"{jax.device_count()} device(s)"
   )
 
+  results_path = workdir / "results.json"
+  if start == config.num_steps and results_path.exists():
+    latest.close()
+    best.close()
+    results = json.loads(results_path.read_text())
+    writer.close()
+    progress.message(f"{workdir} holds a finished run: test NLL {results['test_nll']:.3f} nats")
+    return results
   train_step = make_train_step(experiment)
-  val_eval = make_eval_fn(experiment, config.val_iw_samples)
+  eval_fns = {config.val_iw_samples: make_eval_fn(experiment, config.val_iw_samples)}
+  val_eval = eval_fns[config.val_iw_samples]
+  image_fn = make_image_fn(experiment)
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
   val_x = _eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
@@ -470,17 +502,23 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
                             "eval_seconds": time.perf_counter() - t0})
         progress.message(f"step {done}: val NLL {val['nll']:.3f} (best {record['best_val_nll']:.3f}"
                          f" at step {record['best_step']}), log Z {log_z:.2f} ± {log_z_err:.2f}")
-        write_images(experiment, state, jax.random.fold_in(key, 2), workdir, done, writer)
+        write_images(experiment, image_fn, state, jax.random.fold_in(key, 2), workdir, done,
+                     writer)
       if done % config.checkpoint_every == 0 or is_eval:
-        rec = {"best_val_nll": np.float32(record["best_val_nll"]),
-               "best_step": np.int32(record["best_step"]),
-               "train_seconds": np.float32(train_seconds)}
-        latest.save(done, (state, sharding.replicate(rec, experiment.mesh)))
+        rec = initial_record(experiment.mesh, best_val_nll=record["best_val_nll"],
+                             best_step=record["best_step"], train_seconds=train_seconds)
+        latest.save(done, (state, rec))
+  except BaseException:
+    writer.close()
+    raise
   finally:
     latest.close()
     best.close()
 
-  results = final_evaluation(experiment, state, record, workdir, eval_root)
+  if config.eval_iw_samples not in eval_fns:
+    eval_fns[config.eval_iw_samples] = make_eval_fn(experiment, config.eval_iw_samples)
+  results = final_evaluation(experiment, eval_fns[config.eval_iw_samples], state, record,
+                             workdir, eval_root)
   results.update(
     train_seconds=train_seconds,
     wall_seconds_this_session=time.time() - wall_start,
@@ -488,7 +526,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   if primary:
     tmp = workdir / "results.json.tmp"
     tmp.write_text(json.dumps(metrics_lib.to_python(results), indent=1, sort_keys=True))
-    os.replace(tmp, workdir / "results.json")
+    os.replace(tmp, results_path)
     writer.write(config.num_steps, {"test/nll": results["test_nll"],
                                     "test/neg_elbo": results["test_neg_elbo"]})
   writer.close()
@@ -499,9 +537,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   return results
 
 
-def final_evaluation(experiment: Experiment, state: TrainState, record: dict,
+def final_evaluation(experiment: Experiment, test_eval, state: TrainState, record: dict,
                      workdir: pathlib.Path, eval_root) -> dict:
-  """Test NLL with ``eval_iw_samples`` importance samples at the best-validation checkpoint."""
+  """Test NLL with ``eval_iw_samples`` importance samples (``test_eval``, from ``make_eval_fn``) at
+  the best-validation checkpoint."""
   config = experiment.config
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
   best_step = best.latest_step()
@@ -511,7 +550,6 @@ def final_evaluation(experiment: Experiment, state: TrainState, record: dict,
   best.close()
   key = jax.random.fold_in(eval_root, 2**31 - 1)
   log_z, log_z_err = log_partition(experiment, state.params["prior"], jax.random.fold_in(key, 0))
-  test_eval = make_eval_fn(experiment, config.eval_iw_samples)
   test_x = _eval_subset(experiment.dataset.test, config.eval_num_examples)
   test = evaluate_split(experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1))
   results = {

@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/evaluation.py: the discrete model's log p(x), ELBO and IW bound (MATH.md §4, §6).
+"""Tests of dvae_jax/evaluation.py: the discrete model's log p(x), ELBO and IW bound (§4, §6).
 
 A tiny model (2 groups × 4 units, 10 pixels) is evaluated against an independent float64 NumPy
 implementation that enumerates all 2^8 latent states.
@@ -17,8 +17,9 @@ from scipy.special import logsumexp
 
 from dvae_jax import evaluation, models, priors, rbm
 
-SPEC = models.StructSpec("tiny", num_groups=2, units_per_group=4, encoder_hidden=(6,),
-                         decoder_hidden=(5,), num_pixels=10)
+SPEC = models.StructSpec(
+  "tiny", num_groups=2, units_per_group=4, encoder_hidden=(6,), decoder_hidden=(5,), num_pixels=10
+)
 
 
 def _tiny_model(seed, gaussian_integral=False):
@@ -33,14 +34,16 @@ def _tiny_model(seed, gaussian_integral=False):
       bn.bias[...] = jnp.asarray(0.3 * rng.normal(size=bn.bias.shape), jnp.float32)
       bn.mean[...] = jnp.asarray(0.5 * rng.normal(size=bn.mean.shape), jnp.float32)
       bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, bn.var.shape), jnp.float32)
-  prior = rbm.RBM(jnp.asarray(0.5 * rng.normal(size=4), jnp.float32),
-                  jnp.asarray(0.5 * rng.normal(size=4), jnp.float32),
-                  jnp.asarray(0.7 * rng.normal(size=(4, 4)), jnp.float32))
+  prior = rbm.RBM(
+    jnp.asarray(0.5 * rng.normal(size=4), jnp.float32),
+    jnp.asarray(0.5 * rng.normal(size=4), jnp.float32),
+    jnp.asarray(0.7 * rng.normal(size=(4, 4)), jnp.float32),
+  )
   x = (rng.uniform(size=(3, SPEC.num_pixels)) < mean_x).astype(np.float32)
   return net, prior, x
 
 
-# ---- independent float64 reference ----------------------------------------------------------------
+# ---- independent float64 reference ---------------------------------------------------------------
 
 
 def _np_mlp(mlp, h):
@@ -75,7 +78,7 @@ def _np_reference(net, prior, x):
   return log_px_z + log_pz[:, None], log_q
 
 
-# ---- tests -----------------------------------------------------------------------------------------
+# ---- tests ---------------------------------------------------------------------------------------
 
 
 def test_exact_log_likelihood_matches_numpy_enumeration():
@@ -125,7 +128,7 @@ def test_iw_estimate_converges_to_exact_log_likelihood_from_below():
     # The IW bound never exceeds log p(x) on average (one-sided, 3 standard errors).
     assert np.all(mean <= log_px + 3 * se), (k, mean, log_px, se)
     if k == 1:
-      # K = 1 is the ELBO, and neg_elbo is its per-sample estimate: both unbiased for the exact ELBO.
+      # K = 1 is the ELBO and neg_elbo its per-sample estimate: both unbiased for the exact ELBO.
       np.testing.assert_allclose(mean, elbo, atol=4 * np.max(se))
       elbo_est = -np.asarray(out["neg_elbo"], np.float64).reshape(3, reps)
       np.testing.assert_allclose(elbo_est, est, rtol=1e-6)
@@ -153,8 +156,12 @@ def test_chunked_accumulation_matches_direct_computation():
   key = jax.random.key(5)
   k, chunk = 10, 4  # 3 chunks, the last one half masked
   out = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, k, sample_chunk=chunk)
-  parts = [evaluation.discrete_log_weights(net, prior, log_z, jnp.asarray(x),
-                                           jax.random.fold_in(key, c), chunk) for c in range(3)]
+  parts = [
+    evaluation.discrete_log_weights(
+      net, prior, log_z, jnp.asarray(x), jax.random.fold_in(key, c), chunk
+    )
+    for c in range(3)
+  ]
   log_w = np.concatenate([np.asarray(p, np.float64) for p in parts], 0)[:k]
   np.testing.assert_allclose(out["nll"], -(logsumexp(log_w, 0) - math.log(k)), rtol=1e-6)
   np.testing.assert_allclose(out["neg_elbo"], -log_w.mean(0), rtol=1e-6)
@@ -183,8 +190,12 @@ def test_evaluation_uses_running_statistics_and_ignores_gi_head():
   b = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, 20)
   chex.assert_trees_all_close(a, b)
   log_joint, _ = _np_reference(net, prior, x)
-  np.testing.assert_allclose(evaluation.exact_log_likelihood(net, prior, log_z, jnp.asarray(x))
-                             ["log_px"], logsumexp(log_joint, 0), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(
+    evaluation.exact_log_likelihood(net, prior, log_z, jnp.asarray(x))["log_px"],
+    logsumexp(log_joint, 0),
+    rtol=1e-5,
+    atol=1e-4,
+  )
 
 
 def test_evaluate_under_jit_with_split_state():
@@ -194,8 +205,9 @@ def test_evaluate_under_jit_with_split_state():
 
   @jax.jit
   def run(params, stats, prior, log_z, x, key):
-    return evaluation.evaluate(nnx.merge(graphdef, params, stats), prior, log_z, x, key, 30,
-                               sample_chunk=8)
+    return evaluation.evaluate(
+      nnx.merge(graphdef, params, stats), prior, log_z, x, key, 30, sample_chunk=8
+    )
 
   key = jax.random.key(3)
   got = run(params, stats, prior, log_z, jnp.asarray(x), key)
@@ -214,7 +226,8 @@ def test_bad_inputs():
     evaluation.evaluate(net, rbm.init_rbm(3, 3), 0.0, jnp.asarray(x), key, 5)
   with pytest.raises(ValueError, match="log_z"):
     evaluation.evaluate(net, prior, None, jnp.asarray(x), key, 5)
-  big = models.DVAENet(models.StructSpec("big", 1, 22, (), (), num_pixels=4), np.full(4, 0.5),
-                       rngs=nnx.Rngs(0))
+  big = models.DVAENet(
+    models.StructSpec("big", 1, 22, (), (), num_pixels=4), np.full(4, 0.5), rngs=nnx.Rngs(0)
+  )
   with pytest.raises(ValueError, match="enumerates"):
     evaluation.exact_log_likelihood(big, rbm.init_rbm(11, 11), 0.0, jnp.zeros((1, 4)))

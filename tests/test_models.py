@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/models.py: architectures of MATH.md §5 against an independent NumPy forward pass."""
+"""Tests of dvae_jax/models.py: the architectures of MATH.md §5 against a NumPy forward pass."""
 
 import math
 
@@ -39,8 +39,12 @@ EXPECTED_SHAPES = {
     [(400, 200), (200, 200), (200, 784)],
   ),
 }
-EXPECTED_RBM = {"1-layer-lin": (100, 100), "1-layer-nonlin": (100, 100),
-                "2-layer-nonlin": (200, 200), "4-layer-nonlin": (200, 200)}
+EXPECTED_RBM = {
+  "1-layer-lin": (100, 100),
+  "1-layer-nonlin": (100, 100),
+  "2-layer-nonlin": (200, 200),
+  "4-layer-nonlin": (200, 200),
+}
 
 
 @pytest.mark.parametrize("name", sorted(models.STRUCTS))
@@ -111,12 +115,18 @@ def test_forward_pass_matches_numpy_in_eval_and_train_mode():
   want0, _ = _np_mlp(net.encoders[0], xc, train=False)
   want1, _ = _np_mlp(net.encoders[1], np.concatenate([xc, zeta], 1), train=False)
   want_dec, _ = _np_mlp(net.decoder, z6, train=False)
-  np.testing.assert_allclose(net.encode_group(0, x, None, use_running_average=True), want0,
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(net.encode_group(1, x, zeta, use_running_average=True), want1,
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(net.decode(jnp.asarray(z6, jnp.float32), use_running_average=True),
-                             want_dec + offset, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    net.encode_group(0, x, None, use_running_average=True), want0, rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    net.encode_group(1, x, zeta, use_running_average=True), want1, rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    net.decode(jnp.asarray(z6, jnp.float32), use_running_average=True),
+    want_dec + offset,
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
   # Train mode: batch statistics, and the running averages move with momentum 0.8.
   old_mean = np.asarray(net.encoders[0].norm[0].mean[...])
@@ -124,13 +134,19 @@ def test_forward_pass_matches_numpy_in_eval_and_train_mode():
   net.train()
   want0, stats = _np_mlp(net.encoders[0], xc, train=True)
   np.testing.assert_allclose(net.encode_group(0, x, None), want0, rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(net.encoders[0].norm[0].mean[...],
-                             0.8 * old_mean + 0.2 * stats[0][0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(net.encoders[0].norm[0].var[...],
-                             0.8 * old_var + 0.2 * stats[0][1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    net.encoders[0].norm[0].mean[...], 0.8 * old_mean + 0.2 * stats[0][0], rtol=1e-5, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    net.encoders[0].norm[0].var[...], 0.8 * old_var + 0.2 * stats[0][1], rtol=1e-4, atol=1e-5
+  )
   net.eval()
-  np.testing.assert_allclose(net.encode_group(1, x, zeta), _np_mlp(
-    net.encoders[1], np.concatenate([xc, zeta], 1), train=False)[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    net.encode_group(1, x, zeta),
+    _np_mlp(net.encoders[1], np.concatenate([xc, zeta], 1), train=False)[0],
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_centering_and_logit_offset_at_initialisation():
@@ -141,8 +157,9 @@ def test_centering_and_logit_offset_at_initialisation():
   # offset logit(clip(mean_x, 1e-3, 1 - 1e-3)).
   np.testing.assert_allclose(net.encode_group(0, mean_x[None], None), 0.0, atol=1e-6)
   clipped = np.clip(mean_x.astype(np.float64), 1e-3, 1 - 1e-3)
-  np.testing.assert_allclose(net.decode(jnp.zeros((1, 200)))[0], np.log(clipped / (1 - clipped)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    net.decode(jnp.zeros((1, 200)))[0], np.log(clipped / (1 - clipped)), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_gaussian_integral_head_and_scale():
@@ -152,8 +169,11 @@ def test_gaussian_integral_head_and_scale():
   chex.assert_shape([logits, shift_logits], (4, 200))
   shift = models.gaussian_shift(shift_logits)
   assert bool(jnp.all(jnp.abs(shift) < 0.25))
-  np.testing.assert_allclose(models.gaussian_shift(jnp.array([0.0, 1.0])),
-                             [0.0, 0.5 * (1 / (1 + math.exp(-1)) - 0.5)], rtol=1e-6)
+  np.testing.assert_allclose(
+    models.gaussian_shift(jnp.array([0.0, 1.0])),
+    [0.0, 0.5 * (1 / (1 + math.exp(-1)) - 0.5)],
+    rtol=1e-6,
+  )
   np.testing.assert_allclose(net.gaussian_scale(), np.full(400, 0.25), rtol=1e-6)
   net.s_var[...] = -2.0 * jnp.ones(400)
   np.testing.assert_allclose(net.gaussian_scale(), np.full(400, 0.45), rtol=1e-6)
@@ -176,10 +196,11 @@ def test_split_merge_roundtrip_and_hierarchy_dependence():
   chex.assert_tree_all_finite(grad_zeta)
   # Group 4's encoder reads every earlier group.
   for g in range(3):
-    assert float(jnp.max(jnp.abs(grad_zeta[:, 100 * g:100 * (g + 1)]))) > 0
+    assert float(jnp.max(jnp.abs(grad_zeta[:, 100 * g : 100 * (g + 1)]))) > 0
   merged = nnx.merge(graphdef, params, batch_stats)
-  chex.assert_trees_all_close(merged.decode(zeta @ jnp.ones((300, 400)) / 300),
-                              net.decode(zeta @ jnp.ones((300, 400)) / 300))
+  chex.assert_trees_all_close(
+    merged.decode(zeta @ jnp.ones((300, 400)) / 300), net.decode(zeta @ jnp.ones((300, 400)) / 300)
+  )
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -189,8 +210,9 @@ def test_bad_inputs_raise_clear_errors():
     models.get_struct(models.StructSpec("odd", 1, 3, (), ()))
   with pytest.raises(ValueError, match="mean_x"):
     models.DVAENet("1-layer-lin", np.zeros(10), rngs=nnx.Rngs(0))
-  net = models.DVAENet(models.StructSpec("t", 2, 2, (), (), num_pixels=4), np.full(4, 0.5),
-                       rngs=nnx.Rngs(0))
+  net = models.DVAENet(
+    models.StructSpec("t", 2, 2, (), (), num_pixels=4), np.full(4, 0.5), rngs=nnx.Rngs(0)
+  )
   with pytest.raises(ValueError, match="zeta_prev"):
     net.encode_group(1, jnp.zeros((1, 4)), None)
   with pytest.raises(ValueError, match="group must be"):

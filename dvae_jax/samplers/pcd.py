@@ -28,7 +28,13 @@ from jax import lax
 from dvae_jax import rbm as rbm_lib
 from dvae_jax.samplers import gibbs, resampling
 from dvae_jax.samplers.ais import kahan_add
-from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, check_state, zero_state
+from dvae_jax.samplers.persistent import (
+  PersistentInfo,
+  PersistentState,
+  check_state,
+  incremental_variance,
+  zero_state,
+)
 
 Array = jax.Array
 RBM = rbm_lib.RBM
@@ -54,9 +60,10 @@ def step(key: Array, state: PersistentState, m: RBM, num_sweeps: int = 40) -> tu
   increment = jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
   ess = resampling.effective_sample_size(log_w)
   log_z, comp = kahan_add(state.log_z, state.log_z_compensation, increment)
+  variance = state.log_z_variance + incremental_variance(ess, log_w.shape[0])
   chains = gibbs.run(key, m, gibbs.GibbsState(state.z1, state.z2), num_sweeps)
-  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, m)
-  info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment)
+  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
+  info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
   return new_state, info
 
 

@@ -51,7 +51,13 @@ from jax import lax
 from dvae_jax import rbm as rbm_lib
 from dvae_jax.samplers import gibbs, resampling
 from dvae_jax.samplers.ais import kahan_add
-from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, check_state, zero_state
+from dvae_jax.samplers.persistent import (
+  PersistentInfo,
+  PersistentState,
+  check_state,
+  incremental_variance,
+  zero_state,
+)
 
 Array = jax.Array
 RBM = rbm_lib.RBM
@@ -440,7 +446,7 @@ def step(
     return (carry[1] < 1.0) & (carry[0] < max_stages)
 
   def body(carry):
-    stage, alpha, z1, z2, log_z, comp, ess_min, key = carry
+    stage, alpha, z1, z2, log_z, comp, variance, ess_min, key = carry
     key, k_res, k_sweep = jax.random.split(key, 3)
     de = rbm_lib.energy(delta, z1, z2)[None]  # [1, S]: one group
     step_size = adaptive_step(de, one - alpha, target)
@@ -449,6 +455,7 @@ def step(
     log_w = -(alpha_next - alpha) * de
     inc, ess, (z1, z2) = _reweight_resample(k_res, log_w, (z1[None], z2[None]), resample_fn)
     log_z, comp = kahan_add(log_z, comp, inc[0])
+    variance = variance + incremental_variance(ess * num, num)
     z1, z2 = z1[0], z2[0]
 
     def intermediate(z):
@@ -459,7 +466,17 @@ def step(
 
     # Intermediate stages sweep under θ_α; the final sweeps under m follow the loop.
     z1, z2 = lax.cond(alpha_next < 1.0, intermediate, lambda z: z, (z1, z2))
-    return stage + 1, alpha_next, z1, z2, log_z, comp, jnp.minimum(ess_min, ess * num), key
+    return (
+      stage + 1,
+      alpha_next,
+      z1,
+      z2,
+      log_z,
+      comp,
+      variance,
+      jnp.minimum(ess_min, ess * num),
+      key,
+    )
 
   carry = (
     jnp.zeros((), jnp.int32),
@@ -468,13 +485,15 @@ def step(
     state.z2,
     state.log_z,
     state.log_z_compensation,
+    state.log_z_variance,
     jnp.asarray(num, dtype),
     key,
   )
-  stages, _, z1, z2, log_z, comp, ess_min, key = lax.while_loop(cond, body, carry)
+  stages, _, z1, z2, log_z, comp, variance, ess_min, key = lax.while_loop(cond, body, carry)
   chains = gibbs.run(key, m, gibbs.GibbsState(z1, z2), num_sweeps)
-  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, m)
-  return new_state, PersistentInfo(log_z, ess_min, stages, log_z - state.log_z)
+  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
+  info = PersistentInfo(log_z, ess_min, stages, log_z - state.log_z, jnp.sqrt(variance))
+  return new_state, info
 
 
 def init(key: Array, m: RBM, num_replicas: int = 1000, num_sweeps: int = 40, **options):

@@ -55,5 +55,5 @@ def get_config() -> config_dict.ConfigDict:
   c.checkpoint_every = config_dict.placeholder(int)
   c.max_checkpoints = 2  # Latest checkpoints kept (the best-validation one is kept too).
   c.num_image_samples = 64  # Model samples / reconstructions in each PNG grid.
-  c.debug_nan_step = -1  # Debug hook: poison the loss at this step (tests of the NaN guard).
+  c.debug_nan_step = 0  # Test hook: if > 0, feed NaN data to the step numbered so (NaN guard).
   return c

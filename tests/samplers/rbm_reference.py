@@ -57,3 +57,24 @@ def max_abs_z(estimates, exact, stderr):
   return max(
     float(np.max(np.abs(e - x) / s)) for e, x, s in zip(estimates, exact, stderr, strict=True)
   )
+
+
+def parameter_path(seed: int, n: int, num_steps: int, w_std: float = 1.0):
+  """Slowly changing RBMs as in training: a ramp from 0 to a random RBM, plus a wiggle.
+
+  θ_t = (t/T) θ_a + 0.5 sin(2π t/T) θ_b for t = 1..T. Returns (stacked float32 RBM with a leading
+  [T] axis, [T] float64 exact log Z).
+  """
+  ramp = random_rbm(seed, n, n, w_std)
+  wiggle = random_rbm(seed + 1, n, n, 0.5 * w_std)
+  frac = np.arange(1, num_steps + 1) / num_steps
+
+  def path(a, b):
+    shape = (-1,) + (1,) * a.ndim
+    return (frac.reshape(shape) * a + 0.5 * np.sin(2 * np.pi * frac).reshape(shape) * b).astype(
+      np.float32
+    )
+
+  seq = rbm.RBM(*(path(a, b) for a, b in zip(ramp, wiggle, strict=True)))
+  exact = np.array([log_z(rbm.RBM(*(x[t] for x in seq))) for t in range(num_steps)])
+  return seq, exact

@@ -1,0 +1,196 @@
+r"""Block Gibbs sweep throughput against the cost of its matmuls, PRNG choices and a NumPy reference.
+
+  python -m benchmarks.sampler_speed            # ≈ 2 minutes on 2 CPU cores
+  python -m benchmarks.sampler_speed --quick    # fewer repetitions, for a smoke run
+
+For 1000 chains at 100×100 and 200×200 (float32) it times, per sweep:
+  * `matmuls`: the two [S, n1]×[n1, n2] products of a sweep alone, in a jitted `lax.scan` (a
+    threshold keeps the sweep-to-sweep dependence, otherwise XLA hoists the loop-invariant product);
+  * `library`: `dvae_jax.samplers.gibbs.run` (threefry hashed directly, 24-bit integer compare) with
+    threefry, rbg and unsafe_rbg keys;
+  * alternatives for the Bernoulli draws: `jax.random.uniform < sigmoid` (default partitionable
+    threefry), `jax.random.bernoulli`, logistic noise `log u − log(1−u) < logit`;
+  * `rng only`: generating the sweep's S·(n1+n2) random words alone (where the rest of the time goes);
+  * `numpy`: a plain NumPy float32 sweep (rng.random + sigmoid + two matmuls).
+and reports sweeps/s and the ratio matmul-time / sweep-time (1.0 = sampling for free).
+Writes benchmarks/results/sampler_speed.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dvae_jax import rbm
+from dvae_jax.samplers import gibbs
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+NUM_CHAINS = 1000
+
+
+def best_time(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))  # compile + warm up
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def make_rbm(n):
+  rng = np.random.default_rng(0)
+  return rbm.RBM(
+    jnp.asarray(rng.normal(0, 0.5, n), jnp.float32),
+    jnp.asarray(rng.normal(0, 0.5, n), jnp.float32),
+    jnp.asarray(rng.normal(0, 1.0 / np.sqrt(n), (n, n)), jnp.float32),
+  )
+
+
+def matmuls_only(m, z1, num_sweeps):
+  def body(z1, _):
+    z2 = (z1 @ m.w > 0).astype(z1.dtype)
+    return (z2 @ m.w.T > 0).astype(z1.dtype), None
+
+  return lax.scan(body, z1, None, length=num_sweeps)[0]
+
+
+def alternative_sweeps(kind):
+  """Sweeps whose Bernoulli draws use stock jax.random calls instead of the library's."""
+
+  def draw(key, logits):
+    if kind == "uniform<sigmoid":
+      return (jax.random.uniform(key, logits.shape) < jax.nn.sigmoid(logits)).astype(logits.dtype)
+    if kind == "jax.random.bernoulli":
+      return jax.random.bernoulli(key, jax.nn.sigmoid(logits)).astype(logits.dtype)
+    if kind == "logistic noise":
+      u = jax.random.uniform(key, logits.shape, minval=jnp.finfo(logits.dtype).tiny)
+      return (jnp.log(u) - jnp.log1p(-u) < logits).astype(logits.dtype)
+    raise ValueError(kind)
+
+  def run(key, m, z1, num_sweeps):
+    def body(z1, k):
+      k2, k1 = jax.random.split(k)
+      z2 = draw(k2, m.b2 + z1 @ m.w)
+      return draw(k1, m.b1 + z2 @ m.w.T), None
+
+    return lax.scan(body, z1, jax.random.split(key, num_sweeps))[0]
+
+  return run
+
+
+def rng_only(key, z1, num_sweeps, n1, n2):
+  def body(acc, k):
+    k2, k1 = jax.random.split(k)
+    b2 = gibbs.random_bits(k2, (z1.shape[0], n2))
+    b1 = gibbs.random_bits(k1, (z1.shape[0], n1))
+    return acc + (b1[:, :1] >> 31) + (b2[:, :1] >> 31), None
+
+  acc = jnp.zeros((z1.shape[0], 1), jnp.uint32)
+  return lax.scan(body, acc, jax.random.split(key, num_sweeps))[0]
+
+
+def numpy_sweeps(m, z1, num_sweeps, rng):
+  b1, b2, w = (np.asarray(x) for x in m)
+  for _ in range(num_sweeps):
+    z2 = rng.random((z1.shape[0], w.shape[1]), np.float32) < 1 / (1 + np.exp(-(b2 + z1 @ w)))
+    z2 = z2.astype(np.float32)
+    z1 = (rng.random(z1.shape, np.float32) < 1 / (1 + np.exp(-(b1 + z2 @ w.T)))).astype(np.float32)
+  return z1
+
+
+def bench_size(n, num_sweeps, repeats):
+  m = make_rbm(n)
+  z1 = gibbs.init(jax.random.key(0), m, NUM_CHAINS).z1
+  rows = []
+  t_mm = best_time(jax.jit(matmuls_only, static_argnums=2), m, z1, num_sweeps, repeats=repeats)
+
+  def add(name, seconds, prng="-"):
+    per_sweep = seconds / num_sweeps
+    rows.append(
+      {
+        "n1": n,
+        "n2": n,
+        "chains": NUM_CHAINS,
+        "variant": name,
+        "prng": prng,
+        "sweeps_per_s": 1.0 / per_sweep,
+        "ms_per_sweep": 1e3 * per_sweep,
+        "matmul_ratio": (t_mm / num_sweeps) / per_sweep,
+      }
+    )
+
+  add("matmuls only", t_mm)
+  run = jax.jit(gibbs.run, static_argnums=3)
+  for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+    state = gibbs.GibbsState(z1, jnp.zeros((NUM_CHAINS, n), jnp.float32))
+    t = best_time(run, jax.random.key(1, impl=impl), m, state, num_sweeps, repeats=repeats)
+    add("library gibbs.run", t, impl)
+  for kind in ("uniform<sigmoid", "jax.random.bernoulli", "logistic noise"):
+    fn = jax.jit(alternative_sweeps(kind), static_argnums=3)
+    add(kind, best_time(fn, jax.random.key(1), m, z1, num_sweeps, repeats=repeats), "threefry2x32")
+  fn = jax.jit(rng_only, static_argnums=(2, 3, 4))
+  add(
+    "rng only",
+    best_time(fn, jax.random.key(1), z1, num_sweeps, n, n, repeats=repeats),
+    "threefry2x32",
+  )
+  np_sweeps = max(num_sweeps // 10, 5)
+  rng = np.random.default_rng(0)
+  z1_np = np.asarray(z1)
+  start = time.perf_counter()
+  numpy_sweeps(m, z1_np, np_sweeps, rng)
+  add("numpy reference", (time.perf_counter() - start) * num_sweeps / np_sweeps, "PCG64")
+  return rows
+
+
+def markdown(rows):
+  lines = [
+    "| size | variant | PRNG | sweeps/s | ms/sweep | matmul time / sweep time |",
+    "|---|---|---|---:|---:|---:|",
+  ]
+  for r in rows:
+    lines.append(
+      f"| {r['n1']}×{r['n2']} | {r['variant']} | {r['prng']} | {r['sweeps_per_s']:.0f} | "
+      f"{r['ms_per_sweep']:.3f} | {r['matmul_ratio']:.2f} |"
+    )
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="fewer sweeps and repetitions")
+  parser.add_argument("--out", default=str(RESULTS / "sampler_speed.json"))
+  args = parser.parse_args()
+  repeats = 2 if args.quick else 5
+  rows = []
+  for n, sweeps in ((100, 200), (200, 100)):
+    rows += bench_size(n, sweeps // (4 if args.quick else 1), repeats)
+  table = markdown(rows)
+  print(table)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  meta = {
+    "command": "python -m benchmarks.sampler_speed" + (" --quick" if args.quick else ""),
+    "jax": jax.__version__,
+    "device": str(jax.devices()[0]),
+    "cpu_count": os.cpu_count(),
+    "machine": platform.processor() or platform.machine(),
+    "dtype": "float32",
+  }
+  out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+  out.with_suffix(".md").write_text(table + "\n")
+  print(f"\nwrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+  main()

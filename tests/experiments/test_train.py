@@ -1,0 +1,281 @@
+"""End-to-end tests of experiments/train.py: every config, resume after a crash, the NaN guard,
+1 vs 4 devices, schedules. Runs are tiny (a few steps, small batches, few samples)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import checkpointing, config_lib, metrics, train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# Timing columns differ between runs by nature; every other column must match.
+TIMING_KEYS = ("steps_per_second", "eval_seconds")
+
+TINY = {
+  "num_steps": 4,
+  "batch_size": 8,
+  "num_prior_samples": 16,
+  "num_sweeps": 2,
+  "eval_every": 2,
+  "val_iw_samples": 4,
+  "eval_iw_samples": 4,
+  "eval_num_examples": 16,
+  "eval_batch_size": 8,
+  "ais_num_chains": 8,
+  "ais_num_temperatures": 10,
+  "log_every": 1,
+  "checkpoint_every": 2,
+  "num_image_samples": 4,
+}
+
+
+def tiny_config(name, data_dir, **overrides):
+  config = config_lib.load_config(name)
+  for key, value in {**TINY, "data_dir": str(data_dir), **overrides}.items():
+    config[key] = value
+  return config
+
+
+def cli_overrides(**overrides):
+  return [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+
+
+def subprocess_env(num_devices=1, **extra):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(REPO / ".jax_cache")
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  env.update(extra)
+  return env
+
+
+def without_timing(rows):
+  return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def assert_rows_close(rows_a, rows_b, rtol):
+  """Rows equal key by key; numbers to ``rtol``. terms/kl = log_q − log_prior is a difference of
+  two numbers of size |log_q| (≈ 2e3 nats here), so its rounding error is relative to |log_q|."""
+  assert len(rows_a) == len(rows_b)
+  for a, b in zip(without_timing(rows_a), without_timing(rows_b), strict=True):
+    assert a.keys() == b.keys()
+    for key in a:
+      scale = abs(a.get("terms/log_q", 0.0)) if key == "terms/kl" else 0.0
+      np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=rtol * scale,
+                                 err_msg=f"step {a['step']} {key}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers.
+
+
+def test_learning_rate_schedule_is_math_section_6():
+  schedule = train.learning_rate_schedule(3e-3, 1_000_000)
+  # Steps just inside each piece of MATH.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3,
+  # [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
+  for step, expected in [(0, 3e-4), (19_999, 3e-4), (20_000, 3e-3), (599_999, 3e-3),
+                         (600_000, 1e-3), (749_999, 1e-3), (750_000, 3e-4), (949_999, 3e-4),
+                         (950_000, 9.1e-5), (999_999, 9.1e-5)]:
+    np.testing.assert_allclose(schedule(jnp.array(step)), expected, rtol=1e-6, err_msg=str(step))
+  np.testing.assert_allclose(train.learning_rate_schedule(1.0, 100)(jnp.array(70)), 1 / 3,
+                             rtol=1e-6)
+
+
+def test_kl_warmup():
+  for step, expected in [(0, 0.0), (150, 0.5), (300, 1.0), (999, 1.0)]:
+    np.testing.assert_allclose(train.kl_warmup(jnp.array(step), 1000, 0.3), expected, rtol=1e-6)
+  assert train.kl_warmup(jnp.array(0), 1000, 0.0) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end.
+
+
+@pytest.mark.parametrize("name", config_lib.CONFIG_NAMES)
+def test_every_config_trains_evaluates_and_checkpoints(name, data_dir, tmp_path):
+  config = tiny_config(name, data_dir)
+  results = train.train_and_evaluate(config, tmp_path)
+
+  rows = metrics.read_metrics(tmp_path)
+  train_rows = [r for r in rows if "loss" in r]
+  val_rows = [r for r in rows if "val/nll" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  assert [r["step"] for r in val_rows] == [2, 4]
+  for row in train_rows:
+    for key in ("loss", "lr", "kappa", "grad_norm", "weight_decay", "terms/recon", "terms/kl",
+                "terms/neg_elbo", "steps_per_second"):
+      assert np.isfinite(row[key]), (key, row)
+    if config.prior == "rbm":
+      assert 0 < row["sampler/ess"] <= config.num_prior_samples and "sampler/log_z" in row
+  assert train_rows[0]["kappa"] == 0.0 and train_rows[-1]["kappa"] > 0
+
+  saved = json.loads((tmp_path / "results.json").read_text())
+  for key in ("test_nll", "val_nll", "test_neg_elbo", "train_seconds"):
+    assert np.isfinite(saved[key]) and saved[key] == pytest.approx(results[key])
+  # The IW bound is never above the single-sample bound it averages (on the same draws).
+  assert saved["test_nll"] <= saved["test_neg_elbo"] + 1e-3
+  assert saved["config"]["method"] == config.method and saved["best_step"] in (2, 4)
+  assert saved["val_nll"] == min(r["val/nll"] for r in val_rows)
+
+  assert checkpointing.Checkpointer(tmp_path / "checkpoints", 2).all_steps() == [2, 4]
+  for step in (2, 4):
+    for kind in ("samples", "reconstructions"):
+      with Image.open(tmp_path / f"{kind}_{step:08d}.png") as image:
+        assert image.mode == "L" and min(image.size) > 28
+  assert list((tmp_path / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+
+
+class SimulatedCrash(Exception):
+  pass
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+  # Omniglot: the dynamic binarization must resume too. PA: the sampler state must resume.
+  overrides = {"num_steps": 6, "checkpoint_every": 3, "eval_every": 3, "dataset": "omniglot"}
+  config = tiny_config("dvae_sharp", data_dir, **overrides)
+  straight = train.train_and_evaluate(config, tmp_path / "straight")
+
+  real_batch = train.data_lib.train_batch
+
+  def crashing_batch(dataset, seed, step, batch_size):
+    if step == 5:  # steps 1..5 done, last checkpoint at 3: steps 4 and 5 are redone
+      raise SimulatedCrash
+    return real_batch(dataset, seed, step, batch_size)
+
+  monkeypatch.setattr(train.data_lib, "train_batch", crashing_batch)
+  with pytest.raises(SimulatedCrash):
+    train.train_and_evaluate(config, tmp_path / "resumed")
+  assert max(r["step"] for r in metrics.read_metrics(tmp_path / "resumed")) == 5
+  monkeypatch.setattr(train.data_lib, "train_batch", real_batch)
+  resumed = train.train_and_evaluate(config, tmp_path / "resumed")
+
+  assert_rows_close(metrics.read_metrics(tmp_path / "straight"),
+                    metrics.read_metrics(tmp_path / "resumed"), rtol=1e-6)
+  for key in ("test_nll", "test_neg_elbo", "val_nll", "best_step", "test_log_z"):
+    assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
+
+  # A finished run is not redone; a different config is refused.
+  again = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert again["test_nll"] == pytest.approx(resumed["test_nll"])
+  config.k = 2
+  with pytest.raises(train.WorkdirConfigError, match=r"k: 1 -> 2"):
+    train.train_and_evaluate(config, tmp_path / "resumed")
+
+
+def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(
+    data_dir, tmp_path):
+  config = tiny_config("dvae_pp_exp", data_dir, num_steps=8, eval_every=100, debug_nan_step=5)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"non-finite value at training step 5: .*terms/recon=nan"):
+    train.train_and_evaluate(config, tmp_path)
+  ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
+  assert ckpt.latest_step() == 4
+  experiment, template = train.build(config)
+  state, record = ckpt.restore(4, (template, train.initial_record(experiment.mesh)))
+  ckpt.close()
+  assert int(state.step) == 4 and int(record["best_step"]) == -1
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_one_and_four_devices_give_the_same_run(data_dir, tmp_path):
+  """The CLI on 4 forced host devices (a subprocess: XLA_FLAGS must precede jax's import) against
+  this process's single device. Omniglot exercises the dynamic binarization under sharding."""
+  assert jax.device_count() == 1
+  overrides = {"dataset": "omniglot"}
+  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
+  command = [sys.executable, "-m", "experiments.run", "--config=dvae_sharp",
+             f"--workdir={tmp_path / 'four'}", f"--data_dir={data_dir}",
+             *cli_overrides(**overrides)]
+  proc = subprocess.run(command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "test NLL" in proc.stdout and "4 device(s)" in proc.stdout
+  four = json.loads((tmp_path / "four" / "results.json").read_text())
+  assert four["num_devices"] == 4 and one["num_devices"] == 1
+  # Float32 sums over a batch split 4 ways round differently: agreement to ~1e-5 relative.
+  assert_rows_close(metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "four"),
+                    rtol=2e-5)
+  assert four["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Slow: a real kill, and two processes (multi-host) against one.
+
+
+def _wait_for_step(workdir, step, proc, timeout_s=300):
+  import time
+
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    rows = metrics.read_metrics(workdir) if (workdir / metrics.METRICS_FILE).exists() else []
+    if rows and max(r["step"] for r in rows) >= step:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended before step {step}: {proc.stderr.read()[-3000:]}")
+    time.sleep(0.01)
+  raise AssertionError(f"step {step} not reached in {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_from_the_command_line(data_dir, tmp_path):
+  import signal
+
+  overrides = {"num_steps": 400, "checkpoint_every": 50, "eval_every": 200, "log_every": 1,
+               "num_prior_samples": 128, "num_sweeps": 10}
+  straight = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides),
+                                      tmp_path / "straight")
+  command = [sys.executable, "-m", "experiments.run", "--config=dvae_sharp",
+             f"--workdir={tmp_path / 'killed'}", f"--data_dir={data_dir}",
+             *cli_overrides(**overrides)]
+  proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for_step(tmp_path / "killed", 120, proc)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  killed_at = max(r["step"] for r in metrics.read_metrics(tmp_path / "killed"))
+  assert killed_at < 400
+  done = subprocess.run(command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming" in done.stdout
+  assert_rows_close(metrics.read_metrics(tmp_path / "straight"),
+                    metrics.read_metrics(tmp_path / "killed"), rtol=1e-6)
+  resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
+  assert resumed["test_nll"] == pytest.approx(straight["test_nll"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(data_dir, tmp_path):
+  """Multi-host: two processes with 2 CPU devices each (gloo collectives) against this process."""
+  import socket
+
+  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir), tmp_path / "one")
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "experiments.run", "--config=dvae_sharp",
+       f"--workdir={tmp_path / 'two'}", f"--data_dir={data_dir}", *cli_overrides(),
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outputs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  assert "4 device(s)" in outputs[0][0] and outputs[1][0].count("test NLL") == 0  # only process 0
+  two = json.loads((tmp_path / "two" / "results.json").read_text())
+  assert two["num_devices"] == 4
+  assert_rows_close(metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "two"),
+                    rtol=2e-5)
+  assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
