@@ -1,4 +1,4 @@
-r"""Block Gibbs sweep throughput against the cost of its matmuls, PRNG choices and a NumPy reference.
+r"""Block Gibbs sweep throughput against the cost of its matmuls; PRNG choices; a NumPy reference.
 
   python -m benchmarks.sampler_speed            # ≈ 2 minutes on 2 CPU cores
   python -m benchmarks.sampler_speed --quick    # fewer repetitions, for a smoke run
@@ -10,7 +10,7 @@ For 1000 chains at 100×100 and 200×200 (float32) it times, per sweep:
     threefry, rbg and unsafe_rbg keys;
   * alternatives for the Bernoulli draws: `jax.random.uniform < sigmoid` (default partitionable
     threefry), `jax.random.bernoulli`, logistic noise `log u − log(1−u) < logit`;
-  * `rng only`: generating the sweep's S·(n1+n2) random words alone (where the rest of the time goes);
+  * `rng only`: generating the sweep's S·(n1+n2) random words alone (where the other time goes);
   * `numpy`: a plain NumPy float32 sweep (rng.random + sigmoid + two matmuls).
 and reports sweeps/s and the ratio matmul-time / sweep-time (1.0 = sampling for free).
 Writes benchmarks/results/sampler_speed.json and prints a Markdown table.

@@ -101,21 +101,29 @@ def _log_neg_expm1_neg(beta: Array) -> Array:
   return jnp.log(-jnp.expm1(-beta))
 
 
-def _is_concrete(x) -> bool:
-  if isinstance(x, bool):
-    return False
-  if isinstance(x, int | float | np.ndarray | np.generic):
-    return True
-  return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+def _check_beta(name: str, beta, *, on_use: bool) -> None:
+  """ValueError unless a concrete β is > 0; anything else passes.
 
-
-def _check_beta(name: str, beta) -> None:
-  if _is_concrete(beta):
-    values = np.asarray(beta)
-    if not np.issubdtype(values.dtype, np.number):
-      raise ValueError(f"{name}: beta must be a positive number, got {beta!r}")
-    if not np.all(values > 0):
-      raise ValueError(f"{name}: beta must be > 0, got {beta!r}")
+  At construction (``on_use=False``) only Python numbers are checked: the same constructor rebuilds
+  the pytree from arbitrary leaves (``jax.grad`` returns a smoothing whose β is a gradient, possibly
+  negative; ``jax.tree.map`` may put booleans there). The public functions (``on_use=True``) check
+  every concrete β, Python, NumPy or jax, before using it; tracers are never checked.
+  """
+  if isinstance(beta, bool | np.bool_):
+    return
+  if on_use:
+    concrete = isinstance(beta, int | float | np.ndarray | np.generic) or (
+      isinstance(beta, jax.Array) and not isinstance(beta, jax.core.Tracer)
+    )
+  else:
+    concrete = isinstance(beta, int | float)
+  if not concrete:
+    return
+  values = np.asarray(beta)
+  if not np.issubdtype(values.dtype, np.number):
+    raise ValueError(f"{name}: beta must be a positive number, got {beta!r}")
+  if not np.all(values > 0):
+    raise ValueError(f"{name}: beta must be > 0, got {beta!r}")
 
 
 def _open_uniform(key: Array, shape, dtype) -> Array:
@@ -156,8 +164,8 @@ class _Overlapping:
     beta = jnp.asarray(self.beta, dtype)
     return _numerical_inverse_cdf(self.replace(beta=None), rho, q, beta)
 
-  def _sample_given_z(self, key, z):
-    x0 = self._sample0_x(key, z.shape, z.dtype)
+  def _sample_given_z(self, key, z, dtype):
+    x0 = self._sample0_x(key, z.shape, dtype)
     return jnp.where(z, -x0, x0)
 
 
@@ -300,25 +308,38 @@ def _dzeta_dq_x(s, x, q):
 # exponential's. E = 1 − e^{−β}; R_exp(ζ) = (1 − e^{−βζ})/E; 1 − R_exp(ζ) = e^{−βζ}(1 − e^{−β(1−ζ)})/E.
 
 
+def _log_expm1_ratio(t):
+  """log((1 − e^{−t})/t) for t ≥ 0 (→ 0 at t = 0) without dividing by a tiny t.
+
+  Dividing by t ≈ 1e-30 made XLA's fused derivative NaN under jit; below 1e-3 the series
+  −t/2 + t²/24 is exact to float32.
+  """
+  small = t < 1e-3
+  t_big = jnp.where(small, 1.0, t)
+  return jnp.where(small, t * (t / 24.0 - 0.5), jnp.log(-jnp.expm1(-t_big)) - jnp.log(t_big))
+
+
 def _uexp_log_cdf0_x(beta, eps, x):
   log_e = _log_neg_expm1_neg(beta)
-  zeta = jnp.maximum(jax.nn.sigmoid(x), jnp.finfo(x.dtype).tiny)
-  # R0/ζ is smooth and positive down to ζ = 0 (→ (1 − ε)β/E + ε), so log R0 = log ζ + log(R0/ζ).
-  ratio_exp = -jnp.expm1(-beta * zeta) / zeta
-  log_ratio = jnp.log(ratio_exp) - log_e
+  # R0/ζ is smooth and positive down to ζ = 0 (→ (1 − ε)β/E + ε), so log R0 = log ζ + log(R0/ζ);
+  # R_exp/ζ = β (1 − e^{−βζ})/(βζ)/E.
+  log_ratio = jnp.log(beta) + _log_expm1_ratio(beta * jax.nn.sigmoid(x)) - log_e
   if eps:
     log_ratio = jnp.logaddexp(math.log1p(-eps) + log_ratio, math.log(eps))
-  return jax.nn.log_sigmoid(x) + log_ratio
+  # ≤ 0 (a probability); the rounding of the three logs can reach +1e-7 near ζ = 1.
+  return jnp.minimum(jax.nn.log_sigmoid(x) + log_ratio, 0.0)
 
 
 def _uexp_log_sf0_x(beta, eps, x):
   log_e = _log_neg_expm1_neg(beta)
-  w = jnp.maximum(jax.nn.sigmoid(-x), jnp.finfo(x.dtype).tiny)
-  # (1 − R_exp)/w = e^{−βζ}(1 − e^{−βw})/(wE), with ζ = σ(x): no overflow of e^{βw}.
-  log_ratio = -beta * jax.nn.sigmoid(x) + jnp.log(-jnp.expm1(-beta * w) / w) - log_e
+  # (1 − R_exp)/w = e^{−βζ}(1 − e^{−βw})/(wE), w = 1 − ζ = σ(−x): no overflow of e^{βw}.
+  w = jax.nn.sigmoid(-x)
+  log_ratio = (
+    -beta * jax.nn.sigmoid(x) + jnp.log(beta) + _log_expm1_ratio(beta * w) - log_e
+  )
   if eps:
     log_ratio = jnp.logaddexp(math.log1p(-eps) + log_ratio, math.log(eps))
-  return jax.nn.log_sigmoid(-x) + log_ratio
+  return jnp.minimum(jax.nn.log_sigmoid(-x) + log_ratio, 0.0)
 
 
 def _uexp_log_r0(beta, eps, zeta):
@@ -331,7 +352,8 @@ def _uexp_log_r0(beta, eps, zeta):
 
 def _uexp_cdf0(beta, eps, zeta):
   r_exp = jnp.expm1(-beta * zeta) / jnp.expm1(-beta)
-  return (1.0 - eps) * r_exp + eps * zeta
+  # Exactly 1 at the end of the support (x/x need not round to 1 under jit).
+  return jnp.where(zeta >= 1.0, 1.0, jnp.clip((1.0 - eps) * r_exp + eps * zeta, 0.0, 1.0))
 
 
 def _exp_inverse_cdf(beta, rho, q):
@@ -450,7 +472,7 @@ class Exponential(_ExponentialFamily):
   numerical_inverse = False
 
   def __post_init__(self):
-    _check_beta("Exponential", self.beta)
+    _check_beta("Exponential", self.beta, on_use=False)
 
   def _inverse_cdf(self, rho, q):
     dtype = _float_dtype(rho, q, self.beta)
@@ -478,7 +500,7 @@ class UniformExponential(_ExponentialFamily):
   solver_iterations: int = struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
 
   def __post_init__(self):
-    _check_beta("UniformExponential", self.beta)
+    _check_beta("UniformExponential", self.beta, on_use=False)
     if not isinstance(self.eps, int | float) or not 0.0 <= self.eps < 1.0:
       raise ValueError(f"UniformExponential: eps must be a float in [0, 1), got {self.eps!r}")
 
@@ -502,7 +524,7 @@ class PowerFunction(_LogitCoordinate, _Overlapping):
   solver_iterations: int = struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
 
   def __post_init__(self):
-    _check_beta("PowerFunction", self.beta)
+    _check_beta("PowerFunction", self.beta, on_use=False)
 
   def _beta(self, like):
     return jnp.asarray(self.beta, _float_dtype(like, self.beta))
@@ -592,7 +614,7 @@ class Gaussian(_Overlapping):
   solver_iterations: int = struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
 
   def __post_init__(self):
-    _check_beta("Gaussian", self.beta)
+    _check_beta("Gaussian", self.beta, on_use=False)
 
   def _beta(self, like):
     return jnp.asarray(self.beta, _float_dtype(like, self.beta))
@@ -671,7 +693,7 @@ class SpikeAndExp:
   numerical_inverse = False
 
   def __post_init__(self):
-    _check_beta("SpikeAndExp", self.beta)
+    _check_beta("SpikeAndExp", self.beta, on_use=False)
 
   def _beta(self, like):
     return jnp.asarray(self.beta, _float_dtype(like, self.beta))
@@ -703,7 +725,9 @@ class SpikeAndExp:
     beta = self._beta(zeta)
     zeta = jnp.clip(jnp.asarray(zeta, beta.dtype), 0.0, 1.0)
     # (e^{βζ} − 1)/(e^β − 1) = e^{−β(1−ζ)} (1 − e^{−βζ})/(1 − e^{−β}), free of overflow.
-    return jnp.exp(-beta * (1.0 - zeta)) * jnp.expm1(-beta * zeta) / jnp.expm1(-beta)
+    value = jnp.exp(-beta * (1.0 - zeta)) * jnp.expm1(-beta * zeta) / jnp.expm1(-beta)
+    # Exactly 1 at the end of the support (x/x need not round to 1 under jit).
+    return jnp.where(zeta >= 1.0, 1.0, jnp.clip(value, 0.0, 1.0))
 
   def _inverse_cdf(self, rho, q):
     dtype = _float_dtype(rho, q, self.beta)
@@ -717,9 +741,9 @@ class SpikeAndExp:
     zeta = 1.0 + jnp.log1p((1.0 - u) * jnp.expm1(-beta)) / beta
     return jnp.where(spike, 0.0, jnp.clip(zeta, 0.0, 1.0))
 
-  def _sample_given_z(self, key, z):
-    beta = self._beta(jnp.zeros((), z.dtype))
-    rho = _open_uniform(key, z.shape, z.dtype)
+  def _sample_given_z(self, key, z, dtype):
+    beta = self._beta(jnp.zeros((), dtype))
+    rho = _open_uniform(key, z.shape, dtype)
     zeta1 = 1.0 + jnp.log1p((1.0 - rho) * jnp.expm1(-beta)) / beta
     return jnp.where(z, jnp.clip(zeta1, 0.0, 1.0), 0.0)
 
@@ -754,6 +778,7 @@ def smoothing_from_name(name: str, beta: ArrayLike, **kwargs) -> Smoothing:
 def _check_smoothing(s) -> None:
   if not isinstance(s, SpikeAndExp | Exponential | PowerFunction | Gaussian | UniformExponential):
     raise TypeError(f"expected a smoothing from dvae_jax.smoothing, got {type(s).__name__}")
+  _check_beta(type(s).__name__, s.beta, on_use=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -853,7 +878,7 @@ def sample(s: Smoothing, key: Array, logits: Array) -> Array:
 def sample_ancestral(s: Smoothing, key: Array, logits: Array) -> Array:
   """Ancestral relaxed sample: z ~ Bernoulli(σ(l)) (no gradient), ζ ~ r(·|z) (MATH.md §1).
 
-  The implicit gradient is attached by the surrogate ζ_out = ζ + sg(dζ/dq)·q − sg(sg(dζ/dq)·q),
+  The implicit gradient is attached by the surrogate ζ_out = ζ + (sg(dζ/dq)·q − sg(sg(dζ/dq)·q)),
   dζ/dq = (R0(ζ) − R1(ζ))/q(ζ); ζ itself stays differentiable in β through r(·|z)'s own sampler
   (z does not depend on β). Same distribution and expected gradient as ``sample``.
   Shape = ``logits.shape``.
@@ -867,11 +892,12 @@ def sample_ancestral(s: Smoothing, key: Array, logits: Array) -> Array:
   q_sg = lax.stop_gradient(q)
   z = jax.random.uniform(key_z, logits.shape, logits.dtype) < q_sg
   if isinstance(s, SpikeAndExp):
-    zeta = s._sample_given_z(key_r, z)
+    zeta = s._sample_given_z(key_r, z, logits.dtype)
     dzeta_dq = s._dzeta_dq(lax.stop_gradient(zeta), z, q_sg)
   else:
-    x = s._sample_given_z(key_r, z)
+    x = s._sample_given_z(key_r, z, logits.dtype)
     zeta = s._to_zeta(x)
     dzeta_dq = _dzeta_dq_x(s, lax.stop_gradient(x), q_sg)
-  dzeta_dq = lax.stop_gradient(dzeta_dq)
-  return zeta + dzeta_dq * q - lax.stop_gradient(dzeta_dq * q)
+  surrogate = lax.stop_gradient(dzeta_dq) * q
+  # (a − sg(a)) is exactly 0 in value; ζ + a − sg(a) would round ζ near 1.
+  return zeta + (surrogate - lax.stop_gradient(surrogate))

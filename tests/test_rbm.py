@@ -223,3 +223,17 @@ def test_bad_shapes_raise():
     rbm.init_rbm(0, 3)
   with pytest.raises(ValueError, match="same S"):
     rbm.log_partition_surrogate(m, jnp.zeros((2, 3)), jnp.zeros((3, 4)), 0.0)
+
+
+@pytest.mark.slow
+def test_exact_log_partition_at_24_units_fits_and_matches_numpy():
+  """2^24 states of the smaller side, in chunks; NumPy float64 reference chunked the same way."""
+  m = random_rbm(13, 24, 30, 0.3)
+  b1, b2, w = np_params(m)
+  chunk = 2**18
+  parts = []
+  for c in range(2**24 // chunk):
+    idx = np.arange(c * chunk, (c + 1) * chunk)
+    z = ((idx[:, None] >> np.arange(24)) & 1).astype(np.float64)
+    parts.append(logsumexp(z @ b1 + np.logaddexp(0.0, b2 + z @ w).sum(1)))
+  np.testing.assert_allclose(rbm.exact_log_partition(m), logsumexp(parts), rtol=2e-6)

@@ -1,7 +1,8 @@
 """Persistent contrastive divergence (PCD) prior sampler with a tracked log Z (MATH.md §3).
 
-S persistent chains; each training step runs k block Gibbs sweeps under the new parameters
-(MATH.md §3 and §6: S = 1000, k = 40).
+S persistent chains and k block Gibbs sweeps per training step (MATH.md §3 and §6: S = 1000,
+k = 40). Of the k sweeps, `decorrelation_sweeps` (default k // 2) run under the previous parameters
+before the log Z reweighting and the rest under the new ones (see `persistent` for why).
 
 log Z tracking (for reporting the training objective; it does not affect any gradient): when the
 parameters move from θ_old (those the chains were swept under) to θ_new, the chains are treated as
@@ -32,7 +33,9 @@ from dvae_jax.samplers.persistent import (
   PersistentInfo,
   PersistentState,
   check_state,
+  decorrelate,
   incremental_variance,
+  split_sweeps,
   zero_state,
 )
 
@@ -40,45 +43,58 @@ Array = jax.Array
 RBM = rbm_lib.RBM
 
 
-def step(key: Array, state: PersistentState, m: RBM, num_sweeps: int = 40) -> tuple:
-  """Reweight the log Z estimate from state.params to m, then run num_sweeps sweeps under m.
+def step(
+  key: Array,
+  state: PersistentState,
+  m: RBM,
+  num_sweeps: int = 40,
+  decorrelation_sweeps: int | None = None,
+) -> tuple[PersistentState, PersistentInfo]:
+  """One PCD step: sweeps under state.params, log Z reweighting to m, sweeps under m.
 
   Args:
     key: PRNG key.
     state: PersistentState with chains z1 [S, n1], z2 [S, n2].
     m: the new parameters.
-    num_sweeps: k, block Gibbs sweeps per step (≥ 1).
+    num_sweeps: k, block Gibbs sweeps per step in total (≥ 1).
+    decorrelation_sweeps: how many of them run under the old parameters before the reweighting
+      (default k // 2; see `persistent`).
 
   Returns:
     (new PersistentState with params = m, PersistentInfo).
   """
   check_state(state, m)
-  if num_sweeps < 1:
-    raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
+  before, after = split_sweeps(num_sweeps, decorrelation_sweeps)
+  k_before, k_after = jax.random.split(key)
+  state = decorrelate(k_before, state, before)
   delta = jax.tree.map(jnp.subtract, m, state.params)
   log_w = -rbm_lib.energy(delta, state.z1, state.z2)
   increment = jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
   ess = resampling.effective_sample_size(log_w)
   log_z, comp = kahan_add(state.log_z, state.log_z_compensation, increment)
   variance = state.log_z_variance + incremental_variance(ess, log_w.shape[0])
-  chains = gibbs.run(key, m, gibbs.GibbsState(state.z1, state.z2), num_sweeps)
+  chains = gibbs.run(k_after, m, gibbs.GibbsState(state.z1, state.z2), after)
   new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
   info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
   return new_state, info
 
 
-def init(key: Array, m: RBM, num_chains: int = 1000, num_sweeps: int = 40) -> PersistentState:
+def init(
+  key: Array, m: RBM, num_chains: int = 1000, num_sweeps: int = 40, **options
+) -> PersistentState:
   """Chains and log Z for `m`: the exact zero-parameter state followed by one `step` to m.
 
   With m = 0 (the start of training, MATH.md §2) this is exact. For other m the first increment is a
   single importance-sampling jump from the uniform distribution, accurate only for weak m.
   """
   k0, k1 = jax.random.split(key)
-  state, _ = step(k1, zero_state(k0, m, num_chains), m, num_sweeps)
+  state, _ = step(k1, zero_state(k0, m, num_chains), m, num_sweeps, **options)
   return state
 
 
-def run(key: Array, state: PersistentState, params_sequence: RBM, num_sweeps: int = 40) -> tuple:
+def run(
+  key: Array, state: PersistentState, params_sequence: RBM, num_sweeps: int = 40, **options
+) -> tuple:
   """Apply `step` along a sequence of parameters stacked on a leading axis [T, ...] (lax.scan).
 
   Returns:
@@ -87,7 +103,7 @@ def run(key: Array, state: PersistentState, params_sequence: RBM, num_sweeps: in
 
   def body(s, inputs):
     k, m = inputs
-    return step(k, s, m, num_sweeps)
+    return step(k, s, m, num_sweeps, **options)
 
   num = params_sequence.w.shape[0]
   return lax.scan(body, state, (jax.random.split(key, num), params_sequence))

@@ -55,7 +55,9 @@ from dvae_jax.samplers.persistent import (
   PersistentInfo,
   PersistentState,
   check_state,
+  decorrelate,
   incremental_variance,
+  split_sweeps,
   zero_state,
 )
 
@@ -279,7 +281,7 @@ def anneal_adaptive(
   m: RBM,
   num_replicas: int,
   max_temperatures: int = 1000,
-  target_ess: float = 0.9,
+  target_ess: float = 0.99,
   num_groups: int = 16,
   num_sweeps: int = 1,
   resampling_scheme: str = "systematic",
@@ -364,7 +366,7 @@ def pa_log_partition(
   schedule: str = "linear",
   num_groups: int = 16,
   num_sweeps: int = 1,
-  target_ess: float = 0.9,
+  target_ess: float = 0.99,
   beta_min: float = 1e-3,
   resampling_scheme: str = "systematic",
 ) -> PAResult:
@@ -407,10 +409,11 @@ def step(
   state: PersistentState,
   m: RBM,
   num_sweeps: int = 40,
-  target_ess: float = 0.5,
+  target_ess: float = 0.9,
   max_stages: int = 1000,
   num_intermediate_sweeps: int = 1,
   resampling_scheme: str = "systematic",
+  decorrelation_sweeps: int | None = None,
 ) -> tuple[PersistentState, PersistentInfo]:
   """Move the persistent population from state.params to m, updating log Z (module docstring).
 
@@ -418,26 +421,32 @@ def step(
     key: PRNG key.
     state: PersistentState (z1 [S, n1], z2 [S, n2], log_z, params).
     m: the new parameters.
-    num_sweeps: block Gibbs sweeps under m after the re-annealing.
+    num_sweeps: block Gibbs sweeps per step in total: `decorrelation_sweeps` of them (default
+      num_sweeps // 2) under state.params before the reweighting (see `persistent` for why), the
+      rest under m after the re-annealing.
     target_ess: ESS fraction below which the parameter change is split into stages.
     max_stages: bound on the number of stages (the last one jumps to m).
     num_intermediate_sweeps: sweeps under each intermediate θ_α.
     resampling_scheme: 'systematic', 'residual' or 'multinomial'.
+    decorrelation_sweeps: see num_sweeps.
 
   Returns:
     (PersistentState at m, PersistentInfo).
   """
   check_state(state, m)
-  if num_sweeps < 1 or num_intermediate_sweeps < 1 or max_stages < 1:
+  before, after = split_sweeps(num_sweeps, decorrelation_sweeps)
+  if num_intermediate_sweeps < 1 or max_stages < 1:
     raise ValueError(
-      "num_sweeps, num_intermediate_sweeps and max_stages must be >= 1, got "
-      f"{num_sweeps}, {num_intermediate_sweeps}, {max_stages}"
+      "num_intermediate_sweeps and max_stages must be >= 1, got "
+      f"{num_intermediate_sweeps}, {max_stages}"
     )
   if isinstance(target_ess, (int, float)) and not 0.0 < target_ess < 1.0:
     raise ValueError(f"target_ess must lie in (0, 1), got {target_ess}")
   resample_fn = resampling.get(resampling_scheme)
   dtype = m.w.dtype
   num = state.z1.shape[0]
+  k_before, key = jax.random.split(key)
+  state = decorrelate(k_before, state, before)
   delta = jax.tree.map(jnp.subtract, m, state.params)
   target = jnp.asarray(target_ess, dtype)
   one = jnp.ones((), dtype)
@@ -490,7 +499,7 @@ def step(
     key,
   )
   stages, _, z1, z2, log_z, comp, variance, ess_min, key = lax.while_loop(cond, body, carry)
-  chains = gibbs.run(key, m, gibbs.GibbsState(z1, z2), num_sweeps)
+  chains = gibbs.run(key, m, gibbs.GibbsState(z1, z2), after)
   new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
   info = PersistentInfo(log_z, ess_min, stages, log_z - state.log_z, jnp.sqrt(variance))
   return new_state, info

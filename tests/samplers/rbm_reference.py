@@ -78,3 +78,18 @@ def parameter_path(seed: int, n: int, num_steps: int, w_std: float = 1.0):
   seq = rbm.RBM(*(path(a, b) for a, b in zip(ramp, wiggle, strict=True)))
   exact = np.array([log_z(rbm.RBM(*(x[t] for x in seq))) for t in range(num_steps)])
   return seq, exact
+
+
+def exact_samples(key, m, num):
+  """Exact samples (z1 [num, n1], z2 [num, n2]) of p: z1 from its enumerated marginal, z2 | z1."""
+  import jax
+  import jax.numpy as jnp
+
+  b1, b2, w = _float64(m)
+  z = all_states(len(b1))
+  log_p = z @ b1 + np.logaddexp(0.0, b2 + z @ w).sum(1)
+  k1, k2 = jax.random.split(key)
+  idx = jax.random.categorical(k1, jnp.asarray(log_p, jnp.float32), shape=(num,))
+  z1 = jnp.asarray(z, jnp.float32)[idx]
+  z2 = jax.random.bernoulli(k2, jax.nn.sigmoid(m.b2 + z1 @ m.w)).astype(jnp.float32)
+  return z1, z2
