@@ -192,7 +192,9 @@ def load_dataset(
     try:
       path = download_binarized_mnist(target)
     except OSError as err:  # URLError is an OSError
-      raise DataNotFoundError(_not_found_message(name, searched, f"download failed: {err}")) from err
+      raise DataNotFoundError(
+        _not_found_message(name, searched, f"download failed: {err}")
+      ) from err
     return _load_mnist([path], binarization_seed)
   reason = (
     f"downloads are forbidden (allow_download=False or ${OFFLINE_ENV})"
@@ -401,8 +403,9 @@ def batch_indices(seed: int, step: int, batch_size: int, num_examples: int) -> n
   that endless sequence (a batch may straddle two epochs).
   """
   if batch_size < 1 or num_examples < 1 or step < 0:
-    raise ValueError(f"need batch_size, num_examples >= 1 and step >= 0, got {batch_size}, "
-                     f"{num_examples}, {step}")
+    raise ValueError(
+      f"need batch_size, num_examples >= 1 and step >= 0, got {batch_size}, {num_examples}, {step}"
+    )
   positions = step * batch_size + np.arange(batch_size, dtype=np.int64)
   epochs, offsets = np.divmod(positions, num_examples)
   out = np.empty(batch_size, dtype=np.int64)

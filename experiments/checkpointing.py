@@ -47,7 +47,7 @@ def _abstract(leaf):
 
 
 class Checkpointer:
-  """Saves and restores a pytree at integer steps in ``directory`` (keeps the latest ``max_to_keep``).
+  """Saves and restores a pytree at integer steps in ``directory``, keeping the latest few.
 
   Every process must call ``save`` (orbax coordinates multi-host writes; only the primary host
   writes metadata).
@@ -56,7 +56,11 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike, max_to_keep: int):
     self._manager = ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      # Synchronous saves: our states are a few MB, and orbax's asynchronous finalisation raced
+      # between processes sharing one file system (two CPU processes on one machine).
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+      ),
     )
 
   def latest_step(self) -> int | None:
@@ -66,7 +70,7 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, tree: Any) -> None:
-    """Writes ``tree`` at ``step`` (asynchronously; completed before the next save or ``close``)."""
+    """Writes ``tree`` at ``step`` (into a temporary folder renamed when complete)."""
     flat, _ = _flatten(tree)
     self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
 

@@ -60,10 +60,10 @@ BETA_TABLE = {
   )
 }
 
-# Budgets. 'paper' is MATH.md §6. 'cpu' keeps every algorithm and the batch size, but trains for fewer
-# steps with a smaller prior-sampler population and evaluates with fewer importance samples, so that
-# the default run finishes on a 2-core laptop CPU in about half an hour (numbers in
-# notes/runner.md). Only keys the user left at None are filled from here.
+# Budgets. 'paper' is MATH.md §6. 'cpu' keeps every algorithm, the batch size and the sampler
+# population, but trains for 20k steps with 10 sweeps per step and tests with 1000 importance
+# samples, so that the default run finishes on a 2-core laptop CPU in about half an hour
+# (measurements in notes/runner.md). Only keys the user left at None are filled from here.
 PROTOCOLS = {
   "paper": {
     "num_steps": 1_000_000,
@@ -186,7 +186,8 @@ def resolve_config(
 ) -> config_dict.FrozenConfigDict:
   """Fills the keys left at None and validates every value.
 
-  β: None or -1 → ``BETA_TABLE[dataset][struct][method]``. Budget keys: None → ``PROTOCOLS[protocol]``.
+  β: None or -1 → ``BETA_TABLE[dataset][struct][method]``.
+  Budget keys: None → ``PROTOCOLS[protocol]``.
   ``data_dir`` (the ``--data_dir`` flag) replaces ``config.data_dir`` when given.
 
   Returns:
@@ -211,7 +212,9 @@ def resolve_config(
   if c.beta is None or c.beta == -1:
     c.beta = BETA_TABLE[c.dataset][c.struct][c.method]
   elif not c.beta > 0:
-    raise ConfigError(f"invalid beta {c.beta}: must be > 0 (or -1 / unset for the MATH.md §6 table)")
+    raise ConfigError(
+      f"invalid beta {c.beta}: must be > 0 (or -1 / unset for the MATH.md §6 table)"
+    )
   for key, minimum in _MINIMUM.items():
     if not isinstance(c[key], int) or c[key] < minimum:
       raise ConfigError(f"invalid {key} {c[key]!r}: must be an integer >= {minimum}")

@@ -24,16 +24,18 @@ def tile(images: np.ndarray, num_cols: int, *, pad: int = 1) -> np.ndarray:
   """
   images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
   if images.shape[0] == 0 or num_cols < 1:
-    raise ValueError(f"need at least one image and num_cols >= 1, got {images.shape[0]}, {num_cols}")
+    raise ValueError(
+      f"need at least one image and num_cols >= 1, got {images.shape[0]}, {num_cols}"
+    )
   n = images.shape[0]
   num_rows = -(-n // num_cols)
   cell = IMAGE_SIDE + pad
   grid = np.ones((num_rows * cell + pad, num_cols * cell + pad), np.float32)
   for i in range(n):
     r, c = divmod(i, num_cols)
-    grid[pad + r * cell:pad + r * cell + IMAGE_SIDE, pad + c * cell:pad + c * cell + IMAGE_SIDE] = (
-      1.0 - np.clip(images[i], 0.0, 1.0)
-    )
+    grid[
+      pad + r * cell : pad + r * cell + IMAGE_SIDE, pad + c * cell : pad + c * cell + IMAGE_SIDE
+    ] = 1.0 - np.clip(images[i], 0.0, 1.0)
   return np.round(255 * grid).astype(np.uint8)
 
 

@@ -104,6 +104,7 @@ class Progress:
     self._enabled = enabled
     self._tty = enabled and hasattr(self._stream, "isatty") and self._stream.isatty()
     self._t0 = time.perf_counter()
+    self._last_draw = -math.inf
 
   def steps_per_second(self, step: int) -> float:
     elapsed = time.perf_counter() - self._t0
@@ -117,11 +118,17 @@ class Progress:
     """Redraws the bar (terminal), or prints a line when ``log_line`` (not a terminal)."""
     if not self._enabled or not (self._tty or log_line):
       return
+    now = time.perf_counter()
+    if self._tty and not log_line and step < self._total and now - self._last_draw < 0.1:
+      return  # redraw the bar at most ten times a second
+    self._last_draw = now
     frac = step / self._total if self._total else 1.0
     eta = self.eta_seconds(step)
     eta_text = "?" if math.isinf(eta) else _format_seconds(eta)
-    status = (f"step {step}/{self._total} ({100 * frac:5.1f}%) "
-              f"{self.steps_per_second(step):.1f} steps/s ETA {eta_text} {text}")
+    status = (
+      f"step {step}/{self._total} ({100 * frac:5.1f}%) "
+      f"{self.steps_per_second(step):.1f} steps/s ETA {eta_text} {text}"
+    )
     if self._tty:
       width = 24
       filled = int(width * frac)

@@ -3,9 +3,10 @@ r"""Trains and evaluates a discrete VAE: the project's one entry point.
   python -m experiments.run --config=dvae_sharp [--workdir=runs/dvae_sharp] \
       [--config.dataset=omniglot --config.struct=2-layer-nonlin --config.protocol=paper ...]
 
-``--config`` names a file in ``experiments/configs/`` (or is a path to a config file); every key of
-the config can be overridden with ``--config.KEY=VALUE``. Multi-host: pass ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` on every host (``jax.distributed.initialize``).
+``--config`` names a file in ``experiments/configs/`` (or is a path to a config file); every key
+of the config can be overridden with ``--config.KEY=VALUE``. Multi-host: pass
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` on every host
+(``jax.distributed.initialize``); only process 0 writes metrics, images and results.
 """
 
 import sys
@@ -22,8 +23,10 @@ _CONFIG = config_flags.DEFINE_config_file(
   lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Output folder (metrics, checkpoints, images); default runs/<config name>. "
-  "An existing workdir of an interrupted run is resumed."
+  "workdir",
+  None,
+  "Output folder (metrics, checkpoints, images); default runs/<config name>. "
+  "An existing workdir of an interrupted run is resumed.",
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (see dvae_jax.data).")
 _COORDINATOR = flags.DEFINE_string(
@@ -41,7 +44,7 @@ def main(argv):
   if _COORDINATOR.value:
     import jax
 
-    # CPU hosts (and tests with forced host devices) need a collectives backend; GPUs/TPUs ignore it.
+    # CPU hosts (and tests with forced host devices) need a collectives backend; GPUs ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:

@@ -25,8 +25,9 @@ def make_mesh() -> Mesh:
   propagates the batch sharding through them (``Explicit`` axes, the default of ``jax.make_mesh``,
   would make each reshape of a sharded batch state its output sharding).
   """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

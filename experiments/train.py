@@ -4,8 +4,8 @@ The training state is one pytree (:class:`TrainState`) and the train step a pure
 (state, batch) that donates the state. The randomness of step ``t`` comes from ``fold_in(key, t)``
 and the data of step ``t`` from ``(seed, t)`` alone, so a run restored from its checkpoint at step
 ``t`` continues exactly as if it had never stopped. The batch is split over all devices
-(``experiments.sharding``); one PRNG key drives the whole global batch, so the result does not depend
-on the number of devices.
+(``experiments.sharding``); one PRNG key drives the whole global batch, so the result does not
+depend on the number of devices.
 
 Outputs in ``workdir``: ``metrics.jsonl`` (one JSON row per logged step / evaluation),
 ``tensorboard/`` (event files), ``checkpoints/`` (latest) and ``checkpoints_best/`` (best
@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 from ml_collections import config_dict
 
@@ -161,7 +160,7 @@ def _needs_gaussian_integral(method: objectives.Method) -> bool:
 
 
 def weight_decay_penalty(coefficient: float, params: dict) -> jax.Array:
-  """``coefficient`` · ½‖w‖² over dense kernels, BN scales and the RBM couplings (MATH.md §2, §6)."""
+  """``coefficient`` · ½‖w‖² on dense kernels, BN scales and the RBM couplings (MATH.md §2, §6)."""
   return objectives.weight_decay(params["model"], params["prior"], coefficient=coefficient)
 
 
@@ -231,16 +230,12 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
 
 
 def _info_dict(info) -> dict:
-  if isinstance(info, dict):
-    items = info.items()
-  elif hasattr(info, "_asdict"):
-    items = info._asdict().items()
-  else:
-    items = ()
+  """The numeric fields of a sampler's info (a NamedTuple such as ``PersistentInfo``), as float."""
+  items = info._asdict().items() if hasattr(info, "_asdict") else dict(info).items()
   return {
-    k: v
+    k: jnp.asarray(v, jnp.float32)
     for k, v in items
-    if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.floating)
+    if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.number)
   }
 
 
@@ -252,8 +247,9 @@ def make_eval_fn(experiment: Experiment, num_samples: int):
 
   def eval_fn(params, batch_stats, log_z, x, mask, key):
     model = nnx.merge(graphdef, params["model"], batch_stats)
-    out = evaluation.evaluate(model, params["prior"], log_z, x, key, num_samples,
-                              sample_chunk=chunk)
+    out = evaluation.evaluate(
+      model, params["prior"], log_z, x, key, num_samples, sample_chunk=chunk
+    )
     return jnp.sum(out["nll"] * mask), jnp.sum(out["neg_elbo"] * mask)
 
   replicated = sharding.replicated(experiment.mesh)
@@ -277,8 +273,9 @@ def log_partition(experiment: Experiment, prior, key) -> tuple[float, float]:
   return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
 
 
-def evaluate_split(experiment: Experiment, eval_fn, state: TrainState, x_all: np.ndarray,
-                   log_z: float, key) -> dict[str, float]:
+def evaluate_split(
+  experiment: Experiment, eval_fn, state: TrainState, x_all: np.ndarray, log_z: float, key
+) -> dict[str, float]:
   """Mean NLL and −ELBO (nats) over the examples ``x_all`` [n, 784] (uint8 or float)."""
   config, mesh = experiment.config, experiment.mesh
   batch_size = config.eval_batch_size
@@ -289,11 +286,14 @@ def evaluate_split(experiment: Experiment, eval_fn, state: TrainState, x_all: np
   for b, start in enumerate(range(0, n, batch_size)):
     x = np.zeros((batch_size, x_all.shape[1]), np.float32)
     mask = np.zeros((batch_size,), np.float32)
-    chunk = x_all[start:start + batch_size]
-    x[:len(chunk)], mask[:len(chunk)] = chunk, 1.0
+    chunk = x_all[start : start + batch_size]
+    x[: len(chunk)], mask[: len(chunk)] = chunk, 1.0
     nll, elbo = eval_fn(
-      state.params, state.batch_stats, log_z,
-      sharding.put_global(x, batch_sharding), sharding.put_global(mask, batch_sharding),
+      state.params,
+      state.batch_stats,
+      log_z,
+      sharding.put_global(x, batch_sharding),
+      sharding.put_global(mask, batch_sharding),
       jax.random.fold_in(key, b),
     )
     total_nll += float(sharding.to_host(nll))
@@ -336,10 +336,17 @@ def make_image_fn(experiment: Experiment):
   num = experiment.config.num_image_samples
 
   def image_fn(state: TrainState, key, originals):
-    samples = model_samples(experiment, state.params, state.batch_stats, state.sampler_state,
-                            jax.random.fold_in(key, 0), num)
-    recon = reconstructions(experiment, state.params, state.batch_stats,
-                            jax.random.fold_in(key, 1), originals)
+    samples = model_samples(
+      experiment,
+      state.params,
+      state.batch_stats,
+      state.sampler_state,
+      jax.random.fold_in(key, 0),
+      num,
+    )
+    recon = reconstructions(
+      experiment, state.params, state.batch_stats, jax.random.fold_in(key, 1), originals
+    )
     return samples, recon
 
   return jax.jit(image_fn, out_shardings=sharding.replicated(experiment.mesh))
@@ -349,9 +356,10 @@ def write_images(experiment, image_fn, state, key, workdir, step, writer) -> Non
   """Writes ``samples_STEP.png`` and ``reconstructions_STEP.png`` (and TensorBoard images)."""
   num = experiment.config.num_image_samples
   cols = max(1, int(math.sqrt(num)))
-  originals = experiment.dataset.valid[:max(1, num // 2)].astype(np.float32)
-  samples, recon = image_fn(state, key, sharding.put_global(
-    originals, sharding.replicated(experiment.mesh)))
+  originals = experiment.dataset.valid[: max(1, num // 2)].astype(np.float32)
+  samples, recon = image_fn(
+    state, key, sharding.put_global(originals, sharding.replicated(experiment.mesh))
+  )
   samples, recon = sharding.to_host(samples), sharding.to_host(recon)
   if jax.process_index() == 0:
     samples_grid = images.tile(samples, cols)
@@ -366,11 +374,15 @@ def write_images(experiment, image_fn, state, key, workdir, step, writer) -> Non
 # The loop.
 
 
-def initial_record(mesh, *, best_val_nll: float = np.inf, best_step: int = -1,
-                   train_seconds: float = 0.0) -> dict:
-  """The run's bookkeeping saved beside the state: ``checkpoints/STEP`` holds ``(state, record)``."""
-  record = {"best_val_nll": np.float32(best_val_nll), "best_step": np.int32(best_step),
-            "train_seconds": np.float32(train_seconds)}
+def initial_record(
+  mesh, *, best_val_nll: float = np.inf, best_step: int = -1, train_seconds: float = 0.0
+) -> dict:
+  """The run's bookkeeping, saved beside the state: ``checkpoints/STEP`` is ``(state, record)``."""
+  record = {
+    "best_val_nll": np.float32(best_val_nll),
+    "best_step": np.int32(best_step),
+    "train_seconds": np.float32(train_seconds),
+  }
   return sharding.replicate(record, mesh)
 
 
@@ -393,8 +405,9 @@ def _check_resumable(workdir: pathlib.Path, config) -> None:
     return
   old = json.loads(path.read_text())
   new = metrics_lib.to_python(config.to_dict())
-  diff = sorted(k for k in set(old) | set(new)
-                if k not in _RESUMABLE_DIFFERENCES and old.get(k) != new.get(k))
+  diff = sorted(
+    k for k in set(old) | set(new) if k not in _RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
+  )
   if diff:
     details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
     raise WorkdirConfigError(
@@ -488,25 +501,37 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       if is_eval:
         t0 = time.perf_counter()
         key = jax.random.fold_in(eval_root, done)
-        log_z, log_z_err = log_partition(experiment, state.params["prior"],
-                                         jax.random.fold_in(key, 0))
-        val = evaluate_split(experiment, val_eval, state, val_x, log_z,
-                             jax.random.fold_in(key, 1))
+        log_z, log_z_err = log_partition(
+          experiment, state.params["prior"], jax.random.fold_in(key, 0)
+        )
+        val = evaluate_split(experiment, val_eval, state, val_x, log_z, jax.random.fold_in(key, 1))
         improved = val["nll"] < record["best_val_nll"]
         if improved:
           record.update(best_val_nll=val["nll"], best_step=done)
           best.save(done, {"params": state.params, "batch_stats": state.batch_stats})
-        writer.write(done, {"val/nll": val["nll"], "val/neg_elbo": val["neg_elbo"],
-                            "val/log_z": log_z, "val/log_z_stderr": log_z_err,
-                            "val/best_nll": record["best_val_nll"],
-                            "eval_seconds": time.perf_counter() - t0})
-        progress.message(f"step {done}: val NLL {val['nll']:.3f} (best {record['best_val_nll']:.3f}"
-                         f" at step {record['best_step']}), log Z {log_z:.2f} ± {log_z_err:.2f}")
-        write_images(experiment, image_fn, state, jax.random.fold_in(key, 2), workdir, done,
-                     writer)
+        writer.write(
+          done,
+          {
+            "val/nll": val["nll"],
+            "val/neg_elbo": val["neg_elbo"],
+            "val/log_z": log_z,
+            "val/log_z_stderr": log_z_err,
+            "val/best_nll": record["best_val_nll"],
+            "eval_seconds": time.perf_counter() - t0,
+          },
+        )
+        progress.message(
+          f"step {done}: val NLL {val['nll']:.3f} (best {record['best_val_nll']:.3f}"
+          f" at step {record['best_step']}), log Z {log_z:.2f} ± {log_z_err:.2f}"
+        )
+        write_images(experiment, image_fn, state, jax.random.fold_in(key, 2), workdir, done, writer)
       if done % config.checkpoint_every == 0 or is_eval:
-        rec = initial_record(experiment.mesh, best_val_nll=record["best_val_nll"],
-                             best_step=record["best_step"], train_seconds=train_seconds)
+        rec = initial_record(
+          experiment.mesh,
+          best_val_nll=record["best_val_nll"],
+          best_step=record["best_step"],
+          train_seconds=train_seconds,
+        )
         latest.save(done, (state, rec))
   except BaseException:
     writer.close()
@@ -517,8 +542,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
 
   if config.eval_iw_samples not in eval_fns:
     eval_fns[config.eval_iw_samples] = make_eval_fn(experiment, config.eval_iw_samples)
-  results = final_evaluation(experiment, eval_fns[config.eval_iw_samples], state, record,
-                             workdir, eval_root)
+  results = final_evaluation(
+    experiment, eval_fns[config.eval_iw_samples], state, record, workdir, eval_root
+  )
   results.update(
     train_seconds=train_seconds,
     wall_seconds_this_session=time.time() - wall_start,
@@ -527,8 +553,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     tmp = workdir / "results.json.tmp"
     tmp.write_text(json.dumps(metrics_lib.to_python(results), indent=1, sort_keys=True))
     os.replace(tmp, results_path)
-    writer.write(config.num_steps, {"test/nll": results["test_nll"],
-                                    "test/neg_elbo": results["test_neg_elbo"]})
+    writer.write(
+      config.num_steps, {"test/nll": results["test_nll"], "test/neg_elbo": results["test_neg_elbo"]}
+    )
   writer.close()
   progress.message(
     f"test NLL {results['test_nll']:.3f} nats ({config.eval_iw_samples} importance samples, "
@@ -537,8 +564,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   return results
 
 
-def final_evaluation(experiment: Experiment, test_eval, state: TrainState, record: dict,
-                     workdir: pathlib.Path, eval_root) -> dict:
+def final_evaluation(
+  experiment: Experiment,
+  test_eval,
+  state: TrainState,
+  record: dict,
+  workdir: pathlib.Path,
+  eval_root,
+) -> dict:
   """Test NLL with ``eval_iw_samples`` importance samples (``test_eval``, from ``make_eval_fn``) at
   the best-validation checkpoint."""
   config = experiment.config
@@ -565,6 +598,8 @@ def final_evaluation(experiment: Experiment, test_eval, state: TrainState, recor
     "config": config.to_dict(),
   }
   if config.dataset == "omniglot" and not experiment.dataset.source.endswith("chardata.mat"):
-    results["note"] = ("OMNIGLOT rebuilt from the original images (not chardata.mat): likelihoods "
-                       "are not directly comparable to published OMNIGLOT numbers")
+    results["note"] = (
+      "OMNIGLOT rebuilt from the original images (not chardata.mat): likelihoods "
+      "are not directly comparable to published OMNIGLOT numbers"
+    )
   return results

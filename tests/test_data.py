@@ -96,14 +96,19 @@ def test_omniglot_reads_user_chardata_mat(tmp_path, omniglot_raw):
   def to_chardata(images):  # Fortran-order flattening of each image, one image per column.
     return np.stack([img.flatten(order="F") for img in images], axis=1)
 
-  scipy.io.savemat(tmp_path / "chardata.mat", {"data": to_chardata(train),
-                                               "testdata": to_chardata(test)})
-  np.savez(tmp_path / "omniglot_28x28_rebuilt.npz", train=np.zeros((2000, 784), np.uint8),
-           test=np.zeros((10, 784), np.uint8))
+  scipy.io.savemat(
+    tmp_path / "chardata.mat", {"data": to_chardata(train), "testdata": to_chardata(test)}
+  )
+  np.savez(
+    tmp_path / "omniglot_28x28_rebuilt.npz",
+    train=np.zeros((2000, 784), np.uint8),
+    test=np.zeros((10, 784), np.uint8),
+  )
   ds = data.load_dataset("omniglot", tmp_path)
   assert ds.source.endswith("chardata.mat")
-  np.testing.assert_allclose(ds.train, train[:-data.OMNIGLOT_NUM_VALID].reshape(-1, 784),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    ds.train, train[: -data.OMNIGLOT_NUM_VALID].reshape(-1, 784), atol=1e-6
+  )
   assert ds.test.shape == (50, 784)
   assert ds.test[test.reshape(-1, 784) == 0].max() == 0
 
@@ -128,7 +133,7 @@ def test_caltech_is_upright_and_flipped(data_dir):
     def spread(profile):
       mass = profile.sum(1, keepdims=True)
       mean = (profile * coords).sum(1, keepdims=True) / mass
-      return ((profile * (coords - mean) ** 2).sum(1) / mass[:, 0])
+      return (profile * (coords - mean) ** 2).sum(1) / mass[:, 0]
 
     return (spread(x.sum(1)) > spread(x.sum(2))).mean()
 
@@ -139,9 +144,10 @@ def test_caltech_is_upright_and_flipped(data_dir):
 def test_caltech_reads_marlin_mat(tmp_path, data_dir):
   with np.load(data_dir / "caltech101_silhouettes_28.npz") as f:
     raw = {s: f[s][:20] for s in ("train", "valid", "test")}
-  scipy.io.savemat(tmp_path / "caltech101_silhouettes_28_split1.mat",
-                   {"train_data": raw["train"], "val_data": raw["valid"],
-                    "test_data": raw["test"]})
+  scipy.io.savemat(
+    tmp_path / "caltech101_silhouettes_28_split1.mat",
+    {"train_data": raw["train"], "val_data": raw["valid"], "test_data": raw["test"]},
+  )
   ds = data.load_dataset("caltech101_silhouettes", tmp_path)
   full = data.load_dataset("caltech101_silhouettes", data_dir)
   np.testing.assert_array_equal(ds.train, full.train[:20])
@@ -170,8 +176,14 @@ def test_offline_error_names_places_and_remedy(tmp_path, monkeypatch, how):
   with pytest.raises(data.DataNotFoundError) as info:
     data.load_dataset("binarized_mnist", empty, **kwargs)
   message = str(info.value)
-  for expected in (str(empty), "binarized_mnist.npz", ".amat", "--data_dir",
-                   data.DATA_DIR_ENV, "forbidden"):
+  for expected in (
+    str(empty),
+    "binarized_mnist.npz",
+    ".amat",
+    "--data_dir",
+    data.DATA_DIR_ENV,
+    "forbidden",
+  ):
     assert expected in message
   assert list(empty.iterdir()) == []
 
@@ -197,11 +209,14 @@ def _amat(x):
 def fake_mnist_server(monkeypatch):
   """Small fake .amat splits served by a stand-in urlopen; checksums adjusted to match."""
   rng = np.random.default_rng(0)
-  splits = {s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
-            for s, n in zip(data.MNIST_SPLITS, (7, 3, 4), strict=True)}
+  splits = {
+    s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
+    for s, n in zip(data.MNIST_SPLITS, (7, 3, 4), strict=True)
+  }
   monkeypatch.setattr(data, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
-  monkeypatch.setattr(data, "MNIST_MD5",
-                      {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()})
+  monkeypatch.setattr(
+    data, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
+  )
   requested = []
 
   def urlopen(url, timeout):
@@ -221,8 +236,9 @@ def test_download_writes_atomically_and_loads(tmp_path, fake_mnist_server):
   for split, x in splits.items():
     np.testing.assert_array_equal(getattr(ds, split), x)
   names = sorted(p.name for p in target.iterdir())
-  assert names == sorted(["binarized_mnist.npz"]
-                         + [f"binarized_mnist_{s}.amat" for s in data.MNIST_SPLITS])
+  assert names == sorted(
+    ["binarized_mnist.npz"] + [f"binarized_mnist_{s}.amat" for s in data.MNIST_SPLITS]
+  )
   # The .amat files alone are a valid source too.
   (target / "binarized_mnist.npz").unlink()
   again = data.load_dataset("binarized_mnist", target, allow_download=False)
@@ -262,16 +278,19 @@ def test_parse_amat_roundtrip_on_real_rows(mnist):
 def test_batches_visit_each_example_once_per_epoch(seed, batch_size, num_examples, epochs):
   total = epochs * num_examples * batch_size  # a whole number of epochs and of batches
   steps = total // batch_size
-  idx = np.concatenate([data.batch_indices(seed, t, batch_size, num_examples)
-                        for t in range(steps)])
+  idx = np.concatenate(
+    [data.batch_indices(seed, t, batch_size, num_examples) for t in range(steps)]
+  )
   assert idx.shape == (total,)
   for e in range(epochs * batch_size):
-    epoch = idx[e * num_examples:(e + 1) * num_examples]
+    epoch = idx[e * num_examples : (e + 1) * num_examples]
     np.testing.assert_array_equal(np.sort(epoch), np.arange(num_examples))
   # Pure function of (seed, step): recomputing in another order gives the same batches.
   for t in reversed(range(steps)):
-    np.testing.assert_array_equal(data.batch_indices(seed, t, batch_size, num_examples),
-                                  idx[t * batch_size:(t + 1) * batch_size])
+    np.testing.assert_array_equal(
+      data.batch_indices(seed, t, batch_size, num_examples),
+      idx[t * batch_size : (t + 1) * batch_size],
+    )
 
 
 def test_batches_depend_on_seed_and_reject_bad_sizes():

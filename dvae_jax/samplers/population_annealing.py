@@ -28,8 +28,10 @@ With G = 1 no error bar is available and stderr is NaN.
 Schedules: 'linear' and 'geometric' (β = 0 followed by a geometric sequence from beta_min to 1), or
 'adaptive': each Δβ is the largest that keeps the mean over groups of ESS/(S/G) of the incremental
 weights at or above `target_ess` (bisection on Δβ: the ESS of exp(−Δβ E) is non-increasing in Δβ),
-inside a `lax.while_loop` bounded by num_temperatures − 1 steps; the last allowed step jumps to β =
-1.
+inside a `lax.while_loop` bounded by num_temperatures − 1 steps. No step is shorter than the rest
+of the path divided by the steps left, so when the bound binds the schedule degrades towards even
+spacing instead of ending with one large jump (which cost 1.6 nats RMSE in the accuracy benchmark
+before this rule).
 
 The persistent sampler (`init`, `step`) anneals in parameter space instead: when the parameters move
 from θ_old (stored in the state) to θ_new it follows θ_α = θ_old + α (θ_new − θ_old), α: 0 → 1,
@@ -293,7 +295,8 @@ def anneal_adaptive(
     m: the RBM.
     num_replicas: S, a multiple of num_groups.
     max_temperatures: bound on the number of temperatures including β = 0 (so at most
-      max_temperatures − 1 steps; the last allowed one jumps to β = 1).
+      max_temperatures − 1 steps; no step is shorter than the rest of the path divided by the
+      steps left, so the last allowed one ends at β = 1).
     target_ess: ESS fraction in (0, 1) each step should keep (mean over groups).
     num_groups, num_sweeps, resampling_scheme: as in `anneal`.
 
@@ -322,8 +325,9 @@ def anneal_adaptive(
   def body(carry):
     t, beta, pop, log_z, comp, betas, ess_trace, key = carry
     key, k = jax.random.split(key)
-    step = adaptive_step(pop.e, one - beta, target)
-    last = (t == max_steps - 1) | (step >= one - beta)
+    even = (one - beta) / (max_steps - t).astype(dtype)
+    step = jnp.maximum(adaptive_step(pop.e, one - beta, target), even)
+    last = step >= one - beta
     beta_next = jnp.where(last, one, jnp.minimum(beta + step, one))
     pop, log_z, comp, ess = _pa_step(
       k, m, pop, log_z, comp, beta, beta_next, num_sweeps, resample_fn
@@ -425,7 +429,8 @@ def step(
       num_sweeps // 2) under state.params before the reweighting (see `persistent` for why), the
       rest under m after the re-annealing.
     target_ess: ESS fraction below which the parameter change is split into stages.
-    max_stages: bound on the number of stages (the last one jumps to m).
+    max_stages: bound on the number of stages (as in `anneal_adaptive`, no stage is shorter than
+      the rest of the path divided by the stages left).
     num_intermediate_sweeps: sweeps under each intermediate θ_α.
     resampling_scheme: 'systematic', 'residual' or 'multinomial'.
     decorrelation_sweeps: see num_sweeps.
@@ -458,8 +463,9 @@ def step(
     stage, alpha, z1, z2, log_z, comp, variance, ess_min, key = carry
     key, k_res, k_sweep = jax.random.split(key, 3)
     de = rbm_lib.energy(delta, z1, z2)[None]  # [1, S]: one group
-    step_size = adaptive_step(de, one - alpha, target)
-    last = (stage == max_stages - 1) | (step_size >= one - alpha)
+    even = (one - alpha) / (max_stages - stage).astype(dtype)
+    step_size = jnp.maximum(adaptive_step(de, one - alpha, target), even)
+    last = step_size >= one - alpha
     alpha_next = jnp.where(last, one, jnp.minimum(alpha + step_size, one))
     log_w = -(alpha_next - alpha) * de
     inc, ess, (z1, z2) = _reweight_resample(k_res, log_w, (z1[None], z2[None]), resample_fn)

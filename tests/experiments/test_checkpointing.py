@@ -41,8 +41,9 @@ def test_roundtrip_is_exact_and_keeps_structure(tmp_path):
   chex.assert_trees_all_equal(jax.random.key_data(restored.key), jax.random.key_data(saved.key))
   chex.assert_trees_all_equal(restored._replace(key=0), saved._replace(key=0))
   # The restored key is a usable typed key that draws what the saved one draws.
-  np.testing.assert_array_equal(jax.random.uniform(restored.key, (3,)),
-                                jax.random.uniform(saved.key, (3,)))
+  np.testing.assert_array_equal(
+    jax.random.uniform(restored.key, (3,)), jax.random.uniform(saved.key, (3,))
+  )
 
 
 def test_keeps_latest_and_takes_template_sharding(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of experiments/config_lib.py and experiments/configs: names, overrides, β table, refusals."""
+"""Tests of experiments/config_lib.py and experiments/configs: names, overrides, β, refusals."""
 
 import pytest
 from ml_collections import config_dict
@@ -17,7 +17,8 @@ def test_every_named_config_resolves():
     assert config.method == name.removesuffix("_factorial")
     assert config.beta > 0 and config.num_steps >= 1
   assert config_lib.resolve_config(config_lib.load_config("dvae_sharp_factorial")).prior == (
-    "factorial")
+    "factorial"
+  )
 
 
 def test_methods_match_the_library():
@@ -27,19 +28,22 @@ def test_methods_match_the_library():
 
 
 # (dataset, struct, method, β) read off the MATH.md §6 table by hand.
-@pytest.mark.parametrize("dataset, struct, method, beta", [
-  ("binarized_mnist", "1-layer-lin", "dvae_sharp", 40),
-  ("binarized_mnist", "1-layer-lin", "dvae", 5),
-  ("binarized_mnist", "1-layer-nonlin", "dvae_pp_exp", 14),
-  ("binarized_mnist", "2-layer-nonlin", "dvae_sharp_gauss", 25),
-  ("binarized_mnist", "4-layer-nonlin", "dvae_sharp_unexp", 16),
-  ("binarized_mnist", "1-layer-nonlin", "dvae_sharp", 40),
-  ("omniglot", "1-layer-lin", "dvae", 4),
-  ("omniglot", "1-layer-nonlin", "dvae_sharp_gi", 30),
-  ("omniglot", "2-layer-nonlin", "dvae_sharp", 20),
-  ("omniglot", "4-layer-nonlin", "dvae_sharp_exp", 8),
-  ("omniglot", "1-layer-nonlin", "dvae_pp_power", 40),
-])
+@pytest.mark.parametrize(
+  "dataset, struct, method, beta",
+  [
+    ("binarized_mnist", "1-layer-lin", "dvae_sharp", 40),
+    ("binarized_mnist", "1-layer-lin", "dvae", 5),
+    ("binarized_mnist", "1-layer-nonlin", "dvae_pp_exp", 14),
+    ("binarized_mnist", "2-layer-nonlin", "dvae_sharp_gauss", 25),
+    ("binarized_mnist", "4-layer-nonlin", "dvae_sharp_unexp", 16),
+    ("binarized_mnist", "1-layer-nonlin", "dvae_sharp", 40),
+    ("omniglot", "1-layer-lin", "dvae", 4),
+    ("omniglot", "1-layer-nonlin", "dvae_sharp_gi", 30),
+    ("omniglot", "2-layer-nonlin", "dvae_sharp", 20),
+    ("omniglot", "4-layer-nonlin", "dvae_sharp_exp", 8),
+    ("omniglot", "1-layer-nonlin", "dvae_pp_power", 40),
+  ],
+)
 def test_beta_from_the_paper_table(dataset, struct, method, beta):
   config = config_lib.load_config(method)
   config.dataset, config.struct = dataset, struct
@@ -57,7 +61,11 @@ def test_paper_protocol_is_math_section_6():
   assert (c.num_steps, c.batch_size, c.learning_rate, c.adam_eps) == (1_000_000, 100, 3e-3, 1e-3)
   assert (c.num_prior_samples, c.num_sweeps, c.sampler) == (1000, 40, "pa")
   assert (c.eval_every, c.val_iw_samples, c.eval_iw_samples, c.eval_num_examples) == (
-    20_000, 100, 4000, 0)
+    20_000,
+    100,
+    4000,
+    0,
+  )
   assert (c.ais_num_chains, c.ais_num_temperatures) == (1024, 1000)
   assert (c.kl_warmup_fraction, c.weight_decay) == (0.3, 1e-4)
 
@@ -72,21 +80,24 @@ def test_cpu_protocol_is_smaller_and_overrides_win():
   assert config_lib.resolve_config(config, data_dir="/x").data_dir == "/x"
 
 
-@pytest.mark.parametrize("key, value, message", [
-  ("sampler", "foo", r"invalid sampler 'foo'; valid values: pa, pcd"),
-  ("struct", "bar", r"invalid struct 'bar'; valid values: 1-layer-lin, 1-layer-nonlin"),
-  ("dataset", "baz", r"invalid dataset 'baz'; valid values: binarized_mnist, omniglot"),
-  ("prior", "gauss", r"invalid prior 'gauss'; valid values: rbm, factorial"),
-  ("protocol", "fast", r"invalid protocol 'fast'; valid values: paper, cpu"),
-  ("method", "vae", r"invalid method 'vae'; valid values: dvae, "),
-  ("beta", 0.0, r"invalid beta 0.0: must be > 0"),
-  ("beta", -2.0, r"invalid beta -2.0: must be > 0"),
-  ("k", 0, r"invalid k 0: must be an integer >= 1"),
-  ("num_steps", 0, r"invalid num_steps 0"),
-  ("batch_size", -1, r"invalid batch_size -1"),
-  ("learning_rate", 0.0, r"invalid learning_rate 0.0: must be > 0"),
-  ("kl_warmup_fraction", 1.5, r"kl_warmup_fraction 1.5"),
-])
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
+    ("sampler", "foo", r"invalid sampler 'foo'; valid values: pa, pcd"),
+    ("struct", "bar", r"invalid struct 'bar'; valid values: 1-layer-lin, 1-layer-nonlin"),
+    ("dataset", "baz", r"invalid dataset 'baz'; valid values: binarized_mnist, omniglot"),
+    ("prior", "gauss", r"invalid prior 'gauss'; valid values: rbm, factorial"),
+    ("protocol", "fast", r"invalid protocol 'fast'; valid values: paper, cpu"),
+    ("method", "vae", r"invalid method 'vae'; valid values: dvae, "),
+    ("beta", 0.0, r"invalid beta 0.0: must be > 0"),
+    ("beta", -2.0, r"invalid beta -2.0: must be > 0"),
+    ("k", 0, r"invalid k 0: must be an integer >= 1"),
+    ("num_steps", 0, r"invalid num_steps 0"),
+    ("batch_size", -1, r"invalid batch_size -1"),
+    ("learning_rate", 0.0, r"invalid learning_rate 0.0: must be > 0"),
+    ("kl_warmup_fraction", 1.5, r"kl_warmup_fraction 1.5"),
+  ],
+)
 def test_bad_values_are_refused_by_name(key, value, message):
   config = config_lib.load_config("dvae_sharp")
   config[key] = value
@@ -103,7 +114,9 @@ def test_unknown_key_in_a_config_is_refused():
 
 def test_expand_config_argv_maps_names_to_files():
   argv = config_lib.expand_config_argv(["run", "--config=dvae_sharp", "--config.k=5"])
-  assert argv[1] == f"--config={config_lib.CONFIG_DIR / 'dvae_sharp.py'}" and argv[2] == "--config.k=5"
+  assert (
+    argv[1] == f"--config={config_lib.CONFIG_DIR / 'dvae_sharp.py'}" and argv[2] == "--config.k=5"
+  )
   argv = config_lib.expand_config_argv(["run", "--config", "dvae", "--workdir=/w"])
   assert argv[2] == str(config_lib.CONFIG_DIR / "dvae.py")
   path = str(config_lib.CONFIG_DIR / "dvae.py")
@@ -114,8 +127,9 @@ def test_expand_config_argv_maps_names_to_files():
 def test_expand_config_argv_refuses_unknown_names_and_keys():
   with pytest.raises(config_lib.ConfigError, match=r"unknown config 'nope'; valid configs: dvae, "):
     config_lib.expand_config_argv(["run", "--config=nope"])
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"unknown config key 'samplr'.*valid keys: .*sampler"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"unknown config key 'samplr'.*valid keys: .*sampler"
+  ):
     config_lib.expand_config_argv(["run", "--config=dvae_sharp", "--config.samplr=pa"])
   with pytest.raises(config_lib.ConfigError, match="not found"):
     config_lib.expand_config_argv(["run", "--config=/no/such/file.py"])

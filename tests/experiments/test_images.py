@@ -14,11 +14,11 @@ def test_tile_places_each_image_in_its_cell():
   assert grid.shape == (3 * 29 + 1, 2 * 29 + 1) and grid.dtype == np.uint8
   for i in range(5):
     r, c = divmod(i, 2)
-    cell = grid[1 + 29 * r:1 + 29 * r + 28, 1 + 29 * c:1 + 29 * c + 28]
+    cell = grid[1 + 29 * r : 1 + 29 * r + 28, 1 + 29 * c : 1 + 29 * c + 28]
     # Ink is black on white: value v is drawn as 255 * (1 - v).
     np.testing.assert_array_equal(cell, np.round(255 * (1 - x[i].reshape(28, 28))).astype(np.uint8))
   # The unused sixth cell and the borders stay white.
-  assert (grid[1 + 58:, 1 + 29:] == 255).all() and (grid[0] == 255).all()
+  assert (grid[1 + 58 :, 1 + 29 :] == 255).all() and (grid[0] == 255).all()
 
 
 def test_tile_rejects_empty_input():

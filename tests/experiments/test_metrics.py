@@ -18,8 +18,10 @@ def test_rows_are_plain_json_and_truncation_drops_later_rows(tmp_path):
   rows = metrics.read_metrics(tmp_path)
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert rows[0] == {"step": 1, "loss": 0.5, "terms/kl": 1.5, "ok": True} and rows[2]["loss"] == 9.0
-  assert all(isinstance(json.loads(line), dict)
-             for line in (tmp_path / metrics.METRICS_FILE).read_text().splitlines())
+  assert all(
+    isinstance(json.loads(line), dict)
+    for line in (tmp_path / metrics.METRICS_FILE).read_text().splitlines()
+  )
   events = list((tmp_path / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
   assert events and events[0].stat().st_size > 0
 

@@ -21,8 +21,9 @@ def test_put_global_and_replicate_on_one_device():
   np.testing.assert_array_equal(sharding.to_host(arr), x)
   tree = sharding.replicate({"a": np.ones(2), "key": jax.random.key(3)}, mesh)
   assert tree["a"].sharding == sharding.replicated(mesh)
-  np.testing.assert_array_equal(jax.random.key_data(tree["key"]),
-                                jax.random.key_data(jax.random.key(3)))
+  np.testing.assert_array_equal(
+    jax.random.key_data(tree["key"]), jax.random.key_data(jax.random.key(3))
+  )
 
 
 def test_divisibility_is_checked():
@@ -58,6 +59,12 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 def test_random_draws_do_not_depend_on_the_sharding():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", _FOUR_DEVICES],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

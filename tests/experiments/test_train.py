@@ -69,8 +69,9 @@ def assert_rows_close(rows_a, rows_b, rtol):
     assert a.keys() == b.keys()
     for key in a:
       scale = abs(a.get("terms/log_q", 0.0)) if key == "terms/kl" else 0.0
-      np.testing.assert_allclose(b[key], a[key], rtol=rtol, atol=rtol * scale,
-                                 err_msg=f"step {a['step']} {key}")
+      np.testing.assert_allclose(
+        b[key], a[key], rtol=rtol, atol=rtol * scale, err_msg=f"step {a['step']} {key}"
+      )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,12 +82,22 @@ def test_learning_rate_schedule_is_math_section_6():
   schedule = train.learning_rate_schedule(3e-3, 1_000_000)
   # Steps just inside each piece of MATH.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3,
   # [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
-  for step, expected in [(0, 3e-4), (19_999, 3e-4), (20_000, 3e-3), (599_999, 3e-3),
-                         (600_000, 1e-3), (749_999, 1e-3), (750_000, 3e-4), (949_999, 3e-4),
-                         (950_000, 9.1e-5), (999_999, 9.1e-5)]:
+  for step, expected in [
+    (0, 3e-4),
+    (19_999, 3e-4),
+    (20_000, 3e-3),
+    (599_999, 3e-3),
+    (600_000, 1e-3),
+    (749_999, 1e-3),
+    (750_000, 3e-4),
+    (949_999, 3e-4),
+    (950_000, 9.1e-5),
+    (999_999, 9.1e-5),
+  ]:
     np.testing.assert_allclose(schedule(jnp.array(step)), expected, rtol=1e-6, err_msg=str(step))
-  np.testing.assert_allclose(train.learning_rate_schedule(1.0, 100)(jnp.array(70)), 1 / 3,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    train.learning_rate_schedule(1.0, 100)(jnp.array(70)), 1 / 3, rtol=1e-6
+  )
 
 
 def test_kl_warmup():
@@ -110,8 +121,17 @@ def test_every_config_trains_evaluates_and_checkpoints(name, data_dir, tmp_path)
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   assert [r["step"] for r in val_rows] == [2, 4]
   for row in train_rows:
-    for key in ("loss", "lr", "kappa", "grad_norm", "weight_decay", "terms/recon", "terms/kl",
-                "terms/neg_elbo", "steps_per_second"):
+    for key in (
+      "loss",
+      "lr",
+      "kappa",
+      "grad_norm",
+      "weight_decay",
+      "terms/recon",
+      "terms/kl",
+      "terms/neg_elbo",
+      "steps_per_second",
+    ):
       assert np.isfinite(row[key]), (key, row)
     if config.prior == "rbm":
       assert 0 < row["sampler/ess"] <= config.num_prior_samples and "sampler/log_z" in row
@@ -157,8 +177,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(data_dir, tmp_path, m
   monkeypatch.setattr(train.data_lib, "train_batch", real_batch)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
-  assert_rows_close(metrics.read_metrics(tmp_path / "straight"),
-                    metrics.read_metrics(tmp_path / "resumed"), rtol=1e-6)
+  assert_rows_close(
+    metrics.read_metrics(tmp_path / "straight"),
+    metrics.read_metrics(tmp_path / "resumed"),
+    rtol=1e-6,
+  )
   for key in ("test_nll", "test_neg_elbo", "val_nll", "best_step", "test_log_z"):
     assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key
 
@@ -170,11 +193,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(data_dir, tmp_path, m
     train.train_and_evaluate(config, tmp_path / "resumed")
 
 
-def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(
-    data_dir, tmp_path):
+def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   config = tiny_config("dvae_pp_exp", data_dir, num_steps=8, eval_every=100, debug_nan_step=5)
-  with pytest.raises(train.NonFiniteLossError,
-                     match=r"non-finite value at training step 5: .*terms/recon=nan"):
+  with pytest.raises(
+    train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
+  ):
     train.train_and_evaluate(config, tmp_path)
   ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
   assert ckpt.latest_step() == 4
@@ -192,18 +215,26 @@ def test_one_and_four_devices_give_the_same_run(data_dir, tmp_path):
   assert jax.device_count() == 1
   overrides = {"dataset": "omniglot"}
   one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
-  command = [sys.executable, "-m", "experiments.run", "--config=dvae_sharp",
-             f"--workdir={tmp_path / 'four'}", f"--data_dir={data_dir}",
-             *cli_overrides(**overrides)]
-  proc = subprocess.run(command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True,
-                        timeout=600)
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.run",
+    "--config=dvae_sharp",
+    f"--workdir={tmp_path / 'four'}",
+    f"--data_dir={data_dir}",
+    *cli_overrides(**overrides),
+  ]
+  proc = subprocess.run(
+    command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "test NLL" in proc.stdout and "4 device(s)" in proc.stdout
   four = json.loads((tmp_path / "four" / "results.json").read_text())
   assert four["num_devices"] == 4 and one["num_devices"] == 1
   # Float32 sums over a batch split 4 ways round differently: agreement to ~1e-5 relative.
-  assert_rows_close(metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "four"),
-                    rtol=2e-5)
+  assert_rows_close(
+    metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "four"), rtol=2e-5
+  )
   assert four["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
 
 
@@ -229,26 +260,49 @@ def _wait_for_step(workdir, step, proc, timeout_s=300):
 def test_sigkill_and_resume_from_the_command_line(data_dir, tmp_path):
   import signal
 
-  overrides = {"num_steps": 400, "checkpoint_every": 50, "eval_every": 200, "log_every": 1,
-               "num_prior_samples": 128, "num_sweeps": 10}
-  straight = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides),
-                                      tmp_path / "straight")
-  command = [sys.executable, "-m", "experiments.run", "--config=dvae_sharp",
-             f"--workdir={tmp_path / 'killed'}", f"--data_dir={data_dir}",
-             *cli_overrides(**overrides)]
-  proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(1), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  overrides = {
+    "num_steps": 400,
+    "checkpoint_every": 50,
+    "eval_every": 200,
+    "log_every": 1,
+    "num_prior_samples": 128,
+    "num_sweeps": 10,
+  }
+  straight = train.train_and_evaluate(
+    tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "straight"
+  )
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.run",
+    "--config=dvae_sharp",
+    f"--workdir={tmp_path / 'killed'}",
+    f"--data_dir={data_dir}",
+    *cli_overrides(**overrides),
+  ]
+  proc = subprocess.Popen(
+    command,
+    cwd=REPO,
+    env=subprocess_env(1),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for_step(tmp_path / "killed", 120, proc)
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
   killed_at = max(r["step"] for r in metrics.read_metrics(tmp_path / "killed"))
   assert killed_at < 400
-  done = subprocess.run(command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
-                        timeout=600)
+  done = subprocess.run(
+    command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=600
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert "resuming" in done.stdout
-  assert_rows_close(metrics.read_metrics(tmp_path / "straight"),
-                    metrics.read_metrics(tmp_path / "killed"), rtol=1e-6)
+  assert_rows_close(
+    metrics.read_metrics(tmp_path / "straight"),
+    metrics.read_metrics(tmp_path / "killed"),
+    rtol=1e-6,
+  )
   resumed = json.loads((tmp_path / "killed" / "results.json").read_text())
   assert resumed["test_nll"] == pytest.approx(straight["test_nll"], rel=1e-6)
 
@@ -262,20 +316,44 @@ def test_two_processes_match_one(data_dir, tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  procs = [
-    subprocess.Popen(
-      [sys.executable, "-m", "experiments.run", "--config=dvae_sharp",
-       f"--workdir={tmp_path / 'two'}", f"--data_dir={data_dir}", *cli_overrides(),
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for i in range(2)
-  ]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outputs, strict=True):
-    assert p.returncode == 0, err[-3000:]
-  assert "4 device(s)" in outputs[0][0] and outputs[1][0].count("test NLL") == 0  # only process 0
+  logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+  procs = []
+  try:
+    for i, (out, err) in enumerate(logs):
+      # Files, not pipes: a full pipe would block one process while the other waits for it.
+      with out.open("w") as out_file, err.open("w") as err_file:
+        procs.append(
+          subprocess.Popen(
+            [
+              sys.executable,
+              "-m",
+              "experiments.run",
+              "--config=dvae_sharp",
+              f"--workdir={tmp_path / 'two'}",
+              f"--data_dir={data_dir}",
+              *cli_overrides(),
+              f"--coordinator_address=localhost:{port}",
+              "--num_processes=2",
+              f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env=subprocess_env(2),
+            stdout=out_file,
+            stderr=err_file,
+          )
+        )
+    for p, (_, err) in zip(procs, logs, strict=True):
+      assert p.wait(timeout=600) == 0, err.read_text()[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  outputs = [out.read_text() for out, _ in logs]
+  assert "4 device(s)" in outputs[0] and "test NLL" in outputs[0]
+  assert "test NLL" not in outputs[1]  # only process 0 reports and writes
   two = json.loads((tmp_path / "two" / "results.json").read_text())
   assert two["num_devices"] == 4
-  assert_rows_close(metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "two"),
-                    rtol=2e-5)
+  assert_rows_close(
+    metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "two"), rtol=2e-5
+  )
   assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)

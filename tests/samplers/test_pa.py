@@ -60,7 +60,8 @@ def test_adaptive_stops_at_the_bound():
     m, jax.random.key(0), num_replicas=64, num_temperatures=4, schedule="adaptive", num_groups=4
   )
   assert int(res.num_steps) == 3
-  assert float(res.betas[-1]) == 1.0
+  # Target unreachable in 3 steps: the budget rule spaces them evenly instead of a final jump.
+  np.testing.assert_allclose(res.betas, [0.0, 1 / 3, 2 / 3, 1.0], atol=1e-6)
 
 
 def test_adaptive_step_solves_for_the_target():
