@@ -173,6 +173,22 @@ def markdown(rows):
   return "\n".join(lines)
 
 
+def summary(rows):
+  """The comparisons the choices rest on, per size."""
+  lines = []
+  for n in sorted({r["n1"] for r in rows}):
+    rate = {(r["variant"], r["prng"]): r["sweeps_per_s"] for r in rows if r["n1"] == n}
+    lib = rate[("library gibbs.run", "threefry2x32")]
+    lines.append(
+      f"- {n}×{n}: library sweep = {lib / rate[('matmuls only', '-')]:.0%} of matmul-only speed; "
+      f"{lib / rate[('uniform<sigmoid', 'threefry2x32')]:.2f}× `uniform < sigmoid`; threefry "
+      f"{lib / rate[('library gibbs.run', 'rbg')]:.2f}× rbg, "
+      f"{lib / rate[('library gibbs.run', 'unsafe_rbg')]:.2f}× unsafe_rbg; "
+      f"{lib / rate[('numpy reference', 'PCG64')]:.1f}× NumPy."
+    )
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="fewer sweeps and repetitions")
@@ -182,7 +198,7 @@ def main():
   rows = []
   for n, sweeps in ((100, 200), (200, 100)):
     rows += bench_size(n, sweeps // (4 if args.quick else 1), rounds)
-  table = markdown(rows)
+  table = markdown(rows) + "\n\n" + summary(rows)
   print(table)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

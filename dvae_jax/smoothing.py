@@ -137,6 +137,16 @@ def _check_beta(name: str, beta, *, on_use: bool) -> None:
     raise ValueError(f"{name}: beta must be > 0, got {beta!r}")
 
 
+def _check_name(s, expected: str) -> None:
+  # The static ``name`` makes the treedefs of the classes differ: JAX's ``register_dataclass``
+  # treedefs compare only the static field values, not the class, so without it
+  # PyTreeDef(PowerFunction) == PyTreeDef(Gaussian) (with different hashes), and jit's cache can
+  # occasionally (hash-table collisions) run one smoothing's compiled program for the other; this
+  # was observed here (a Gaussian sampled with the power function's solver, ~1 run in 10).
+  if s.name != expected:
+    raise ValueError(f"{type(s).__name__}: name is fixed to {expected!r}, got {s.name!r}")
+
+
 def _open_uniform(key: Array, shape, dtype) -> Array:
   """ρ ~ U(0, 1) on the midpoints of jax's uniform grid: never exactly 0 or 1."""
   half_step = 0.5 * jnp.finfo(dtype).eps
@@ -490,14 +500,17 @@ class Exponential(_ExponentialFamily):
 
   Attributes:
     beta: sharpness β > 0, a float or an array broadcastable against ζ.
+    name: "exp" (static, fixed; makes the treedef differ from the other classes').
   """
 
   beta: ArrayLike
+  name: str = struct.field(pytree_node=False, default="exp", kw_only=True, repr=False)
 
   numerical_inverse = False
 
   def __post_init__(self):
     _check_beta("Exponential", self.beta, on_use=False)
+    _check_name(self, "exp")
 
   def _inverse_cdf(self, rho, q):
     dtype = _float_dtype(rho, q, self.beta)
@@ -518,14 +531,17 @@ class UniformExponential(_ExponentialFamily):
     beta: sharpness β > 0 of the exponential part, a float or an array broadcastable against ζ.
     eps: weight ε ∈ [0, 1) of the uniform part (static; default 0.05 as in DVAE#).
     solver_iterations: iteration budget of the numerical inverse CDF (static).
+    name: "unexp" (static, fixed; makes the treedef differ from the other classes').
   """
 
   beta: ArrayLike
   eps: float = struct.field(pytree_node=False, default=0.05)
   solver_iterations: int = struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
+  name: str = struct.field(pytree_node=False, default="unexp", kw_only=True, repr=False)
 
   def __post_init__(self):
     _check_beta("UniformExponential", self.beta, on_use=False)
+    _check_name(self, "unexp")
     if not isinstance(self.eps, int | float) or not 0.0 <= self.eps < 1.0:
       raise ValueError(f"UniformExponential: eps must be a float in [0, 1), got {self.eps!r}")
 
@@ -543,13 +559,16 @@ class PowerFunction(_LogitCoordinate, _Overlapping):
   Attributes:
     beta: sharpness β > 0, a float or an array broadcastable against ζ.
     solver_iterations: iteration budget of the numerical inverse CDF (static).
+    name: "power" (static, fixed; makes the treedef differ from the other classes').
   """
 
   beta: ArrayLike
   solver_iterations: int = struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
+  name: str = struct.field(pytree_node=False, default="power", kw_only=True, repr=False)
 
   def __post_init__(self):
     _check_beta("PowerFunction", self.beta, on_use=False)
+    _check_name(self, "power")
 
   @staticmethod
   def _clip(zeta):
@@ -630,13 +649,16 @@ class Gaussian(_Overlapping):
   Attributes:
     beta: precision β > 0, a float or an array broadcastable against ζ.
     solver_iterations: iteration budget of the numerical inverse CDF (static).
+    name: "gauss" (static, fixed; makes the treedef differ from the other classes').
   """
 
   beta: ArrayLike
   solver_iterations: int = struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
+  name: str = struct.field(pytree_node=False, default="gauss", kw_only=True, repr=False)
 
   def __post_init__(self):
     _check_beta("Gaussian", self.beta, on_use=False)
+    _check_name(self, "gauss")
 
   def _log_r0(self, zeta):
     beta = self._beta(zeta)
@@ -705,14 +727,17 @@ class SpikeAndExp(_Beta):
 
   Attributes:
     beta: sharpness β > 0, a float or an array broadcastable against ζ.
+    name: "spike_exp" (static, fixed; makes the treedef differ from the other classes').
   """
 
   beta: ArrayLike
+  name: str = struct.field(pytree_node=False, default="spike_exp", kw_only=True, repr=False)
 
   numerical_inverse = False
 
   def __post_init__(self):
     _check_beta("SpikeAndExp", self.beta, on_use=False)
+    _check_name(self, "spike_exp")
 
   def _no_density(self, what):
     raise ValueError(
@@ -872,7 +897,8 @@ def inverse_cdf(s: Smoothing, rho: ArrayLike, q: ArrayLike) -> Array:
 
   Analytic for ``SpikeAndExp`` and ``Exponential`` (differentiated by autodiff); numerical for the
   others (fixed-budget safeguarded Newton on log F, differentiated implicitly: dζ/dq =
-  (R0 − R1)/q(ζ), dζ/dρ = 1/q(ζ), dζ/dβ = −(∂F/∂β)/q(ζ)). ρ is clamped into (0, 1).
+  (R0 − R1)/q(ζ), dζ/dρ = 1/q(ζ), dζ/dβ = −(∂F/∂β)/q(ζ)), which clamp ρ into
+  [finfo.tiny, 1 − finfo.epsneg]; ρ ∈ {0, 1} gives finite ζ for every smoothing.
   """
   _check_smoothing(s)
   return s._inverse_cdf(rho, q)

@@ -187,7 +187,7 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
       sampler_state, info, prior_samples = (), {}, None
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params["model"], state.batch_stats)
+      model = nnx.merge(graphdef, params["model"], state.batch_stats, copy=True)
       loss, terms = objectives.loss_fn(
         model, params["prior"], prior_samples, x, loss_key, method, config.k, kappa
       )

@@ -102,6 +102,15 @@ def init(key: Array, m: RBM, num_chains: int) -> GibbsState:
   return GibbsState(z1, z2)
 
 
+def _sweep(key: Array, m: RBM, z1: Array, beta) -> tuple[Array, Array, Array]:
+  """One sweep; returns z1' [S, n1], z2' [S, n2] and the field b1 + W z2' [S, n1]."""
+  k2, k1 = jax.random.split(key)
+  h2 = m.b2 + z1 @ m.w
+  z2 = bernoulli_logits(k2, beta * h2)
+  h1 = m.b1 + z2 @ m.w.T
+  return bernoulli_logits(k1, beta * h1), z2, h1
+
+
 def sweep_with_energy(key: Array, m: RBM, z1: Array, beta=1.0) -> tuple[Array, Array, Array]:
   """One block Gibbs sweep at inverse temperature beta, also returning E(z1', z2') at β = 1.
 
@@ -117,13 +126,8 @@ def sweep_with_energy(key: Array, m: RBM, z1: Array, beta=1.0) -> tuple[Array, A
   Returns:
     (z1 [S, n1], z2 [S, n2], energy [S]) after the sweep.
   """
-  k2, k1 = jax.random.split(key)
-  h2 = m.b2 + z1 @ m.w
-  z2 = bernoulli_logits(k2, beta * h2)
-  h1 = m.b1 + z2 @ m.w.T
-  z1 = bernoulli_logits(k1, beta * h1)
-  e = -jnp.sum(z1 * h1, axis=-1) - z2 @ m.b2
-  return z1, z2, e
+  z1, z2, h1 = _sweep(key, m, z1, beta)
+  return z1, z2, -jnp.sum(z1 * h1, axis=-1) - z2 @ m.b2
 
 
 def sweep(key: Array, m: RBM, z1: Array, z2: Array, beta=1.0) -> GibbsState:
@@ -166,7 +170,7 @@ def run(key: Array, m: RBM, state: GibbsState, num_sweeps: int, beta=1.0) -> Gib
     return state
 
   def body(carry, k):
-    z1, z2, _ = sweep_with_energy(k, m, carry.z1, beta)
+    z1, z2, _ = _sweep(k, m, carry.z1, beta)
     return GibbsState(z1, z2), None
 
   state, _ = lax.scan(body, state, jax.random.split(key, num_sweeps))

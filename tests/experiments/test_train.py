@@ -110,9 +110,22 @@ def test_kl_warmup():
 # End to end.
 
 
-@pytest.mark.parametrize("name", config_lib.CONFIG_NAMES)
-def test_every_config_trains_evaluates_and_checkpoints(name, data_dir, tmp_path):
-  config = tiny_config(name, data_dir)
+# Every named config, plus the PCD sampler and hierarchical posteriors (2 and 4 latent groups; the
+# 4-group one compiles slowly, so it is a slow test).
+_E2E_CASES = [pytest.param(name, {}, id=name) for name in config_lib.CONFIG_NAMES] + [
+  pytest.param("dvae", {"struct": "2-layer-nonlin", "sampler": "pcd"}, id="dvae-2-layer-pcd"),
+  pytest.param(
+    "dvae_sharp_gi",
+    {"struct": "4-layer-nonlin", "k": 2},
+    id="gi-4-layer-k2",
+    marks=pytest.mark.slow,
+  ),
+]
+
+
+@pytest.mark.parametrize("name, overrides", _E2E_CASES)
+def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir, tmp_path):
+  config = tiny_config(name, data_dir, **overrides)
   results = train.train_and_evaluate(config, tmp_path)
 
   rows = metrics.read_metrics(tmp_path)
