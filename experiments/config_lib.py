@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ml_collections import config_dict
 
-from dvae_jax import data, models
+from dvae_jax import data, models, objectives
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = tuple(
@@ -122,6 +122,7 @@ _CHOICES = {
   "struct": tuple(models.STRUCTS),
   "prior": PRIORS,
   "sampler": SAMPLERS,
+  "relaxed_sampler": objectives.RELAXED_SAMPLERS,
 }
 
 

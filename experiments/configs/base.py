@@ -26,6 +26,9 @@ def get_config() -> config_dict.ConfigDict:
   c.prior = "rbm"  # rbm | factorial
   c.k = 1  # Importance samples K of the training objective (MATH.md §4).
   c.beta = config_dict.placeholder(float)  # Smoothing sharpness; None or -1: MATH.md §6 table.
+  # Relaxed posterior samples (MATH.md §1): 'ancestral' or 'inverse_cdf'; the same estimator in law,
+  # ancestral is 12-18x faster for the numerically inverted smoothings (power, Gaussian, un+exp).
+  c.relaxed_sampler = "ancestral"
 
   # Optimisation (MATH.md §6).
   c.num_steps = config_dict.placeholder(int)
