@@ -29,14 +29,25 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-ALL_METHODS = ("dvae", "dvae_pp_exp", "dvae_pp_power", "dvae_sharp_gi", "dvae_sharp_gauss",
-               "dvae_sharp_exp", "dvae_sharp_unexp", "dvae_sharp")
+ALL_METHODS = (
+  "dvae",
+  "dvae_pp_exp",
+  "dvae_pp_power",
+  "dvae_sharp_gi",
+  "dvae_sharp_gauss",
+  "dvae_sharp_exp",
+  "dvae_sharp_unexp",
+  "dvae_sharp",
+)
 ALL_STRUCTS = ("1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin")
 
 # (configs, structs, Ks) of each preset. 'dvae_sharp_factorial' is the factorial-Bernoulli baseline.
 PRESETS = {
-  "cpu_mnist": (("dvae", "dvae_pp_power", "dvae_sharp", "dvae_sharp_factorial"),
-                ("1-layer-lin", "1-layer-nonlin"), (1, 5)),
+  "cpu_mnist": (
+    ("dvae", "dvae_pp_power", "dvae_sharp", "dvae_sharp_factorial"),
+    ("1-layer-lin", "1-layer-nonlin"),
+    (1, 5),
+  ),
   "paper_mnist": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
   "paper_omniglot": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
 }
@@ -75,10 +86,18 @@ def run_one(out: pathlib.Path, config: str, struct: str, k: int, seed: int) -> d
   workdir = out / "runs" / name
   if (workdir / "results.json").exists():
     return json.loads((workdir / "results.json").read_text())
-  cmd = [sys.executable, "-m", "experiments.run", f"--config={config}", f"--workdir={workdir}",
-         f"--config.struct={struct}", f"--config.k={k}", f"--config.seed={seed}",
-         f"--config.protocol={_PROTOCOL.value}",
-         f"--config.dataset={_dataset(_PRESET.value)}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.run",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--config.struct={struct}",
+    f"--config.k={k}",
+    f"--config.seed={seed}",
+    f"--config.protocol={_PROTOCOL.value}",
+    f"--config.dataset={_dataset(_PRESET.value)}",
+  ]
   if _NUM_STEPS.value:
     cmd.append(f"--config.num_steps={_NUM_STEPS.value}")
   cmd += [f"--config.{o}" if not o.startswith("--") else o for o in _EXTRA.value]
@@ -127,8 +146,8 @@ def write_report(out: pathlib.Path, rows: list[tuple]) -> str:
   structs = list(dict.fromkeys(r[0][1] for r in rows))
   ks = sorted({r[0][2] for r in rows})
   lines = [
-    "Test NLL (nats; importance-weighted with the discrete model, at the best-validation checkpoint;"
-    " mean ± std over seeds, n = number of seeds finished).",
+    "Test NLL (nats; importance-weighted with the discrete model, at the best-validation"
+    " checkpoint; mean ± std over seeds, n = number of seeds finished).",
     "",
     "| config | struct | " + " | ".join(f"K={k}" for k in ks) + " | steps | n |",
     "|---|---|" + "---|" * len(ks) + "---|---|",
@@ -161,11 +180,11 @@ def plot_curves(out: pathlib.Path, rows: list[tuple]) -> None:
   for struct in structs:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for (config, s, k, seed), _ in rows:
-      if s != struct:
+      path = out / "json" / f"{run_name(config, s, k, seed)}.json"
+      if s != struct or not path.exists():
         continue
-      curve = json.loads((out / "json" / f"{run_name(config, s, k, seed)}.json").read_text())[
-        "learning_curve"] if (out / "json" / f"{run_name(config, s, k, seed)}.json").exists() else None
-      if not curve or not curve["step"]:
+      curve = json.loads(path.read_text())["learning_curve"]
+      if not curve["step"]:
         continue
       label = f"{config} K={k} s{seed}"
       axes[0].plot(curve["step"], curve["loss"], label=label, lw=0.8)
@@ -191,7 +210,8 @@ def main(argv):
     else:
       result = run_one(out, *cell)
     if result is not None:
-      record = {"run": run_name(*cell), "results": result, "learning_curve": learning_curve(workdir)}
+      curve = learning_curve(workdir)
+      record = {"run": run_name(*cell), "results": result, "learning_curve": curve}
       tmp = out / "json" / f"{run_name(*cell)}.json.tmp"
       tmp.write_text(json.dumps(record, indent=1))
       os.replace(tmp, out / "json" / f"{run_name(*cell)}.json")

@@ -114,9 +114,7 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   sharding.check_divisible("batch_size", config.batch_size, mesh)
   sharding.check_divisible("eval_batch_size", config.eval_batch_size, mesh)
   dataset = data_lib.load_dataset(config.dataset, config.data_dir or None)
-  method = objectives.get_method(
-    config.method, config.beta, relaxed_sampler=config.relaxed_sampler
-  )
+  method = objectives.get_method(config.method, config.beta, relaxed_sampler=config.relaxed_sampler)
   spec = models.get_struct(config.struct)
   root = jax.random.key(config.seed)
   init_key, train_key, sampler_key = jax.random.split(root, 3)
