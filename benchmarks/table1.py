@@ -10,8 +10,9 @@ interrupted grid resumes: finished runs are skipped, unfinished ones resume from
   python -m benchmarks.table1 --preset=paper_mnist --protocol=paper
 
 Outputs: ``OUT/runs/<name>/`` (the runner's workdir: metrics.jsonl, results.json, images),
-``OUT/json/<name>.json`` (results + the learning curve), ``OUT/table1.md`` and
-``OUT/learning_curves_<struct>.png``.
+``OUT/json/<name>.json`` (results + the learning curve), ``OUT/images/`` (each run's last sample
+and reconstruction grids), ``OUT/table1.md`` and ``OUT/learning_curves_<struct>.png``. The run
+folders (checkpoints) are not meant to be committed (``.gitignore``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -128,6 +130,15 @@ def learning_curve(workdir: pathlib.Path) -> dict:
   return curve
 
 
+def copy_images(out: pathlib.Path, workdir: pathlib.Path, name: str) -> None:
+  """The run's last sample and reconstruction grids, as OUT/images/<name>_{samples,recon}.png."""
+  (out / "images").mkdir(exist_ok=True)
+  for kind, short in (("samples", "samples"), ("reconstructions", "recon")):
+    grids = sorted(workdir.glob(f"{kind}_*.png"))
+    if grids:
+      shutil.copyfile(grids[-1], out / "images" / f"{name}_{short}.png")
+
+
 def _mean_spread(values: list[float]) -> str:
   if not values:
     return "—"
@@ -211,6 +222,7 @@ def main(argv):
       result = run_one(out, *cell)
     if result is not None:
       curve = learning_curve(workdir)
+      copy_images(out, workdir, run_name(*cell))
       record = {"run": run_name(*cell), "results": result, "learning_curve": curve}
       tmp = out / "json" / f"{run_name(*cell)}.json.tmp"
       tmp.write_text(json.dumps(record, indent=1))

@@ -422,8 +422,18 @@ def _check_finite(step: int, metrics_host: dict) -> None:
   )
 
 
-def _eval_subset(x: np.ndarray, num: int) -> np.ndarray:
-  return x if num == 0 else x[:num]
+def eval_subset(x: np.ndarray, num: int) -> np.ndarray:
+  """``num`` examples of a split drawn uniformly without replacement (all of them for 0).
+
+  A fixed random subset, not the first ``num``: the binarized MNIST test split is ordered (its
+  first 2000 images average 96.6 ink pixels against 103.9 over the split), and a prefix gave test
+  NLLs ≈ 20 nats below the validation NLL. The subset depends on the split's size only, so every
+  run (any seed, any method) is evaluated on the same images.
+  """
+  if num == 0 or num >= len(x):
+    return x
+  index = np.random.default_rng(len(x)).choice(len(x), size=num, replace=False)
+  return x[np.sort(index)]
 
 
 def _check_resumable(workdir: pathlib.Path, config) -> None:
@@ -499,7 +509,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   val_eval = eval_fns[config.val_iw_samples]
   image_fn = make_image_fn(experiment)
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
-  val_x = _eval_subset(experiment.dataset.valid, config.eval_num_examples)
+  val_x = eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
   train_seconds = record["train_seconds"]
   logged_seconds, logged_step = train_seconds, start
@@ -613,7 +623,7 @@ def final_evaluation(
   best.close()
   key = jax.random.fold_in(eval_root, 2**31 - 1)
   log_z, log_z_err = log_partition(experiment, state.params["prior"], jax.random.fold_in(key, 0))
-  test_x = _eval_subset(experiment.dataset.test, config.eval_num_examples)
+  test_x = eval_subset(experiment.dataset.test, config.eval_num_examples)
   test = evaluate_split(experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1))
   results = {
     "test_nll": test["nll"],

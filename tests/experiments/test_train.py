@@ -386,3 +386,19 @@ def test_two_processes_match_one(data_dir, tmp_path):
     metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "two"), rtol=2e-5
   )
   assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
+
+
+def test_eval_subset_is_a_fixed_uniform_sample(data_dir):
+  test = np.load(data_dir / "binarized_mnist.npz")["test"]
+  subset = train.eval_subset(test, 2000)
+  again = train.eval_subset(test, 2000)
+  np.testing.assert_array_equal(subset, again)  # the same images for every run
+  assert subset.shape == (2000, 784)
+  assert train.eval_subset(test, 0) is test and train.eval_subset(test, 10**6) is test
+  # The split is ordered (its first 2000 images are lighter than the rest), so a prefix would be a
+  # biased sample. Mean ink of a uniform subset without replacement: standard error
+  # sd/√n·√(1 − n/N) (finite-population correction); 4 SE.
+  ink, sub_ink = test.sum(1), subset.sum(1)
+  se = ink.std() / np.sqrt(2000) * np.sqrt(1 - 2000 / len(test))
+  assert abs(sub_ink.mean() - ink.mean()) < 4 * se
+  assert abs(test[:2000].sum(1).mean() - ink.mean()) > 4 * se  # the prefix would have failed
