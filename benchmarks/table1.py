@@ -29,19 +29,13 @@ import time
 
 from absl import app, flags
 
+from dvae_jax import models
+from experiments import config_lib
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-ALL_METHODS = (
-  "dvae",
-  "dvae_pp_exp",
-  "dvae_pp_power",
-  "dvae_sharp_gi",
-  "dvae_sharp_gauss",
-  "dvae_sharp_exp",
-  "dvae_sharp_unexp",
-  "dvae_sharp",
-)
-ALL_STRUCTS = ("1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin")
+ALL_METHODS = config_lib.METHODS  # the eight methods of MATH.md §4, in the §6 table order
+ALL_STRUCTS = tuple(models.STRUCTS)
 
 # (configs, structs, Ks) of each preset. 'dvae_sharp_factorial' is the factorial-Bernoulli baseline.
 PRESETS = {

@@ -1,0 +1,37 @@
+"""Tests of the Table 1 report of benchmarks/table1.py (aggregation over seeds, Markdown table)."""
+
+import statistics
+
+from benchmarks import table1
+
+
+def _result(nll, steps=2000):
+  return {"test_nll": nll, "config": {"num_steps": steps}}
+
+
+def test_report_aggregates_seeds_per_cell(tmp_path):
+  rows = [
+    (("dvae_sharp", "1-layer-lin", 1, 0), _result(90.0)),
+    (("dvae_sharp", "1-layer-lin", 1, 1), _result(92.0)),
+    (("dvae_sharp", "1-layer-lin", 5, 0), _result(88.5)),
+    (("dvae", "1-layer-lin", 1, 0), None),  # a failed run: shown as missing, not as a number
+  ]
+  table = table1.write_report(tmp_path, rows)
+  assert (tmp_path / "table1.md").read_text() == table
+  lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| dvae")}
+  spread = statistics.stdev([90.0, 92.0])
+  assert lines["| dvae_sharp"] == (
+    f"| dvae_sharp | 1-layer-lin | 91.00 ± {spread:.2f} | 88.50 | 2000 | 2 |"
+  )
+  assert lines["| dvae"] == "| dvae | 1-layer-lin | — | — | — | 0 |"
+
+
+def test_run_names_are_unique_per_cell():
+  names = {
+    table1.run_name(c, s, k, seed)
+    for c in ("a", "b")
+    for s in ("x",)
+    for k in (1, 5)
+    for seed in (0, 1)
+  }
+  assert len(names) == 8
