@@ -72,6 +72,17 @@ def log_mean_exp_stderr(log_weights: Array) -> tuple[Array, Array]:
   return log_mean, jnp.sqrt(var / num)
 
 
+def check_schedule(m: RBM, betas: Array, num_sweeps: int) -> None:
+  """Validates an annealing schedule [T] (betas[0] = 0 … betas[-1] = 1) and the sweeps per step."""
+  rbm_lib.check_rbm(m)
+  if betas.ndim != 1 or betas.shape[0] < 2:
+    raise ValueError(
+      f"betas must be a 1-D schedule with at least 2 entries, got shape {betas.shape}"
+    )
+  if num_sweeps < 1:
+    raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
+
+
 def linear_betas(num_temperatures: int, dtype=jnp.float32) -> Array:
   """[T] inverse temperatures linearly spaced from 0 to 1 inclusive."""
   if num_temperatures < 2:
@@ -93,13 +104,7 @@ def run(key: Array, m: RBM, betas: Array, num_chains: int, num_sweeps: int = 1) 
   Returns:
     AISResult.
   """
-  rbm_lib.check_rbm(m)
-  if betas.ndim != 1 or betas.shape[0] < 2:
-    raise ValueError(
-      f"betas must be a 1-D schedule with at least 2 entries, got shape {betas.shape}"
-    )
-  if num_sweeps < 1:
-    raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
+  check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
   state = gibbs.init(k_init, m, num_chains)
   e = rbm_lib.energy(m, state.z1, state.z2)

@@ -52,7 +52,7 @@ from jax import lax
 
 from dvae_jax import rbm as rbm_lib
 from dvae_jax.samplers import gibbs, resampling
-from dvae_jax.samplers.ais import kahan_add
+from dvae_jax.samplers.ais import check_schedule, kahan_add
 from dvae_jax.samplers.persistent import (
   PersistentInfo,
   PersistentState,
@@ -251,13 +251,7 @@ def anneal(
   Returns:
     PAResult.
   """
-  rbm_lib.check_rbm(m)
-  if betas.ndim != 1 or betas.shape[0] < 2:
-    raise ValueError(
-      f"betas must be a 1-D schedule with at least 2 entries, got shape {betas.shape}"
-    )
-  if num_sweeps < 1:
-    raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
+  check_schedule(m, betas, num_sweeps)
   resample_fn = resampling.get(resampling_scheme)
   k_init, k_run = jax.random.split(key)
   pop = _initial_population(k_init, m, num_replicas, num_groups)
