@@ -44,6 +44,11 @@ PRESETS = {
     ("1-layer-lin", "1-layer-nonlin"),
     (1, 5),
   ),
+  "cpu_omniglot": (
+    ("dvae", "dvae_pp_power", "dvae_sharp", "dvae_sharp_factorial"),
+    ("1-layer-lin", "1-layer-nonlin"),
+    (1, 5),
+  ),
   "paper_mnist": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
   "paper_omniglot": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
 }

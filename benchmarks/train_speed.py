@@ -2,8 +2,9 @@ r"""Training speed per struct with the paper's sampler settings, and where the t
 
 For each struct: steps/s of the runner's jitted train step (batch 100, PA with 1000 samples × 40
 sweeps, MATH.md §6), the time of the prior-sampler step alone (the same jitted ``sampler.step``),
-hence the share of the step spent sampling; the process's peak resident memory; and the estimated
-wall time of the full 1M-step protocol on this machine (training only, and with 50 validations).
+hence the share of the step spent sampling; the peak resident memory of a process that measures that
+struct alone (each struct runs in its own interpreter unless ``--noisolate``); and the estimated
+wall time of the full 1M-step protocol on this machine (training steps only, no evaluation).
 
   python -m benchmarks.train_speed [--structs=1-layer-lin,2-layer-nonlin] [--method=dvae_sharp]
 
@@ -18,9 +19,13 @@ import pathlib
 import platform
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
 
 from dvae_jax import data as data_lib
@@ -30,8 +35,11 @@ _STRUCTS = flags.DEFINE_list(
   "structs", ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"], "Structs."
 )
 _METHOD = flags.DEFINE_string("method", "dvae_sharp", "Config name.")
-_STEPS = flags.DEFINE_integer("steps", 40, "Timed steps per repeat.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Repeats (the median is reported).")
+_STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats (the median is reported).")
+_ISOLATE = flags.DEFINE_bool(
+  "isolate", True, "Measure each struct in its own process, so peak RSS is that struct's alone."
+)
 _OUT = flags.DEFINE_string(
   "out",
   str(pathlib.Path(__file__).resolve().parent / "results" / "train_speed.json"),
@@ -41,15 +49,21 @@ _OUT = flags.DEFINE_string(
 PAPER_STEPS = 1_000_000
 
 
-def _median_seconds(fn, steps: int, repeats: int) -> float:
-  times = []
+def _seconds_per_call(fn, steps: int) -> float:
+  t0 = time.perf_counter()
+  for i in range(steps):
+    out = fn(i)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps
+
+
+def _interleaved_medians(fns, steps: int, repeats: int) -> list[float]:
+  """Median seconds per call of each fn, timed in alternation so that all see the same load."""
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    for i in range(steps):
-      out = fn(i)
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t0) / steps)
-  return statistics.median(times)
+    for fn, t in zip(fns, times, strict=True):
+      t.append(_seconds_per_call(fn, steps))
+  return [statistics.median(t) for t in times]
 
 
 def measure(struct: str) -> dict:
@@ -75,19 +89,20 @@ def measure(struct: str) -> dict:
   t0 = time.perf_counter()
   jax.block_until_ready(train_once(0))
   compile_s = time.perf_counter() - t0
-  step_s = _median_seconds(train_once, _STEPS.value, _REPEATS.value)
 
-  sampler = experiment.sampler
-  sampler_step = jax.jit(sampler.step)
-  prior = holder["state"].params["prior"]
-  sampler_holder = {"state": holder["state"].sampler_state}
+  sampler_step = jax.jit(experiment.sampler.step)
+  # Copies: the train step donates its state, and the two are timed in alternation.
+  prior = jax.tree.map(jnp.copy, holder["state"].params["prior"])
+  sampler_holder = {"state": jax.tree.map(jnp.copy, holder["state"].sampler_state)}
+  # Split up front, so that the timed loop does no host-side key work.
+  keys = list(jax.random.split(jax.random.key(0), _STEPS.value))
 
   def sample_once(i):
-    sampler_holder["state"], info = sampler_step(jax.random.key(i), sampler_holder["state"], prior)
+    sampler_holder["state"], info = sampler_step(keys[i], sampler_holder["state"], prior)
     return info.log_z
 
   jax.block_until_ready(sample_once(0))
-  sampler_s = _median_seconds(sample_once, _STEPS.value, _REPEATS.value)
+  step_s, sampler_s = _interleaved_medians([train_once, sample_once], _STEPS.value, _REPEATS.value)
   train_hours = PAPER_STEPS * step_s / 3600
   return {
     "struct": struct,
@@ -105,9 +120,26 @@ def measure(struct: str) -> dict:
   }
 
 
+def measure_in_subprocess(struct: str) -> dict:
+  """``measure(struct)`` in a fresh interpreter: ru_maxrss is per process and never goes down."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "row.json"
+    cmd = [
+      sys.executable, "-m", "benchmarks.train_speed", f"--structs={struct}",
+      f"--method={_METHOD.value}", f"--steps={_STEPS.value}", f"--repeats={_REPEATS.value}",
+      "--noisolate", f"--out={out}",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=pathlib.Path(__file__).resolve().parent.parent)
+    return json.loads(out.read_text())["rows"][0]
+
+
 def main(argv):
   del argv
-  rows = [measure(s) for s in _STRUCTS.value]
+  structs = _STRUCTS.value
+  if _ISOLATE.value and len(structs) > 1:
+    rows = [measure_in_subprocess(s) for s in structs]
+  else:
+    rows = [measure(s) for s in structs]
   result = {
     "benchmark": "train_speed",
     "device": str(jax.devices()[0]),
