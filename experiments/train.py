@@ -422,6 +422,13 @@ def _check_finite(step: int, metrics_host: dict) -> None:
   )
 
 
+def _check_pending_finite(pending: list[tuple[int, dict]]) -> None:
+  """Raises NonFiniteLossError for the first (step, metrics) pair holding a non-finite value."""
+  for step, metrics in pending:
+    if not bool(sharding.to_host(metrics["finite"])):
+      _check_finite(step, {k: sharding.to_host(v) for k, v in metrics.items()})
+
+
 def eval_subset(x: np.ndarray, num: int) -> np.ndarray:
   """``num`` examples of a split drawn uniformly without replacement (all of them for 0).
 
@@ -514,20 +521,27 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   train_seconds = record["train_seconds"]
   logged_seconds, logged_step = train_seconds, start
 
+  # Steps since the last host sync, as (step, metrics on device). Reading a step's `finite` flag
+  # waits for it, so the flags are read only where the host needs the state anyway (logging,
+  # evaluation, checkpoints): between those the host prepares and enqueues the next steps while the
+  # device works. A non-finite step is still reported, by number and terms, before anything
+  # computed after it is logged, evaluated or saved.
+  pending = []
   try:
     for step in range(start, config.num_steps):
       t0 = time.perf_counter()
       x = data_lib.train_batch(experiment.dataset, config.seed, step, config.batch_size)
       state, metrics = train_step(state, sharding.put_global(x, batch_sharding))
       done = step + 1
-      # Reading the flag waits for the step: the time below is the step's, and a NaN is caught
-      # before anything is checkpointed.
-      if not bool(sharding.to_host(metrics["finite"])):
-        _check_finite(done, {k: sharding.to_host(v) for k, v in metrics.items()})
-      train_seconds += time.perf_counter() - t0
+      pending.append((done, metrics))
       last = done == config.num_steps
       is_eval = done % config.eval_every == 0 or last
-      if done % config.log_every == 0 or last:
+      is_log = done % config.log_every == 0 or last
+      if is_log or is_eval or done % config.checkpoint_every == 0:
+        _check_pending_finite(pending)  # waits for the steps: their time is counted below
+        pending = []
+      train_seconds += time.perf_counter() - t0
+      if is_log:
         row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k != "finite"}
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
         logged_seconds, logged_step = train_seconds, done

@@ -238,6 +238,37 @@ def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(
   assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
 
 
+def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, monkeypatch):
+  """The runner reads the finite flags only at log / checkpoint / eval steps (here 3, 4, 6, 8): the
+  NaN of step 5, first seen at step 6, must still be named as step 5, and nothing after it saved."""
+  config = tiny_config(
+    "dvae_pp_exp",
+    data_dir,
+    num_steps=8,
+    eval_every=100,
+    log_every=4,
+    checkpoint_every=3,
+    debug_nan_step=5,
+  )
+  checked = []
+  check = train._check_pending_finite
+
+  def recording_check(pending):
+    checked.append([step for step, _ in pending])
+    check(pending)
+
+  monkeypatch.setattr(train, "_check_pending_finite", recording_check)
+  with pytest.raises(
+    train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
+  ):
+    train.train_and_evaluate(config, tmp_path)
+  assert checked == [[1, 2, 3], [4], [5, 6]]  # one host sync per log / checkpoint step
+  ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
+  assert ckpt.all_steps() == [3]  # step 6's checkpoint would have held the NaN
+  ckpt.close()
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [4]
+
+
 def test_one_and_four_devices_give_the_same_run(data_dir, tmp_path):
   """The CLI on 4 forced host devices (a subprocess: XLA_FLAGS must precede jax's import) against
   this process's single device. Omniglot exercises the dynamic binarization under sharding."""
