@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from ml_collections import config_dict
 
@@ -105,6 +106,7 @@ class Experiment:
   sampler: Any
   optimizer: optax.GradientTransformation
   mesh: jax.sharding.Mesh
+  state_sharding: Any  # a TrainState of NamedShardings, see `state_shardings`
 
 
 def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
@@ -148,11 +150,37 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
     sampler_state=sampler_state,
     key=train_key,
   )
-  state = sharding.replicate(state, mesh)
+  state_sharding = state_shardings(state, mesh)
+  state = sharding.place(state, state_sharding)
   experiment = Experiment(
-    config, dataset, graphdef, eval_graphdef, method, sampler, optimizer, mesh
+    config, dataset, graphdef, eval_graphdef, method, sampler, optimizer, mesh, state_sharding
   )
   return experiment, state
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+  """Where each leaf of the train state lives: a TrainState of NamedShardings.
+
+  The prior sampler's chains (z1 [S, n1], z2 [S, n2]) are split over the devices along S, so
+  that each device runs S / num_devices of them (their updates are independent; PA's reweighting
+  and resampling, over the whole population, become collectives). Everything else is replicated.
+  When S does not divide evenly the chains are replicated too, with a warning: correct, but every
+  device then samples the whole population.
+  """
+  shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+  chains = state.sampler_state
+  if not (hasattr(chains, "z1") and hasattr(chains, "z2")):
+    return shardings  # the factorial prior has no sampler state
+  num_chains, num_devices = chains.z1.shape[0], mesh.devices.size
+  if num_chains % num_devices:
+    logging.warning(
+      "num_prior_samples=%d is not divisible by the %d devices: every device samples all chains",
+      num_chains,
+      num_devices,
+    )
+    return shardings
+  split = sharding.batch_sharded(mesh)
+  return shardings._replace(sampler_state=shardings.sampler_state._replace(z1=split, z2=split))
 
 
 def _needs_gaussian_integral(method: objectives.Method) -> bool:
@@ -220,12 +248,11 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     )
     return new_state, metrics
 
-  replicated = sharding.replicated(experiment.mesh)
   return jax.jit(
     step_fn,
     donate_argnums=(0,),
-    in_shardings=(replicated, sharding.batch_sharded(experiment.mesh)),
-    out_shardings=(replicated, replicated),
+    in_shardings=(experiment.state_sharding, sharding.batch_sharded(experiment.mesh)),
+    out_shardings=(experiment.state_sharding, sharding.replicated(experiment.mesh)),
   )
 
 
