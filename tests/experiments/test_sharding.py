@@ -56,15 +56,58 @@ _FOUR_DEVICES = textwrap.dedent("""
   print("ok")
 """)
 
+_SPLIT_POPULATION = textwrap.dedent("""
+  import jax, jax.numpy as jnp, numpy as np
+  from dvae_jax import rbm, samplers
+  from experiments import sharding, train
+  assert jax.device_count() == 4
+  mesh = sharding.make_mesh()
+  n1, n2 = 6, 5
+  k = jax.random.split(jax.random.key(0), 3)
+  m0 = rbm.RBM(b1=jnp.zeros(n1), b2=jnp.zeros(n2), w=0.3 * jax.random.normal(k[0], (n1, n2)))
+  m1 = m0._replace(w=m0.w + 0.2 * jax.random.normal(k[1], (n1, n2)), b1=0.1 * jnp.ones(n1))
+  sampler = samplers.make_prior_sampler("pa", num_samples=64, num_sweeps=4)
 
-def test_random_draws_do_not_depend_on_the_sharding():
+  def state_of(sampler_state):
+    return train.TrainState(jnp.zeros((), jnp.int32), {"w": m0.w}, {}, (), sampler_state, k[2])
+
+  # 64 chains split 16 per device; 62 do not split: replicated.
+  chains = sampler.init(k[2], m0)
+  shardings = train.state_shardings(state_of(chains), mesh)
+  split = sharding.batch_sharded(mesh)
+  assert shardings.sampler_state.z1 == split and shardings.sampler_state.z2 == split
+  assert shardings.sampler_state.log_z == sharding.replicated(mesh)
+  assert shardings.params["w"] == shardings.key == sharding.replicated(mesh)
+  odd = samplers.make_prior_sampler("pa", num_samples=62, num_sweeps=4).init(k[2], m0)
+  assert train.state_shardings(state_of(odd), mesh).sampler_state.z1 == sharding.replicated(mesh)
+
+  # One PA step of the population split over 4 devices draws the same chains as on one device
+  # (PA's reweighting sums over chains: only their order of summation differs).
+  placed = sharding.place(chains, shardings.sampler_state)
+  assert [s.data.shape for s in placed.z1.addressable_shards] == [(16, n1)] * 4
+  step = jax.jit(sampler.step, out_shardings=(shardings.sampler_state, sharding.replicated(mesh)))
+  split_state, split_info = step(k[1], placed, sharding.replicate(m1, mesh))
+  one_state, one_info = jax.jit(sampler.step)(k[1], chains, m1)
+  assert [s.data.shape for s in split_state.z1.addressable_shards] == [(16, n1)] * 4
+  np.testing.assert_array_equal(np.asarray(split_state.z1), np.asarray(one_state.z1))
+  np.testing.assert_array_equal(np.asarray(split_state.z2), np.asarray(one_state.z2))
+  np.testing.assert_allclose(float(split_state.log_z), float(one_state.log_z), rtol=1e-6)
+  assert int(split_info.num_stages) == int(one_info.num_stages)
+  print("ok")
+""")
+
+
+def _run_on_four_devices(script: str) -> None:
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   proc = subprocess.run(
-    [sys.executable, "-c", _FOUR_DEVICES],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
+    [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
   )
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_random_draws_do_not_depend_on_the_sharding():
+  _run_on_four_devices(_FOUR_DEVICES)
+
+
+def test_prior_sampler_chains_are_split_over_devices_and_sample_as_on_one():
+  _run_on_four_devices(_SPLIT_POPULATION)
