@@ -35,3 +35,15 @@ def test_run_names_are_unique_per_cell():
     for seed in (0, 1)
   }
   assert len(names) == 8
+
+
+def test_presets_name_known_configs_structs_and_datasets():
+  from dvae_jax import models
+  from experiments import config_lib
+
+  for preset, (configs, structs, ks) in table1.PRESETS.items():
+    for config in configs:
+      config_lib.load_config(config)  # raises for an unknown name
+    assert set(structs) <= set(models.STRUCTS) and set(ks) <= {1, 5, 25}
+    expected = "omniglot" if "omniglot" in preset else "binarized_mnist"
+    assert table1._dataset(preset) == expected, preset
