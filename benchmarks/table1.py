@@ -148,8 +148,9 @@ def _mean_spread(values: list[float]) -> str:
   return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_report(out: pathlib.Path, rows: list[tuple]) -> str:
-  """Markdown table: one row per (config, struct), one column per K, mean ± std over seeds."""
+def write_report(out: pathlib.Path, rows: list[tuple], reference: str = "dvae_sharp") -> str:
+  """Markdown tables: test NLL, one row per (config, struct), one column per K, mean ± std over
+  seeds; then each config's per-seed difference from ``reference``."""
   by_cell: dict = {}
   for (config, struct, k, _seed), result in rows:
     if result is not None:
@@ -174,9 +175,53 @@ def write_report(out: pathlib.Path, rows: list[tuple]) -> str:
           steps = str(results[0]["config"]["num_steps"])
           n = max(n, len(results))
       lines.append(f"| {config} | {struct} | " + " | ".join(cells) + f" | {steps} | {n} |")
+  lines += _paired_differences(by_seed(rows), configs, structs, ks, reference)
   table = "\n".join(lines) + "\n"
   (out / "table1.md").write_text(table)
   return table
+
+
+def by_seed(rows: list[tuple]) -> dict:
+  """{(config, struct, k, seed): test NLL} of the finished runs."""
+  return {cell: result["test_nll"] for cell, result in rows if result is not None}
+
+
+def _paired_differences(nll: dict, configs, structs, ks, reference: str) -> list[str]:
+  """Markdown lines: NLL(config) − NLL(reference) per seed (runs of one seed share the
+  initialisation key and the batch order), mean ± std over the seeds both finished."""
+  others = [c for c in configs if c != reference]
+  if reference not in configs or not others:
+    return []
+  lines = [
+    "",
+    f"Paired differences: test NLL(config) − test NLL({reference}), same struct, K and seed; mean"
+    f" ± std over the seeds both finished (n). Positive: {reference} is better.",
+    "",
+    "| config | struct | " + " | ".join(f"K={k}" for k in ks) + " | n |",
+    "|---|---|" + "---|" * len(ks) + "---|",
+  ]
+  seeds = sorted({cell[3] for cell in nll})
+  for struct in structs:
+    for config in others:
+      cells, n = [], 0
+      for k in ks:
+        diffs = [
+          nll[(config, struct, k, s)] - nll[(reference, struct, k, s)]
+          for s in seeds
+          if (config, struct, k, s) in nll and (reference, struct, k, s) in nll
+        ]
+        cells.append(_signed_mean_spread(diffs))
+        n = max(n, len(diffs))
+      lines.append(f"| {config} | {struct} | " + " | ".join(cells) + f" | {n} |")
+  return lines
+
+
+def _signed_mean_spread(values: list[float]) -> str:
+  if not values:
+    return "—"
+  if len(values) == 1:
+    return f"{values[0]:+.2f}"
+  return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
 
 
 def plot_curves(out: pathlib.Path, rows: list[tuple]) -> None:

@@ -18,12 +18,28 @@ def test_report_aggregates_seeds_per_cell(tmp_path):
   ]
   table = table1.write_report(tmp_path, rows)
   assert (tmp_path / "table1.md").read_text() == table
-  lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| dvae")}
+  first = table.split("Paired differences")[0]
+  lines = {line.split(" | ")[0]: line for line in first.splitlines() if line.startswith("| dvae")}
   spread = statistics.stdev([90.0, 92.0])
   assert lines["| dvae_sharp"] == (
     f"| dvae_sharp | 1-layer-lin | 91.00 ± {spread:.2f} | 88.50 | 2000 | 2 |"
   )
   assert lines["| dvae"] == "| dvae | 1-layer-lin | — | — | — | 0 |"
+
+
+def test_report_pairs_differences_by_seed(tmp_path):
+  rows = [
+    (("dvae_sharp", "1-layer-lin", 5, 0), _result(90.0)),
+    (("dvae_sharp", "1-layer-lin", 5, 1), _result(95.0)),
+    (("dvae", "1-layer-lin", 5, 0), _result(91.0)),
+    (("dvae", "1-layer-lin", 5, 1), _result(96.5)),
+    (("dvae", "1-layer-lin", 5, 2), _result(80.0)),  # no dvae_sharp run of seed 2: not paired
+  ]
+  table = table1.write_report(tmp_path, rows)
+  paired = table.split("Paired differences")[1]
+  spread = statistics.stdev([1.0, 1.5])
+  assert f"| dvae | 1-layer-lin | +1.25 ± {spread:.2f} | 2 |" in paired.splitlines()
+  assert "| dvae_sharp |" not in paired
 
 
 def test_run_names_are_unique_per_cell():
