@@ -18,16 +18,15 @@ import json
 import pathlib
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from benchmarks import timing
 from dvae_jax import data as data_lib
 from experiments import config_lib, sharding, train
 
@@ -47,23 +46,6 @@ _OUT = flags.DEFINE_string(
 )
 
 PAPER_STEPS = 1_000_000
-
-
-def _seconds_per_call(fn, steps: int) -> float:
-  t0 = time.perf_counter()
-  for i in range(steps):
-    out = fn(i)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / steps
-
-
-def _interleaved_medians(fns, steps: int, repeats: int) -> list[float]:
-  """Median seconds per call of each fn, timed in alternation so that all see the same load."""
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for fn, t in zip(fns, times, strict=True):
-      t.append(_seconds_per_call(fn, steps))
-  return [statistics.median(t) for t in times]
 
 
 def measure(struct: str) -> dict:
@@ -86,9 +68,7 @@ def measure(struct: str) -> dict:
     holder["state"], metrics = step(holder["state"], batches[i % len(batches)])
     return metrics["loss"]
 
-  t0 = time.perf_counter()
-  jax.block_until_ready(train_once(0))
-  compile_s = time.perf_counter() - t0
+  compile_s = timing.timed_first_call(train_once)
 
   sampler_step = jax.jit(experiment.sampler.step)
   # Copies: the train step donates its state, and the two are timed in alternation.
@@ -102,7 +82,9 @@ def measure(struct: str) -> dict:
     return info.log_z
 
   jax.block_until_ready(sample_once(0))
-  step_s, sampler_s = _interleaved_medians([train_once, sample_once], _STEPS.value, _REPEATS.value)
+  step_s, sampler_s = timing.interleaved_medians(
+    [train_once, sample_once], _STEPS.value, _REPEATS.value
+  )
   train_hours = PAPER_STEPS * step_s / 3600
   return {
     "struct": struct,
