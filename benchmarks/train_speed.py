@@ -3,7 +3,8 @@ r"""Training speed per struct with the paper's sampler settings, and where the t
 For each struct: steps/s of the runner's jitted train step (batch 100, PA with 1000 samples × 40
 sweeps, MATH.md §6), the time of the prior-sampler step alone (the same jitted ``sampler.step``),
 hence the share of the step spent sampling; the peak resident memory of a process that measures that
-struct alone (each struct runs in its own interpreter unless ``--noisolate``); and the estimated
+struct alone (each struct runs in its own interpreter unless ``--noisolate``) and, on accelerators,
+the device's peak memory in use; and the estimated
 wall time of the full 1M-step protocol on this machine (training steps only, no evaluation).
 
   python -m benchmarks.train_speed [--structs=1-layer-lin,2-layer-nonlin] [--method=dvae_sharp]
@@ -46,6 +47,13 @@ _OUT = flags.DEFINE_string(
 )
 
 PAPER_STEPS = 1_000_000
+
+
+def _device_peak_mib() -> float | None:
+  """Peak memory in use on the first device (accelerators report it; the CPU does not: None)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
 
 
 def measure(struct: str) -> dict:
@@ -99,6 +107,7 @@ def measure(struct: str) -> dict:
     "sampling_share": sampler_s / step_s,
     "paper_protocol_train_hours": train_hours,
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "device_peak_mib": _device_peak_mib(),
   }
 
 
@@ -133,15 +142,19 @@ def main(argv):
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1))
+  device_peak = any(r["device_peak_mib"] is not None for r in rows)
   lines = [
-    "| struct | steps/s | ms/step | sampler ms (share) | compile s | peak RSS MiB | 1M steps (h) |",
-    "|---|---:|---:|---:|---:|---:|---:|",
+    "| struct | steps/s | ms/step | sampler ms (share) | compile s | peak RSS MiB | "
+    + ("device peak MiB | " if device_peak else "")
+    + "1M steps (h) |",
+    "|---|---:|---:|---:|---:|---:|" + ("---:|" if device_peak else "") + "---:|",
   ]
   for r in rows:
+    device = f"{r['device_peak_mib']:.0f} | " if device_peak else ""
     lines.append(
       f"| {r['struct']} | {r['steps_per_second']:.1f} | {r['step_ms']:.1f} | "
       f"{r['sampler_ms']:.1f} ({100 * r['sampling_share']:.0f}%) | {r['compile_seconds']:.1f} | "
-      f"{r['peak_rss_mib']:.0f} | {r['paper_protocol_train_hours']:.1f} |"
+      f"{r['peak_rss_mib']:.0f} | {device}{r['paper_protocol_train_hours']:.1f} |"
     )
   print(f"{result['device']} × {result['device_count']}, {_METHOD.value}, batch 100, PA 1000×40")
   print("\n".join(lines))
