@@ -140,12 +140,12 @@ def copy_images(out: pathlib.Path, workdir: pathlib.Path, name: str) -> None:
       shutil.copyfile(grids[-1], out / "images" / f"{name}_{short}.png")
 
 
-def _mean_spread(values: list[float]) -> str:
+def _mean_spread(values: list[float], sign: str = "") -> str:
+  """'mean ± std' (the value alone for one, '—' for none); sign='+' prints the sign."""
   if not values:
     return "—"
-  if len(values) == 1:
-    return f"{values[0]:.2f}"
-  return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+  mean = f"{statistics.mean(values):{sign}.2f}"
+  return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.2f}"
 
 
 def write_report(out: pathlib.Path, rows: list[tuple], reference: str = "dvae_sharp") -> str:
@@ -210,18 +210,10 @@ def _paired_differences(nll: dict, configs, structs, ks, reference: str) -> list
           for s in seeds
           if (config, struct, k, s) in nll and (reference, struct, k, s) in nll
         ]
-        cells.append(_signed_mean_spread(diffs))
+        cells.append(_mean_spread(diffs, sign="+"))
         n = max(n, len(diffs))
       lines.append(f"| {config} | {struct} | " + " | ".join(cells) + f" | {n} |")
   return lines
-
-
-def _signed_mean_spread(values: list[float]) -> str:
-  if not values:
-    return "—"
-  if len(values) == 1:
-    return f"{values[0]:+.2f}"
-  return f"{statistics.mean(values):+.2f} ± {statistics.stdev(values):.2f}"
 
 
 def plot_curves(out: pathlib.Path, rows: list[tuple]) -> None:
