@@ -68,11 +68,15 @@ def test_omniglot_rebuilt_split_and_binarization(data_dir, omniglot_raw):
   assert ds.train.shape == (raw_train.shape[0] - n_valid, 784) and ds.train.dtype == np.float32
   assert ds.valid.shape == (n_valid, 784) and ds.valid.dtype == np.uint8
   assert ds.test.shape == (raw_test.shape[0], 784) and ds.test.dtype == np.uint8
-  np.testing.assert_allclose(ds.train, raw_train[:-n_valid] / 255.0, atol=1e-7)
+  rows = data.omniglot_validation_rows(raw_train.shape[0], from_chardata=False)
+  held_out = np.zeros(raw_train.shape[0], bool)
+  held_out[rows] = True
+  assert held_out.sum() == n_valid
+  np.testing.assert_allclose(ds.train, raw_train[~held_out] / 255.0, atol=1e-7)
   assert set(np.unique(ds.valid)) <= {0, 1} and set(np.unique(ds.test)) <= {0, 1}
-  # The validation images are the LAST 1,345 training images, binarized: pixels with no ink are
-  # always 0 and fully inked pixels always 1.
-  grey_valid = raw_train[-n_valid:]
+  # The validation images are those training images, binarized: pixels with no ink are always 0
+  # and fully inked pixels always 1.
+  grey_valid = raw_train[held_out]
   assert ds.valid[grey_valid == 0].max() == 0 and ds.valid[grey_valid == 255].min() == 1
   # Mean of a Bernoulli draw: over the m = 1345*784 pixels, sd of the mean <= 0.5/sqrt(m) ≈ 5e-4;
   # 5 sd tolerance.
@@ -84,6 +88,27 @@ def test_omniglot_rebuilt_split_and_binarization(data_dir, omniglot_raw):
   np.testing.assert_array_equal(again.valid, ds.valid)
   np.testing.assert_array_equal(again.test, ds.test)
   assert (other.test != ds.test).any()
+
+
+def test_omniglot_stand_in_validation_spans_the_alphabets(data_dir):
+  """The rebuilt file is sorted by alphabet: its last 1,345 images are 3 alphabets. The validation
+  draw must instead look like the data: every alphabet in it, in proportion to its size."""
+  with np.load(data_dir / "omniglot_28x28_rebuilt.npz") as f:
+    alphabet = f["train_alphabet"]
+  assert len(np.unique(alphabet[-data.OMNIGLOT_NUM_VALID :])) <= 3  # why the last rows won't do
+  rows = data.omniglot_validation_rows(alphabet.size, from_chardata=False)
+  assert len(np.unique(rows)) == data.OMNIGLOT_NUM_VALID
+  np.testing.assert_array_equal(rows, data.omniglot_validation_rows(alphabet.size, False))
+  counts = np.bincount(alphabet[rows], minlength=alphabet.max() + 1)
+  expected = np.bincount(alphabet) * data.OMNIGLOT_NUM_VALID / alphabet.size
+  assert (counts > 0).all()
+  # Chi-square over the alphabets: a uniform draw gives ≈ df = 49 (sd ≈ 10); 100 is > 5 sd.
+  assert ((counts - expected) ** 2 / expected).sum() < 100
+  np.testing.assert_array_equal(
+    data.omniglot_validation_rows(2000, from_chardata=True), np.arange(655, 2000)
+  )
+  with pytest.raises(ValueError, match="more than 1345 training images"):
+    data.omniglot_validation_rows(1345, from_chardata=False)
 
 
 def test_omniglot_reads_user_chardata_mat(tmp_path, omniglot_raw):
