@@ -63,6 +63,7 @@ def measure() -> list[dict]:
     sharding.put_global(data_lib.train_batch(experiment.dataset, 0, i, 100), x_sharding)
     for i in range(8)
   ]
+  cpu_devices = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
   fns, compile_seconds = [], []
   for exp in layouts.values():
     step = train.make_train_step(exp)
@@ -71,7 +72,9 @@ def measure() -> list[dict]:
 
     def once(i, step=step, holder=holder):
       holder["state"], metrics = step(holder["state"], batches[i % len(batches)])
-      return metrics["loss"]
+      # As the runner does on the CPU: with several steps in flight, XLA's CPU collectives can
+      # deadlock (see experiments/train.py).
+      return jax.block_until_ready(metrics["loss"]) if cpu_devices else metrics["loss"]
 
     compile_seconds.append(timing.timed_first_call(once))
     fns.append(once)

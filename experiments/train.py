@@ -554,6 +554,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   # device works. A non-finite step is still reported, by number and terms, before anything
   # computed after it is logged, evaluated or saved.
   pending = []
+  # XLA's CPU collectives between host devices can deadlock when several steps are enqueued (a
+  # rendezvous timeout that aborts the process: seen with 2 forced host devices on 2 cores,
+  # benchmarks/multi_device.py); there the runner waits for every step, as it always did.
+  sync_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
   try:
     for step in range(start, config.num_steps):
       t0 = time.perf_counter()
@@ -564,7 +568,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       last = done == config.num_steps
       is_eval = done % config.eval_every == 0 or last
       is_log = done % config.log_every == 0 or last
-      if is_log or is_eval or done % config.checkpoint_every == 0:
+      if sync_each_step or is_log or is_eval or done % config.checkpoint_every == 0:
         _check_pending_finite(pending)  # waits for the steps: their time is counted below
         pending = []
       train_seconds += time.perf_counter() - t0
