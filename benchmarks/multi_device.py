@@ -21,11 +21,14 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
-import sys
-import tempfile
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags
+
+from benchmarks import timing
+from dvae_jax import data as data_lib
+from experiments import config_lib, sharding, train
 
 _STRUCT = flags.DEFINE_string("struct", "1-layer-lin", "Struct.")
 _METHOD = flags.DEFINE_string("method", "dvae_sharp", "Config name.")
@@ -44,13 +47,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def measure() -> list[dict]:
   """Rows for the devices of this process: one per layout."""
-  import jax
-  import jax.numpy as jnp
-
-  from benchmarks import timing
-  from dvae_jax import data as data_lib
-  from experiments import config_lib, sharding, train
-
   config = config_lib.load_config(_METHOD.value)
   config.struct = _STRUCT.value
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
@@ -96,19 +92,11 @@ def measure() -> list[dict]:
 
 
 def measure_in_subprocess(num_devices: int) -> list[dict]:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={num_devices}"
-  ).strip()
-  with tempfile.TemporaryDirectory() as tmp:
-    out = pathlib.Path(tmp) / "rows.json"
-    cmd = [
-      sys.executable, "-m", "benchmarks.multi_device", "--worker", f"--struct={_STRUCT.value}",
-      f"--method={_METHOD.value}", f"--steps={_STEPS.value}", f"--repeats={_REPEATS.value}",
-      f"--out={out}",
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=REPO, env=env)
-    return json.loads(out.read_text())
+  xla_flags = os.environ.get("XLA_FLAGS", "")
+  env = {"XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count={num_devices}".strip()}
+  args = ["--worker", f"--struct={_STRUCT.value}", f"--method={_METHOD.value}"]
+  args += [f"--steps={_STEPS.value}", f"--repeats={_REPEATS.value}"]
+  return timing.run_worker("benchmarks.multi_device", args, env)
 
 
 def main(argv):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -32,3 +38,16 @@ def interleaved_medians(fns: Sequence[Callable], steps: int, repeats: int) -> li
     for fn, t in zip(fns, times, strict=True):
       t.append(seconds_per_call(fn, steps))
   return [statistics.median(t) for t in times]
+
+
+def run_worker(module: str, flags: list[str], env: dict | None = None):
+  """Runs ``python -m module *flags --out=FILE`` in a fresh interpreter and returns FILE's JSON.
+
+  A fresh process gives per-measurement peak RSS and lets XLA_FLAGS (forced host devices) apply.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "out.json"
+    cmd = [sys.executable, "-m", module, *flags, f"--out={out}"]
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    subprocess.run(cmd, check=True, cwd=repo, env={**os.environ, **(env or {})})
+    return json.loads(out.read_text())

@@ -19,9 +19,6 @@ import json
 import pathlib
 import platform
 import resource
-import subprocess
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -113,15 +110,9 @@ def measure(struct: str) -> dict:
 
 def measure_in_subprocess(struct: str) -> dict:
   """``measure(struct)`` in a fresh interpreter: ru_maxrss is per process and never goes down."""
-  with tempfile.TemporaryDirectory() as tmp:
-    out = pathlib.Path(tmp) / "row.json"
-    cmd = [
-      sys.executable, "-m", "benchmarks.train_speed", f"--structs={struct}",
-      f"--method={_METHOD.value}", f"--steps={_STEPS.value}", f"--repeats={_REPEATS.value}",
-      "--noisolate", f"--out={out}",
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=pathlib.Path(__file__).resolve().parent.parent)
-    return json.loads(out.read_text())["rows"][0]
+  args = [f"--structs={struct}", f"--method={_METHOD.value}", f"--steps={_STEPS.value}"]
+  args += [f"--repeats={_REPEATS.value}", "--noisolate"]
+  return timing.run_worker("benchmarks.train_speed", args)["rows"][0]
 
 
 def main(argv):
