@@ -51,6 +51,11 @@ PRESETS = {
     ("1-layer-lin", "1-layer-nonlin"),
     (1, 5),
   ),
+  "cpu_caltech": (
+    ("dvae", "dvae_pp_power", "dvae_sharp", "dvae_sharp_factorial"),
+    ("1-layer-nonlin",),
+    (1, 5),
+  ),
   "paper_mnist": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
   "paper_omniglot": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
 }
@@ -68,7 +73,9 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the table f
 
 
 def _dataset(preset: str) -> str:
-  return "omniglot" if preset.endswith("omniglot") else "binarized_mnist"
+  if preset.endswith("omniglot"):
+    return "omniglot"
+  return "caltech101_silhouettes" if preset.endswith("caltech") else "binarized_mnist"
 
 
 def run_name(config: str, struct: str, k: int, seed: int) -> str:

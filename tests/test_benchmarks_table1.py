@@ -61,5 +61,7 @@ def test_presets_name_known_configs_structs_and_datasets():
     for config in configs:
       config_lib.load_config(config)  # raises for an unknown name
     assert set(structs) <= set(models.STRUCTS) and set(ks) <= {1, 5, 25}
-    expected = "omniglot" if "omniglot" in preset else "binarized_mnist"
+    expected = {"omniglot": "omniglot", "caltech": "caltech101_silhouettes"}.get(
+      preset.split("_")[-1], "binarized_mnist"
+    )
     assert table1._dataset(preset) == expected, preset
