@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ml_collections import config_dict
 
-from dvae_jax import data, models, objectives
+from dvae_jax import data, models, objectives, optim
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = tuple(
@@ -123,6 +123,7 @@ _CHOICES = {
   "prior": PRIORS,
   "sampler": SAMPLERS,
   "relaxed_sampler": objectives.RELAXED_SAMPLERS,
+  "adam_eps_mode": optim.EPS_MODES,
 }
 
 

@@ -33,10 +33,11 @@ from flax import nnx
 from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
-from dvae_jax import evaluation, models, objectives, priors
+from dvae_jax import evaluation, models, objectives, optim, priors
 from dvae_jax import samplers as samplers_lib
 from experiments import checkpointing, config_lib, images, sharding
 from experiments import metrics as metrics_lib
+from experiments.configs import base as base_config
 
 # Piecewise-constant learning rate of MATH.md §6 as multiples of the base rate 3e-3:
 # [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3, [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
@@ -132,8 +133,10 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
   prior = priors.init_prior(config.prior, spec)
   params = {"model": params_model, "prior": prior}
-  optimizer = optax.adam(
-    learning_rate_schedule(config.learning_rate, config.num_steps), eps=config.adam_eps
+  optimizer = optim.adam(
+    learning_rate_schedule(config.learning_rate, config.num_steps),
+    eps=config.adam_eps,
+    eps_mode=config.adam_eps_mode,
   )
   if config.prior == "rbm":
     sampler = samplers_lib.make_prior_sampler(
@@ -476,6 +479,9 @@ def _check_resumable(workdir: pathlib.Path, config) -> None:
     return
   old = json.loads(path.read_text())
   new = metrics_lib.to_python(config.to_dict())
+  # A key added to the library after the run started holds its default: the run is unchanged.
+  defaults = metrics_lib.to_python(base_config.get_config().to_dict())
+  old = {**{k: v for k, v in defaults.items() if k not in old and v == new.get(k)}, **old}
   diff = sorted(
     k for k in set(old) | set(new) if k not in _RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
   )

@@ -35,6 +35,9 @@ def get_config() -> config_dict.ConfigDict:
   c.batch_size = 100
   c.learning_rate = 3e-3  # Base of the piecewise-constant schedule.
   c.adam_eps = 1e-3
+  # Where ε enters Adam: 'optax' (after bias correction) or 'tf1' (before it, as the reference
+  # code's tf.train.AdamOptimizer: effective ε/√(1 − 0.999ᵗ); dvae_jax.optim).
+  c.adam_eps_mode = "optax"
   c.weight_decay = 1e-4  # Coefficient of ½‖w‖² (dense kernels, BN scales, RBM W).
   c.kl_warmup_fraction = 0.3  # κ = min(t / (fraction · num_steps), 1).
 

@@ -433,3 +433,16 @@ def test_eval_subset_is_a_fixed_uniform_sample(data_dir):
   se = ink.std() / np.sqrt(2000) * np.sqrt(1 - 2000 / len(test))
   assert abs(sub_ink.mean() - ink.mean()) < 4 * se
   assert abs(test[:2000].sum(1).mean() - ink.mean()) > 4 * se  # the prefix would have failed
+
+
+def test_resume_accepts_a_key_added_later_only_at_its_default(tmp_path):
+  """A workdir written before a config key existed resumes when the key holds its default."""
+  config = config_lib.resolve_config(config_lib.load_config("dvae_sharp"))
+  old = metrics.to_python(config.to_dict())
+  del old["adam_eps_mode"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  train._check_resumable(tmp_path, config)  # the default 'optax': the same run
+  changed = config.as_configdict()
+  changed.adam_eps_mode = "tf1"
+  with pytest.raises(train.WorkdirConfigError, match=r"adam_eps_mode: None -> 'tf1'"):
+    train._check_resumable(tmp_path, changed)
