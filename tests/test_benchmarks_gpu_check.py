@@ -1,0 +1,54 @@
+"""benchmarks/gpu_check.py: the GPU command, run unchanged on the CPU with a tiny budget."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from benchmarks import gpu_check
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def parsed_flags():
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["gpu_check", "--train_fraction=0.5", "--min_steps=200"])
+  yield
+  flags.FLAGS.unparse_flags()
+
+
+def test_comparison_steps_fit_the_budget_at_the_slowest_struct(parsed_flags):
+  # 4 runs (2 configs × 2 structs) share 400 s; half of each share trains at 30 steps/s.
+  rates = {"1-layer-lin": 50.0, "1-layer-nonlin": 30.0}
+  assert gpu_check.comparison_steps(rates, 400.0) == 1500  # 0.5 · 100 s · 30 = 1500
+  assert gpu_check.comparison_steps(rates, 100.0) == 300  # 375 → multiples of 100 below 500
+  assert gpu_check.comparison_steps(rates, 1.0) == 200  # never below --min_steps
+
+
+def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
+  out = tmp_path / "gpu"
+  cmd = [
+    sys.executable, "-m", "benchmarks.gpu_check", "--budget_s=1", f"--out={out}",
+    "--structs=1-layer-lin", "--compare_structs=1-layer-lin", "--speed_steps=2",
+    "--speed_repeats=1", "--min_steps=10", "--eval_num_examples=20", "--eval_iw_samples=4",
+    "--override=val_iw_samples=4", "--override=ais_num_chains=16",
+    "--override=ais_num_temperatures=10",
+  ]  # fmt: skip
+  env = {
+    **os.environ,
+    "DVAE_JAX_DATA_DIR": str(data_dir),
+    "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
+  }
+  subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=900)
+  summary = json.loads((out / "gpu_check.json").read_text())
+  assert summary["comparison_steps"] == 10 and summary["budget_s"] == 1
+  assert set(summary["steps_per_second"]) == {"1-layer-lin"}
+  speed = json.loads((out / "train_speed.json").read_text())
+  assert speed["rows"][0]["num_sweeps"] == 40 and speed["rows"][0]["steps_per_second"] > 0
+  for config in ("dvae", "dvae_sharp"):
+    run = json.loads((out / "table1" / "json" / f"{config}__1-layer-lin__k5__s0.json").read_text())
+    assert run["results"]["config"]["num_steps"] == 10 and run["results"]["test_nll"] > 0
+  assert "| dvae | 1-layer-lin |" in (out / "table1" / "table1.md").read_text()
