@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import pytest
 from absl import flags
 
 from benchmarks import gpu_check
-from tests.conftest import REPO_ROOT
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
