@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/smoothing.py (MATH.md §1) against independent float64 NumPy/SciPy references.
+"""Tests of dvae_jax/smoothing/ (MATH.md §1) against independent float64 NumPy/SciPy references.
 
 References: scipy.stats (truncexpon, powerlaw, norm, uniform) for the component densities and CDFs,
 scipy.integrate.quad for the CDF/pdf consistency and the expected values, and a float64 bisection
@@ -645,7 +645,7 @@ def test_sample_shapes_and_dtype_errors():
 
 
 def test_open_uniform_never_hits_zero_or_one():
-  rho = sm._open_uniform(jax.random.key(0), (1 << 20,), jnp.float32)
+  rho = sm.open_uniform(jax.random.key(0), (1 << 20,), jnp.float32)
   assert float(rho.min()) > 0.0 and float(rho.max()) < 1.0
   # Symmetric grid: the midpoints (2k + 1) 2^-24.
   np.testing.assert_array_equal(np.asarray(rho * 2**24) % 2, 1.0)
