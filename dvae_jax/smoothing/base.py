@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax import lax
 
 from dvae_jax import numerics
@@ -126,6 +127,11 @@ def check_beta(name: str, beta, *, on_use: bool) -> None:
     raise ValueError(f"{name}: beta must be a positive number, got {beta!r}")
   if not np.all(values > 0):
     raise ValueError(f"{name}: beta must be > 0, got {beta!r}")
+
+
+def name_field(name: str):
+  """The static, keyword-only, fixed ``name`` field of a smoothing class (see ``Smoothing``)."""
+  return struct.field(pytree_node=False, default=name, kw_only=True, repr=False)
 
 
 def check_construction(s: Smoothing, expected_name: str) -> None:

@@ -170,7 +170,7 @@ class Exponential(_ExponentialMixture):
   """
 
   beta: base.ArrayLike
-  name: str = struct.field(pytree_node=False, default="exp", kw_only=True, repr=False)
+  name: str = base.name_field("exp")
 
   numerical_inverse = False
 
@@ -202,8 +202,8 @@ class UniformExponential(_ExponentialMixture):
 
   beta: base.ArrayLike
   eps: float = struct.field(pytree_node=False, default=0.05)
-  solver_iterations: int = struct.field(pytree_node=False, default=solver.DEFAULT_SOLVER_ITERATIONS)
-  name: str = struct.field(pytree_node=False, default="unexp", kw_only=True, repr=False)
+  solver_iterations: int = solver.iterations_field()
+  name: str = base.name_field("unexp")
 
   def __post_init__(self):
     base.check_construction(self, "unexp")

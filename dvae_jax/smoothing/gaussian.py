@@ -32,8 +32,8 @@ class Gaussian(Symmetric):
   """
 
   beta: base.ArrayLike
-  solver_iterations: int = struct.field(pytree_node=False, default=solver.DEFAULT_SOLVER_ITERATIONS)
-  name: str = struct.field(pytree_node=False, default="gauss", kw_only=True, repr=False)
+  solver_iterations: int = solver.iterations_field()
+  name: str = base.name_field("gauss")
 
   coordinate = solver.SHIFTED
 

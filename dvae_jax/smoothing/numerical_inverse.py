@@ -22,6 +22,7 @@ from typing import ClassVar, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
@@ -33,6 +34,11 @@ Array = jax.Array
 #: random (ρ, q) with ρ, q ∈ [1e-7, 1 − 1e-7] and β = 0.8–1.2× the papers' values (float32): the
 #: result no longer changes after 12 evaluations (worst: uniform+exp at β ≈ 48); 16 is a margin.
 DEFAULT_SOLVER_ITERATIONS = 16
+
+
+def iterations_field():
+  """The static ``solver_iterations`` field (default ``DEFAULT_SOLVER_ITERATIONS``) of a class."""
+  return struct.field(pytree_node=False, default=DEFAULT_SOLVER_ITERATIONS)
 
 
 class Coordinate(NamedTuple):

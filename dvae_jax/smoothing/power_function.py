@@ -55,8 +55,8 @@ class PowerFunction(Symmetric):
   """
 
   beta: base.ArrayLike
-  solver_iterations: int = struct.field(pytree_node=False, default=solver.DEFAULT_SOLVER_ITERATIONS)
-  name: str = struct.field(pytree_node=False, default="power", kw_only=True, repr=False)
+  solver_iterations: int = solver.iterations_field()
+  name: str = base.name_field("power")
 
   coordinate = solver.LOGIT
 

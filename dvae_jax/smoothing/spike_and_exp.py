@@ -25,7 +25,7 @@ class SpikeAndExp:
   """
 
   beta: base.ArrayLike
-  name: str = struct.field(pytree_node=False, default="spike_exp", kw_only=True, repr=False)
+  name: str = base.name_field("spike_exp")
 
   numerical_inverse = False
 
