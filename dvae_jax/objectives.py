@@ -17,7 +17,9 @@ sampler's samples and a PRNG key; the runner differentiates it with respect to t
 ``nnx.Param`` state and the prior. ``weight_decay`` is added by the runner (MATH.md §6).
 
 Shapes: x [batch, pixels]; K = num_samples posterior samples per example; the latent vector
-``zeta`` [K, batch, num_latent] is the concatenation of the groups.
+``zeta`` [K, batch, num_latent] is the concatenation of the groups. The hierarchy is walked by
+``posterior.sample_hierarchy`` (the same loop as evaluation's), each group drawn by this module's
+``relaxed_group_sampler``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class Method(NamedTuple):
     family: ``'dvae'``, ``'dvae_pp'``, ``'dvae_sharp'`` or ``'dvae_sharp_gi'``.
     smoothing: the smoothing of ``dvae_jax.smoothing`` (``None`` for the Gaussian integral, whose
       posterior is the shifted Gaussian mixture of this module).
-    beta: sharpness β (λ_min for the Gaussian integral).
+    beta: the method's β of MATH.md §6: the sharpness of the smoothing (not an inverse
+      temperature), or for ``dvae_sharp_gi`` the floor λ_min of the Gaussian integral's shift
+      λ = max(σ_max(W) + 5, β) (MATH.md §4).
     mean_field_iterations: iterations of the mean-field log Z_ζ (DVAE# overlapping smoothings).
     relaxed_sampler: how relaxed samples of the overlapping smoothings are drawn (MATH.md §1):
       ``'ancestral'`` (z ~ Bern(q), ζ ~ r(·|z), implicit-gradient surrogate) or ``'inverse_cdf'``
@@ -95,7 +99,8 @@ def get_method(
   mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS,
   relaxed_sampler: str = "ancestral",
 ) -> Method:
-  """The method called ``name`` with sharpness ``beta`` (MATH.md §4, §6 for the values of β)."""
+  """The method called ``name`` with its β (``Method.beta``: smoothing sharpness, or λ_min for
+  ``dvae_sharp_gi``; MATH.md §4, §6 for the values)."""
   if name not in _METHOD_TABLE:
     raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
   if not beta > 0:
