@@ -189,13 +189,12 @@ def _sample_relaxed_group(
   key: Array, method: Method, enc: models.GroupEncoding, scale: Array | None
 ) -> posterior_lib.GroupSample:
   """One group's relaxed (ζ, logits, log q, z) from its encoder output ``enc``."""
+  logits = enc.logits
   if method.family == FAMILY_DVAE_SHARP_GI:
-    logits = enc.logits
     shift = models.gaussian_shift(enc.shift_logits)
     zeta = sample_shifted_gaussian_mixture(key, logits, shift, scale)
     log_q = jnp.sum(shifted_gaussian_mixture_log_prob(zeta, logits, shift, scale), -1)
     return posterior_lib.GroupSample(zeta, logits, log_q, None)
-  logits = enc.logits
   s = method.smoothing
   if method.family == FAMILY_DVAE:
     # Spike-and-exp: z = 1 exactly when ρ > 1 − q, the branch of the inverse CDF (MATH.md §1).
