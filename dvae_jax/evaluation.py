@@ -26,6 +26,7 @@ import numpy as np
 from jax import lax
 
 from dvae_jax import models
+from dvae_jax import posterior as posterior_lib
 from dvae_jax import priors as priors_lib
 
 Array = jax.Array
@@ -33,11 +34,6 @@ Array = jax.Array
 DEFAULT_SAMPLE_CHUNK = 100
 # Enumerating all latent states is for tests on tiny models.
 _MAX_ENUMERATED_LATENTS = 20
-
-
-def _encoder_logits(model: models.DVAENet, group: int, x: Array, z_prev: Array | None) -> Array:
-  out = model.encode_group(group, x, z_prev, use_running_average=True)
-  return out[0] if isinstance(out, tuple) else out
 
 
 def discrete_log_weights(
@@ -62,26 +58,16 @@ def discrete_log_weights(
     [K, batch] log weights.
   """
   spec = model.spec
-  k, batch, units = num_samples, x.shape[0], spec.units_per_group
+  k, batch = num_samples, x.shape[0]
+  post = posterior_lib.sample_hierarchy(
+    model, x, key, k, posterior_lib.bernoulli_group, use_running_average=True
+  )
+  z = post.zeta.reshape(k * batch, spec.num_latent)
   x_rep = jnp.broadcast_to(x, (k, batch, spec.num_pixels)).reshape(k * batch, spec.num_pixels)
-  keys = jax.random.split(key, spec.num_groups)
-  zs = []
-  log_q = jnp.zeros((k * batch,), x.dtype)
-  for g in range(spec.num_groups):
-    if g == 0:
-      logits = _encoder_logits(model, 0, x, None)
-      logits = jnp.broadcast_to(logits, (k, batch, units)).reshape(k * batch, units)
-    else:
-      logits = _encoder_logits(model, g, x_rep, jnp.concatenate(zs, axis=-1))
-    u = jax.random.uniform(keys[g], logits.shape, logits.dtype)
-    z = (u < jax.nn.sigmoid(logits)).astype(logits.dtype)
-    log_q = log_q + jnp.sum(priors_lib.bernoulli_log_prob(z, logits), -1)
-    zs.append(z)
-  z = jnp.concatenate(zs, axis=-1)
   log_pz = priors_lib.discrete_log_prob(prior, z, log_z)
   x_logits = model.decode(z, use_running_average=True)
   log_px = jnp.sum(priors_lib.bernoulli_log_prob(x_rep, x_logits), -1)
-  return (log_px + log_pz - log_q).reshape(k, batch)
+  return (log_px + log_pz).reshape(k, batch) - post.log_q
 
 
 def evaluate(
@@ -159,17 +145,20 @@ def exact_log_likelihood(
   x = jnp.asarray(x, jnp.float32)
   x_rep = jnp.broadcast_to(x, (num_states, batch, spec.num_pixels)).reshape(-1, spec.num_pixels)
   z_rep = jnp.broadcast_to(states[:, None], (num_states, batch, n)).reshape(-1, n)
-  log_q = jnp.zeros((num_states * batch,), jnp.float32)
-  for g in range(spec.num_groups):
-    z_prev = None if g == 0 else z_rep[:, : g * units]
-    logits = _encoder_logits(model, g, x_rep, z_prev)
-    log_q = log_q + jnp.sum(
-      priors_lib.bernoulli_log_prob(z_rep[:, g * units : (g + 1) * units], logits), -1
-    )
+
+  def given_states(key, group, encoding):
+    # No draw: group ``group`` of every enumerated state, scored under q(z_g | x, z_<g).
+    z = z_rep[:, group * units : (group + 1) * units]
+    log_q = jnp.sum(priors_lib.bernoulli_log_prob(z, encoding.logits), -1)
+    return posterior_lib.GroupSample(z, encoding.logits, log_q, None)
+
+  post = posterior_lib.sample_hierarchy(
+    model, x_rep, None, 1, given_states, use_running_average=True
+  )
   log_pz = priors_lib.discrete_log_prob(prior, z_rep, log_z)
   x_logits = model.decode(z_rep, use_running_average=True)
   log_joint = jnp.sum(priors_lib.bernoulli_log_prob(x_rep, x_logits), -1) + log_pz
   log_joint = log_joint.reshape(num_states, batch)
-  log_q = log_q.reshape(num_states, batch)
+  log_q = post.log_q.reshape(num_states, batch)
   elbo = jnp.sum(jnp.exp(log_q) * (log_joint - log_q), axis=0)
   return {"log_px": jax.nn.logsumexp(log_joint, axis=0), "elbo": elbo}

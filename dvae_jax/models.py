@@ -7,13 +7,14 @@ RBM prior sees its first half as ``z1`` and its second half as ``z2``
 (``n1 = n2 = num_latent / 2``), which is MATH.md §5's "group 1 ‖ group 2" for two groups and
 "groups 1–2 ‖ 3–4" for four.
 
-The modules only hold parameters and compute logits; sampling, the hierarchy over groups and the
-objectives are pure functions in ``dvae_jax.objectives`` and ``dvae_jax.evaluation``.
+The modules only hold parameters and compute logits; sampling and the hierarchy over groups are
+pure functions in ``dvae_jax.posterior``, the objectives in ``dvae_jax.objectives`` and
+``dvae_jax.evaluation``.
 
 Example::
 
   net = DVAENet("1-layer-lin", mean_x, rngs=nnx.Rngs(0))
-  logits = net.encode_group(0, x, None)          # [batch, 200]
+  logits = net.encode_group(0, x, None).logits   # [batch, 200]
   x_logits = net.decode(zeta)                    # [batch, 784]
 """
 
@@ -103,6 +104,19 @@ def get_struct(struct: str | StructSpec) -> StructSpec:
   if struct not in STRUCTS:
     raise ValueError(f"unknown struct {struct!r}; valid names: {sorted(STRUCTS)}")
   return STRUCTS[struct]
+
+
+class GroupEncoding(NamedTuple):
+  """One group's encoder output, q(z_i | x, ζ_<i) (MATH.md §4, §5).
+
+  Attributes:
+    logits: [batch, units_per_group] Bernoulli logits l_i.
+    shift_logits: [batch, units_per_group] logits l'_i of the shift Δμ of the Gaussian-integral
+      posterior (``gaussian_shift``), or ``None`` for a model without that head.
+  """
+
+  logits: jax.Array
+  shift_logits: jax.Array | None = None
 
 
 class DataStat(nnx.BatchStat):
@@ -209,7 +223,7 @@ class DVAENet(nnx.Module):
     zeta_prev: jax.Array | None,
     *,
     use_running_average: bool | None = None,
-  ):
+  ) -> GroupEncoding:
     """Logits of group ``group`` of the hierarchical posterior, q(z_i | x, ζ_<i) (MATH.md §4).
 
     Args:
@@ -220,8 +234,8 @@ class DVAENet(nnx.Module):
       use_running_average: BatchNorm mode override.
 
     Returns:
-      logits ``[batch, units_per_group]``; with ``gaussian_integral`` a pair
-      ``(logits, shift_logits)``.
+      ``GroupEncoding(logits, shift_logits)``, each ``[batch, units_per_group]``; ``shift_logits``
+      is ``None`` without ``gaussian_integral``.
     """
     if not 0 <= group < self.spec.num_groups:
       raise ValueError(f"group must be in [0, {self.spec.num_groups}), got {group}")
@@ -232,7 +246,8 @@ class DVAENet(nnx.Module):
         got = None if zeta_prev is None else zeta_prev.shape
         raise ValueError(f"group {group} needs zeta_prev of width {expected}, got {got}")
       h = jnp.concatenate([h, zeta_prev.astype(h.dtype)], axis=-1)
-    return self.encoders[group](h, use_running_average=use_running_average)
+    out = self.encoders[group](h, use_running_average=use_running_average)
+    return GroupEncoding(*out) if self.gaussian_integral else GroupEncoding(out)
 
   def decode(self, zeta: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
     """Bernoulli logits of p(x|ζ) ``[batch, num_pixels]`` from ``zeta`` ``[batch, num_latent]``."""

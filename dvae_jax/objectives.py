@@ -17,7 +17,9 @@ sampler's samples and a PRNG key; the runner differentiates it with respect to t
 ``nnx.Param`` state and the prior. ``weight_decay`` is added by the runner (MATH.md §6).
 
 Shapes: x [batch, pixels]; K = num_samples posterior samples per example; the latent vector
-``zeta`` [K, batch, num_latent] is the concatenation of the groups.
+``zeta`` [K, batch, num_latent] is the concatenation of the groups. The hierarchy is walked by
+``posterior.sample_hierarchy`` (the same loop as evaluation's), each group drawn by this module's
+``relaxed_group_sampler``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import log_ndtr
 
-from dvae_jax import models
+from dvae_jax import models, numerics
+from dvae_jax import posterior as posterior_lib
 from dvae_jax import priors as priors_lib
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import smoothing as smoothing_lib
@@ -66,7 +69,9 @@ class Method(NamedTuple):
     family: ``'dvae'``, ``'dvae_pp'``, ``'dvae_sharp'`` or ``'dvae_sharp_gi'``.
     smoothing: the smoothing of ``dvae_jax.smoothing`` (``None`` for the Gaussian integral, whose
       posterior is the shifted Gaussian mixture of this module).
-    beta: sharpness β (λ_min for the Gaussian integral).
+    beta: the method's β of MATH.md §6: the sharpness of the smoothing (not an inverse
+      temperature), or for ``dvae_sharp_gi`` the floor λ_min of the Gaussian integral's shift
+      λ = max(σ_max(W) + 5, β) (MATH.md §4).
     mean_field_iterations: iterations of the mean-field log Z_ζ (DVAE# overlapping smoothings).
     relaxed_sampler: how relaxed samples of the overlapping smoothings are drawn (MATH.md §1):
       ``'ancestral'`` (z ~ Bern(q), ζ ~ r(·|z), implicit-gradient surrogate) or ``'inverse_cdf'``
@@ -94,7 +99,8 @@ def get_method(
   mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS,
   relaxed_sampler: str = "ancestral",
 ) -> Method:
-  """The method called ``name`` with sharpness ``beta`` (MATH.md §4, §6 for the values of β)."""
+  """The method called ``name`` with its β (``Method.beta``: smoothing sharpness, or λ_min for
+  ``dvae_sharp_gi``; MATH.md §4, §6 for the values)."""
   if name not in _METHOD_TABLE:
     raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
   if not beta > 0:
@@ -128,19 +134,13 @@ def shifted_gaussian_mixture_log_prob(
   return mix - jnp.log(scale) - _HALF_LOG_2PI
 
 
-def _log1mexp(d: Array) -> Array:
-  """log(1 − e^d) for d < 0, accurate on both sides of −log 2."""
-  d = jnp.minimum(d, -jnp.finfo(d.dtype).tiny)
-  return jnp.where(d > -math.log(2.0), jnp.log(-jnp.expm1(d)), jnp.log1p(-jnp.exp(d)))
-
-
 def _log_ndtr_diff(a: Array, b: Array) -> Array:
   """log(Φ(a) − Φ(b)) for a > b; uses Φ(−b) − Φ(−a) in the upper tail to avoid cancellation."""
   upper = (a + b) > 0
   hi = jnp.where(upper, -b, a)
   lo = jnp.where(upper, -a, b)
   log_hi = log_ndtr(hi)
-  return log_hi + _log1mexp(log_ndtr(lo) - log_hi)
+  return log_hi + numerics.log1mexp(log_ndtr(lo) - log_hi)
 
 
 def shifted_gaussian_mixture_dzeta_dq(
@@ -182,34 +182,19 @@ def sample_shifted_gaussian_mixture(key: Array, logits: Array, shift: Array, sca
 
 
 # --------------------------------------------------------------------------------------------------
-# The hierarchical posterior (MATH.md §4).
+# The relaxed hierarchical posterior (MATH.md §4).
 
 
-class PosteriorSample(NamedTuple):
-  """K relaxed samples of the hierarchical posterior q(ζ|x) = Π_i q(ζ_i | x, ζ_<i).
-
-  Attributes:
-    zeta: [K, batch, n] relaxed samples.
-    logits: [K, batch, n] Bernoulli logits of each group given the earlier groups' samples.
-    log_q: [K, batch] log q(ζ|x) (DVAE# families; ``None`` otherwise).
-    z: [K, batch, n] the binary states behind ζ (spike-and-exp only; ``None`` otherwise).
-  """
-
-  zeta: Array
-  logits: Array
-  log_q: Array | None
-  z: Array | None
-
-
-def _sample_group(key: Array, method: Method, out, scale: Array | None):
-  """One group's (ζ, logits, log q, z) from the encoder output ``out``."""
+def _sample_relaxed_group(
+  key: Array, method: Method, enc: models.GroupEncoding, scale: Array | None
+) -> posterior_lib.GroupSample:
+  """One group's relaxed (ζ, logits, log q, z) from its encoder output ``enc``."""
+  logits = enc.logits
   if method.family == FAMILY_DVAE_SHARP_GI:
-    logits, shift_logits = out
-    shift = models.gaussian_shift(shift_logits)
+    shift = models.gaussian_shift(enc.shift_logits)
     zeta = sample_shifted_gaussian_mixture(key, logits, shift, scale)
     log_q = jnp.sum(shifted_gaussian_mixture_log_prob(zeta, logits, shift, scale), -1)
-    return zeta, logits, log_q, None
-  logits = out[0] if isinstance(out, tuple) else out
+    return posterior_lib.GroupSample(zeta, logits, log_q, None)
   s = method.smoothing
   if method.family == FAMILY_DVAE:
     # Spike-and-exp: z = 1 exactly when ρ > 1 − q, the branch of the inverse CDF (MATH.md §1).
@@ -217,25 +202,43 @@ def _sample_group(key: Array, method: Method, out, scale: Array | None):
     q = jax.nn.sigmoid(logits)
     zeta = smoothing_lib.inverse_cdf(s, rho, q)
     z = (rho > 1.0 - lax.stop_gradient(q)).astype(logits.dtype)
-    return zeta, logits, None, z
+    return posterior_lib.GroupSample(zeta, logits, None, z)
   if method.relaxed_sampler == "ancestral":
     zeta = smoothing_lib.sample_ancestral(s, key, logits)
   else:
     zeta = smoothing_lib.sample(s, key, logits)
   if method.family == FAMILY_DVAE_PP:
-    return zeta, logits, None, None
+    return posterior_lib.GroupSample(zeta, logits, None, None)
   log_q = jnp.sum(smoothing_lib.mixture_log_prob_logits(s, zeta, logits), -1)
-  return zeta, logits, log_q, None
+  return posterior_lib.GroupSample(zeta, logits, log_q, None)
+
+
+def relaxed_group_sampler(method: Method, model: models.DVAENet) -> posterior_lib.SampleGroup:
+  """The training ``sample_group`` of ``method`` for ``posterior.sample_hierarchy`` (MATH.md §4).
+
+  Relaxed samples of the method's smoothing (``method.relaxed_sampler``: ancestral or numerical
+  inverse CDF, both with the implicit gradient); the Gaussian integral always uses its ancestral
+  shifted-mixture sampler with the model's per-unit scales. ``log_q`` is given for the DVAE#
+  families, ``z`` for spike-and-exp.
+  """
+  gaussian_integral = method.family == FAMILY_DVAE_SHARP_GI
+  if gaussian_integral and not model.gaussian_integral:
+    raise ValueError(f"method {method.name!r} needs a DVAENet built with gaussian_integral=True")
+  scale_all = model.gaussian_scale() if gaussian_integral else None
+  units = model.spec.units_per_group
+
+  def sample_group(key, group, enc):
+    scale = None if scale_all is None else scale_all[group * units : (group + 1) * units]
+    return _sample_relaxed_group(key, method, enc, scale)
+
+  return sample_group
 
 
 def sample_posterior(
   model: models.DVAENet, x: Array, key: Array, method: Method, num_samples: int = 1
-) -> PosteriorSample:
-  """K relaxed samples of the hierarchical posterior, group by group (MATH.md §4).
-
-  Group i's encoder reads [x − mean_x, ζ_<i]; its relaxed sample uses the method's smoothing
-  (``method.relaxed_sampler``: ancestral or numerical inverse CDF, both with the implicit gradient;
-  the Gaussian integral always uses its ancestral shifted-mixture sampler).
+) -> posterior_lib.PosteriorSample:
+  """K relaxed samples of the hierarchical posterior (MATH.md §4): ``posterior.sample_hierarchy``
+  with ``relaxed_group_sampler(method, model)``.
 
   Args:
     model: the network (train or eval mode as set on the module).
@@ -245,43 +248,11 @@ def sample_posterior(
     num_samples: K.
 
   Returns:
-    ``PosteriorSample`` with leading dimensions [K, batch].
+    ``posterior.PosteriorSample`` with leading dimensions [K, batch]: relaxed ζ, logits, log q(ζ|x)
+    (DVAE# families; else ``None``) and the binary z behind ζ (spike-and-exp; else ``None``).
   """
-  spec = model.spec
-  if x.ndim != 2 or x.shape[1] != spec.num_pixels:
-    raise ValueError(f"x must have shape [batch, {spec.num_pixels}], got {x.shape}")
-  if num_samples < 1:
-    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-  if method.family == FAMILY_DVAE_SHARP_GI and not model.gaussian_integral:
-    raise ValueError(f"method {method.name!r} needs a DVAENet built with gaussian_integral=True")
-  k, batch, units = num_samples, x.shape[0], spec.units_per_group
-  x_rep = jnp.broadcast_to(x, (k, batch, spec.num_pixels)).reshape(k * batch, spec.num_pixels)
-  scale_all = model.gaussian_scale() if method.family == FAMILY_DVAE_SHARP_GI else None
-  keys = jax.random.split(key, spec.num_groups)
-  zetas, logits_all, log_qs, zs = [], [], [], []
-  for g in range(spec.num_groups):
-    if g == 0:
-      # The first group sees x only: run the encoder once and repeat its output K times (identical
-      # batch statistics, K times less work).
-      out = model.encode_group(0, x, None)
-      out = jax.tree.map(
-        lambda a: jnp.broadcast_to(a, (k, *a.shape)).reshape(k * batch, a.shape[-1]), out
-      )
-    else:
-      out = model.encode_group(g, x_rep, jnp.concatenate(zetas, axis=-1))
-    scale = None if scale_all is None else scale_all[g * units : (g + 1) * units]
-    zeta, logits, log_q, z = _sample_group(keys[g], method, out, scale)
-    zetas.append(zeta)
-    logits_all.append(logits)
-    log_qs.append(log_q)
-    zs.append(z)
-
-  def stack(parts):
-    return jnp.concatenate(parts, axis=-1).reshape(k, batch, spec.num_latent)
-
-  log_q = None if log_qs[0] is None else sum(log_qs).reshape(k, batch)
-  z = None if zs[0] is None else stack(zs)
-  return PosteriorSample(stack(zetas), stack(logits_all), log_q, z)
+  sample_group = relaxed_group_sampler(method, model)
+  return posterior_lib.sample_hierarchy(model, x, key, num_samples, sample_group)
 
 
 def reconstruction_log_prob(model: models.DVAENet, zeta: Array, x: Array) -> Array:
@@ -347,7 +318,7 @@ def dvae_cross_term(m: rbm_lib.RBM, z1: Array, logits1: Array, mu2: Array) -> Ar
 def discrete_kl(
   prior: priors_lib.Prior,
   log_z: Array | None,
-  post: PosteriorSample,
+  post: posterior_lib.PosteriorSample,
   method: Method,
   num_groups: int,
 ) -> Array:
@@ -403,11 +374,6 @@ def iw_loss(log_w: Array) -> Array:
   """
   weights = lax.stop_gradient(jax.nn.softmax(log_w, axis=0))
   return -jnp.mean(jnp.sum(weights * log_w, axis=0))
-
-
-def log_mean_exp(log_w: Array, axis: int = 0) -> Array:
-  """log (1/K) Σ_k exp(log_w_k) along ``axis``."""
-  return jax.nn.logsumexp(log_w, axis=axis) - math.log(log_w.shape[axis])
 
 
 class RelaxedTerms(NamedTuple):
@@ -510,7 +476,7 @@ def loss_fn(
     terms["log_prior"] = jnp.mean(t.log_prior)
     terms["log_q"] = jnp.mean(t.log_q)
     terms["kl"] = terms["log_q"] - terms["log_prior"]
-    terms["neg_iw_bound"] = -jnp.mean(log_mean_exp(t.log_px + t.log_prior - t.log_q))
+    terms["neg_iw_bound"] = -jnp.mean(numerics.log_mean_exp(t.log_px + t.log_prior - t.log_q))
   terms["recon"] = -jnp.mean(log_px)
   terms["neg_elbo"] = terms["recon"] + terms["kl"]
   terms = {k: lax.stop_gradient(v) for k, v in terms.items()}

@@ -33,7 +33,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
-from dvae_jax import evaluation, models, objectives, optim, priors
+from dvae_jax import evaluation, models, objectives, optim, posterior, priors
 from dvae_jax import samplers as samplers_lib
 from experiments import checkpointing, config_lib, images, sharding
 from experiments import metrics as metrics_lib
@@ -377,15 +377,10 @@ def model_samples(experiment: Experiment, params, batch_stats, sampler_state, ke
 def reconstructions(experiment: Experiment, params, batch_stats, key, x: jax.Array) -> jax.Array:
   """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
   model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
-  z_prev = None
-  for group in range(model.spec.num_groups):
-    logits = model.encode_group(group, x, z_prev, use_running_average=True)
-    if isinstance(logits, tuple):  # Gaussian-integral posterior: (logits, shift logits)
-      logits = logits[0]
-    z = jax.random.bernoulli(jax.random.fold_in(key, group), jax.nn.sigmoid(logits))
-    z = z.astype(jnp.float32)
-    z_prev = z if z_prev is None else jnp.concatenate([z_prev, z], axis=-1)
-  return jax.nn.sigmoid(model.decode(z_prev, use_running_average=True))
+  post = posterior.sample_hierarchy(
+    model, x, key, 1, posterior.bernoulli_group, use_running_average=True
+  )
+  return jax.nn.sigmoid(model.decode(post.zeta[0], use_running_average=True))
 
 
 def make_image_fn(experiment: Experiment):

@@ -116,10 +116,10 @@ def test_forward_pass_matches_numpy_in_eval_and_train_mode():
   want1, _ = _np_mlp(net.encoders[1], np.concatenate([xc, zeta], 1), train=False)
   want_dec, _ = _np_mlp(net.decoder, z6, train=False)
   np.testing.assert_allclose(
-    net.encode_group(0, x, None, use_running_average=True), want0, rtol=1e-5, atol=1e-5
+    net.encode_group(0, x, None, use_running_average=True).logits, want0, rtol=1e-5, atol=1e-5
   )
   np.testing.assert_allclose(
-    net.encode_group(1, x, zeta, use_running_average=True), want1, rtol=1e-5, atol=1e-5
+    net.encode_group(1, x, zeta, use_running_average=True).logits, want1, rtol=1e-5, atol=1e-5
   )
   np.testing.assert_allclose(
     net.decode(jnp.asarray(z6, jnp.float32), use_running_average=True),
@@ -133,7 +133,7 @@ def test_forward_pass_matches_numpy_in_eval_and_train_mode():
   old_var = np.asarray(net.encoders[0].norm[0].var[...])
   net.train()
   want0, stats = _np_mlp(net.encoders[0], xc, train=True)
-  np.testing.assert_allclose(net.encode_group(0, x, None), want0, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(net.encode_group(0, x, None).logits, want0, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(
     net.encoders[0].norm[0].mean[...], 0.8 * old_mean + 0.2 * stats[0][0], rtol=1e-5, atol=1e-5
   )
@@ -142,7 +142,7 @@ def test_forward_pass_matches_numpy_in_eval_and_train_mode():
   )
   net.eval()
   np.testing.assert_allclose(
-    net.encode_group(1, x, zeta),
+    net.encode_group(1, x, zeta).logits,
     _np_mlp(net.encoders[1], np.concatenate([xc, zeta], 1), train=False)[0],
     rtol=1e-5,
     atol=1e-5,
@@ -155,7 +155,7 @@ def test_centering_and_logit_offset_at_initialisation():
   net.eval()
   # Zero biases and unit running statistics: x = mean_x gives zero logits, and ζ = 0 decodes to the
   # offset logit(clip(mean_x, 1e-3, 1 - 1e-3)).
-  np.testing.assert_allclose(net.encode_group(0, mean_x[None], None), 0.0, atol=1e-6)
+  np.testing.assert_allclose(net.encode_group(0, mean_x[None], None).logits, 0.0, atol=1e-6)
   clipped = np.clip(mean_x.astype(np.float64), 1e-3, 1 - 1e-3)
   np.testing.assert_allclose(
     net.decode(jnp.zeros((1, 200)))[0], np.log(clipped / (1 - clipped)), rtol=1e-5, atol=1e-5
@@ -190,7 +190,7 @@ def test_split_merge_roundtrip_and_hierarchy_dependence():
 
   def group3(params, zeta):
     model = nnx.merge(graphdef, params, batch_stats)
-    return jnp.sum(model.encode_group(3, x, zeta, use_running_average=True))
+    return jnp.sum(model.encode_group(3, x, zeta, use_running_average=True).logits)
 
   grad_zeta = jax.grad(group3, argnums=1)(params, zeta)
   chex.assert_tree_all_finite(grad_zeta)

@@ -18,7 +18,7 @@ from flax import nnx
 from scipy import stats
 from scipy.special import expit, logsumexp
 
-from dvae_jax import evaluation, models, objectives, priors, rbm, smoothing
+from dvae_jax import evaluation, models, objectives, posterior, priors, rbm, smoothing
 from dvae_jax.samplers import ais_log_partition, make_prior_sampler
 
 # ---- float64 NumPy references (from the table of MATH.md §1) -------------------------------------
@@ -127,8 +127,8 @@ def _nodes_1d(name, beta):
 )
 def test_relaxed_marginal_integrates_to_one(name, beta):
   # A 1+1 machine; p(ζ) = Z_ζ / Z with both partition functions exact; float64 throughout. The
-  # power function is evaluated at ζ clipped to [δ, 1 − δ] (smoothing.py); with β = 2 in float64 the
-  # mass below δ = 1.1e-16 is δ^{1/2} ≈ 1e-8, below the tolerance.
+  # power function is evaluated at ζ clipped to [δ, 1 − δ] (smoothing/power_function.py); with
+  # β = 2 in float64 the mass below δ = 1.1e-16 is δ^{1/2} ≈ 1e-8, below the tolerance.
   with jax.enable_x64(True):
     cls = SMOOTHINGS[name][0]
     s = cls(beta=beta)
@@ -232,7 +232,7 @@ def test_dvae_pp_kl_equals_exact_kl_for_one_group():
   got = ce - jnp.sum(priors.bernoulli_entropy(lg), -1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
   # The same through discrete_kl with a one-group posterior (b(ζ) = 0 for both DVAE and DVAE++).
-  post = objectives.PosteriorSample(jnp.zeros((1, 5, 6)), lg[None], None, jnp.zeros((1, 5, 6)))
+  post = posterior.PosteriorSample(jnp.zeros((1, 5, 6)), lg[None], None, jnp.zeros((1, 5, 6)))
   for name in ("dvae", "dvae_pp_exp", "dvae_pp_power"):
     kl = objectives.discrete_kl(m, jnp.float32(log_z), post, objectives.get_method(name, 5.0), 1)
     np.testing.assert_allclose(kl[0], want, rtol=1e-5, atol=1e-4)
@@ -722,7 +722,7 @@ def test_ancestral_and_inverse_cdf_samplers_agree_in_expectation():
   compared with 5 standard errors of that difference (sqrt(se_a² + se_b²)). With ~100 coordinates a
   false alarm at 5 SE has probability < 1e-4. Power check (done by hand): β = 30 against β = 20
   gives a max z-score ≈ 5.8 at this n (β = 30 against 10: ≈ 8): a sampler whose law is off by
-  that much is caught; smaller differences are the job of the tests in test_smoothing.py.
+  that much is caught; smaller differences are the job of the tests in tests/smoothing/.
   """
   name = "dvae_sharp"
   net, prior, x, samples = _tiny_setup("rbm")
