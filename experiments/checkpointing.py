@@ -5,15 +5,34 @@ Any pytree (NamedTuples, optax states, ``nnx.State``, typed PRNG keys) is flatte
 freshly initialised state, whose shardings the restored arrays take). Orbax writes each step into a
 temporary folder and renames it when complete, so a crash mid-save leaves the previous checkpoint
 as the latest one.
+
+A checkpoint that fails to restore (damaged files: a disk error, a half-copied workdir) is reported
+and the next older one is tried (:meth:`Checkpointer.restore_newest`). Once an older one restores,
+the newer, unrestorable ones are moved out of the folder into ``DIRECTORY_unrestorable/`` so that
+the resumed run neither overwrites them (it saves the same step numbers again) nor lets orbax's
+``max_to_keep`` delete them: nothing that was not restored is ever overwritten or deleted.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+UNRESTORABLE_SUFFIX = "_unrestorable"
+
+
+class CheckpointRestoreError(RuntimeError):
+  """Checkpoints exist but none of them restores."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (the earlier checkpoints are intact)."""
 
 
 def _flatten(tree: Any) -> tuple[dict[str, jax.Array], Any]:
@@ -54,6 +73,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int):
+    self.directory = pathlib.Path(os.path.abspath(directory))
     self._manager = ocp.CheckpointManager(
       os.path.abspath(directory),
       # Synchronous saves: our states are a few MB, and orbax's asynchronous finalisation raced
@@ -69,10 +89,27 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def step_path(self, step: int) -> pathlib.Path:
+    """The folder of the checkpoint of ``step``."""
+    return self.directory / str(step)
+
   def save(self, step: int, tree: Any) -> None:
-    """Writes ``tree`` at ``step`` (into a temporary folder renamed when complete)."""
+    """Writes ``tree`` at ``step`` (into a temporary folder renamed when complete).
+
+    Raises:
+      CheckpointWriteError: the write failed (full disk, permissions); earlier checkpoints are kept.
+    """
     flat, _ = _flatten(tree)
-    self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
+      self._manager.wait_until_finished()
+    except Exception as err:
+      kept = [s for s in self.all_steps() if s != step]
+      raise CheckpointWriteError(
+        f"could not write the checkpoint of step {step} to {self.directory}: "
+        f"{type(err).__name__}: {err}. The earlier checkpoints ({_steps(kept)}) are intact; fix "
+        "the cause (free space, permissions) and run the same command to resume from the latest."
+      ) from err
 
   def restore(self, step: int, template: Any) -> Any:
     """The tree saved at ``step``, with the structure, dtypes and shardings of ``template``."""
@@ -80,6 +117,67 @@ class Checkpointer:
     abstract = jax.tree.map(_abstract, flat)
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return _unflatten(template, restored)
+
+  def restore_newest(
+    self, template: Any, *, warn: Callable[[str], None] = logging.warning
+  ) -> tuple[int | None, Any]:
+    """The newest checkpoint that restores: ``(step, tree)``, or ``(None, template)`` if none exist.
+
+    Each checkpoint that fails is reported through ``warn`` (its step, path and the error) and the
+    next older one is tried. When one restores, the newer failed ones are moved to
+    ``DIRECTORY_unrestorable/STEP`` (never deleted); when none does, nothing is changed.
+
+    Raises:
+      CheckpointRestoreError: checkpoints exist but none restores; the message says how to go on.
+    """
+    failed = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        tree = self.restore(step, template)
+      except Exception as err:  # orbax / tensorstore raise plain Exceptions for damaged data
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        failed.append((step, reason))
+        warn(
+          f"checkpoint of step {step} ({self.step_path(step)}) could not be restored ({reason}); "
+          "trying the previous one"
+        )
+        continue
+      if failed:
+        self._set_aside([s for s, _ in failed], step, warn)
+      return step, tree
+    if failed:
+      details = "; ".join(f"step {s} ({self.step_path(s)}): {r}" for s, r in failed)
+      workdir = self.directory.parent
+      raise CheckpointRestoreError(
+        f"none of the checkpoints in {self.directory} restores: {details}. Nothing was changed. "
+        f"To start over, move {workdir} aside (or choose another --workdir); to resume, put back "
+        "an intact copy of the checkpoints."
+      )
+    return None, template
+
+  def _set_aside(self, steps: list[int], restored: int, warn: Callable[[str], None]) -> None:
+    """Moves the checkpoints of ``steps`` out of orbax's folder (see the module docstring)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("checkpointing.set_aside")  # every process has restored
+    target = self.directory.with_name(self.directory.name + UNRESTORABLE_SUFFIX)
+    if jax.process_index() == 0:
+      target.mkdir(exist_ok=True)
+      for step in steps:
+        dest, n = target / str(step), 1
+        while dest.exists():  # an earlier fallback kept the same step: keep both
+          dest, n = target / f"{step}.{n}", n + 1
+        os.replace(self.step_path(step), dest)
+        warn(
+          f"resuming from step {restored}; the unrestorable checkpoint of step {step} was moved to "
+          f"{dest} (kept for inspection; delete it when no longer needed)"
+        )
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("checkpointing.set_aside_done")
+    self._manager.reload()
 
   def delete(self, step: int) -> None:
     self._manager.delete(step)
@@ -90,3 +188,7 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _steps(steps: list[int]) -> str:
+  return "steps " + ", ".join(map(str, steps)) if steps else "none"

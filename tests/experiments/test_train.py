@@ -251,13 +251,13 @@ def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, 
     debug_nan_step=5,
   )
   checked = []
-  check = train._check_pending_finite
+  check = train._check_pending
 
-  def recording_check(pending):
+  def recording_check(pending, guard):
     checked.append([step for step, _ in pending])
-    check(pending)
+    check(pending, guard)
 
-  monkeypatch.setattr(train, "_check_pending_finite", recording_check)
+  monkeypatch.setattr(train, "_check_pending", recording_check)
   with pytest.raises(
     train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
   ):
