@@ -154,6 +154,8 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
     if config.prior == "rbm":
       assert 0 < row["sampler/ess"] <= config.num_prior_samples and "sampler/log_z" in row
   assert train_rows[0]["kappa"] == 0.0 and train_rows[-1]["kappa"] > 0
+  assert not any({"finite", "guard"} & row.keys() for row in rows)  # flags are read, not logged
+  assert not (tmp_path / "lock").exists()  # the workdir lock is released at the end
   if config.prior == "rbm":
     # Each evaluation re-anchors the sampler's tracked log Z to the AIS estimate (and logs the drift
     # it removed): the next step starts from the AIS value plus that step's increment.
