@@ -135,7 +135,7 @@ class Checkpointer:
       try:
         tree = self.restore(step, template)
       except Exception as err:  # orbax / tensorstore raise plain Exceptions for damaged data
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        reason = _first_line(err)
         failed.append((step, reason))
         warn(
           f"checkpoint of step {step} ({self.step_path(step)}) could not be restored ({reason}); "
@@ -188,6 +188,12 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _first_line(err: Exception) -> str:
+  """``Type: first line of the message``, without TensorStore's long spec dump."""
+  text = (str(err).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  return f"{type(err).__name__}: {text[:300]}"
 
 
 def _steps(steps: list[int]) -> str:

@@ -9,6 +9,7 @@ of the config can be overridden with ``--config.KEY=VALUE``. Multi-host: pass
 (``jax.distributed.initialize``); only process 0 writes metrics, images and results.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -79,6 +80,13 @@ def main(argv):
     sys.exit(preemption.EXIT_CODE)
   except user_errors as err:
     sys.exit(f"error: {err}")
+  except OSError as err:  # a read or write of a workdir file failed (disk full, read-only, ...)
+    if not (err.filename and os.path.abspath(err.filename).startswith(os.path.abspath(workdir))):
+      raise
+    sys.exit(
+      f"error: {err}. The run stopped; what was written before (checkpoints, metrics) is intact. "
+      "Fix the cause (free space, permissions) and run the same command to resume."
+    )
 
 
 def _config_name() -> str:

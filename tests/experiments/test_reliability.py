@@ -209,6 +209,15 @@ def test_unwritable_workdir_is_found_before_training(data_dir, tmp_path):
   assert f"workdir {tmp_path / 'file' / 'w'} cannot be written" in error_paragraph(proc)
 
 
+def test_failed_io_in_the_workdir_is_one_paragraph(data_dir, tmp_path):
+  """A workdir file that cannot be used (here metrics.jsonl is a folder) stops the run with its
+  path and the error, no traceback."""
+  (tmp_path / metrics.METRICS_FILE).mkdir()
+  message = error_paragraph(run_cli(tmp_path, data_dir))
+  assert f"Is a directory: '{tmp_path / metrics.METRICS_FILE}'" in message
+  assert "what was written before (checkpoints, metrics) is intact" in message
+
+
 def test_second_signal_aborts_at_once(tmp_path):
   """The process signals itself twice: the first requests a stop, the second aborts (128 + 15)
   while the main thread is busy, instead of waiting for the (60 s) work to end."""
