@@ -14,7 +14,14 @@ import subprocess
 import sys
 
 import pytest
-from test_train import REPO, assert_rows_close, cli_overrides, subprocess_env, tiny_config
+from test_train import (
+  REPO,
+  assert_rows_close,
+  cli_overrides,
+  run_two_processes,
+  subprocess_env,
+  tiny_config,
+)
 
 from experiments import checkpointing, metrics, preemption, train, workdir_lock
 
@@ -239,3 +246,26 @@ def test_second_signal_aborts_at_once(tmp_path):
   assert proc.stdout == "first handled\n"
   assert "received SIGTERM: finishing the current step" in proc.stderr
   assert "received SIGTERM again: aborting at once" in proc.stderr
+
+
+@pytest.mark.slow
+def test_multi_host_sigterm_stops_every_process_at_one_step_and_resumes(data_dir, tmp_path):
+  """Two processes (2 CPU devices each) get SIGTERM after step 5: they agree on the stop step,
+  checkpoint it together, exit 75, and the same commands resume to the one-process run."""
+  overrides = {"num_steps": 6, "checkpoint_every": 4, "eval_every": 3}
+  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
+  workdir = tmp_path / "two"
+  stopped = run_two_processes(workdir, data_dir, tmp_path, **overrides, debug_signal_step=5)
+  for code, _, err in stopped:
+    assert code == preemption.EXIT_CODE, err[-3000:]
+    assert "stopped by SIGTERM after step 5" in err
+  assert checkpointing.Checkpointer(workdir / "checkpoints", 2).all_steps() == [4, 5]
+  resumed = run_two_processes(workdir, data_dir, tmp_path, **overrides, debug_signal_step=5)
+  for code, _, err in resumed:
+    assert code == 0, err[-3000:]
+  assert "resuming" in resumed[0][1]
+  assert_rows_close(
+    metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(workdir), rtol=2e-5
+  )
+  two = json.loads((workdir / "results.json").read_text())
+  assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
