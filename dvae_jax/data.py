@@ -387,6 +387,14 @@ def _npz_spec(filename: str) -> tuple[str, dict[str, tuple[tuple[int, int], str]
   return _NPZ_IMAGES.get(filename)
 
 
+def _is_binary(x: np.ndarray) -> bool:
+  if x.dtype.kind in "bu":
+    return x.size == 0 or x.max() <= 1
+  if x.dtype.kind == "i":
+    return x.size == 0 or (x.min() >= 0 and x.max() <= 1)
+  return bool(np.all((x == 0) | (x == 1)))
+
+
 def _array_problem(x: np.ndarray, kind: str) -> str | None:
   """What is wrong with an image array of ``kind`` ('binary' {0, 1} or 'grey' uint8), or None."""
   if kind == "grey" and x.dtype != np.uint8:
@@ -395,7 +403,7 @@ def _array_problem(x: np.ndarray, kind: str) -> str | None:
     return f"has dtype {x.dtype}; expected uint8 pixels"
   if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != NUM_PIXELS:
     return f"has shape {x.shape}; expected [n, {NUM_PIXELS}] images (n >= 1)"
-  if kind == "binary" and not np.isin(x, (0, 1)).all():
+  if kind == "binary" and not _is_binary(x):
     return f"holds values other than 0 and 1 (range {x.min()}..{x.max()})"
   return None
 
