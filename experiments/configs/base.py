@@ -60,8 +60,9 @@ def get_config() -> config_dict.ConfigDict:
   c.num_image_samples = 64  # Model samples / reconstructions in each PNG grid.
 
   # Divergence guard (experiments/guards.py; README "Reliability"): the run stops, naming the step,
-  # the term and its value, when a value leaves the range of healthy runs (largest seen: loss 314,
-  # log Z 220, gradient norm ~100; BUILD_NOTES.md, issue 15). Each limit may be inf (no check).
+  # the term and its value, when a value leaves the range of healthy runs (largest seen: -ELBO 451,
+  # log Z 290, gradient norm 71; benchmarks/healthy_ranges.py, BUILD_NOTES.md issue 15). Each limit
+  # may be inf (no check).
   c.guard_max_nats = 1e4  # |training loss / -ELBO| and validation NLL, nats per example.
   c.guard_max_log_z = 1e4  # |log Z| of the RBM prior (sampler's tracked value and AIS).
   c.guard_max_grad_norm = 1e4  # Gradient norm limit ...
