@@ -6,15 +6,20 @@ freshly initialised state, whose shardings the restored arrays take). Orbax writ
 temporary folder and renames it when complete, so a crash mid-save leaves the previous checkpoint
 as the latest one.
 
-A checkpoint that fails to restore (damaged files: a disk error, a half-copied workdir) is reported
-and the next older one is tried (:meth:`Checkpointer.restore_newest`). Once an older one restores,
-the newer, unrestorable ones are moved out of the folder into ``DIRECTORY_unrestorable/`` so that
-the resumed run neither overwrites them (it saves the same step numbers again) nor lets orbax's
-``max_to_keep`` delete them: nothing that was not restored is ever overwritten or deleted.
+Each saved step also gets ``CHECKSUMS_FILE``: the size and MD5 of every file orbax wrote. A
+checkpoint whose files no longer match it (a disk error, a half-copied workdir: damage orbax may
+not notice at all, or notices mid-restore with a burst of asyncio tracebacks) or that fails to
+restore is reported, and the next older one is tried (:meth:`Checkpointer.restore_newest`). Once an
+older one restores, the newer, unrestorable ones are moved out of the folder into
+``DIRECTORY_unrestorable/`` so that the resumed run neither overwrites them (it saves the same step
+numbers again) nor lets orbax's ``max_to_keep`` delete them: nothing that was not restored is ever
+overwritten or deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 from collections.abc import Callable
@@ -25,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 UNRESTORABLE_SUFFIX = "_unrestorable"
+CHECKSUMS_FILE = "dvae_checksums.json"
 
 
 class CheckpointRestoreError(RuntimeError):
@@ -103,6 +109,8 @@ class Checkpointer:
     try:
       self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
       self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        write_checksums(self.step_path(step))
     except Exception as err:
       kept = [s for s in self.all_steps() if s != step]
       raise CheckpointWriteError(
@@ -132,10 +140,13 @@ class Checkpointer:
     """
     failed = []
     for step in sorted(self.all_steps(), reverse=True):
-      try:
-        tree = self.restore(step, template)
-      except Exception as err:  # orbax / tensorstore raise plain Exceptions for damaged data
-        reason = _first_line(err)
+      reason = find_damage(self.step_path(step))
+      if reason is None:
+        try:
+          tree = self.restore(step, template)
+        except Exception as err:  # orbax / tensorstore raise plain Exceptions for damaged data
+          reason = _first_line(err)
+      if reason is not None:
         failed.append((step, reason))
         warn(
           f"checkpoint of step {step} ({self.step_path(step)}) could not be restored ({reason}); "
@@ -188,6 +199,47 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _md5(path: pathlib.Path) -> str:
+  digest = hashlib.md5()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_checksums(step_dir: pathlib.Path) -> None:
+  """Records the size and MD5 of every file of a saved checkpoint (atomically)."""
+  files = {
+    str(p.relative_to(step_dir)): [p.stat().st_size, _md5(p)]
+    for p in sorted(step_dir.rglob("*"))
+    if p.is_file() and not p.name.startswith(CHECKSUMS_FILE)
+  }
+  tmp = step_dir / f"{CHECKSUMS_FILE}.tmp"
+  tmp.write_text(json.dumps({"files": files}, indent=0))
+  os.replace(tmp, step_dir / CHECKSUMS_FILE)
+
+
+def find_damage(step_dir: pathlib.Path) -> str | None:
+  """What differs in a checkpoint's files from ``CHECKSUMS_FILE``; None when they match (or when
+  there is no record: a checkpoint written before records existed, or a save cut off in between)."""
+  record = step_dir / CHECKSUMS_FILE
+  if not record.exists():
+    return None
+  try:
+    files = json.loads(record.read_text())["files"]
+  except (OSError, ValueError, KeyError) as err:
+    return f"its checksum record {record} is unreadable ({type(err).__name__}: {err})"
+  for name, (size, md5) in files.items():
+    path = step_dir / name
+    if not path.is_file():
+      return f"{path} is missing"
+    if path.stat().st_size != size:
+      return f"{path} has {path.stat().st_size} bytes, {size} when written"
+    if _md5(path) != md5:
+      return f"{path} differs from what was written (md5 {_md5(path)}, written {md5})"
+  return None
 
 
 def _first_line(err: Exception) -> str:

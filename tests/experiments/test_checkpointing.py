@@ -153,3 +153,28 @@ def test_failed_write_is_reported_and_keeps_the_earlier_checkpoints(tmp_path, mo
   assert ckpt.all_steps() == [2]
   np.testing.assert_array_equal(ckpt.restore(2, {"w": jnp.zeros((4,))})["w"], 2.0)
   ckpt.close()
+
+
+def test_silent_damage_is_caught_by_the_checksums_and_orbax_errors_still_count(tmp_path):
+  """A flipped bit in the array data restores through orbax without any error, as wrong numbers;
+  the checksum record written at save time catches it. Without a record (checkpoints written before
+  records existed) orbax's own error is what counts."""
+  ckpt = checkpointing.Checkpointer(tmp_path / "c", max_to_keep=3)
+  for step in (2, 4, 6):
+    ckpt.save(step, {"w": jnp.arange(10_000, dtype=jnp.float32) + step})
+  data_files = [p for p in (tmp_path / "c" / "6").rglob("*") if p.parent.name == "d"]
+  biggest = max(data_files, key=lambda p: p.stat().st_size)
+  raw = bytearray(biggest.read_bytes())
+  raw[len(raw) // 2] ^= 0x40
+  biggest.write_bytes(bytes(raw))
+  template = {"w": jnp.zeros((10_000,))}
+  assert not np.array_equal(ckpt.restore(6, template)["w"], np.arange(10_000) + 6.0)  # silently
+  assert "differs from what was written (md5" in checkpointing.find_damage(tmp_path / "c" / "6")
+  _damage(tmp_path / "c" / "4")
+  (tmp_path / "c" / "4" / checkpointing.CHECKSUMS_FILE).unlink()
+  warnings = []
+  step, tree = ckpt.restore_newest(template, warn=warnings.append)
+  assert step == 2 and np.array_equal(tree["w"], np.arange(10_000) + 2.0)
+  assert f"({biggest} differs from what was written" in warnings[0]
+  assert "could not be restored (ValueError: OUT_OF_RANGE" in warnings[1]  # orbax's own error
+  ckpt.close()
