@@ -254,10 +254,9 @@ def _binarize_once(probs: np.ndarray, seed: int, stream: int) -> np.ndarray:
 
 def _check_binary(name: str, split: str, x: np.ndarray) -> np.ndarray:
   x = np.asarray(x)
-  if x.ndim != 2 or x.shape[1] != NUM_PIXELS:
-    raise ValueError(f"{name} {split}: expected [n, {NUM_PIXELS}] images, got shape {x.shape}")
-  if x.size and (x.min() < 0 or x.max() > 1 or (x.dtype.kind == "f" and (x != np.round(x)).any())):
-    raise ValueError(f"{name} {split}: expected binary pixels in {{0, 1}}")
+  problem = _array_problem(x, "binary")
+  if problem:
+    raise ValueError(f"{name} {split}: the array {problem}")
   return np.ascontiguousarray(x, dtype=np.uint8)
 
 
