@@ -73,6 +73,8 @@ def stop_requested(at_sync: bool = True) -> bool:
 def debug_signal(step: int, signal_step: int) -> None:
   """Test hook (config ``debug_signal_step``): the run sends itself SIGTERM after step ``step``."""
   if signal_step > 0 and step == signal_step:
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+      raise RuntimeError("debug_signal_step needs stop_on_signals (the command line installs it)")
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -35,6 +35,11 @@ def test_first_signal_requests_a_stop_and_handlers_are_restored(signum):
   assert not preemption.stop_requested()  # the flag belongs to the block
 
 
+def test_debug_signal_hook_refuses_to_kill_an_unprotected_process():
+  with pytest.raises(RuntimeError, match="needs stop_on_signals"):
+    preemption.debug_signal(4, 4)
+
+
 def test_debug_signal_hook_fires_at_its_step_only():
   with preemption.stop_on_signals(stream=io.StringIO()):
     preemption.debug_signal(3, 4)
