@@ -25,6 +25,12 @@ Binarized MNIST missing everywhere is downloaded from the original URL into the 
 location (1 or 2) or else the cache, unless downloads are forbidden (``allow_download=False`` or
 ``DVAE_JAX_OFFLINE=1``). Every file is written atomically (temporary file + ``os.replace``) and the
 pixels are checked against the known MD5 sums before anything is kept.
+
+Every file found is checked before use (:func:`check_npz` for the ``.npz`` forms: archive
+structure, array names, shapes, dtypes, values in {0, 1} for binary sets, and the published
+content MD5 for arrays of the published shapes; the parsers check the ``.amat`` / ``.mat`` forms). A
+bad file raises :class:`DataFileError`, one paragraph naming the file, what is wrong and how to
+replace it, and the search stops there: a damaged file is never passed over for another one.
 """
 
 from __future__ import annotations
@@ -91,6 +97,10 @@ _HOW_TO_PROVIDE = {
 
 class DataNotFoundError(FileNotFoundError):
   """No location holds the files of a dataset (and downloading was impossible or forbidden)."""
+
+
+class DataFileError(ValueError):
+  """A dataset file exists but cannot be used (unreadable, wrong arrays, shapes, values or MD5)."""
 
 
 class Dataset(NamedTuple):
@@ -189,7 +199,7 @@ def load_dataset(
   for folder, _ in searched:
     found = _find_files(name, folder)
     if found is not None:
-      return _LOADERS[name](found, binarization_seed)
+      return _load_checked(name, found, binarization_seed)
   if name == "binarized_mnist" and downloads_allowed(allow_download):
     target = searched[0][0] if (data_dir or os.environ.get(DATA_DIR_ENV)) else cache_dir()
     try:
@@ -244,10 +254,9 @@ def _binarize_once(probs: np.ndarray, seed: int, stream: int) -> np.ndarray:
 
 def _check_binary(name: str, split: str, x: np.ndarray) -> np.ndarray:
   x = np.asarray(x)
-  if x.ndim != 2 or x.shape[1] != NUM_PIXELS:
-    raise ValueError(f"{name} {split}: expected [n, {NUM_PIXELS}] images, got shape {x.shape}")
-  if x.size and (x.min() < 0 or x.max() > 1 or (x.dtype.kind == "f" and (x != np.round(x)).any())):
-    raise ValueError(f"{name} {split}: expected binary pixels in {{0, 1}}")
+  problem = _array_problem(x, "binary")
+  if problem:
+    raise ValueError(f"{name} {split}: the array {problem}")
   return np.ascontiguousarray(x, dtype=np.uint8)
 
 
@@ -337,6 +346,135 @@ _LOADERS: dict[str, Callable[[list[pathlib.Path], int], Dataset]] = {
   "omniglot": _load_omniglot,
   "caltech101_silhouettes": _load_caltech,
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of the files found.
+
+# MD5 of the published files as distributed (shared/data/MD5SUMS), quoted in error messages so
+# that a replacement can be verified with md5sum. The loader checks the arrays' content MD5 instead
+# (below), which does not depend on how the archive was written.
+PUBLISHED_FILE_MD5 = {
+  "binarized_mnist.npz": "6a167d58bf86f02bdbe2f558ff907ce0",
+  "caltech101_silhouettes_28.npz": "4452c5335b88e3efea33d5c83c3c5fcd",
+  "omniglot_28x28_rebuilt.npz": "14e5e79d1879952d64151403605cc304",
+}
+# The image arrays of each .npz form: (pixel kind, {array: (published shape, MD5 of its uint8
+# bytes)}). Binarized MNIST's entries come from MNIST_SPLITS / MNIST_MD5 (see _npz_spec).
+_NPZ_IMAGES = {
+  "caltech101_silhouettes_28.npz": (
+    "binary",
+    {
+      "train": ((4100, NUM_PIXELS), "bbbab85396cbe456fb248038690f93a6"),
+      "valid": ((2264, NUM_PIXELS), "23edf155ca2bad268a36e717e6d0021c"),
+      "test": ((2307, NUM_PIXELS), "6767d681a2ba8ecc486563b1fdb40d6c"),
+    },
+  ),
+  "omniglot_28x28_rebuilt.npz": (
+    "grey",
+    {
+      "train": ((24345, NUM_PIXELS), "0b6966faeb2891fa0f357939e8886415"),
+      "test": ((8115, NUM_PIXELS), "cb9222d4942388f97e3673977ac26a9c"),
+    },
+  ),
+}
+
+
+def _npz_spec(filename: str) -> tuple[str, dict[str, tuple[tuple[int, int], str]]] | None:
+  if filename == "binarized_mnist.npz":
+    return "binary", {s: ((n, NUM_PIXELS), MNIST_MD5[s]) for s, n in MNIST_SPLITS.items()}
+  return _NPZ_IMAGES.get(filename)
+
+
+def _is_binary(x: np.ndarray) -> bool:
+  if x.dtype.kind in "bu":
+    return x.size == 0 or x.max() <= 1
+  if x.dtype.kind == "i":
+    return x.size == 0 or (x.min() >= 0 and x.max() <= 1)
+  return bool(np.all((x == 0) | (x == 1)))
+
+
+def _array_problem(x: np.ndarray, kind: str) -> str | None:
+  """What is wrong with an image array of ``kind`` ('binary' {0, 1} or 'grey' uint8), or None."""
+  if kind == "grey" and x.dtype != np.uint8:
+    return f"has dtype {x.dtype}; expected uint8 grey values 0..255"
+  if x.dtype.kind not in "biuf":
+    return f"has dtype {x.dtype}; expected uint8 pixels"
+  if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != NUM_PIXELS:
+    return f"has shape {x.shape}; expected [n, {NUM_PIXELS}] images (n >= 1)"
+  if kind == "binary" and not _is_binary(x):
+    return f"holds values other than 0 and 1 (range {x.min()}..{x.max()})"
+  return None
+
+
+def check_npz(path: str | os.PathLike) -> None:
+  """Checks a dataset ``.npz`` (one of the names of :data:`DATA_FILES`) before it is loaded.
+
+  The archive must open (no pickles), hold its image arrays with a numeric dtype (uint8 for the
+  grey OMNIGLOT stand-in), shape [n, 784] and, for binary sets, values in {0, 1}. An array of the
+  published shape must have the published content (MD5 of its uint8 bytes); arrays of other shapes
+  are taken as the user's own data.
+
+  Raises:
+    DataFileError: what is wrong, naming the file and how to replace it.
+  """
+  path = pathlib.Path(path)
+  name = next(n for n, files in DATA_FILES.items() if path.name in files)
+  kind, images = _npz_spec(path.name)  # a name of DATA_FILES ending in .npz
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in images if k not in f.files]
+      if missing:
+        raise DataFileError(
+          bad_file_message(name, [path], f"it lacks the arrays {missing} (it has {f.files})")
+        )
+      for key, (shape, md5) in images.items():
+        x = f[key]
+        problem = _array_problem(x, kind)
+        if problem is None and x.shape == shape:
+          digest = hashlib.md5(np.ascontiguousarray(x, np.uint8).tobytes()).hexdigest()
+          if digest != md5:
+            problem = (
+              f"has the published shape {shape} but not the published data (md5 {digest}, "
+              f"expected {md5})"
+            )
+        if problem:
+          raise DataFileError(bad_file_message(name, [path], f"array {key!r} {problem}"))
+  except DataFileError:
+    raise
+  except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, ...
+    raise DataFileError(
+      bad_file_message(name, [path], f"it cannot be read ({type(err).__name__}: {err})")
+    ) from err
+
+
+def bad_file_message(name: str, paths: Sequence[pathlib.Path], problem: str) -> str:
+  """One paragraph: which file is bad, what is wrong, that the search stopped, how to replace it."""
+  files = " / ".join(map(str, paths))
+  published = "".join(
+    f"; the published {p.name} has md5 {PUBLISHED_FILE_MD5[p.name]} (check with md5sum)"
+    for p in paths
+    if p.name in PUBLISHED_FILE_MD5
+  )
+  download = "; or delete it to have it downloaded again" if name == "binarized_mnist" else ""
+  return " ".join(
+    f"data file {files} ({name}) is unusable: {problem}. Loading stopped there (other folders and "
+    "file forms are not tried, so that a damaged file is never passed over silently). Replace it "
+    f"with a good copy: {_HOW_TO_PROVIDE[name]}{published}{download}.".split()
+  )
+
+
+def _load_checked(name: str, paths: list[pathlib.Path], seed: int) -> Dataset:
+  """``_LOADERS[name]`` after :func:`check_npz`; any failure to read becomes a DataFileError."""
+  try:
+    for path in paths:
+      if _npz_spec(path.name) is not None:
+        check_npz(path)
+    return _LOADERS[name](paths, seed)
+  except DataFileError:
+    raise
+  except Exception as err:  # the .amat / .mat parsers' and readers' errors
+    raise DataFileError(bad_file_message(name, paths, f"{type(err).__name__}: {err}")) from err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,15 +5,40 @@ Any pytree (NamedTuples, optax states, ``nnx.State``, typed PRNG keys) is flatte
 freshly initialised state, whose shardings the restored arrays take). Orbax writes each step into a
 temporary folder and renames it when complete, so a crash mid-save leaves the previous checkpoint
 as the latest one.
+
+Each saved step also gets ``CHECKSUMS_FILE``: the size and MD5 of every file orbax wrote. A
+checkpoint whose files no longer match it (a disk error, a half-copied workdir: damage orbax may
+not notice at all, or notices mid-restore with a burst of asyncio tracebacks) or that fails to
+restore is reported, and the next older one is tried (:meth:`Checkpointer.restore_newest`). Once an
+older one restores, the newer, unrestorable ones are moved out of the folder into
+``DIRECTORY_unrestorable/`` so that the resumed run neither overwrites them (it saves the same step
+numbers again) nor lets orbax's ``max_to_keep`` delete them: nothing that was not restored is ever
+overwritten or deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+UNRESTORABLE_SUFFIX = "_unrestorable"
+CHECKSUMS_FILE = "dvae_checksums.json"
+
+
+class CheckpointRestoreError(RuntimeError):
+  """Checkpoints exist but none of them restores."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (the earlier checkpoints are intact)."""
 
 
 def _flatten(tree: Any) -> tuple[dict[str, jax.Array], Any]:
@@ -54,6 +79,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int):
+    self.directory = pathlib.Path(os.path.abspath(directory))
     self._manager = ocp.CheckpointManager(
       os.path.abspath(directory),
       # Synchronous saves: our states are a few MB, and orbax's asynchronous finalisation raced
@@ -69,10 +95,29 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def step_path(self, step: int) -> pathlib.Path:
+    """The folder of the checkpoint of ``step``."""
+    return self.directory / str(step)
+
   def save(self, step: int, tree: Any) -> None:
-    """Writes ``tree`` at ``step`` (into a temporary folder renamed when complete)."""
+    """Writes ``tree`` at ``step`` (into a temporary folder renamed when complete).
+
+    Raises:
+      CheckpointWriteError: the write failed (full disk, permissions); earlier checkpoints are kept.
+    """
     flat, _ = _flatten(tree)
-    self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
+      self._manager.wait_until_finished()
+      if jax.process_index() == 0:
+        write_checksums(self.step_path(step))
+    except Exception as err:
+      kept = [s for s in self.all_steps() if s != step]
+      raise CheckpointWriteError(
+        f"could not write the checkpoint of step {step} to {self.directory}: "
+        f"{type(err).__name__}: {err}. The earlier checkpoints ({_steps(kept)}) are intact; fix "
+        "the cause (free space, permissions) and run the same command to resume from the latest."
+      ) from err
 
   def restore(self, step: int, template: Any) -> Any:
     """The tree saved at ``step``, with the structure, dtypes and shardings of ``template``."""
@@ -80,6 +125,70 @@ class Checkpointer:
     abstract = jax.tree.map(_abstract, flat)
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     return _unflatten(template, restored)
+
+  def restore_newest(
+    self, template: Any, *, warn: Callable[[str], None] = logging.warning
+  ) -> tuple[int | None, Any]:
+    """The newest checkpoint that restores: ``(step, tree)``, or ``(None, template)`` if none exist.
+
+    Each checkpoint that fails is reported through ``warn`` (its step, path and the error) and the
+    next older one is tried. When one restores, the newer failed ones are moved to
+    ``DIRECTORY_unrestorable/STEP`` (never deleted); when none does, nothing is changed.
+
+    Raises:
+      CheckpointRestoreError: checkpoints exist but none restores; the message says how to go on.
+    """
+    failed = []
+    for step in sorted(self.all_steps(), reverse=True):
+      reason = find_damage(self.step_path(step))
+      if reason is None:
+        try:
+          tree = self.restore(step, template)
+        except Exception as err:  # orbax / tensorstore raise plain Exceptions for damaged data
+          reason = _first_line(err)
+      if reason is not None:
+        failed.append((step, reason))
+        warn(
+          f"checkpoint of step {step} ({self.step_path(step)}) could not be restored ({reason}); "
+          "trying the previous one"
+        )
+        continue
+      if failed:
+        self._set_aside([s for s, _ in failed], step, warn)
+      return step, tree
+    if failed:
+      details = "; ".join(f"step {s} ({self.step_path(s)}): {r}" for s, r in failed)
+      workdir = self.directory.parent
+      raise CheckpointRestoreError(
+        f"none of the checkpoints in {self.directory} restores: {details}. Nothing was changed. "
+        f"To start over, move {workdir} aside (or choose another --workdir); to resume, put back "
+        "an intact copy of the checkpoints."
+      )
+    return None, template
+
+  def _set_aside(self, steps: list[int], restored: int, warn: Callable[[str], None]) -> None:
+    """Moves the checkpoints of ``steps`` out of orbax's folder (see the module docstring)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("checkpointing.set_aside")  # every process has restored
+    target = self.directory.with_name(self.directory.name + UNRESTORABLE_SUFFIX)
+    if jax.process_index() == 0:
+      target.mkdir(exist_ok=True)
+      for step in steps:
+        dest, n = target / str(step), 1
+        while dest.exists():  # an earlier fallback kept the same step: keep both
+          dest, n = target / f"{step}.{n}", n + 1
+        os.replace(self.step_path(step), dest)
+        warn(
+          f"resuming from step {restored}; the unrestorable checkpoint of step {step} was moved to "
+          f"{dest} (kept for inspection; delete it when no longer needed)"
+        )
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("checkpointing.set_aside_done")
+    self._manager.reload()
 
   def delete(self, step: int) -> None:
     self._manager.delete(step)
@@ -90,3 +199,54 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _md5(path: pathlib.Path) -> str:
+  digest = hashlib.md5()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def write_checksums(step_dir: pathlib.Path) -> None:
+  """Records the size and MD5 of every file of a saved checkpoint (atomically)."""
+  files = {
+    str(p.relative_to(step_dir)): [p.stat().st_size, _md5(p)]
+    for p in sorted(step_dir.rglob("*"))
+    if p.is_file() and not p.name.startswith(CHECKSUMS_FILE)
+  }
+  tmp = step_dir / f"{CHECKSUMS_FILE}.tmp"
+  tmp.write_text(json.dumps({"files": files}, indent=0))
+  os.replace(tmp, step_dir / CHECKSUMS_FILE)
+
+
+def find_damage(step_dir: pathlib.Path) -> str | None:
+  """What differs in a checkpoint's files from ``CHECKSUMS_FILE``; None when they match (or when
+  there is no record: a checkpoint written before records existed, or a save cut off in between)."""
+  record = step_dir / CHECKSUMS_FILE
+  if not record.exists():
+    return None
+  try:
+    files = json.loads(record.read_text())["files"]
+  except (OSError, ValueError, KeyError) as err:
+    return f"its checksum record {record} is unreadable ({type(err).__name__}: {err})"
+  for name, (size, md5) in files.items():
+    path = step_dir / name
+    if not path.is_file():
+      return f"{path} is missing"
+    if path.stat().st_size != size:
+      return f"{path} has {path.stat().st_size} bytes, {size} when written"
+    if _md5(path) != md5:
+      return f"{path} differs from what was written (md5 {_md5(path)}, written {md5})"
+  return None
+
+
+def _first_line(err: Exception) -> str:
+  """``Type: first line of the message``, without TensorStore's long spec dump."""
+  text = (str(err).splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  return f"{type(err).__name__}: {text[:300]}"
+
+
+def _steps(steps: list[int]) -> str:
+  return "steps " + ", ".join(map(str, steps)) if steps else "none"

@@ -112,8 +112,15 @@ _MINIMUM = {
   "max_checkpoints": 1,
   "num_image_samples": 1,
   "seed": 0,
+  "guard_grad_norm_steps": 1,
 }
-_POSITIVE = ("learning_rate", "adam_eps")
+_POSITIVE = (
+  "learning_rate",
+  "adam_eps",
+  "guard_max_nats",
+  "guard_max_log_z",
+  "guard_max_grad_norm",
+)
 _NON_NEGATIVE = ("weight_decay", "kl_warmup_fraction")
 _CHOICES = {
   "method": METHODS,

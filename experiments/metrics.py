@@ -37,11 +37,20 @@ def to_python(value: Any) -> Any:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-  """All rows of ``workdir/metrics.jsonl``."""
+  """All rows of ``workdir/metrics.jsonl``; an incomplete last line (a write cut off by a crash or a
+  full disk) is dropped."""
   path = pathlib.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise
+  return rows
 
 
 class MetricsWriter:

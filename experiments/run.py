@@ -9,6 +9,7 @@ of the config can be overridden with ``--config.KEY=VALUE``. Multi-host: pass
 (``jax.distributed.initialize``); only process 0 writes metrics, images and results.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -54,14 +55,38 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
   from dvae_jax import data as data_lib
-  from experiments import train  # after jax.distributed.initialize
+  from experiments import checkpointing, guards, preemption, train, workdir_lock
 
   workdir = _WORKDIR.value or f"runs/{_config_name()}"
   print(f"workdir: {workdir}", flush=True)
+  # Failures that are the user's to fix get one message and exit code 1, never a traceback
+  # (README "Reliability"); a signal exits with preemption.EXIT_CODE after checkpointing.
+  user_errors = (
+    data_lib.DataNotFoundError,
+    data_lib.DataFileError,
+    train.NonFiniteLossError,
+    train.WorkdirConfigError,
+    guards.DivergenceError,
+    checkpointing.CheckpointRestoreError,
+    checkpointing.CheckpointWriteError,
+    workdir_lock.WorkdirBusyError,
+    workdir_lock.WorkdirError,
+  )
   try:
-    train.train_and_evaluate(config, workdir)
-  except (data_lib.DataNotFoundError, train.NonFiniteLossError, train.WorkdirConfigError) as err:
+    with preemption.stop_on_signals():
+      train.train_and_evaluate(config, workdir)
+  except preemption.Preempted as stopped:
+    print(str(stopped), file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
+  except user_errors as err:
     sys.exit(f"error: {err}")
+  except OSError as err:  # a read or write of a workdir file failed (disk full, read-only, ...)
+    if not (err.filename and os.path.abspath(err.filename).startswith(os.path.abspath(workdir))):
+      raise
+    sys.exit(
+      f"error: {err}. The run stopped; what was written before (checkpoints, metrics) is intact. "
+      "Fix the cause (free space, permissions) and run the same command to resume."
+    )
 
 
 def _config_name() -> str:

@@ -35,7 +35,15 @@ from ml_collections import config_dict
 from dvae_jax import data as data_lib
 from dvae_jax import evaluation, models, objectives, optim, posterior, priors
 from dvae_jax import samplers as samplers_lib
-from experiments import checkpointing, config_lib, images, sharding
+from experiments import (
+  checkpointing,
+  config_lib,
+  guards,
+  images,
+  preemption,
+  sharding,
+  workdir_lock,
+)
 from experiments import metrics as metrics_lib
 from experiments.configs import base as base_config
 
@@ -46,7 +54,16 @@ LR_MULTIPLIERS = (0.1, 1.0, 1.0 / 3.0, 0.1, 9.1e-5 / 3e-3)
 
 # Keys whose change does not alter the trajectory of a run; any other difference between a workdir's
 # config and the requested one refuses to resume.
-_RESUMABLE_DIFFERENCES = ("data_dir",)
+_RESUMABLE_DIFFERENCES = (
+  "data_dir",
+  "guard_max_nats",
+  "guard_max_log_z",
+  "guard_max_grad_norm",
+  "guard_grad_norm_steps",
+  "debug_signal_step",
+)
+# Per-step flags of the train step's metrics, read by the guards and never logged.
+_FLAG_KEYS = ("finite", "guard")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -241,6 +258,7 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     metrics["finite"] = jnp.all(
       jnp.array([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)])
     )
+    metrics["guard"] = guards.step_flags(metrics, config)  # the divergence guard's flag bits
     new_state = TrainState(
       step=state.step + 1,
       params=params,
@@ -439,7 +457,7 @@ def initial_record(
 
 
 def _check_finite(step: int, metrics_host: dict) -> None:
-  bad = [k for k, v in metrics_host.items() if k != "finite" and not np.all(np.isfinite(v))]
+  bad = [k for k, v in metrics_host.items() if k not in _FLAG_KEYS and not np.all(np.isfinite(v))]
   named = ", ".join(f"{k}={np.asarray(metrics_host[k]).item()}" for k in bad) or "(none named)"
   raise NonFiniteLossError(
     f"non-finite value at training step {step}: {named}. Training stopped; the last good "
@@ -447,11 +465,13 @@ def _check_finite(step: int, metrics_host: dict) -> None:
   )
 
 
-def _check_pending_finite(pending: list[tuple[int, dict]]) -> None:
-  """Raises NonFiniteLossError for the first (step, metrics) pair holding a non-finite value."""
+def _check_pending(pending: list[tuple[int, dict]], guard: guards.DivergenceGuard) -> None:
+  """Raises NonFiniteLossError / guards.DivergenceError for the first (step, metrics) pair holding
+  a non-finite value / a diverged one."""
   for step, metrics in pending:
     if not bool(sharding.to_host(metrics["finite"])):
       _check_finite(step, {k: sharding.to_host(v) for k, v in metrics.items()})
+    guard.observe(step, metrics)
 
 
 def eval_subset(x: np.ndarray, num: int) -> np.ndarray:
@@ -491,22 +511,36 @@ def _check_resumable(workdir: pathlib.Path, config) -> None:
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   """Trains (or resumes) a run in ``workdir`` and returns the results written to ``results.json``.
 
+  Holds the workdir's lock throughout (``experiments.workdir_lock``: one run per workdir).
+
   Args:
     config: a config of ``experiments/configs`` (keys left at None are resolved, see
       ``experiments.config_lib.resolve_config``).
-    workdir: output folder; an existing run there is resumed from its latest checkpoint.
+    workdir: output folder; an existing run there is resumed from its newest checkpoint that
+      restores (``Checkpointer.restore_newest``).
 
   Raises:
     NonFiniteLossError: a step produced NaN/inf (the last good checkpoint is kept).
+    guards.DivergenceError: the run left the healthy range (the last good checkpoint is kept).
+    preemption.Preempted: a signal stopped the run after checkpointing (see experiments.preemption).
+    workdir_lock.WorkdirBusyError, workdir_lock.WorkdirError: the workdir is in use by another run,
+      cannot be written or is too full (found before training).
+    checkpointing.CheckpointRestoreError: checkpoints exist but none restores.
+    checkpointing.CheckpointWriteError: a checkpoint could not be written (earlier ones are kept).
     ValueError: invalid config, or a workdir holding a run with another config.
   """
+  with workdir_lock.WorkdirLock(workdir):
+    return _train_and_evaluate(config, pathlib.Path(workdir))
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   wall_start = time.time()
-  workdir = pathlib.Path(workdir)
   experiment, state = build(config)
   config = experiment.config
   primary = jax.process_index() == 0
   _check_resumable(workdir, config)
   if primary:
+    workdir_lock.check_free_space(workdir, state, config.max_checkpoints)  # before any write
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(
       json.dumps(metrics_lib.to_python(config.to_dict()), indent=1, sort_keys=True)
@@ -514,9 +548,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   latest = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints)
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
   record = initial_record(experiment.mesh)
-  start = latest.latest_step() or 0
+  start, (state, record) = latest.restore_newest((state, record))
+  start = start or 0
   if start:
-    state, record = latest.restore(start, (state, record))
     for stale in [s for s in best.all_steps() if s > start]:
       best.delete(stale)  # written after the checkpoint we resume from
   record = {k: sharding.to_host(v).item() for k, v in record.items()}
@@ -559,22 +593,27 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   # rendezvous timeout that aborts the process: seen with 2 forced host devices on 2 cores,
   # benchmarks/multi_device.py); there the runner waits for every step, as it always did.
   sync_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
+  guard = guards.DivergenceGuard(config, latest.latest_step, sharding.to_host)
   try:
     for step in range(start, config.num_steps):
       t0 = time.perf_counter()
       x = data_lib.train_batch(experiment.dataset, config.seed, step, config.batch_size)
       state, metrics = train_step(state, sharding.put_global(x, batch_sharding))
       done = step + 1
+      preemption.debug_signal(done, config.debug_signal_step)
       pending.append((done, metrics))
       last = done == config.num_steps
       is_eval = done % config.eval_every == 0 or last
       is_log = done % config.log_every == 0 or last
-      if sync_each_step or is_log or is_eval or done % config.checkpoint_every == 0:
-        _check_pending_finite(pending)  # waits for the steps: their time is counted below
+      is_checkpoint = done % config.checkpoint_every == 0 or is_eval
+      # A signal (SIGTERM / SIGINT) stops the run after this step, with a checkpoint of it.
+      stop = preemption.stop_requested(at_sync=sync_each_step or is_log or is_checkpoint)
+      if sync_each_step or is_log or is_checkpoint or stop:
+        _check_pending(pending, guard)  # waits for the steps: their time is counted below
         pending = []
       train_seconds += time.perf_counter() - t0
       if is_log:
-        row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k != "finite"}
+        row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in _FLAG_KEYS}
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
         logged_seconds, logged_step = train_seconds, done
         writer.write(done, row)
@@ -591,6 +630,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           state, drift = anchor_sampler_log_z(state, log_z, log_z_err)
           writer.write(done, {"val/sampler_log_z_drift": drift})
         val = evaluate_split(experiment, val_eval, state, val_x, log_z, jax.random.fold_in(key, 1))
+        guard.check_evaluation(
+          done, {"val/nll": val["nll"], "val/neg_elbo": val["neg_elbo"], "val/log_z": log_z}
+        )
         improved = val["nll"] < record["best_val_nll"]
         if improved:
           record.update(best_val_nll=val["nll"], best_step=done)
@@ -611,7 +653,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           f" at step {record['best_step']}), log Z {log_z:.2f} ± {log_z_err:.2f}"
         )
         write_images(experiment, image_fn, state, jax.random.fold_in(key, 2), workdir, done, writer)
-      if done % config.checkpoint_every == 0 or is_eval:
+      # While gradients run large (guard.clean is False) checkpoints wait: a checkpoint is a state
+      # the guard has passed, and a run resumed from one starts the guard's count afresh.
+      if stop or (is_checkpoint and (guard.clean or last)):
         rec = initial_record(
           experiment.mesh,
           best_val_nll=record["best_val_nll"],
@@ -619,6 +663,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           train_seconds=train_seconds,
         )
         latest.save(done, (state, rec))
+      if stop:
+        raise preemption.Preempted(done, str(latest.step_path(done)))
+    if preemption.stop_requested():  # a signal during the last step: stop before the final test
+      raise preemption.Preempted(config.num_steps, str(latest.step_path(config.num_steps)))
   except BaseException:
     writer.close()
     raise
@@ -662,10 +710,10 @@ def final_evaluation(
   the best-validation checkpoint."""
   config = experiment.config
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
-  best_step = best.latest_step()
-  if best_step is not None:
-    restored = best.restore(best_step, {"params": state.params, "batch_stats": state.batch_stats})
-    state = state._replace(**restored)
+  best_step, restored = best.restore_newest(
+    {"params": state.params, "batch_stats": state.batch_stats}
+  )
+  state = state._replace(**restored)
   best.close()
   key = jax.random.fold_in(eval_root, 2**31 - 1)
   log_z, log_z_err = log_partition(experiment, state.params["prior"], jax.random.fold_in(key, 0))

@@ -346,3 +346,128 @@ def test_binarize_mean_matches_probabilities():
 def test_environment_variable_locates_data(monkeypatch, data_dir):
   monkeypatch.setenv(data.DATA_DIR_ENV, os.fspath(data_dir))
   assert data.load_dataset("caltech101_silhouettes").source.startswith(os.fspath(data_dir))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks of the files found: a bad file is one paragraph naming it, never a traceback.
+
+
+def _binary(n, seed=0):
+  return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.uint8)
+
+
+def _mnist_arrays():
+  return {"train": _binary(7), "valid": _binary(3, 1), "test": _binary(4, 2)}
+
+
+def _bad_file_error(folder, name="binarized_mnist"):
+  with pytest.raises(data.DataFileError) as info:
+    data.load_dataset(name, folder, allow_download=False)
+  message = str(info.value)
+  assert "\n" not in message and "Loading stopped there" in message and "Replace it" in message
+  return message
+
+
+def _truncated(path):
+  raw = path.read_bytes()
+  path.write_bytes(raw[: len(raw) // 2])
+
+
+def _bit_flip(path):
+  raw = bytearray(path.read_bytes())
+  raw[len(raw) // 2] ^= 1  # in the middle of an array's bytes
+  path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+  "damage, problem",
+  [
+    (_truncated, "it cannot be read (BadZipFile: File is not a zip file)"),
+    (_bit_flip, "it cannot be read (BadZipFile: Bad CRC-32"),
+  ],
+)
+def test_damaged_npz_is_a_data_file_error(tmp_path, damage, problem):
+  path = tmp_path / "binarized_mnist.npz"
+  np.savez(path, **_mnist_arrays())
+  damage(path)
+  message = _bad_file_error(tmp_path)
+  assert message.startswith(f"data file {path} (binarized_mnist) is unusable: {problem}")
+  assert "the published binarized_mnist.npz has md5 6a167d58bf86f02bdbe2f558ff907ce0" in message
+  assert "or delete it to have it downloaded again" in message
+
+
+@pytest.mark.parametrize(
+  "arrays, problem",
+  [
+    ({"train": _binary(7), "test": _binary(4)}, "it lacks the arrays ['valid']"),
+    (
+      {**_mnist_arrays(), "train": _binary(10).reshape(10, 28, 28)},
+      "array 'train' has shape (10, 28, 28); expected [n, 784] images",
+    ),
+    (
+      {**_mnist_arrays(), "valid": _binary(3) * 255},
+      "array 'valid' holds values other than 0 and 1 (range 0..255)",
+    ),
+    (
+      {**_mnist_arrays(), "test": np.full((4, 784), "0")},
+      "array 'test' has dtype <U1; expected uint8 pixels",
+    ),
+    (
+      {**_mnist_arrays(), "test": np.array([{"a": 1}] * 4, dtype=object)},
+      "it cannot be read (ValueError: Object arrays cannot be loaded when allow_pickle=False)",
+    ),
+  ],
+)
+def test_npz_with_wrong_arrays_is_a_data_file_error(tmp_path, arrays, problem):
+  np.savez(tmp_path / "binarized_mnist.npz", **arrays)
+  assert f"is unusable: {problem}" in _bad_file_error(tmp_path)
+
+
+def test_published_shape_with_other_data_is_refused_other_shapes_are_user_data(tmp_path, data_dir):
+  with np.load(data_dir / "caltech101_silhouettes_28.npz") as f:
+    arrays = {s: f[s].copy() for s in ("train", "valid", "test")}
+  arrays["valid"][5, 300] ^= 1  # one pixel
+  np.savez(tmp_path / "caltech101_silhouettes_28.npz", **arrays)
+  message = _bad_file_error(tmp_path, "caltech101_silhouettes")
+  assert "array 'valid' has the published shape (2264, 784) but not the published data" in message
+  assert "expected 23edf155ca2bad268a36e717e6d0021c" in message
+  # The same data, a subset: the user's own file, checked for structure and values only.
+  np.savez(tmp_path / "caltech101_silhouettes_28.npz", **{s: x[:50] for s, x in arrays.items()})
+  ds = data.load_dataset("caltech101_silhouettes", tmp_path)
+  assert ds.valid.shape == (50, 784)
+
+
+def test_grey_omniglot_must_be_uint8(tmp_path):
+  np.savez(
+    tmp_path / "omniglot_28x28_rebuilt.npz",
+    train=np.zeros((2000, 784), np.float32),
+    test=np.zeros((10, 784), np.uint8),
+  )
+  message = _bad_file_error(tmp_path, "omniglot")
+  assert "array 'train' has dtype float32; expected uint8 grey values 0..255" in message
+
+
+def test_published_files_pass_the_checks(data_dir):
+  for name in (
+    "binarized_mnist.npz",
+    "caltech101_silhouettes_28.npz",
+    "omniglot_28x28_rebuilt.npz",
+  ):
+    data.check_npz(data_dir / name)
+    assert hashlib.md5((data_dir / name).read_bytes()).hexdigest() == data.PUBLISHED_FILE_MD5[name]
+
+
+def test_bad_file_stops_the_search_even_with_another_form_beside_it(tmp_path):
+  """The .npz is preferred to the .amat files in a folder; a bad .npz is reported, not skipped."""
+  arrays = _mnist_arrays()
+  for split, x in arrays.items():
+    (tmp_path / f"binarized_mnist_{split}.amat").write_bytes(_amat(x))
+  (tmp_path / "binarized_mnist.npz").write_bytes(b"not a zip file")
+  assert "binarized_mnist.npz (binarized_mnist) is unusable" in _bad_file_error(tmp_path)
+  (tmp_path / "binarized_mnist.npz").unlink()
+  np.testing.assert_array_equal(data.load_dataset("binarized_mnist", tmp_path).test, arrays["test"])
+  # A malformed .amat file names the files it was read with.
+  (tmp_path / "binarized_mnist_valid.amat").write_bytes(b"0 1 2\n")
+  message = _bad_file_error(tmp_path)
+  assert str(tmp_path / "binarized_mnist_valid.amat") in message
+  assert "ValueError: not a binarized MNIST .amat file" in message

@@ -61,5 +61,16 @@ def get_config() -> config_dict.ConfigDict:
   c.checkpoint_every = config_dict.placeholder(int)
   c.max_checkpoints = 2  # Latest checkpoints kept (the best-validation one is kept too).
   c.num_image_samples = 64  # Model samples / reconstructions in each PNG grid.
+
+  # Divergence guard (experiments/guards.py; README "Reliability"): the run stops, naming the step,
+  # the term and its value, when a value leaves the range of healthy runs (largest seen: -ELBO 451,
+  # log Z 290, gradient norm 71; benchmarks/healthy_ranges.py, BUILD_NOTES.md issue 15). Each limit
+  # may be inf (no check).
+  c.guard_max_nats = 1e4  # |training loss / -ELBO| and validation NLL, nats per example.
+  c.guard_max_log_z = 1e4  # |log Z| of the RBM prior (sampler's tracked value and AIS).
+  c.guard_max_grad_norm = 1e4  # Gradient norm limit ...
+  c.guard_grad_norm_steps = 20  # ... exceeded at this many consecutive steps.
+
   c.debug_nan_step = 0  # Test hook: if > 0, feed NaN data to the step numbered so (NaN guard).
+  c.debug_signal_step = 0  # Test hook: if > 0, the run sends itself SIGTERM after that step.
   return c

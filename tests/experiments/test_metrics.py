@@ -4,6 +4,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from experiments import metrics
 
@@ -56,3 +57,19 @@ def test_progress_bar_on_a_terminal():
   progress.update(2)
   text = stream.getvalue()
   assert text.startswith("\r[############............] step 2/4") and "ETA" in text
+
+
+def test_read_metrics_drops_an_incomplete_last_line(tmp_path):
+  """A write cut off by a crash or a full disk leaves a partial last row: dropped, so that the
+  resumed run can rewrite it; a damaged row elsewhere is an error."""
+  path = tmp_path / metrics.METRICS_FILE
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+  assert metrics.read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]
+  writer = metrics.MetricsWriter(tmp_path)
+  writer.truncate_after(1)
+  writer.write(2, {"loss": 1.5})
+  writer.close()
+  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2]
+  path.write_text('{"step": 1, "lo\n{"step": 2}\n')
+  with pytest.raises(ValueError):
+    metrics.read_metrics(tmp_path)

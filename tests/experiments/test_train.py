@@ -154,6 +154,8 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
     if config.prior == "rbm":
       assert 0 < row["sampler/ess"] <= config.num_prior_samples and "sampler/log_z" in row
   assert train_rows[0]["kappa"] == 0.0 and train_rows[-1]["kappa"] > 0
+  assert not any({"finite", "guard"} & row.keys() for row in rows)  # flags are read, not logged
+  assert not (tmp_path / "lock").exists()  # the workdir lock is released at the end
   if config.prior == "rbm":
     # Each evaluation re-anchors the sampler's tracked log Z to the AIS estimate (and logs the drift
     # it removed): the next step starts from the AIS value plus that step's increment.
@@ -251,13 +253,13 @@ def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, 
     debug_nan_step=5,
   )
   checked = []
-  check = train._check_pending_finite
+  check = train._check_pending
 
-  def recording_check(pending):
+  def recording_check(pending, guard):
     checked.append([step for step, _ in pending])
-    check(pending)
+    check(pending, guard)
 
-  monkeypatch.setattr(train, "_check_pending_finite", recording_check)
+  monkeypatch.setattr(train, "_check_pending", recording_check)
   with pytest.raises(
     train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
   ):
@@ -367,16 +369,15 @@ def test_sigkill_and_resume_from_the_command_line(data_dir, tmp_path):
   assert resumed["test_nll"] == pytest.approx(straight["test_nll"], rel=1e-6)
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(data_dir, tmp_path):
-  """Multi-host: two processes with 2 CPU devices each (gloo collectives) against this process."""
+def run_two_processes(workdir, data_dir, logs_dir, **overrides):
+  """The command line as two processes with 2 CPU devices each (gloo collectives) on ``workdir``;
+  returns [(exit status, stdout, stderr)] of processes 0 and 1."""
   import socket
 
-  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir), tmp_path / "one")
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
-  logs = [(tmp_path / f"out{i}.txt", tmp_path / f"err{i}.txt") for i in range(2)]
+  logs = [(logs_dir / f"out{i}.txt", logs_dir / f"err{i}.txt") for i in range(2)]
   procs = []
   try:
     for i, (out, err) in enumerate(logs):
@@ -389,9 +390,9 @@ def test_two_processes_match_one(data_dir, tmp_path):
               "-m",
               "experiments.run",
               "--config=dvae_sharp",
-              f"--workdir={tmp_path / 'two'}",
+              f"--workdir={workdir}",
               f"--data_dir={data_dir}",
-              *cli_overrides(),
+              *cli_overrides(**overrides),
               f"--coordinator_address=localhost:{port}",
               "--num_processes=2",
               f"--process_id={i}",
@@ -402,13 +403,22 @@ def test_two_processes_match_one(data_dir, tmp_path):
             stderr=err_file,
           )
         )
-    for p, (_, err) in zip(procs, logs, strict=True):
-      assert p.wait(timeout=600) == 0, err.read_text()[-3000:]
+    codes = [p.wait(timeout=600) for p in procs]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
-  outputs = [out.read_text() for out, _ in logs]
+  return [(c, out.read_text(), err.read_text()) for c, (out, err) in zip(codes, logs, strict=True)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(data_dir, tmp_path):
+  """Multi-host: two processes with 2 CPU devices each (gloo collectives) against this process."""
+  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir), tmp_path / "one")
+  results = run_two_processes(tmp_path / "two", data_dir, tmp_path)
+  for code, _, err in results:
+    assert code == 0, err[-3000:]
+  outputs = [out for _, out, _ in results]
   assert "4 device(s)" in outputs[0] and "test NLL" in outputs[0]
   assert "test NLL" not in outputs[1]  # only process 0 reports and writes
   two = json.loads((tmp_path / "two" / "results.json").read_text())
@@ -417,6 +427,7 @@ def test_two_processes_match_one(data_dir, tmp_path):
     metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "two"), rtol=2e-5
   )
   assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
+  assert not (tmp_path / "two" / "lock").exists()  # process 0's lock, released
 
 
 def test_eval_subset_is_a_fixed_uniform_sample(data_dir):
