@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from dvae_jax import rbm as rbm_lib
@@ -59,12 +60,15 @@ def check_schedule(m: rbm_lib.RBM, betas: Array, num_sweeps: int) -> None:
     raise ValueError(
       f"betas must be a 1-D schedule with at least 2 entries, got shape {betas.shape}"
     )
-  if not isinstance(betas, jax.core.Tracer) and (betas[0] != 0.0 or betas[-1] != 1.0):
-    raise ValueError(
-      f"betas must start at 0 (the uniform start) and end at 1, got {betas[0]} … {betas[-1]}"
-    )
   if num_sweeps < 1:
     raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
+  if isinstance(betas, jax.core.Tracer):
+    return
+  ends = np.asarray(betas)[[0, -1]]  # NumPy: also inside a trace that closes over the schedule
+  if ends[0] != 0.0 or ends[1] != 1.0:
+    raise ValueError(
+      f"betas must start at 0 (the uniform start) and end at 1, got {ends[0]} … {ends[1]}"
+    )
 
 
 def check_target_ess(target_ess) -> None:
