@@ -12,7 +12,7 @@ For each budget S chains × T sweeps:
     number of steps it chose (reported), not the budget;
   * PCD tracking: the training-time estimator. The parameters move along θ_k = (k/K)·θ, K = T/10
     steps of 10 sweeps, and log Z accumulates log mean exp(−ΔE) (`pcd.step`);
-  * PA persistent: the same path with the persistent PA sampler (`population_annealing.step`).
+  * PA persistent: the same path with the persistent PA sampler (`persistent_pa.step`).
 Each configuration runs on several random RBMs and seeds; the exact log Z comes from enumerating
 2^20 states in float64. Reported: RMSE and mean error over runs, and the mean reported stderr.
 Writes benchmarks/results/sampler_accuracy.json (+ .md) and prints a Markdown table.
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dvae_jax import rbm
-from dvae_jax.samplers import ais, pcd, persistent
+from dvae_jax.samplers import ais, pcd, persistent, persistent_pa, tempering
 from dvae_jax.samplers import population_annealing as pa
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -57,7 +57,7 @@ def tracking_estimator(kind, chains, sweeps):
   """log Z from a persistent sampler dragged along θ_k = (k/K) θ, as during training."""
   num_steps = max(sweeps // SWEEPS_PER_PCD_STEP, 1)
   frac = jnp.arange(1, num_steps + 1, dtype=jnp.float32) / num_steps
-  step = pcd.step if kind == "pcd" else pa.step
+  step = pcd.step if kind == "pcd" else persistent_pa.step
 
   def run(key, m):
     path = jax.tree.map(lambda x: frac.reshape((-1,) + (1,) * x.ndim) * x, m)
@@ -76,7 +76,7 @@ def tracking_estimator(kind, chains, sweeps):
 
 def estimator(method, chains, sweeps):
   """A function (key, m) -> (log_z, stderr, sweeps used) for one method and budget."""
-  betas = ais.linear_betas(sweeps + 1)
+  betas = tempering.linear_schedule(sweeps + 1)
   # At least 16 replicas per group (the ESS of smaller groups is too coarse), at most 16 groups.
   groups = max(4, min(16, chains // 16))
   if method == "AIS":

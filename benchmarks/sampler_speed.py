@@ -122,7 +122,7 @@ def bench_size(n, num_sweeps, rounds):
   for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
     variants[("library gibbs.run", impl)] = (
       run,
-      (jax.random.key(1, impl=impl), m, state, num_sweeps),
+      (jax.random.key(1, impl=impl), state, m, num_sweeps),
     )
   for kind in ("uniform<sigmoid", "jax.random.bernoulli", "logistic noise"):
     fn = jax.jit(alternative_sweeps(kind), static_argnums=3)

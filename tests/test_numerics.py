@@ -70,3 +70,29 @@ def test_log1mexp_clamps_nonnegative_input_and_has_finite_gradients():
   # d/dt log(1 − e^t) = −e^t/(1 − e^t) = −1/expm1(−t).
   want = -1.0 / np.expm1(-np.asarray(t, np.float64))
   np.testing.assert_allclose(grads, want, rtol=1e-5, atol=1e-37)  # e^{-100} is subnormal
+
+
+# Moved from tests/samplers/test_ais.py with the functions (issue 12).
+def test_log_mean_exp_stderr_of_one_axis_matches_numpy():
+  rng = np.random.default_rng(0)
+  log_w = rng.normal(3.0, 1.0, 500)
+  w = np.exp(log_w)
+  got_mean, got_se = numerics.log_mean_exp_stderr(jnp.asarray(log_w, jnp.float32))
+  np.testing.assert_allclose(got_mean, np.log(w.mean()), rtol=1e-5)
+  np.testing.assert_allclose(got_se, w.std(ddof=1) / np.sqrt(500) / w.mean(), rtol=1e-4)
+
+
+def test_kahan_add_beats_naive_float32():
+  # 20000 increments of 0.001 onto 100: float32 spacing at 100 is 7.6e-6, so each naive add
+  # rounds by up to 3.8e-6.
+  def body(carry, x):
+    naive, total, comp = carry
+    total, comp = numerics.kahan_add(total, comp, x)
+    return (naive + x, total, comp), None
+
+  xs = jnp.full((20000,), 0.001, jnp.float32)
+  start = jnp.float32(100.0)
+  (naive, total, _), _ = jax.lax.scan(body, (start, start, jnp.float32(0.0)), xs)
+  truth = 100.0 + 20000 * float(np.float32(0.001))
+  assert abs(float(total) - truth) < 1e-5
+  assert abs(float(naive) - truth) > 10 * abs(float(total) - truth)

@@ -1,23 +1,37 @@
 """Samplers and partition-function estimators for RBMs, replacing QuPA (MATH.md §3).
 
-Modules: `gibbs` (block Gibbs sweeps), `pcd` (persistent chains), `population_annealing` (PA: log Z
-with error bars, and a persistent training sampler), `ais` (annealed importance sampling),
-`resampling` (systematic / residual / multinomial, effective sample size), `prior_sampler`
-(the training-time factory). All are pure functions over NamedTuple states with the PRNG key first,
-except the two estimators below, which take the RBM first.
+Modules: `gibbs` (block Gibbs sweeps), `ais` (annealed importance sampling), `population_annealing`
+(PA kernels `init` / `step(key, state, m, next_beta)` and the log Z estimators built on them),
+`tempering` (schedules and the one adaptive tempering rule), `resampling` (systematic / residual /
+multinomial, effective sample size); the persistent training-time samplers `persistent` (their
+shared state and `PriorSampler`), `pcd` and `persistent_pa`, each with its `prior_sampler(...)`;
+`prior_sampler` (`make_prior_sampler`: one of them by name). All are pure functions over NamedTuple
+states; kernels take `(key, state, m, ...)`, the PRNG key first, except the two estimators below,
+which take the RBM first.
 """
 
-from dvae_jax.samplers import ais, gibbs, pcd, persistent, population_annealing, resampling
+from dvae_jax.samplers import (
+  ais,
+  gibbs,
+  pcd,
+  persistent,
+  persistent_pa,
+  population_annealing,
+  resampling,
+  tempering,
+)
 from dvae_jax.samplers.ais import AISResult, ais_log_partition
 from dvae_jax.samplers.gibbs import GibbsState
-from dvae_jax.samplers.persistent import PersistentInfo, PersistentState
-from dvae_jax.samplers.population_annealing import PAResult, pa_log_partition
-from dvae_jax.samplers.prior_sampler import PriorSampler, make_prior_sampler
+from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
+from dvae_jax.samplers.population_annealing import PAInfo, PAResult, PAState, pa_log_partition
+from dvae_jax.samplers.prior_sampler import make_prior_sampler
 
 __all__ = [
   "AISResult",
   "GibbsState",
+  "PAInfo",
   "PAResult",
+  "PAState",
   "PersistentInfo",
   "PersistentState",
   "PriorSampler",
@@ -28,6 +42,8 @@ __all__ = [
   "pa_log_partition",
   "pcd",
   "persistent",
+  "persistent_pa",
   "population_annealing",
   "resampling",
+  "tempering",
 ]

@@ -15,22 +15,23 @@ method: var(mean w)/mean(w)² ≈ var_s(w)/(S·mean(w)²), the chains being inde
 = std_s(w) / (√S · mean_s(w)). It is reliable when the weights are not heavy tailed, which the
 effective sample size ESS = (Σw)²/Σw² diagnoses (the calibration is tested).
 
-Per chain, log weights are summed with Kahan compensation: with 1000 increments of ≈0.1 onto sums of
-order |log Z| ≈ 100, plain float32 summation would drift by 1e-4–1e-3 nats.
+Per chain, log weights are summed with Kahan compensation (`numerics.kahan_add`): with 1000
+increments of ≈0.1 onto sums of order |log Z| ≈ 100, plain float32 summation would drift by
+1e-4–1e-3 nats. The schedule and its checks are `tempering`'s, the sweeps `gibbs.run_with_energy`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dvae_jax import numerics
 from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, resampling
+from dvae_jax.samplers import gibbs, resampling, tempering
 
 Array = jax.Array
 RBM = rbm_lib.RBM
@@ -41,7 +42,8 @@ class AISResult(NamedTuple):
 
   Attributes:
     log_z: scalar estimate log Z_0 + logmeanexp(log_weights).
-    stderr: scalar delta-method standard error of log_z.
+    stderr: scalar delta-method standard error of log_z (`numerics.log_mean_exp_stderr`; NaN for a
+      single chain, which has no error bar).
     log_weights: [S] per-chain log importance weights (without log Z_0).
     ess: scalar effective sample size of the weights, in chains (S at best).
     z1: [S, n1] final states of the chains (a weighted sample of p, weights log_weights).
@@ -54,40 +56,6 @@ class AISResult(NamedTuple):
   ess: Array
   z1: Array
   z2: Array
-
-
-def kahan_add(total: Array, compensation: Array, x: Array) -> tuple[Array, Array]:
-  """Compensated (Kahan) summation step: returns (total + x, new compensation), elementwise."""
-  y = x - compensation
-  t = total + y
-  return t, (t - total) - y
-
-
-def log_mean_exp_stderr(log_weights: Array) -> tuple[Array, Array]:
-  """(log mean_s w_s, delta-method stderr std_s(w)/(√S mean_s(w))) from log weights [S]."""
-  num = log_weights.shape[-1]
-  log_mean = jax.nn.logsumexp(log_weights, axis=-1) - math.log(num)
-  ratio = jnp.exp(log_weights - log_mean[..., None])  # w_s / mean(w), mean 1
-  var = jnp.sum((ratio - 1.0) ** 2, axis=-1) / max(num - 1, 1)
-  return log_mean, jnp.sqrt(var / num)
-
-
-def check_schedule(m: RBM, betas: Array, num_sweeps: int) -> None:
-  """Validates an annealing schedule [T] (betas[0] = 0 … betas[-1] = 1) and the sweeps per step."""
-  rbm_lib.check_rbm(m)
-  if betas.ndim != 1 or betas.shape[0] < 2:
-    raise ValueError(
-      f"betas must be a 1-D schedule with at least 2 entries, got shape {betas.shape}"
-    )
-  if num_sweeps < 1:
-    raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
-
-
-def linear_betas(num_temperatures: int, dtype=jnp.float32) -> Array:
-  """[T] inverse temperatures linearly spaced from 0 to 1 inclusive."""
-  if num_temperatures < 2:
-    raise ValueError(f"num_temperatures must be >= 2 (β = 0 and β = 1), got {num_temperatures}")
-  return jnp.linspace(0.0, 1.0, num_temperatures, dtype=dtype)
 
 
 def run(key: Array, m: RBM, betas: Array, num_chains: int, num_sweeps: int = 1) -> AISResult:
@@ -104,36 +72,27 @@ def run(key: Array, m: RBM, betas: Array, num_chains: int, num_sweeps: int = 1) 
   Returns:
     AISResult.
   """
-  check_schedule(m, betas, num_sweeps)
+  tempering.check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
   state = gibbs.init(k_init, m, num_chains)
   e = rbm_lib.energy(m, state.z1, state.z2)
   zeros = jnp.zeros((num_chains,), m.w.dtype)
   betas = betas.astype(m.w.dtype)
 
-  def sweeps(k, z1, beta):
-    def body(carry, kk):
-      z1, _, _ = carry
-      return gibbs.sweep_with_energy(kk, m, z1, beta), None
-
-    z2 = jnp.zeros((num_chains, m.n2), m.w.dtype)
-    (z1, z2, e), _ = lax.scan(body, (z1, z2, zeros), jax.random.split(k, num_sweeps))
-    return z1, z2, e
-
   def step(carry, inputs):
-    z1, z2, e, log_w, comp = carry
+    state, e, log_w, comp = carry
     k, beta_prev, beta = inputs
-    log_w, comp = kahan_add(log_w, comp, -(beta - beta_prev) * e)
-    z1, z2, e = sweeps(k, z1, beta)
-    return (z1, z2, e, log_w, comp), None
+    log_w, comp = numerics.kahan_add(log_w, comp, -(beta - beta_prev) * e)
+    state, e = gibbs.run_with_energy(k, state, m, num_sweeps, beta)
+    return (state, e, log_w, comp), None
 
   num_steps = betas.shape[0] - 1
   inputs = (jax.random.split(k_run, num_steps), betas[:-1], betas[1:])
-  (z1, z2, _, log_w, _), _ = lax.scan(step, (state.z1, state.z2, e, zeros, zeros), inputs)
-  log_mean, stderr = log_mean_exp_stderr(log_w)
+  (state, _, log_w, _), _ = lax.scan(step, (state, e, zeros, zeros), inputs)
+  log_mean, stderr = numerics.log_mean_exp_stderr(log_w)
   log_z0 = rbm_lib.uniform_log_partition(m.n1, m.n2)
   ess = resampling.effective_sample_size(log_w)
-  return AISResult(log_z0 + log_mean, stderr, log_w, ess, z1, z2)
+  return AISResult(log_z0 + log_mean, stderr, log_w, ess, state.z1, state.z2)
 
 
 @functools.partial(jax.jit, static_argnames=("num_chains", "num_temperatures", "num_sweeps"))
@@ -148,4 +107,4 @@ def ais_log_partition(
   Returns:
     AISResult with .log_z, .stderr, .ess, .log_weights [S], and the final chains.
   """
-  return run(key, m, linear_betas(num_temperatures, m.w.dtype), num_chains, num_sweeps)
+  return run(key, m, tempering.linear_schedule(num_temperatures, m.w.dtype), num_chains, num_sweeps)

@@ -73,11 +73,14 @@ def check_beta(beta) -> None:
     raise ValueError(f"inverse temperature beta must be finite and >= 0, got {beta}")
 
 
-def _check_chains(m: RBM, z1: Array, z2: Array | None = None) -> None:
+def _check_chains(state: GibbsState, m: RBM) -> None:
+  if isinstance(state, RBM) or isinstance(m, GibbsState):
+    raise TypeError("Gibbs kernels take (key, state, m, ...): the state comes before the RBM")
   rbm_lib.check_rbm(m)
+  z1, z2 = state.z1, state.z2
   if z1.ndim != 2 or z1.shape[1] != m.n1:
     raise ValueError(f"z1 must have shape [num_chains, n1={m.n1}], got {z1.shape}")
-  if z2 is not None and (z2.ndim != 2 or z2.shape != (z1.shape[0], m.n2)):
+  if z2.ndim != 2 or z2.shape != (z1.shape[0], m.n2):
     raise ValueError(f"z2 must have shape [num_chains={z1.shape[0]}, n2={m.n2}], got {z2.shape}")
 
 
@@ -111,58 +114,57 @@ def _sweep(key: Array, m: RBM, z1: Array, beta) -> tuple[Array, Array, Array]:
   return bernoulli_logits(k1, beta * h1), z2, h1
 
 
-def sweep_with_energy(key: Array, m: RBM, z1: Array, beta=1.0) -> tuple[Array, Array, Array]:
+def sweep_with_energy(key: Array, state: GibbsState, m: RBM, beta=1.0) -> tuple[GibbsState, Array]:
   """One block Gibbs sweep at inverse temperature beta, also returning E(z1', z2') at β = 1.
 
   The energy comes for free from the field of the second half-step: E = −z1·(b1 + W z2) − b2·z2.
-  Annealing samplers (AIS, PA) need it for their weights.
+  Annealing samplers (AIS, PA) need it for their weights. No input checks (an inner-loop kernel).
 
   Args:
     key: PRNG key.
+    state: GibbsState, z1 [S, n1] (its z2 does not enter: it is redrawn first).
     m: the RBM.
-    z1: [S, n1] current first side (the current z2 does not enter: it is redrawn first).
     beta: scalar inverse temperature β ≥ 0 (may be traced).
 
   Returns:
-    (z1 [S, n1], z2 [S, n2], energy [S]) after the sweep.
+    (GibbsState(z1 [S, n1], z2 [S, n2]), energy [S]) after the sweep.
   """
-  z1, z2, h1 = _sweep(key, m, z1, beta)
-  return z1, z2, -jnp.sum(z1 * h1, axis=-1) - z2 @ m.b2
+  z1, z2, h1 = _sweep(key, m, state.z1, beta)
+  return GibbsState(z1, z2), -jnp.sum(z1 * h1, axis=-1) - z2 @ m.b2
 
 
-def sweep(key: Array, m: RBM, z1: Array, z2: Array, beta=1.0) -> GibbsState:
+def sweep(key: Array, state: GibbsState, m: RBM, beta=1.0) -> GibbsState:
   """One block Gibbs sweep: z2 ~ σ(β(b2 + Wᵀz1)), then z1 ~ σ(β(b1 + W z2)) (MATH.md §2).
 
   Args:
     key: PRNG key.
+    state: GibbsState, z1 [S, n1], z2 [S, n2] (z2 is redrawn first, so its value does not
+      influence the result).
     m: the RBM.
-    z1: [S, n1] chains.
-    z2: [S, n2] chains (redrawn first, so their value does not influence the result).
     beta: inverse temperature β ≥ 0 (a Python float or a traced scalar).
 
   Returns:
     GibbsState(z1 [S, n1], z2 [S, n2]).
   """
-  _check_chains(m, z1, z2)
+  _check_chains(state, m)
   check_beta(beta)
-  z1, z2, _ = sweep_with_energy(key, m, z1, beta)
-  return GibbsState(z1, z2)
+  return sweep_with_energy(key, state, m, beta)[0]
 
 
-def run(key: Array, m: RBM, state: GibbsState, num_sweeps: int, beta=1.0) -> GibbsState:
+def run(key: Array, state: GibbsState, m: RBM, num_sweeps: int, beta=1.0) -> GibbsState:
   """num_sweeps block Gibbs sweeps at inverse temperature beta, in a `lax.scan`.
 
   Args:
     key: PRNG key (split once per sweep).
-    m: the RBM.
     state: GibbsState with z1 [S, n1], z2 [S, n2].
+    m: the RBM.
     num_sweeps: number of sweeps (static, ≥ 0).
     beta: inverse temperature β ≥ 0.
 
   Returns:
     The GibbsState after the sweeps.
   """
-  _check_chains(m, state.z1, state.z2)
+  _check_chains(state, m)
   check_beta(beta)
   if num_sweeps < 0:
     raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
@@ -175,3 +177,20 @@ def run(key: Array, m: RBM, state: GibbsState, num_sweeps: int, beta=1.0) -> Gib
 
   state, _ = lax.scan(body, state, jax.random.split(key, num_sweeps))
   return state
+
+
+def run_with_energy(
+  key: Array, state: GibbsState, m: RBM, num_sweeps: int, beta=1.0
+) -> tuple[GibbsState, Array]:
+  """num_sweeps (≥ 1) sweeps at β, returning the final state and its energies [S] at β = 1.
+
+  The annealing samplers' move step (AIS, PA): like `run`, but the energy of the final state comes
+  from its last sweep. No input checks (the callers validate once, outside their loops).
+  """
+
+  def body(carry, k):
+    return sweep_with_energy(k, carry[0], m, beta), None
+
+  energy = jnp.zeros(state.z1.shape[:1], state.z1.dtype)
+  (state, energy), _ = lax.scan(body, (state, energy), jax.random.split(key, num_sweeps))
+  return state, energy

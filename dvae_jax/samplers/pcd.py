@@ -20,24 +20,16 @@ and good while the parameters change slowly and the chains mix; for evaluation u
 
 from __future__ import annotations
 
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dvae_jax import numerics
 from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, resampling
-from dvae_jax.samplers.ais import kahan_add
-from dvae_jax.samplers.persistent import (
-  PersistentInfo,
-  PersistentState,
-  check_state,
-  decorrelate,
-  incremental_variance,
-  split_sweeps,
-  zero_state,
-)
+from dvae_jax.samplers import gibbs, persistent, resampling
+from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
 
 Array = jax.Array
 RBM = rbm_lib.RBM
@@ -63,47 +55,64 @@ def step(
   Returns:
     (new PersistentState with params = m, PersistentInfo).
   """
-  check_state(state, m)
-  before, after = split_sweeps(num_sweeps, decorrelation_sweeps)
+  persistent.check_state(state, m)
+  before, after = persistent.split_sweeps(num_sweeps, decorrelation_sweeps)
   k_before, k_after = jax.random.split(key)
-  state = decorrelate(k_before, state, before)
+  state = persistent.decorrelate(k_before, state, before)
   delta = jax.tree.map(jnp.subtract, m, state.params)
   log_w = -rbm_lib.energy(delta, state.z1, state.z2)
-  increment = jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+  increment = numerics.log_mean_exp(log_w)
   ess = resampling.effective_sample_size(log_w)
-  log_z, comp = kahan_add(state.log_z, state.log_z_compensation, increment)
-  variance = state.log_z_variance + incremental_variance(ess, log_w.shape[0])
-  chains = gibbs.run(k_after, m, gibbs.GibbsState(state.z1, state.z2), after)
+  log_z, comp = numerics.kahan_add(state.log_z, state.log_z_compensation, increment)
+  variance = state.log_z_variance + persistent.incremental_variance(ess, log_w.shape[0])
+  chains = gibbs.run(k_after, gibbs.GibbsState(state.z1, state.z2), m, after)
   new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
   info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
   return new_state, info
 
 
-def init(
-  key: Array, m: RBM, num_chains: int = 1000, num_sweeps: int = 40, **options
-) -> PersistentState:
-  """Chains and log Z for `m`: the exact zero-parameter state followed by one `step` to m.
+def prior_sampler(
+  num_samples: int = 1000, num_sweeps: int = 40, decorrelation_sweeps: int | None = None
+) -> PriorSampler:
+  """PriorSampler(init, step) of PCD; the arguments are `step`'s (num_samples: S chains).
 
-  With m = 0 (the start of training, MATH.md §2) this is exact. For other m the first increment is a
-  single importance-sampling jump from the uniform distribution, accurate only for weak m.
+  init(key, m) is the exact zero-parameter state followed by one `step` to m: exact for m = 0 (the
+  start of training, MATH.md §2); for other m the first log Z increment is a single
+  importance-sampling jump from the uniform distribution, accurate only for weak m.
   """
-  k0, k1 = jax.random.split(key)
-  state, _ = step(k1, zero_state(k0, m, num_chains), m, num_sweeps, **options)
-  return state
+  persistent.check_sizes(num_samples, num_sweeps, decorrelation_sweeps)
+  kernel = functools.partial(step, num_sweeps=num_sweeps, decorrelation_sweeps=decorrelation_sweeps)
+  return PriorSampler(init=persistent.init_fn(kernel, num_samples), step=kernel)
+
+
+def init(
+  key: Array,
+  m: RBM,
+  num_chains: int = 1000,
+  num_sweeps: int = 40,
+  decorrelation_sweeps: int | None = None,
+) -> PersistentState:
+  """`prior_sampler(num_chains, num_sweeps, decorrelation_sweeps).init(key, m)`."""
+  return prior_sampler(num_chains, num_sweeps, decorrelation_sweeps).init(key, m)
 
 
 def run(
-  key: Array, state: PersistentState, params_sequence: RBM, num_sweeps: int = 40, **options
-) -> tuple:
+  key: Array,
+  state: PersistentState,
+  params_sequence: RBM,
+  num_sweeps: int = 40,
+  decorrelation_sweeps: int | None = None,
+) -> tuple[PersistentState, PersistentInfo]:
   """Apply `step` along a sequence of parameters stacked on a leading axis [T, ...] (lax.scan).
 
   Returns:
     (final PersistentState, PersistentInfo with [T] fields).
   """
+  kernel = functools.partial(step, num_sweeps=num_sweeps, decorrelation_sweeps=decorrelation_sweeps)
 
   def body(s, inputs):
     k, m = inputs
-    return step(k, s, m, num_sweeps, **options)
+    return kernel(k, s, m)
 
   num = params_sequence.w.shape[0]
   return lax.scan(body, state, (jax.random.split(key, num), params_sequence))

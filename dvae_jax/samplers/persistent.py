@@ -1,4 +1,7 @@
-"""State shared by the persistent training-time prior samplers, PCD and PA (MATH.md §3).
+"""State and interface shared by the persistent training-time prior samplers (MATH.md §3).
+
+The two samplers are `pcd` and `persistent_pa`; each offers `init`, `step(key, state, m)` and
+`prior_sampler(num_samples, num_sweeps, ...) -> PriorSampler(init, step)`.
 
 Both keep S chains/replicas of the current model, the parameters those chains were last equilibrated
 at, and a running estimate of log Z that is updated by importance reweighting whenever the
@@ -19,6 +22,7 @@ With 5 + 5 sweeps the same run ended at −0.02 ± 0.03 nats (tests/samplers/tes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -73,6 +77,16 @@ class PersistentInfo(NamedTuple):
   log_z_stderr: Array
 
 
+class PriorSampler(NamedTuple):
+  """A pair of pure functions: init(key, m) -> state and step(key, state, m) -> (state, info).
+
+  Both kinds return a `PersistentState` and a `PersistentInfo`.
+  """
+
+  init: Callable
+  step: Callable
+
+
 def zero_state(key: Array, m: RBM, num_samples: int) -> PersistentState:
   """Exact state of the all-zero RBM shaped like `m`: uniform samples, log Z = (n1 + n2) log 2."""
   rbm_lib.check_rbm(m)
@@ -81,6 +95,27 @@ def zero_state(key: Array, m: RBM, num_samples: int) -> PersistentState:
   zero = jax.tree.map(jnp.zeros_like, m)
   zeros = jnp.zeros_like(log_z)
   return PersistentState(chains.z1, chains.z2, log_z, zeros, zeros, zero)
+
+
+def init_fn(step: Callable, num_samples: int) -> Callable:
+  """init(key, m): the exact zero-parameter state of S = num_samples chains moved to m by `step`.
+
+  With m = 0 (the start of training, MATH.md §2) the result is exact; for other m its accuracy is
+  that of one `step` from the uniform distribution.
+  """
+
+  def init(key: Array, m: RBM) -> PersistentState:
+    k0, k1 = jax.random.split(key)
+    return step(k1, zero_state(k0, m, num_samples), m)[0]
+
+  return init
+
+
+def check_sizes(num_samples: int, num_sweeps: int, decorrelation_sweeps: int | None) -> None:
+  """Raises ValueError for a sampler's population size or sweep split that cannot work."""
+  if num_samples < 1 or num_sweeps < 1:
+    raise ValueError(f"num_samples and num_sweeps must be >= 1, got {num_samples}, {num_sweeps}")
+  split_sweeps(num_sweeps, decorrelation_sweeps)
 
 
 def split_sweeps(num_sweeps: int, decorrelation_sweeps: int | None) -> tuple[int, int]:
@@ -99,7 +134,7 @@ def decorrelate(key: Array, state: PersistentState, num_sweeps: int) -> Persiste
   """num_sweeps block Gibbs sweeps under state.params (the parameters the chains belong to)."""
   if num_sweeps == 0:
     return state
-  chains = gibbs.run(key, state.params, gibbs.GibbsState(state.z1, state.z2), num_sweeps)
+  chains = gibbs.run(key, gibbs.GibbsState(state.z1, state.z2), state.params, num_sweeps)
   return state._replace(z1=chains.z1, z2=chains.z2)
 
 
@@ -112,6 +147,7 @@ def incremental_variance(ess: Array, num: int) -> Array:
 
 
 def check_state(state: PersistentState, m: RBM) -> None:
+  """Raises ValueError unless the state's chains fit the RBM m (and m is an RBM)."""
   rbm_lib.check_rbm(m)
   if state.z1.shape[1:] != (m.n1,) or state.z2.shape[1:] != (m.n2,):
     raise ValueError(

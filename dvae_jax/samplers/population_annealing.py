@@ -1,4 +1,4 @@
-"""Population annealing (PA): log Z with error bars, and a persistent training sampler (§3).
+"""Population annealing (PA) of an RBM: log Z with error bars and exact-in-the-limit samples (§3).
 
 A population of S replicas starts uniform (β = 0, exact; log Z_0 = (n1 + n2) log 2). For each
 step β → β' of the schedule:
@@ -25,52 +25,69 @@ error
 which uses only the independence of the groups (calibration checked in tests/samplers/test_pa.py).
 With G = 1 no error bar is available and stderr is NaN.
 
-Schedules: 'linear' and 'geometric' (β = 0 followed by a geometric sequence from beta_min to 1), or
-'adaptive': each Δβ is the largest that keeps the mean over groups of ESS/(S/G) of the incremental
-weights at or above `target_ess` (bisection on Δβ: the ESS of exp(−Δβ E) is non-increasing in Δβ),
-inside a `lax.while_loop` bounded by num_temperatures − 1 steps. No step is shorter than the rest
-of the path divided by the steps left, so when the bound binds the schedule degrades towards even
-spacing instead of ending with one large jump (which cost 1.6 nats RMSE in the accuracy benchmark
-before this rule).
+Kernels, in blackjax's shape (smc/base.py, smc/tempered.py, smc/adaptive_tempered.py): `init`
+gives a `PAState` (the population at β = 0 with its per-group running log Z), and
+`step(key, state, m, next_beta)` is one reweight → resample → sweep move from state.beta to
+next_beta, returning `(PAState, PAInfo)`. A fixed schedule ('linear', 'geometric', see `tempering`)
+is `anneal` = `lax.scan(step)` over it; 'adaptive' is `anneal_adaptive` = a `lax.while_loop` that
+asks `tempering.next_beta` (the one tempering rule, shared with the persistent sampler) for each
+next β, bounded by num_temperatures − 1 steps. `pa_log_partition` picks one of them.
 
-The persistent sampler (`init`, `step`) anneals in parameter space instead: when the parameters move
-from θ_old (stored in the state) to θ_new it follows θ_α = θ_old + α (θ_new − θ_old), α: 0 → 1,
-where E_α = E_old + α ΔE with ΔE = E_new − E_old, so each stage reweights by exp(−Δα ΔE) with Δα
-chosen as above, resamples and sweeps under θ_α; then it runs num_sweeps sweeps under θ_new. When
-the parameters change slowly (training), a single stage with ESS ≈ S suffices.
+The persistent training sampler (annealing in parameter space) is `persistent_pa`; it shares
+`reweight_resample` and the tempering rule with this module.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dvae_jax import numerics
 from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, resampling
-from dvae_jax.samplers.ais import check_schedule, kahan_add
-from dvae_jax.samplers.persistent import (
-  PersistentInfo,
-  PersistentState,
-  check_state,
-  decorrelate,
-  incremental_variance,
-  split_sweeps,
-  zero_state,
-)
+from dvae_jax.samplers import gibbs, resampling, tempering
 
 Array = jax.Array
 RBM = rbm_lib.RBM
-
-# Bisection steps for an adaptive Δβ: the step is found to 2^-30 of the remaining interval, far
-# below anything that changes the ESS noticeably.
-_BISECTION_STEPS = 30
+ResampleFn = Callable[[Array, Array], Array]
 
 SCHEDULES = ("linear", "geometric", "adaptive")
+
+
+class PAState(NamedTuple):
+  """A population annealing population at inverse temperature `beta`.
+
+  Attributes:
+    z1: [S, n1] replicas; replica s is in group s // (S/G).
+    z2: [S, n2].
+    energy: [S] energy E(z1, z2) at β = 1 of each replica (the next reweighting needs it).
+    beta: scalar inverse temperature the population is equilibrated at.
+    log_z_ratio: [G] running estimate of log(Z_β / Z_0) of each independent group.
+    log_z_compensation: [G] Kahan compensation of log_z_ratio (`numerics.kahan_add`).
+  """
+
+  z1: Array
+  z2: Array
+  energy: Array
+  beta: Array
+  log_z_ratio: Array
+  log_z_compensation: Array
+
+
+class PAInfo(NamedTuple):
+  """What one `step` did.
+
+  Attributes:
+    ess: scalar mean over groups of ESS/(S/G) of the step's incremental weights.
+    log_z_increment: [G] log mean exp of each group's incremental log weights.
+  """
+
+  ess: Array
+  log_z_increment: Array
 
 
 class PAResult(NamedTuple):
@@ -100,131 +117,102 @@ class PAResult(NamedTuple):
   z2: Array
 
 
-class _Population(NamedTuple):
-  z1: Array  # [G, P, n1]
-  z2: Array  # [G, P, n2]
-  e: Array  # [G, P] energies at β = 1
-
-
-def linear_schedule(num_temperatures: int, dtype=jnp.float32) -> Array:
-  """[T] inverse temperatures 0, 1/(T−1), …, 1."""
-  if num_temperatures < 2:
-    raise ValueError(f"num_temperatures must be >= 2, got {num_temperatures}")
-  return jnp.linspace(0.0, 1.0, num_temperatures, dtype=dtype)
-
-
-def geometric_schedule(num_temperatures: int, beta_min: float = 1e-3, dtype=jnp.float32) -> Array:
-  """[T] inverse temperatures 0 followed by T−1 geometrically spaced values from beta_min to 1."""
-  if num_temperatures < 3:
-    raise ValueError(f"a geometric schedule needs num_temperatures >= 3, got {num_temperatures}")
-  if not 0.0 < beta_min < 1.0:
-    raise ValueError(f"beta_min must lie in (0, 1), got {beta_min}")
-  tail = jnp.geomspace(beta_min, 1.0, num_temperatures - 1, dtype=dtype)
-  return jnp.concatenate([jnp.zeros((1,), dtype), tail.at[-1].set(1.0)])
-
-
-def mean_ess_fraction(log_weights: Array) -> Array:
-  """Mean over the leading (group) axis of ESS/P for log weights [G, P]."""
-  return jnp.mean(resampling.effective_sample_size(log_weights)) / log_weights.shape[-1]
-
-
-def adaptive_step(direction: Array, max_step: Array, target_ess: Array) -> Array:
-  """Largest Δ ∈ (0, max_step] with mean_ess_fraction(−Δ · direction) ≥ target_ess (bisection).
+def reweight_resample(
+  key: Array, log_weights: Array, particles, resample_fn: ResampleFn
+) -> tuple[Array, Array, object]:
+  """Reweights and resamples each group of a population (steps 1–2 of the module docstring).
 
   Args:
-    direction: [G, P] per-replica energy (differences); the log weights are −Δ · direction.
-    max_step: scalar upper bound (the rest of the path).
-    target_ess: scalar target ESS fraction in (0, 1).
+    key: PRNG key (split once per group).
+    log_weights: [G, P] incremental log weights; group g holds replicas g·P … (g + 1)·P − 1.
+    particles: a pytree of arrays with leading axis S = G·P (e.g. a `gibbs.GibbsState`).
+    resample_fn: (key, log_weights [P]) -> ancestor indices [P], e.g. `resampling.systematic`.
 
   Returns:
-    Scalar Δ: max_step if the whole rest of the path keeps the ESS at the target; otherwise the
-    bisection's lower end, or its (tiny, positive) upper end if even that fails, so the path
-    advances.
+    (log mean exp of each group's weights [G], mean over groups of ESS/P, the resampled particles
+    [S, ...] with every replica drawn from its own group).
   """
-
-  def ok(delta):
-    return mean_ess_fraction(-delta * direction) >= target_ess
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    good = ok(mid)
-    return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
-
-  zero = jnp.zeros_like(max_step)
-  lo, hi = lax.fori_loop(0, _BISECTION_STEPS, body, (zero, max_step))
-  return jnp.where(ok(max_step), max_step, jnp.where(lo > 0, lo, hi))
+  num_groups, per_group = log_weights.shape
+  idx = jax.vmap(resample_fn)(jax.random.split(key, num_groups), log_weights)
+  rows = (idx + per_group * jnp.arange(num_groups, dtype=idx.dtype)[:, None]).reshape(-1)
+  return (
+    numerics.log_mean_exp(log_weights, axis=-1),
+    tempering.mean_ess_fraction(log_weights),
+    jax.tree.map(lambda x: x[rows], particles),
+  )
 
 
-def _gather(idx: Array, x: Array) -> Array:
-  """Rows x[g, idx[g, p]] for x [G, P, ...], idx [G, P]."""
-  return jax.vmap(lambda a, i: a[i])(x, idx)
+def group_energies(state: PAState) -> Array:
+  """[G, P] energies of the replicas, by group."""
+  return state.energy.reshape(state.log_z_ratio.shape[0], -1)
 
 
-def _reweight_resample(key, log_w, arrays, resample_fn):
-  """Per group: log mean exp of log_w [G, P], ESS fraction, and the resampled arrays [G, P, ...]."""
-  num = log_w.shape[-1]
-  increments = jax.nn.logsumexp(log_w, axis=-1) - math.log(num)
-  idx = jax.vmap(resample_fn)(jax.random.split(key, log_w.shape[0]), log_w)
-  return increments, mean_ess_fraction(log_w), jax.tree.map(functools.partial(_gather, idx), arrays)
+def init(key: Array, m: RBM, num_replicas: int, num_groups: int = 16) -> PAState:
+  """The exact β = 0 population: S uniform replicas in G groups, log(Z_0 / Z_0) = 0.
 
+  Args:
+    key: PRNG key.
+    m: the RBM (sets n1, n2, the dtype and the energies).
+    num_replicas: S, a positive multiple of num_groups.
+    num_groups: G independent groups (for the standard error).
 
-def _sweeps(key, m, z1, beta, num_sweeps):
-  """num_sweeps sweeps at β of z1 [..., P, n1] (leading axes flattened); returns z1, z2, e."""
-  lead = z1.shape[:-1]
-  flat = z1.reshape(-1, z1.shape[-1])
-
-  def body(carry, k):
-    return gibbs.sweep_with_energy(k, m, carry[0], beta), None
-
-  init = (flat, jnp.zeros((flat.shape[0], m.n2), flat.dtype), jnp.zeros(flat.shape[:1], flat.dtype))
-  (z1, z2, e), _ = lax.scan(body, init, jax.random.split(key, num_sweeps))
-  return z1.reshape(lead + (m.n1,)), z2.reshape(lead + (m.n2,)), e.reshape(lead)
-
-
-def _pa_step(key, m, pop, log_z, comp, beta, beta_next, num_sweeps, resample_fn):
-  k_res, k_sweep = jax.random.split(key)
-  log_w = -(beta_next - beta) * pop.e
-  inc, ess, (z1, _) = _reweight_resample(k_res, log_w, (pop.z1, pop.z2), resample_fn)
-  log_z, comp = kahan_add(log_z, comp, inc)
-  z1, z2, e = _sweeps(k_sweep, m, z1, beta_next, num_sweeps)
-  return _Population(z1, z2, e), log_z, comp, ess
-
-
-def _initial_population(key, m, num_replicas, num_groups):
+  Returns:
+    PAState at β = 0.
+  """
   if num_groups < 1 or num_replicas % num_groups:
     raise ValueError(
       f"num_replicas={num_replicas} must be a positive multiple of num_groups={num_groups}"
     )
-  state = gibbs.init(key, m, num_replicas)
-  e = rbm_lib.energy(m, state.z1, state.z2)
-  per = num_replicas // num_groups
-  return _Population(
-    state.z1.reshape(num_groups, per, m.n1),
-    state.z2.reshape(num_groups, per, m.n2),
-    e.reshape(num_groups, per),
-  )
+  chains = gibbs.init(key, m, num_replicas)
+  energy = rbm_lib.energy(m, chains.z1, chains.z2)
+  zeros = jnp.zeros((num_groups,), m.w.dtype)
+  return PAState(chains.z1, chains.z2, energy, jnp.zeros((), m.w.dtype), zeros, zeros)
 
 
-def _result(m, log_z_groups, num_steps, betas, ess, pop) -> PAResult:
-  num_groups = log_z_groups.shape[0]
+def step(
+  key: Array,
+  state: PAState,
+  m: RBM,
+  next_beta: Array,
+  num_sweeps: int = 1,
+  resample_fn: ResampleFn = resampling.systematic,
+) -> tuple[PAState, PAInfo]:
+  """One population annealing step from state.beta to next_beta (module docstring, steps 1–3).
+
+  Args:
+    key: PRNG key.
+    state: PAState at β = state.beta.
+    m: the RBM.
+    next_beta: scalar next inverse temperature (may be traced).
+    num_sweeps: block Gibbs sweeps at next_beta after the resampling.
+    resample_fn: (key, log_weights [P]) -> ancestor indices [P] (`resampling`).
+
+  Returns:
+    (PAState at next_beta, PAInfo).
+  """
+  k_res, k_sweep = jax.random.split(key)
+  log_w = -(next_beta - state.beta) * group_energies(state)
+  chains = gibbs.GibbsState(state.z1, state.z2)
+  increments, ess, chains = reweight_resample(k_res, log_w, chains, resample_fn)
+  log_z, comp = numerics.kahan_add(state.log_z_ratio, state.log_z_compensation, increments)
+  chains, energy = gibbs.run_with_energy(k_sweep, chains, m, num_sweeps, next_beta)
+  return PAState(chains.z1, chains.z2, energy, next_beta, log_z, comp), PAInfo(ess, increments)
+
+
+def result(m: RBM, state: PAState, num_steps, betas: Array, ess: Array) -> PAResult:
+  """The PAResult of a population annealed to β = 1 (log Z_0 added; stderr from the groups)."""
   log_z0 = rbm_lib.uniform_log_partition(m.n1, m.n2)
-  log_mean = jax.nn.logsumexp(log_z_groups) - math.log(num_groups)
-  if num_groups > 1:
-    ratio = jnp.exp(log_z_groups - log_mean)
-    stderr = jnp.std(ratio, ddof=1) / math.sqrt(num_groups)
-  else:
-    stderr = jnp.full((), jnp.nan, log_mean.dtype)
+  log_mean, stderr = numerics.log_mean_exp_stderr(state.log_z_ratio)
   return PAResult(
     log_z=log_z0 + log_mean,
     stderr=stderr,
-    log_z_groups=log_z0 + log_z_groups,
+    log_z_groups=log_z0 + state.log_z_ratio,
     num_steps=jnp.asarray(num_steps, jnp.int32),
     betas=betas,
     ess=ess,
     ess_min=jnp.nanmin(ess),
-    z1=pop.z1.reshape(-1, m.n1),
-    z2=pop.z2.reshape(-1, m.n2),
+    z1=state.z1,
+    z2=state.z2,
   )
 
 
@@ -235,9 +223,9 @@ def anneal(
   num_replicas: int,
   num_groups: int = 16,
   num_sweeps: int = 1,
-  resampling_scheme: str = "systematic",
+  resample_fn: ResampleFn = resampling.systematic,
 ) -> PAResult:
-  """Population annealing along a fixed schedule (see the module docstring).
+  """Population annealing along a fixed schedule: `lax.scan` of `step` over betas[1:].
 
   Args:
     key: PRNG key.
@@ -246,30 +234,25 @@ def anneal(
     num_replicas: S, a multiple of num_groups.
     num_groups: G independent sub-populations (for the standard error).
     num_sweeps: block Gibbs sweeps after each resampling.
-    resampling_scheme: 'systematic', 'residual' or 'multinomial'.
+    resample_fn: (key, log_weights [P]) -> ancestor indices [P] (`resampling`).
 
   Returns:
     PAResult.
   """
-  check_schedule(m, betas, num_sweeps)
-  resample_fn = resampling.get(resampling_scheme)
+  tempering.check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
-  pop = _initial_population(k_init, m, num_replicas, num_groups)
+  state = init(k_init, m, num_replicas, num_groups)
   betas = betas.astype(m.w.dtype)
-  zeros = jnp.zeros((num_groups,), m.w.dtype)
+  kernel = functools.partial(step, m=m, num_sweeps=num_sweeps, resample_fn=resample_fn)
 
-  def body(carry, inputs):
-    pop, log_z, comp = carry
-    k, beta, beta_next = inputs
-    pop, log_z, comp, ess = _pa_step(
-      k, m, pop, log_z, comp, beta, beta_next, num_sweeps, resample_fn
-    )
-    return (pop, log_z, comp), ess
+  def body(state, inputs):
+    k, next_beta = inputs
+    state, info = kernel(k, state, next_beta=next_beta)
+    return state, info.ess
 
   num_steps = betas.shape[0] - 1
-  inputs = (jax.random.split(k_run, num_steps), betas[:-1], betas[1:])
-  (pop, log_z, _), ess = lax.scan(body, (pop, zeros, zeros), inputs)
-  return _result(m, log_z, num_steps, betas, ess, pop)
+  state, ess = lax.scan(body, state, (jax.random.split(k_run, num_steps), betas[1:]))
+  return result(m, state, num_steps, betas, ess)
 
 
 def anneal_adaptive(
@@ -280,9 +263,10 @@ def anneal_adaptive(
   target_ess: float = 0.99,
   num_groups: int = 16,
   num_sweeps: int = 1,
-  resampling_scheme: str = "systematic",
+  resample_fn: ResampleFn = resampling.systematic,
 ) -> PAResult:
-  """Population annealing with an adaptive schedule (bisection on each Δβ, see module docstring).
+  """Population annealing with an adaptive schedule: `lax.while_loop` of `tempering.next_beta`
+  and `step`.
 
   Args:
     key: PRNG key.
@@ -292,7 +276,7 @@ def anneal_adaptive(
       max_temperatures − 1 steps; no step is shorter than the rest of the path divided by the
       steps left, so the last allowed one ends at β = 1).
     target_ess: ESS fraction in (0, 1) each step should keep (mean over groups).
-    num_groups, num_sweeps, resampling_scheme: as in `anneal`.
+    num_groups, num_sweeps, resample_fn: as in `anneal`.
 
   Returns:
     PAResult; result.betas[:result.num_steps + 1] is the schedule that was chosen.
@@ -300,49 +284,36 @@ def anneal_adaptive(
   rbm_lib.check_rbm(m)
   if max_temperatures < 2:
     raise ValueError(f"max_temperatures must be >= 2, got {max_temperatures}")
-  if isinstance(target_ess, (int, float)) and not 0.0 < target_ess < 1.0:
-    raise ValueError(f"target_ess must lie in (0, 1), got {target_ess}")
+  tempering.check_target_ess(target_ess)
   if num_sweeps < 1:
     raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
-  resample_fn = resampling.get(resampling_scheme)
   dtype = m.w.dtype
   k_init, k_run = jax.random.split(key)
-  pop = _initial_population(k_init, m, num_replicas, num_groups)
+  state = init(k_init, m, num_replicas, num_groups)
   max_steps = max_temperatures - 1
   target = jnp.asarray(target_ess, dtype)
-  one = jnp.ones((), dtype)
+  kernel = functools.partial(step, m=m, num_sweeps=num_sweeps, resample_fn=resample_fn)
 
   def cond(carry):
-    t, beta = carry[0], carry[1]
-    return (beta < 1.0) & (t < max_steps)
+    t, state = carry[0], carry[1]
+    return (state.beta < 1.0) & (t < max_steps)
 
   def body(carry):
-    t, beta, pop, log_z, comp, betas, ess_trace, key = carry
+    t, state, betas, ess_trace, key = carry
     key, k = jax.random.split(key)
-    even = (one - beta) / (max_steps - t).astype(dtype)
-    step = jnp.maximum(adaptive_step(pop.e, one - beta, target), even)
-    last = step >= one - beta
-    beta_next = jnp.where(last, one, jnp.minimum(beta + step, one))
-    pop, log_z, comp, ess = _pa_step(
-      k, m, pop, log_z, comp, beta, beta_next, num_sweeps, resample_fn
-    )
-    betas = betas.at[t + 1].set(beta_next)
-    ess_trace = ess_trace.at[t].set(ess)
-    return t + 1, beta_next, pop, log_z, comp, betas, ess_trace, key
+    next_beta = tempering.next_beta(state.beta, t, max_steps, group_energies(state), target)
+    state, info = kernel(k, state, next_beta=next_beta)
+    return t + 1, state, betas.at[t + 1].set(next_beta), ess_trace.at[t].set(info.ess), key
 
-  zeros = jnp.zeros((num_groups,), dtype)
   carry = (
     jnp.zeros((), jnp.int32),
-    jnp.zeros((), dtype),
-    pop,
-    zeros,
-    zeros,
+    state,
     jnp.ones((max_temperatures,), dtype).at[0].set(0.0),
     jnp.full((max_steps,), jnp.nan, dtype),
     k_run,
   )
-  t, _, pop, log_z, _, betas, ess_trace, _ = lax.while_loop(cond, body, carry)
-  return _result(m, log_z, t, betas, ess_trace, pop)
+  t, state, betas, ess_trace, _ = lax.while_loop(cond, body, carry)
+  return result(m, state, t, betas, ess_trace)
 
 
 @functools.partial(
@@ -380,137 +351,20 @@ def pa_log_partition(
     num_sweeps: block Gibbs sweeps per temperature.
     target_ess: ESS fraction kept by the adaptive schedule.
     beta_min: first non-zero β of the geometric schedule.
-    resampling_scheme: 'systematic', 'residual' or 'multinomial'.
+    resampling_scheme: 'systematic', 'residual' or 'multinomial' (`resampling.get`).
 
   Returns:
     PAResult with .log_z, .stderr, .ess (per step), .ess_min, .num_steps and the final population.
   """
+  resample_fn = resampling.get(resampling_scheme)
   if schedule == "adaptive":
     return anneal_adaptive(
-      key, m, num_replicas, num_temperatures, target_ess, num_groups, num_sweeps, resampling_scheme
+      key, m, num_replicas, num_temperatures, target_ess, num_groups, num_sweeps, resample_fn
     )
   if schedule == "linear":
-    betas = linear_schedule(num_temperatures, m.w.dtype)
+    betas = tempering.linear_schedule(num_temperatures, m.w.dtype)
   elif schedule == "geometric":
-    betas = geometric_schedule(num_temperatures, beta_min, m.w.dtype)
+    betas = tempering.geometric_schedule(num_temperatures, beta_min, m.w.dtype)
   else:
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
-  return anneal(key, m, betas, num_replicas, num_groups, num_sweeps, resampling_scheme)
-
-
-# --------------------------------------------------------------------------------------------------
-# - Persistent population for training (MATH.md §3, §6: 1000 replicas, 40 sweeps per step).
-
-
-def step(
-  key: Array,
-  state: PersistentState,
-  m: RBM,
-  num_sweeps: int = 40,
-  target_ess: float = 0.9,
-  max_stages: int = 1000,
-  num_intermediate_sweeps: int = 1,
-  resampling_scheme: str = "systematic",
-  decorrelation_sweeps: int | None = None,
-) -> tuple[PersistentState, PersistentInfo]:
-  """Move the persistent population from state.params to m, updating log Z (module docstring).
-
-  Args:
-    key: PRNG key.
-    state: PersistentState (z1 [S, n1], z2 [S, n2], log_z, params).
-    m: the new parameters.
-    num_sweeps: block Gibbs sweeps per step in total: `decorrelation_sweeps` of them (default
-      num_sweeps // 2) under state.params before the reweighting (see `persistent` for why), the
-      rest under m after the re-annealing.
-    target_ess: ESS fraction below which the parameter change is split into stages.
-    max_stages: bound on the number of stages (as in `anneal_adaptive`, no stage is shorter than
-      the rest of the path divided by the stages left).
-    num_intermediate_sweeps: sweeps under each intermediate θ_α.
-    resampling_scheme: 'systematic', 'residual' or 'multinomial'.
-    decorrelation_sweeps: see num_sweeps.
-
-  Returns:
-    (PersistentState at m, PersistentInfo).
-  """
-  check_state(state, m)
-  before, after = split_sweeps(num_sweeps, decorrelation_sweeps)
-  if num_intermediate_sweeps < 1 or max_stages < 1:
-    raise ValueError(
-      "num_intermediate_sweeps and max_stages must be >= 1, got "
-      f"{num_intermediate_sweeps}, {max_stages}"
-    )
-  if isinstance(target_ess, (int, float)) and not 0.0 < target_ess < 1.0:
-    raise ValueError(f"target_ess must lie in (0, 1), got {target_ess}")
-  resample_fn = resampling.get(resampling_scheme)
-  dtype = m.w.dtype
-  num = state.z1.shape[0]
-  k_before, key = jax.random.split(key)
-  state = decorrelate(k_before, state, before)
-  delta = jax.tree.map(jnp.subtract, m, state.params)
-  target = jnp.asarray(target_ess, dtype)
-  one = jnp.ones((), dtype)
-
-  def cond(carry):
-    return (carry[1] < 1.0) & (carry[0] < max_stages)
-
-  def body(carry):
-    stage, alpha, z1, z2, log_z, comp, variance, ess_min, key = carry
-    key, k_res, k_sweep = jax.random.split(key, 3)
-    de = rbm_lib.energy(delta, z1, z2)[None]  # [1, S]: one group
-    even = (one - alpha) / (max_stages - stage).astype(dtype)
-    step_size = jnp.maximum(adaptive_step(de, one - alpha, target), even)
-    last = step_size >= one - alpha
-    alpha_next = jnp.where(last, one, jnp.minimum(alpha + step_size, one))
-    log_w = -(alpha_next - alpha) * de
-    inc, ess, (z1, z2) = _reweight_resample(k_res, log_w, (z1[None], z2[None]), resample_fn)
-    log_z, comp = kahan_add(log_z, comp, inc[0])
-    variance = variance + incremental_variance(ess * num, num)
-    z1, z2 = z1[0], z2[0]
-
-    def intermediate(z):
-      m_alpha = jax.tree.map(lambda a, d: a + alpha_next * d, state.params, delta)
-      # β = 1: the path interpolates the parameters, not the temperature.
-      z1, z2, _ = _sweeps(k_sweep, m_alpha, z[0], 1.0, num_intermediate_sweeps)
-      return z1, z2
-
-    # Intermediate stages sweep under θ_α; the final sweeps under m follow the loop.
-    z1, z2 = lax.cond(alpha_next < 1.0, intermediate, lambda z: z, (z1, z2))
-    return (
-      stage + 1,
-      alpha_next,
-      z1,
-      z2,
-      log_z,
-      comp,
-      variance,
-      jnp.minimum(ess_min, ess * num),
-      key,
-    )
-
-  carry = (
-    jnp.zeros((), jnp.int32),
-    jnp.zeros((), dtype),
-    state.z1,
-    state.z2,
-    state.log_z,
-    state.log_z_compensation,
-    state.log_z_variance,
-    jnp.asarray(num, dtype),
-    key,
-  )
-  stages, _, z1, z2, log_z, comp, variance, ess_min, key = lax.while_loop(cond, body, carry)
-  chains = gibbs.run(key, m, gibbs.GibbsState(z1, z2), after)
-  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
-  info = PersistentInfo(log_z, ess_min, stages, log_z - state.log_z, jnp.sqrt(variance))
-  return new_state, info
-
-
-def init(key: Array, m: RBM, num_replicas: int = 1000, num_sweeps: int = 40, **options):
-  """Persistent population for `m`: the exact zero-parameter state annealed to m by `step`.
-
-  Exact start at m = 0 (MATH.md §2); for other m this is adaptive PA in parameter space from the
-  uniform distribution, with `options` as in `step`.
-  """
-  k0, k1 = jax.random.split(key)
-  state, _ = step(k1, zero_state(k0, m, num_replicas), m, num_sweeps, **options)
-  return state
+  return anneal(key, m, betas, num_replicas, num_groups, num_sweeps, resample_fn)

@@ -1,4 +1,4 @@
-"""Training-time prior sampler: persistent PA (the reference default) or PCD (MATH.md §3, §6).
+"""Training-time prior sampler by name: persistent PA (the default) or PCD (MATH.md §3, §6).
 
   sampler = make_prior_sampler("pa", num_samples=1000, num_sweeps=40)
   state = sampler.init(key, rbm_params)               # PersistentState: z1, z2, log_z, ...
@@ -7,66 +7,48 @@
 
 Both kinds are pure, jittable, with static shapes; the state is a pytree of arrays (donatable and
 checkpointable) of the same structure for both kinds; `info` is a `PersistentInfo` of scalars
-(log_z, ess, num_stages, log_z_increment, log_z_stderr).
+(log_z, ess, num_stages, log_z_increment, log_z_stderr). The factory only picks the module: each
+sampler module offers its own `prior_sampler(num_samples, num_sweeps, ...)` with explicit keyword
+arguments (`persistent_pa.prior_sampler`, `pcd.prior_sampler`), which the options are passed to.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import NamedTuple
+import inspect
 
-from dvae_jax.samplers import pcd, persistent, population_annealing
+from dvae_jax.samplers import pcd, persistent_pa
+from dvae_jax.samplers.persistent import PriorSampler
 
-KINDS = ("pa", "pcd")
-_PA_OPTIONS = (
-  "target_ess",
-  "max_stages",
-  "num_intermediate_sweeps",
-  "resampling_scheme",
-  "decorrelation_sweeps",
-)
-_PCD_OPTIONS = ("decorrelation_sweeps",)
-
-
-class PriorSampler(NamedTuple):
-  """A pair of pure functions: init(key, m) -> state and step(key, state, m) -> (state, info)."""
-
-  init: Callable
-  step: Callable
+FACTORIES = {"pa": persistent_pa.prior_sampler, "pcd": pcd.prior_sampler}
+KINDS = tuple(FACTORIES)
 
 
 def make_prior_sampler(
   kind: str = "pa", num_samples: int = 1000, num_sweeps: int = 40, **options
 ) -> PriorSampler:
-  """The persistent prior sampler used by training.
+  """The persistent prior sampler used by training: `FACTORIES[kind](num_samples, num_sweeps,
+  **options)`.
 
   Args:
-    kind: 'pa' (persistent population annealing, see `population_annealing.step`) or 'pcd'.
+    kind: 'pa' (persistent population annealing, `persistent_pa`) or 'pcd'.
     num_samples: S, chains / replicas (MATH.md §6: 1000).
     num_sweeps: block Gibbs sweeps per step (MATH.md §6: 40).
-    **options: for both kinds decorrelation_sweeps (num_sweeps // 2: sweeps under the previous
-      parameters before the log Z reweighting, see `persistent`); for 'pa' also target_ess (0.9),
-      max_stages (1000), num_intermediate_sweeps (1), resampling_scheme ('systematic').
+    **options: the keyword arguments of the kind's `prior_sampler`: for both kinds
+      decorrelation_sweeps (num_sweeps // 2: sweeps under the previous parameters before the log Z
+      reweighting, see `persistent`); for 'pa' also target_ess (0.9), max_stages (1000),
+      num_intermediate_sweeps (1), resample_fn (`resampling.systematic`).
 
   Returns:
     PriorSampler(init, step).
   """
-  if num_samples < 1 or num_sweeps < 1:
-    raise ValueError(f"num_samples and num_sweeps must be >= 1, got {num_samples}, {num_sweeps}")
-  valid = {"pa": _PA_OPTIONS, "pcd": _PCD_OPTIONS}.get(kind)
-  if valid is None:
+  factory = FACTORIES.get(kind)
+  if factory is None:
     raise ValueError(f"unknown prior sampler kind {kind!r}; choose one of {KINDS}")
+  # A clear error naming the kind, rather than Python's TypeError from the call below.
+  valid = [
+    p for p in inspect.signature(factory).parameters if p not in ("num_samples", "num_sweeps")
+  ]
   unknown = sorted(set(options) - set(valid))
   if unknown:
-    raise ValueError(f"unknown options {unknown} for kind {kind!r}; valid: {list(valid)}")
-  persistent.split_sweeps(num_sweeps, options.get("decorrelation_sweeps"))  # validates early
-  if kind == "pa":
-    step = functools.partial(population_annealing.step, num_sweeps=num_sweeps, **options)
-    init = functools.partial(
-      population_annealing.init, num_replicas=num_samples, num_sweeps=num_sweeps, **options
-    )
-  else:
-    step = functools.partial(pcd.step, num_sweeps=num_sweeps, **options)
-    init = functools.partial(pcd.init, num_chains=num_samples, num_sweeps=num_sweeps, **options)
-  return PriorSampler(init=init, step=step)
+    raise ValueError(f"unknown options {unknown} for kind {kind!r}; valid: {valid}")
+  return factory(num_samples=num_samples, num_sweeps=num_sweeps, **options)

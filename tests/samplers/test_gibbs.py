@@ -69,7 +69,7 @@ def test_sweep_matches_exact_kernel(beta, impl):
   starts = ref.all_states(2)
   z1 = jnp.asarray(np.repeat(starts, per_start, axis=0), jnp.float32)
   z2 = jnp.zeros((z1.shape[0], 3), jnp.float32)
-  out = jax.jit(gibbs.sweep)(jax.random.key(7, impl=impl), m, z1, z2, beta)
+  out = jax.jit(gibbs.sweep)(jax.random.key(7, impl=impl), gibbs.GibbsState(z1, z2), m, beta)
   chex.assert_shape(out.z1, (4 * per_start, 2))
   chex.assert_shape(out.z2, (4 * per_start, 3))
   i1, i2 = state_index(out.z1), state_index(out.z2)
@@ -89,7 +89,7 @@ def test_beta_zero_is_uniform_and_init_is_uniform():
   # Bernoulli(1/2) means: stderr 0.5/sqrt(20000) = 0.0035; 5 sd.
   for z in (state.z1, state.z2):
     assert np.max(np.abs(np.asarray(z.mean(0)) - 0.5)) < 0.018
-  out = gibbs.sweep(jax.random.key(1), m, state.z1, state.z2, beta=0.0)
+  out = gibbs.sweep(jax.random.key(1), state, m, beta=0.0)
   for z in (out.z1, out.z2):
     assert np.max(np.abs(np.asarray(z.mean(0)) - 0.5)) < 0.018
 
@@ -97,7 +97,7 @@ def test_beta_zero_is_uniform_and_init_is_uniform():
 def test_sweep_with_energy_returns_energy():
   m = ref.random_rbm(3, 7, 9, 1.0)
   state = gibbs.init(jax.random.key(0), m, 64)
-  z1, z2, e = gibbs.sweep_with_energy(jax.random.key(1), m, state.z1, 0.7)
+  (z1, z2), e = gibbs.sweep_with_energy(jax.random.key(1), state, m, 0.7)
   np.testing.assert_allclose(e, rbm.energy(m, z1, z2), rtol=1e-5, atol=1e-5)
 
 
@@ -107,7 +107,7 @@ def test_run_reaches_exact_moments(w_std):
   m = ref.random_rbm(4, 8, 10, w_std)
   num = 4000
   state = gibbs.init(jax.random.key(0), m, num)
-  state = jax.jit(gibbs.run, static_argnums=3)(jax.random.key(1), m, state, 200)
+  state = jax.jit(gibbs.run, static_argnums=3)(jax.random.key(1), state, m, 200)
   est = (state.z1.mean(0), state.z2.mean(0), state.z1.T @ state.z2 / num)
   exact = ref.moments(m)
   # One sample per independent chain, each moment the mean of num Bernoulli(p) variables: stderr
@@ -122,12 +122,12 @@ def test_no_retracing_and_zero_sweeps():
 
   @jax.jit
   @chex.assert_max_traces(n=1)
-  def many(key, m, state):
-    return gibbs.run(key, m, state, 3)
+  def many(key, state, m):
+    return gibbs.run(key, state, m, 3)
 
   for i in range(3):
-    state = many(jax.random.key(i), m, state)
-  same = gibbs.run(jax.random.key(0), m, state, 0)
+    state = many(jax.random.key(i), state, m)
+  same = gibbs.run(jax.random.key(0), state, m, 0)
   chex.assert_trees_all_equal(same, state)
 
 
@@ -135,12 +135,22 @@ def test_errors():
   m = rbm.init_rbm(3, 4)
   z1, z2 = jnp.zeros((5, 3)), jnp.zeros((5, 4))
   with pytest.raises(ValueError, match="beta"):
-    gibbs.sweep(jax.random.key(0), m, z1, z2, beta=-1.0)
+    gibbs.sweep(jax.random.key(0), gibbs.GibbsState(z1, z2), m, beta=-1.0)
   with pytest.raises(ValueError, match="z1 must have shape"):
-    gibbs.sweep(jax.random.key(0), m, jnp.zeros((5, 4)), z2)
+    gibbs.sweep(jax.random.key(0), gibbs.GibbsState(jnp.zeros((5, 4)), z2), m)
   with pytest.raises(ValueError, match="z2 must have shape"):
-    gibbs.sweep(jax.random.key(0), m, z1, jnp.zeros((4, 4)))
+    gibbs.sweep(jax.random.key(0), gibbs.GibbsState(z1, jnp.zeros((4, 4))), m)
   with pytest.raises(ValueError, match="num_chains"):
     gibbs.init(jax.random.key(0), m, 0)
   with pytest.raises(ValueError, match="num_sweeps"):
-    gibbs.run(jax.random.key(0), m, gibbs.GibbsState(z1, z2), -1)
+    gibbs.run(jax.random.key(0), gibbs.GibbsState(z1, z2), m, -1)
+  with pytest.raises(TypeError, match="state comes before the RBM"):
+    gibbs.run(jax.random.key(0), m, gibbs.GibbsState(z1, z2), 1)
+
+
+def test_run_with_energy_matches_run_and_returns_energy():
+  m = ref.random_rbm(3, 7, 9, 1.0)
+  state = gibbs.init(jax.random.key(0), m, 64)
+  out, e = gibbs.run_with_energy(jax.random.key(1), state, m, 3, 0.7)
+  chex.assert_trees_all_equal(out, gibbs.run(jax.random.key(1), state, m, 3, 0.7))
+  np.testing.assert_allclose(e, rbm.energy(m, out.z1, out.z2), rtol=1e-5, atol=1e-5)

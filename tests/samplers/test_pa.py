@@ -1,4 +1,4 @@
-"""Tests of dvae_jax.samplers.population_annealing: log Z, its error bars, samples, tracking."""
+"""Tests of dvae_jax.samplers.population_annealing: log Z, its error bars, samples, the kernels."""
 
 import chex
 import jax
@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import rbm_reference as ref
-from scipy import optimize, stats
+from scipy import stats
 
 from dvae_jax import rbm
-from dvae_jax.samplers import pa_log_partition, persistent, resampling
+from dvae_jax.samplers import pa_log_partition, resampling, tempering
 from dvae_jax.samplers import population_annealing as pa
 
 COUPLINGS = [0.3, 1.0, 2.5]  # weak, medium, strong (plain Gibbs mixes badly at >= 1)
@@ -64,30 +64,12 @@ def test_adaptive_stops_at_the_bound():
   np.testing.assert_allclose(res.betas, [0.0, 1 / 3, 2 / 3, 1.0], atol=1e-6)
 
 
-def test_adaptive_step_solves_for_the_target():
-  rng = np.random.default_rng(0)
-  e = rng.normal(0.0, 3.0, (4, 50))
-
-  def ess_fraction(d):
-    log_w = -d * e
-    w = np.exp(log_w - log_w.max(1, keepdims=True))
-    return np.mean(w.sum(1) ** 2 / (w**2).sum(1)) / 50
-
-  target = 0.8
-  got = float(pa.adaptive_step(jnp.asarray(e, jnp.float32), jnp.float32(1.0), jnp.float32(target)))
-  expected = optimize.brentq(lambda d: ess_fraction(d) - target, 1e-9, 1.0)
-  np.testing.assert_allclose(got, expected, rtol=1e-4)
-  # The whole interval is taken when it keeps the target.
-  small = float(pa.adaptive_step(jnp.asarray(e, jnp.float32), jnp.float32(1e-4), jnp.float32(0.8)))
-  assert small == pytest.approx(1e-4)
-
-
 def test_pa_stderr_is_calibrated():
   """Group z-scores (log Ẑ − log Z)/stderr follow Student's t with G − 1 degrees of freedom."""
   m = ref.random_rbm(11, 10, 10, 1.0)
   exact = ref.log_z(m)
   num_groups = 16
-  betas = pa.linear_schedule(40)
+  betas = tempering.linear_schedule(40)
   runs = jax.jit(jax.vmap(lambda k: pa.anneal(k, m, betas, 256, num_groups)))(
     jax.random.split(jax.random.key(1), 400)
   )
@@ -129,53 +111,6 @@ def test_pa_samples_give_exact_moments_and_gradient(w_std):
   assert ref.max_abs_z([np.asarray(g) for g in grad], exact, se) < 5.0
 
 
-def test_persistent_pa_tracks_slowly_changing_parameters():
-  n, steps = 12, 60
-  seq, exact = ref.parameter_path(20, n, steps)
-  state = pa.init(jax.random.key(0), rbm.init_rbm(n, n), num_replicas=1000, num_sweeps=10)
-  np.testing.assert_allclose(state.log_z, 24 * np.log(2.0), rtol=1e-7)  # exact start
-
-  @jax.jit
-  def track(key, state):
-    def body(s, inputs):
-      k, m = inputs
-      return pa.step(k, s, m, num_sweeps=10)
-
-    return jax.lax.scan(body, state, (jax.random.split(key, steps), seq))
-
-  state, info = track(jax.random.key(1), state)
-  err = np.asarray(info.log_z, np.float64) - exact
-  se = np.asarray(info.log_z_stderr, np.float64)
-  # The running error is a sum of the per-step incremental errors; log_z_stderr accumulates their
-  # delta-method variances (calibration: the slow test in test_prior_sampler.py). 4 sd at each step,
-  # plus 1e-4 for float32 rounding of the exact-vs-float32 parameters.
-  assert np.all(np.abs(err) < 4.0 * se + 1e-4), np.max(np.abs(err) / se)
-  assert np.max(np.abs(err)) < 0.1
-  assert np.all(np.asarray(info.num_stages) >= 1)
-  chex.assert_trees_all_close(state.params, jax.tree.map(lambda x: x[-1], seq))
-
-
-def test_persistent_step_without_change_keeps_log_z():
-  m = ref.random_rbm(4, 6, 7, 1.0)
-  state = pa.init(jax.random.key(0), m, num_replicas=200, num_sweeps=5)
-  new, info = pa.step(jax.random.key(1), state, m, num_sweeps=5)
-  assert float(info.log_z_increment) == 0.0
-  assert float(info.ess) == pytest.approx(200.0)
-  assert int(info.num_stages) == 1
-  chex.assert_shape((new.z1, new.z2), ((200, 6), (200, 7)))
-
-
-def test_persistent_init_far_from_zero_anneals_in_stages():
-  m = ref.random_rbm(5, 10, 10, 2.0)
-  exact = ref.log_z(m)
-  zero = persistent.zero_state(jax.random.key(0), m, 1024)
-  state, info = pa.step(jax.random.key(1), zero, m, num_sweeps=10, target_ess=0.9)
-  assert int(info.num_stages) > 5  # a jump from 0 to a strong RBM must be split
-  # Each stage keeps ESS ≥ 0.9·S (up to float32 rounding of the ESS fraction).
-  assert float(info.ess) >= 0.9 * 1024 * (1 - 1e-5)
-  assert abs(float(state.log_z) - exact) < 4 * float(info.log_z_stderr) + 0.02
-
-
 def test_errors():
   m = rbm.init_rbm(4, 4)
   with pytest.raises(ValueError, match="multiple of num_groups"):
@@ -183,12 +118,48 @@ def test_errors():
   with pytest.raises(ValueError, match="unknown schedule"):
     pa_log_partition(m, jax.random.key(0), schedule="cosine")
   with pytest.raises(ValueError, match="beta_min"):
-    pa.geometric_schedule(10, beta_min=0.0)
+    tempering.geometric_schedule(10, beta_min=0.0)
   with pytest.raises(ValueError, match="target_ess"):
     pa.anneal_adaptive(jax.random.key(0), m, 16, target_ess=1.5)
-  state = persistent.zero_state(jax.random.key(0), m, 8)
-  with pytest.raises(ValueError, match="do not match"):
-    pa.step(jax.random.key(0), state, rbm.init_rbm(5, 4))
   with pytest.raises(ValueError, match="unknown resampling"):
-    pa.step(jax.random.key(0), state, m, resampling_scheme="magic")
+    pa_log_partition(m, jax.random.key(0), resampling_scheme="magic")
   assert resampling.get("residual") is resampling.residual
+  # (The persistent sampler's checks moved to test_persistent_pa.py.)
+
+
+def test_anneal_is_a_scan_of_the_public_step():
+  """`anneal` = init, then `step` to each β of the schedule (blackjax's smc shape)."""
+  m = ref.random_rbm(7, 6, 5, 1.0)
+  betas = tempering.linear_schedule(6)
+  res = pa.anneal(jax.random.key(3), m, betas, 64, num_groups=4, num_sweeps=2)
+  k_init, k_run = jax.random.split(jax.random.key(3))
+  state = pa.init(k_init, m, 64, num_groups=4)
+  chex.assert_shape((state.energy, state.log_z_ratio), ((64,), (4,)))
+  ess = []
+  for k, beta in zip(jax.random.split(k_run, 5), betas[1:], strict=True):
+    state, info = pa.step(k, state, m, beta, num_sweeps=2)
+    ess.append(info.ess)
+    assert float(state.beta) == float(beta)
+  chex.assert_trees_all_close(pa.result(m, state, 5, betas, jnp.stack(ess)), res, rtol=1e-6)
+  np.testing.assert_allclose(state.energy, rbm.energy(m, state.z1, state.z2), rtol=1e-5, atol=1e-5)
+
+
+def test_step_to_the_same_beta_changes_nothing_but_the_samples():
+  m = ref.random_rbm(8, 5, 6, 1.0)
+  state = pa.init(jax.random.key(0), m, 32, num_groups=2)
+  state, _ = pa.step(jax.random.key(1), state, m, jnp.float32(0.5))
+  again, info = pa.step(
+    jax.random.key(2), state, m, jnp.float32(0.5), resample_fn=resampling.residual
+  )
+  np.testing.assert_array_equal(info.log_z_increment, 0.0)
+  assert float(info.ess) == pytest.approx(1.0)
+  np.testing.assert_array_equal(again.log_z_ratio, state.log_z_ratio)
+
+
+def test_reweight_resample_keeps_replicas_in_their_group():
+  log_w = jnp.array([[0.0, -jnp.inf, -jnp.inf], [-jnp.inf, -jnp.inf, 0.0]])
+  particles = jnp.arange(6.0)
+  inc, ess, out = pa.reweight_resample(jax.random.key(0), log_w, particles, resampling.systematic)
+  np.testing.assert_array_equal(out, [0.0, 0.0, 0.0, 5.0, 5.0, 5.0])
+  np.testing.assert_allclose(inc, [-np.log(3.0)] * 2, rtol=1e-6)
+  np.testing.assert_allclose(ess, 1 / 3, rtol=1e-6)
