@@ -103,7 +103,8 @@ class Dataset(NamedTuple):
     valid: [n_valid, 784] uint8 in {0, 1}.
     test: [n_test, 784] uint8 in {0, 1}.
     dynamic_binarization: whether ``train`` holds grey values to be binarized per batch.
-    source: the file(s) the data came from.
+    source: the file(s) the data came from (paths on this machine, joined by ', ').
+    files: the same paths, one per entry (see :func:`provenance`).
   """
 
   name: str
@@ -112,6 +113,7 @@ class Dataset(NamedTuple):
   test: np.ndarray
   dynamic_binarization: bool
   source: str
+  files: tuple[str, ...] = ()
 
   @property
   def train_mean(self) -> np.ndarray:
@@ -207,6 +209,29 @@ def load_dataset(
   raise DataNotFoundError(_not_found_message(name, searched, reason))
 
 
+def file_md5(path: str | os.PathLike) -> str:
+  """MD5 of a file's bytes (as ``md5sum`` prints it), read in 1 MiB blocks."""
+  digest = hashlib.md5()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def provenance(dataset: Dataset) -> dict:
+  """What a result JSON records about its data: file names and MD5 sums, no machine paths.
+
+  Returns:
+    ``{'data_source': 'name[, name...]', 'data_md5': {name: md5}}``; compare with ``md5sum`` or the
+    data folder's ``MD5SUMS``.
+  """
+  names = [os.path.basename(f) for f in dataset.files]
+  return {
+    "data_source": ", ".join(names),
+    "data_md5": {name: file_md5(f) for name, f in zip(names, dataset.files, strict=True)},
+  }
+
+
 def _not_found_message(name: str, searched: Sequence[tuple[pathlib.Path, str]], reason: str) -> str:
   where = "\n".join(f"  - {path} ({why})" for path, why in searched)
   return (
@@ -260,7 +285,11 @@ def _load_mnist(paths: list[pathlib.Path], seed: int) -> Dataset:
     splits = {s: parse_amat(p.read_bytes()) for s, p in zip(MNIST_SPLITS, paths, strict=True)}
   splits = {s: _check_binary("binarized_mnist", s, x) for s, x in splits.items()}
   return Dataset(
-    "binarized_mnist", **splits, dynamic_binarization=False, source=", ".join(map(str, paths))
+    "binarized_mnist",
+    **splits,
+    dynamic_binarization=False,
+    source=", ".join(map(str, paths)),
+    files=tuple(map(str, paths)),
   )
 
 
@@ -310,6 +339,7 @@ def _load_omniglot(paths: list[pathlib.Path], seed: int) -> Dataset:
     test=_binarize_once(test, seed, 1),
     dynamic_binarization=True,
     source=str(path),
+    files=(str(path),),
   )
 
 
@@ -329,7 +359,13 @@ def _load_caltech(paths: list[pathlib.Path], seed: int) -> Dataset:
     s: 1 - _check_binary("caltech101_silhouettes", s, _columns_to_rows(np.asarray(x)))
     for s, x in raw.items()
   }
-  return Dataset("caltech101_silhouettes", **splits, dynamic_binarization=False, source=str(path))
+  return Dataset(
+    "caltech101_silhouettes",
+    **splits,
+    dynamic_binarization=False,
+    source=str(path),
+    files=(str(path),),
+  )
 
 
 _LOADERS: dict[str, Callable[[list[pathlib.Path], int], Dataset]] = {
