@@ -33,12 +33,18 @@ def mnist(data_dir):
 
 
 @pytest.fixture(scope="module")
+def full_mnist(full_data_dir):
+  return data.load_dataset("binarized_mnist", full_data_dir)
+
+
+@pytest.fixture(scope="module")
 def omniglot_raw(data_dir):
   with np.load(data_dir / "omniglot_28x28_rebuilt.npz") as f:
     return f["train"], f["test"]
 
 
-def test_mnist_splits_match_published_checksums(mnist):
+def test_mnist_splits_match_published_checksums(full_mnist):
+  mnist = full_mnist
   assert not mnist.dynamic_binarization
   for split, count in data.MNIST_SPLITS.items():
     x = getattr(mnist, split)
@@ -90,10 +96,10 @@ def test_omniglot_rebuilt_split_and_binarization(data_dir, omniglot_raw):
   assert (other.test != ds.test).any()
 
 
-def test_omniglot_stand_in_validation_spans_the_alphabets(data_dir):
+def test_omniglot_stand_in_validation_spans_the_alphabets(full_data_dir):
   """The rebuilt file is sorted by alphabet: its last 1,345 images are 3 alphabets. The validation
   draw must instead look like the data: every alphabet in it, in proportion to its size."""
-  with np.load(data_dir / "omniglot_28x28_rebuilt.npz") as f:
+  with np.load(full_data_dir / "omniglot_28x28_rebuilt.npz") as f:
     alphabet = f["train_alphabet"]
   assert len(np.unique(alphabet[-data.OMNIGLOT_NUM_VALID :])) <= 3  # why the last rows won't do
   rows = data.omniglot_validation_rows(alphabet.size, from_chardata=False)
@@ -138,7 +144,8 @@ def test_omniglot_reads_user_chardata_mat(tmp_path, omniglot_raw):
   assert ds.test[test.reshape(-1, 784) == 0].max() == 0
 
 
-def test_caltech_is_upright_and_flipped(data_dir):
+def test_caltech_is_upright_and_flipped(full_data_dir):
+  data_dir = full_data_dir
   ds = data.load_dataset("caltech101_silhouettes", data_dir)
   assert ds.train.shape == (4100, 784) and ds.valid.shape == (2264, 784)
   assert ds.test.shape == (2307, 784) and not ds.dynamic_binarization
@@ -329,7 +336,7 @@ def test_batches_depend_on_seed_and_reject_bad_sizes():
 def test_train_batch_dtype_and_values(mnist):
   x = data.train_batch(mnist, seed=0, step=3, batch_size=16)
   assert x.shape == (16, 784) and x.dtype == np.float32
-  np.testing.assert_array_equal(x, mnist.train[data.batch_indices(0, 3, 16, 50_000)])
+  np.testing.assert_array_equal(x, mnist.train[data.batch_indices(0, 3, 16, len(mnist.train))])
 
 
 def test_binarize_mean_matches_probabilities():

@@ -419,8 +419,8 @@ def test_two_processes_match_one(data_dir, tmp_path):
   assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
 
 
-def test_eval_subset_is_a_fixed_uniform_sample(data_dir):
-  test = np.load(data_dir / "binarized_mnist.npz")["test"]
+def test_eval_subset_is_a_fixed_uniform_sample(full_data_dir):
+  test = np.load(full_data_dir / "binarized_mnist.npz")["test"]
   subset = train.eval_subset(test, 2000)
   again = train.eval_subset(test, 2000)
   np.testing.assert_array_equal(subset, again)  # the same images for every run
