@@ -1,6 +1,5 @@
 """Shared pytest set-up: a persistent XLA compilation cache and where the shared datasets are."""
 
-import os
 import pathlib
 
 import jax
@@ -25,8 +24,9 @@ SUBSETS = REPO_ROOT / "tests" / "data" / "subsets.npz"
 
 
 def find_full_data_dir() -> pathlib.Path | None:
-  """The first folder of the data search path (``dvae_jax.data.data_search_path``: $DVAE_JAX_DATA_DIR
-  alone if set, else ../shared/data and the download cache) that holds every whole dataset."""
+  """The first folder of the data search path that holds every whole dataset
+  (``dvae_jax.data.data_search_path``: $DVAE_JAX_DATA_DIR alone if set, else ../shared/data and
+  the download cache)."""
   from dvae_jax import data
 
   for folder, _ in data.data_search_path():
