@@ -362,7 +362,7 @@ def plot_curves(out: pathlib.Path, rows: list[tuple], reference: str = "dvae_sha
     method_handles = [Line2D([], [], color=colour[c], lw=2, label=c) for c in configs]
     k_handles = [Line2D([], [], color="0.3", ls=style[k], lw=1.4, label=f"K={k}") for k in ks]
     axes[1].legend(handles=method_handles, fontsize=8, loc="upper right", title="method")
-    axes[2].legend(handles=k_handles, fontsize=8, loc="upper right", title="objective K")
+    axes[2].legend(handles=k_handles, fontsize=8, loc="best", title="objective K")
     fig.tight_layout()
     fig.savefig(out / f"learning_curves_{struct}.png", dpi=110)
     plt.close(fig)
