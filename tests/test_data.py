@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pathlib
+import sys
 import urllib.error
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 import scipy.io
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from dvae_jax import data
 
@@ -353,3 +355,52 @@ def test_binarize_mean_matches_probabilities():
 def test_environment_variable_locates_data(monkeypatch, data_dir):
   monkeypatch.setenv(data.DATA_DIR_ENV, os.fspath(data_dir))
   assert data.load_dataset("caltech101_silhouettes").source.startswith(os.fspath(data_dir))
+
+
+def test_tfds_prepared_binarized_mnist_is_read_without_tensorflow(tmp_path, monkeypatch):
+  """A binarized_mnist prepared by tensorflow-datasets in ArrayRecord format (here a tiny one that
+  the test prepares with TFDS's own builder, offline: examples given as PNG bytes so that no
+  TensorFlow is needed) is found on the search path and read back in Larochelle's row order."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  rng = np.random.default_rng(0)
+  splits = {
+    s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
+    for s, n in zip(data.MNIST_SPLITS, (9, 4, 5), strict=True)
+  }
+  builder = tfds.builder("binarized_mnist", data_dir=tmp_path, file_format="array_record")
+  names = {"train": "train", "validation": "valid", "test": "test"}
+
+  def split_generators(self, dl_manager):
+    return [tfds.core.SplitGenerator(name=n, gen_kwargs={"split": s}) for n, s in names.items()]
+
+  def generate_examples(self, split):  # TFDS's builder keys example i of each .amat file by i
+    for i, row in enumerate(splits[split]):
+      png = io.BytesIO()
+      Image.fromarray(row.reshape(28, 28)).save(png, format="PNG")
+      yield i, {"image": png.getvalue()}
+
+  monkeypatch.setattr(type(builder), "_split_generators", split_generators)
+  monkeypatch.setattr(type(builder), "_generate_examples", generate_examples)
+  builder.download_and_prepare()
+  assert "tensorflow" not in sys.modules
+  monkeypatch.setattr(data, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
+  monkeypatch.setattr(
+    data, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
+  )
+  # Found in its own folder on the search path ($TFDS_DATA_DIR, after the usual places).
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(data, "__file__", str(tmp_path / "repo" / "dvae_jax" / "data.py"))
+  assert (tmp_path, "tensorflow-datasets folder") in data.data_search_path()
+  ds = data.load_dataset("binarized_mnist", allow_download=False)
+  for split, x in splits.items():
+    np.testing.assert_array_equal(getattr(ds, split), x)  # same rows, same order
+  assert ds.source.endswith("binarized_mnist/1.0.0")
+  assert data.provenance(ds)["data_source"] == "binarized_mnist/1.0.0 (TFDS)"
+  assert "tensorflow" not in sys.modules
+  # Pixels that differ from the published ones are refused, not used.
+  monkeypatch.setitem(data.MNIST_MD5, "test", "0" * 32)
+  with pytest.raises(ValueError, match="differs from Larochelle's test split"):
+    data.load_dataset("binarized_mnist", tmp_path, allow_download=False)
