@@ -191,8 +191,9 @@ def test_caltech_reads_marlin_mat(tmp_path, data_dir):
 def test_search_path_order(monkeypatch, tmp_path):
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   default = [p for p, _ in data.data_search_path()]
-  assert default[-1] == tmp_path / "xdg" / "dvae_jax"
+  assert default[-2:] == [tmp_path / "xdg" / "dvae_jax", tmp_path / "tfds"]
   assert pathlib.Path.cwd().parent / "shared" / "data" in default
   monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
   assert [p for p, _ in data.data_search_path()] == [tmp_path / "env"]
