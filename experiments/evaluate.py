@@ -24,7 +24,9 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (given to experiments.run).")
 _STEP = flags.DEFINE_string(
@@ -52,16 +54,11 @@ _SIZES = (
 )
 
 
-class UsageError(ValueError):
-  """A flag value the evaluation cannot use."""
-
-
 def check_sizes() -> dict:
   """The size flags as config overrides; refuses values below their minimum."""
   overrides = {}
   for flag, key, minimum in _SIZES:
-    if flag.value is not None and flag.value < minimum:
-      raise UsageError(f"invalid --{flag.name}={flag.value}: must be an integer >= {minimum}")
+    restore.check_minimum(flag, minimum)
     overrides[key] = flag.value
   return overrides
 
@@ -79,7 +76,9 @@ def split_examples(dataset, split: str, num_examples: int):
 
   x = getattr(dataset, split)
   if num_examples > len(x):
-    raise UsageError(f"invalid --num_examples={num_examples}: the {split} split has {len(x)}")
+    raise restore.UsageError(
+      f"invalid --num_examples={num_examples}: the {split} split has {len(x)}"
+    )
   x = train.eval_subset(x, num_examples)
   if x.dtype != np.uint8:
     x = data_lib._binarize_once(x, 0, 2)  # noqa: SLF001 (the loader's one-off binarization)
@@ -92,7 +91,7 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
 
   from dvae_jax import data as data_lib
   from experiments import metrics as metrics_lib
-  from experiments import restore, sharding, train
+  from experiments import sharding, train
 
   stream = stream or sys.stdout
   t_start = time.perf_counter()
@@ -102,12 +101,7 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
   sharding.check_divisible("batch_size", config.eval_batch_size, experiment.mesh)
   x = split_examples(experiment.dataset, split, config.eval_num_examples)
   prior = state.params["prior"]
-  print(
-    f"{workdir}: {config.method} ({config.prior} prior) on {config.dataset}, {run.which} "
-    f"checkpoint, step {run.step}",
-    file=stream,
-    flush=True,
-  )
+  print(restore.describe(workdir, run), file=stream, flush=True)
   key = jax.random.key(seed)
   t0 = time.perf_counter()
   log_z, log_z_err = train.log_partition(experiment, prior, jax.random.fold_in(key, 0))
@@ -175,14 +169,8 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required: the folder of a run of experiments.run")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only folder is read-only
+  restore.start_command(argv, _WORKDIR.value)
   from dvae_jax import data as data_lib
-  from experiments import restore
 
   workdir = pathlib.Path(_WORKDIR.value)
   try:
@@ -190,7 +178,7 @@ def main(argv):
     if _DATA_DIR.value:
       overrides["data_dir"] = _DATA_DIR.value
     record = evaluate_run(workdir, _STEP.value, _SPLIT.value, _SEED.value, overrides)
-  except (UsageError, restore.RestoreError, data_lib.DataNotFoundError) as err:
+  except (restore.UsageError, restore.RestoreError, data_lib.DataNotFoundError) as err:
     sys.exit(f"error: {err}")
   out = pathlib.Path(_OUT.value or workdir / f"eval_{_SPLIT.value}_{record['iw_samples']}.json")
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,28 @@ class RestoreError(ValueError):
   """The workdir holds no run, or not the checkpoint asked for; the message says what it found."""
 
 
+class UsageError(ValueError):
+  """A command-line value that ``experiments.evaluate`` / ``experiments.sample`` cannot use."""
+
+
+def check_minimum(flag, minimum: int) -> None:
+  """Refuses an integer flag below ``minimum`` (None means the run's default and passes)."""
+  if flag.value is not None and flag.value < minimum:
+    raise UsageError(f"invalid --{flag.name}={flag.value}: must be an integer >= {minimum}")
+
+
+def start_command(argv, workdir: str | None) -> None:
+  """Common start of the two commands: no stray arguments, a --workdir, quiet orbax."""
+  from absl import app, flags, logging
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not workdir:
+    raise app.UsageError("--workdir is required: the folder of a run of experiments.run")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only folder is read-only
+
+
 class Restored(NamedTuple):
   """A run's model at one checkpoint.
 
@@ -137,3 +159,12 @@ def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Rest
   finally:
     ckpt.close()
   return Restored(experiment, state, number, which)
+
+
+def describe(workdir: str | os.PathLike, run: Restored) -> str:
+  """One line naming the run and the checkpoint restored."""
+  config = run.experiment.config
+  return (
+    f"{workdir}: {config.method} ({config.prior} prior) on {config.dataset}, {run.which} "
+    f"checkpoint, step {run.step}"
+  )

@@ -22,7 +22,9 @@ import os
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from experiments import restore
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's folder (given to experiments.run).")
 _STEP = flags.DEFINE_string(
@@ -42,10 +44,6 @@ _COLS = flags.DEFINE_integer("cols", None, "Images per row of the grid (default 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the run's).")
 
 PA_GROUPS = 16  # PA's independent sub-populations (they give log Z its standard error)
-
-
-class UsageError(ValueError):
-  """A flag value the sampler cannot use."""
 
 
 def prior_samples(key, prior, num: int, population: int, temperatures: int, sweeps: int):
@@ -74,42 +72,30 @@ def prior_samples(key, prior, num: int, population: int, temperatures: int, swee
 
 
 def check_flags() -> None:
-  for flag, minimum in ((_NUM, 1), (_POPULATION, 1), (_TEMPERATURES, 2), (_SWEEPS, 1)):
-    if flag.value < minimum:
-      raise UsageError(f"invalid --{flag.name}={flag.value}: must be an integer >= {minimum}")
-  if _COLS.value is not None and _COLS.value < 1:
-    raise UsageError(f"invalid --cols={_COLS.value}: must be an integer >= 1")
+  for flag, minimum in ((_NUM, 1), (_POPULATION, 1), (_TEMPERATURES, 2), (_SWEEPS, 1), (_COLS, 1)):
+    restore.check_minimum(flag, minimum)
   if not _OUT.value.lower().endswith(".png"):
-    raise UsageError(f"invalid --out={_OUT.value!r}: must name a .png file")
+    raise restore.UsageError(f"invalid --out={_OUT.value!r}: must name a .png file")
   if _NPZ.value is not None and not _NPZ.value.endswith(".npz"):
-    raise UsageError(f"invalid --npz={_NPZ.value!r}: must name a .npz file")
+    raise restore.UsageError(f"invalid --npz={_NPZ.value!r}: must name a .npz file")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required: the folder of a run of experiments.run")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only folder is read-only
+  restore.start_command(argv, _WORKDIR.value)
   import jax
   import numpy as np
 
   from dvae_jax import data as data_lib
-  from experiments import images, restore, train
+  from experiments import images, train
 
   try:
     check_flags()
     overrides = {"data_dir": _DATA_DIR.value} if _DATA_DIR.value else {}
     run = restore.restore(_WORKDIR.value, _STEP.value, **overrides)
-  except (UsageError, restore.RestoreError, data_lib.DataNotFoundError) as err:
+  except (restore.UsageError, restore.RestoreError, data_lib.DataNotFoundError) as err:
     sys.exit(f"error: {err}")
-  config, params = run.experiment.config, run.state.params
-  print(
-    f"{_WORKDIR.value}: {config.method} ({config.prior} prior) on {config.dataset}, {run.which} "
-    f"checkpoint, step {run.step}",
-    flush=True,
-  )
+  params = run.state.params
+  print(restore.describe(_WORKDIR.value, run), flush=True)
   key = jax.random.key(_SEED.value)
   z, message = prior_samples(
     jax.random.fold_in(key, 0),
