@@ -405,3 +405,11 @@ def test_tfds_prepared_binarized_mnist_is_read_without_tensorflow(tmp_path, monk
   monkeypatch.setitem(data.MNIST_MD5, "test", "0" * 32)
   with pytest.raises(ValueError, match="differs from Larochelle's test split"):
     data.load_dataset("binarized_mnist", tmp_path, allow_download=False)
+
+
+def test_provenance_names_files_and_their_md5_without_paths(data_dir):
+  ds = data.load_dataset("caltech101_silhouettes", data_dir)
+  record = data.provenance(ds)
+  assert record["data_source"] == "caltech101_silhouettes_28.npz" and "/" not in str(record)
+  path = data_dir / "caltech101_silhouettes_28.npz"
+  assert record["data_md5"] == {path.name: hashlib.md5(path.read_bytes()).hexdigest()}
