@@ -147,7 +147,10 @@ def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Rest
   workdir = pathlib.Path(workdir)
   config = run_config(workdir, **overrides)
   which, number = choose_checkpoint(workdir, step)
-  experiment, state = train.build(config)
+  try:
+    experiment, state = train.build(config)
+  except ValueError as err:  # an invalid size (e.g. a batch that does not split over the devices)
+    raise UsageError(f"cannot rebuild the run with these settings: {err}") from err
   folder = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
   ckpt = checkpointing.Checkpointer(folder, 1, read_only=True)
   try:

@@ -19,8 +19,8 @@ from experiments import restore, train
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def run_module(module, *args):
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache")}
+def run_module(module, *args, env=None):
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"), **(env or {})}
   return subprocess.run(
     [sys.executable, "-m", module, *args],
     cwd=REPO,
@@ -117,6 +117,17 @@ def test_evaluate_refuses_bad_flags(tiny_run, args, message):
   assert message in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr
   assert checksums(workdir) == before
+
+
+def test_evaluate_refuses_a_batch_that_does_not_split_over_the_devices(tiny_run):
+  proc = run_module(
+    "experiments.evaluate",
+    f"--workdir={tiny_run[0]}",
+    "--batch_size=3",
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+  )
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "eval_batch_size=3 must be divisible by the number of devices (2)" in proc.stderr
 
 
 def test_evaluate_refuses_a_folder_without_run_or_checkpoint(tiny_run, tmp_path):
