@@ -223,34 +223,171 @@ def _paired_differences(nll: dict, configs, structs, ks, reference: str) -> list
   return lines
 
 
-def plot_curves(out: pathlib.Path, rows: list[tuple]) -> None:
+# Line style of each K (one colour per method: the default colour cycle, in the preset's order).
+K_STYLES = ("-", "--", ":", "-.")
+SMOOTH_POINTS = 5  # the training loss is logged for one batch every log_every steps: noisy
+
+
+def mean_curve(curves: list[tuple[list, list]]) -> tuple[list, list]:
+  """(steps, mean over curves) at the steps every curve has; curves: [(steps, values)]."""
+  common = sorted(set.intersection(*(set(steps) for steps, _ in curves))) if curves else []
+  lookups = [dict(zip(steps, values, strict=True)) for steps, values in curves]
+  return common, [statistics.mean(look[s] for look in lookups) for s in common]
+
+
+def moving_average(values: list[float], width: int) -> list[float]:
+  """Trailing mean over up to ``width`` points (the first points average fewer)."""
+  return [statistics.mean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
+
+
+def focus_limits(values: list[float], margin: float = 0.15, min_span: float = 1.0):
+  """(low, high) y limits around ``values`` with ``margin`` of their span on each side, at least
+  ``min_span`` wide: an axis on which differences of a nat are visible."""
+  if not values:
+    return None
+  low, high = min(values), max(values)
+  pad = max(margin * (high - low), (min_span - (high - low)) / 2, 0.0)
+  return low - pad, high + pad
+
+
+def paired_val_differences(curves: dict, config: str, reference: str, struct: str, k: int):
+  """(steps, mean over seeds of val NLL(config) − val NLL(reference)) for one struct and K, over
+  the seeds both have; curves: {(config, struct, k, seed): learning curve}."""
+  pairs = []
+  for (c, s, kk, seed), curve in curves.items():
+    other = curves.get((reference, s, kk, seed))
+    if (c, s, kk) != (config, struct, k) or other is None:
+      continue
+    ref = dict(zip(other["val_step"], other["val_nll"], strict=True))
+    steps = [t for t in curve["val_step"] if t in ref]
+    own = dict(zip(curve["val_step"], curve["val_nll"], strict=True))
+    pairs.append((steps, [own[t] - ref[t] for t in steps]))
+  return mean_curve(pairs)
+
+
+def plot_curves(out: pathlib.Path, rows: list[tuple], reference: str = "dvae_sharp") -> None:
+  """OUT/learning_curves_<struct>.png: training loss, validation NLL and the paired difference
+  val NLL(method) − val NLL(reference) against the step; one colour per method, one line style
+  per K, means over seeds. The y axes frame the later half of training of the methods with an RBM
+  prior, where they differ by about a nat; lines outside (the factorial baseline, early steps)
+  are clipped and their last value is written in the panel."""
   try:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
   except ImportError:
     print("matplotlib not installed (pip install -e '.[bench]'): no learning-curve PNGs")
     return
-  structs = list(dict.fromkeys(r[0][1] for r in rows))
-  for struct in structs:
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for (config, s, k, seed), _ in rows:
-      path = out / "json" / f"{run_name(config, s, k, seed)}.json"
-      if s != struct or not path.exists():
-        continue
+  curves = {}
+  for cell, _ in rows:
+    path = out / "json" / f"{run_name(*cell)}.json"
+    if path.exists():
       curve = json.loads(path.read_text())["learning_curve"]
-      if not curve["step"]:
+      if curve["step"]:
+        curves[cell] = curve
+  configs = list(dict.fromkeys(cell[0] for cell, _ in rows))
+  palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  colour = {c: palette[i % len(palette)] for i, c in enumerate(configs)}
+  ks = sorted({cell[2] for cell, _ in rows})
+  style = {k: K_STYLES[i % len(K_STYLES)] for i, k in enumerate(ks)}
+  focus = [c for c in configs if not c.endswith("_factorial")] or configs
+  for struct in dict.fromkeys(cell[1] for cell, _ in rows):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    framed = {0: [], 1: [], 2: []}
+    drawn = {0: [], 1: [], 2: []}  # (axis, config, k, last value) of every line
+    seeds = sorted({cell[3] for cell in curves if cell[1] == struct})
+    for config in configs:
+      for k in ks:
+        cells = [cell for cell in curves if cell[:3] == (config, struct, k)]
+        if not cells:
+          continue
+        loss = mean_curve([(curves[c]["step"], curves[c]["loss"]) for c in cells])
+        loss = (loss[0], moving_average(loss[1], SMOOTH_POINTS))
+        val = mean_curve([(curves[c]["val_step"], curves[c]["val_nll"]) for c in cells])
+        panels = [(0, loss), (1, val)]
+        if config != reference:
+          panels.append((2, paired_val_differences(curves, config, reference, struct, k)))
+        for axis, (steps, values) in panels:
+          if not steps:
+            continue
+          marker = "o" if axis else None  # validation points: one per evaluation
+          axes[axis].plot(
+            steps, values, color=colour[config], ls=style[k], lw=1.4, marker=marker, ms=3
+          )
+          drawn[axis].append((config, k, values[-1]))
+          if config in focus:
+            late = [v for t, v in zip(steps, values, strict=True) if t >= 0.5 * steps[-1]]
+            framed[axis] += late
+    axes[2].axhline(0.0, color=colour.get(reference, "k"), lw=1.0)
+    if not drawn[2]:
+      axes[2].text(
+        0.5, 0.5, f"no {reference} runs to pair with", ha="center", transform=axes[2].transAxes
+      )
+    framed[2].append(0.0)
+    for axis in range(3):
+      limits = focus_limits(framed[axis])
+      if limits is None:
         continue
-      label = f"{config} K={k} s{seed}"
-      axes[0].plot(curve["step"], curve["loss"], label=label, lw=0.8)
-      axes[1].plot(curve["val_step"], curve["val_nll"], marker="o", label=label, lw=0.8)
-    axes[0].set(title=f"{struct}: training loss", xlabel="step", ylabel="loss (nats)")
-    axes[1].set(title=f"{struct}: validation NLL", xlabel="step", ylabel="NLL (nats)")
-    axes[1].legend(fontsize=6)
+      axes[axis].set_ylim(*limits)
+      outside = [
+        f"{c} K={k}: {v:+.1f}" if axis == 2 else f"{c} K={k}: {v:.1f}"
+        for c, k, v in drawn[axis]
+        if not limits[0] <= v <= limits[1]
+      ]
+      if outside:
+        axes[axis].text(
+          0.02,
+          0.02,
+          "off scale (last value):\n" + "\n".join(outside),
+          transform=axes[axis].transAxes,
+          fontsize=7,
+          va="bottom",
+        )
+    n_seeds = f"mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    axes[0].set(
+      title=f"{struct}: training loss ({SMOOTH_POINTS}-point moving average)",
+      xlabel="step",
+      ylabel="loss (nats)",
+    )
+    axes[1].set(title=f"{struct}: validation NLL ({n_seeds})", xlabel="step", ylabel="NLL (nats)")
+    axes[2].set(
+      title=f"paired: val NLL(method) − val NLL({reference}), same seed",
+      xlabel="step",
+      ylabel="difference (nats; > 0: method worse)",
+    )
+    for ax in axes:
+      ax.grid(alpha=0.3)
+    method_handles = [Line2D([], [], color=colour[c], lw=2, label=c) for c in configs]
+    k_handles = [Line2D([], [], color="0.3", ls=style[k], lw=1.4, label=f"K={k}") for k in ks]
+    axes[1].legend(handles=method_handles, fontsize=8, loc="upper right", title="method")
+    axes[2].legend(handles=k_handles, fontsize=8, loc="best", title="objective K")
     fig.tight_layout()
     fig.savefig(out / f"learning_curves_{struct}.png", dpi=110)
     plt.close(fig)
+
+
+def saved_record(out: pathlib.Path, name: str) -> dict | None:
+  """The run's record OUT/json/<name>.json (results + learning curve), if written before."""
+  path = out / "json" / f"{name}.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def portable_provenance(results: dict) -> dict:
+  """Results whose ``data_source`` is a machine path (records written before data files were named
+  by name and MD5) get the file's name, and its MD5 when the file is still at that path."""
+  source = results.get("data_source", "")
+  if "/" not in source:
+    return results
+  from dvae_jax import data as data_lib
+
+  paths = source.split(", ")
+  names = [os.path.basename(p) for p in paths]
+  results = {**results, "data_source": ", ".join(names)}
+  if all(os.path.isfile(p) for p in paths):
+    results["data_md5"] = {n: data_lib.file_md5(p) for n, p in zip(names, paths, strict=True)}
+  return results
 
 
 def main(argv):
@@ -260,13 +397,18 @@ def main(argv):
   rows = []
   for cell in grid():
     workdir = out / "runs" / run_name(*cell)
-    if _REPORT_ONLY.value:
+    saved = saved_record(out, run_name(*cell))
+    if _REPORT_ONLY.value and not (workdir / "results.json").exists() and saved is not None:
+      # The run folders are not committed: rebuild the report from the committed records.
+      result, curve = portable_provenance(saved["results"]), saved["learning_curve"]
+    elif _REPORT_ONLY.value:
       path = workdir / "results.json"
       result = json.loads(path.read_text()) if path.exists() else None
+      curve = learning_curve(workdir)
     else:
       result = run_one(out, *cell)
-    if result is not None:
       curve = learning_curve(workdir)
+    if result is not None:
       copy_images(out, workdir, run_name(*cell))
       record = {"run": run_name(*cell), "results": result, "learning_curve": curve}
       tmp = out / "json" / f"{run_name(*cell)}.json.tmp"

@@ -18,8 +18,13 @@ Where the files are looked for (the first match wins), see :func:`data_search_pa
 1. the ``data_dir`` argument (``--data_dir`` of ``experiments/run.py``), if given: only there;
 2. else ``$DVAE_JAX_DATA_DIR``, if set: only there;
 3. else ``../shared/data`` relative to the working directory, ``../shared/data`` beside the
-   repository that holds this package, and the cache ``$XDG_CACHE_HOME/dvae_jax`` (default
-   ``~/.cache/dvae_jax``).
+   repository that holds this package, the cache ``$XDG_CACHE_HOME/dvae_jax`` (default
+   ``~/.cache/dvae_jax``) and the tensorflow-datasets folder ``$TFDS_DATA_DIR`` (default
+   ``~/tensorflow_datasets``).
+
+In every folder, binarized MNIST may also be a TFDS-prepared ``binarized_mnist`` in ArrayRecord
+format (``tfds build binarized_mnist --file_format=array_record``, or ``tfds.data_source``): it is
+read with ``tfds.data_source``, which needs no TensorFlow (see :func:`read_tfds_binarized_mnist`).
 
 Binarized MNIST missing everywhere is downloaded from the original URL into the first explicit
 location (1 or 2) or else the cache, unless downloads are forbidden (``allow_download=False`` or
@@ -113,7 +118,8 @@ class Dataset(NamedTuple):
     valid: [n_valid, 784] uint8 in {0, 1}.
     test: [n_test, 784] uint8 in {0, 1}.
     dynamic_binarization: whether ``train`` holds grey values to be binarized per batch.
-    source: the file(s) the data came from.
+    source: the file(s) the data came from (paths on this machine, joined by ', ').
+    files: the same paths, one per entry (see :func:`provenance`).
   """
 
   name: str
@@ -122,6 +128,7 @@ class Dataset(NamedTuple):
   test: np.ndarray
   dynamic_binarization: bool
   source: str
+  files: tuple[str, ...] = ()
 
   @property
   def train_mean(self) -> np.ndarray:
@@ -151,6 +158,7 @@ def data_search_path(data_dir: str | os.PathLike | None = None) -> list[tuple[pa
     (pathlib.Path.cwd().parent / "shared" / "data", "../shared/data relative to the working dir"),
     (repo.parent / "shared" / "data", "../shared/data relative to the repository"),
     (cache_dir(), "cache"),
+    (tfds_data_dir(), "tensorflow-datasets folder"),
   ]
   seen, unique = set(), []
   for path, why in candidates:
@@ -217,6 +225,40 @@ def load_dataset(
   raise DataNotFoundError(_not_found_message(name, searched, reason))
 
 
+def file_md5(path: str | os.PathLike) -> str:
+  """MD5 of a file's bytes (as ``md5sum`` prints it), read in 1 MiB blocks; of a folder (a
+  TFDS-prepared dataset), of its files' names and bytes in sorted order."""
+  path = pathlib.Path(path)
+  files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+  digest = hashlib.md5()
+  for file in files:
+    if path.is_dir():
+      digest.update(str(file.relative_to(path)).encode() + b"\0")
+    with open(file, "rb") as f:
+      for block in iter(lambda f=f: f.read(1 << 20), b""):
+        digest.update(block)
+  return digest.hexdigest()
+
+
+def provenance(dataset: Dataset) -> dict:
+  """What a result JSON records about its data: file names and MD5 sums, no machine paths.
+
+  Returns:
+    ``{'data_source': 'name[, name...]', 'data_md5': {name: md5}}``; compare with ``md5sum`` or the
+    data folder's ``MD5SUMS``.
+  """
+  names = [
+    f"{pathlib.Path(f).parent.name}/{pathlib.Path(f).name} (TFDS)"
+    if os.path.isdir(f)
+    else os.path.basename(f)
+    for f in dataset.files
+  ]
+  return {
+    "data_source": ", ".join(names),
+    "data_md5": {name: file_md5(f) for name, f in zip(names, dataset.files, strict=True)},
+  }
+
+
 def _not_found_message(name: str, searched: Sequence[tuple[pathlib.Path, str]], reason: str) -> str:
   where = "\n".join(f"  - {path} ({why})" for path, why in searched)
   return (
@@ -226,8 +268,65 @@ def _not_found_message(name: str, searched: Sequence[tuple[pathlib.Path, str]], 
   )
 
 
+def tfds_data_dir() -> pathlib.Path:
+  """``$TFDS_DATA_DIR``, default ``~/tensorflow_datasets`` (where tensorflow-datasets prepares)."""
+  return pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+def _tfds_prepared(name: str, folder: pathlib.Path) -> pathlib.Path | None:
+  """The newest version folder of a TFDS-prepared ``name`` in ArrayRecord format, or None."""
+  versions = sorted(
+    (v for v in (folder / name).glob("*.*.*") if (v / "dataset_info.json").is_file()),
+    key=lambda v: tuple(int(p) if p.isdigit() else -1 for p in v.name.split(".")),
+  )
+  for version in reversed(versions):
+    if any(version.glob(f"{name}-*.array_record*")):
+      return version
+  return None
+
+
+def read_tfds_binarized_mnist(version_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The splits of a TFDS-prepared ``binarized_mnist`` (ArrayRecord) in Larochelle's row order.
+
+  Read with ``tfds.data_source`` (no TensorFlow; needs ``tensorflow_datasets``, ``array_record``,
+  ``importlib_resources`` and pillow). TFDS stores examples sorted by the MD5 hash of their key
+  salted with the split name (``tfds.core.hashing.Hasher``); its builder keys example i of each
+  ``.amat`` file by i, so sorting the keys by that hash gives each record's original row. The
+  caller checks the pixels against :data:`MNIST_MD5`, which also catches a different ordering.
+
+  Args:
+    version_dir: ``DATA_DIR/binarized_mnist/VERSION``.
+
+  Returns:
+    ``{'train', 'valid', 'test'}`` -> [n, 784] uint8.
+  """
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core import hashing
+
+  version_dir = pathlib.Path(version_dir)
+  builder = tfds.builder_from_directory(str(version_dir))
+  source = builder.as_data_source()
+  splits = {}
+  for split, tfds_split in (("train", "train"), ("valid", "validation"), ("test", "test")):
+    records = source[tfds_split]
+    n = len(records)
+    images = np.stack([ex["image"] for ex in records.__getitems__(list(range(n)))])
+    hasher = hashing.Hasher(tfds_split)
+    keys = sorted(range(n), key=hasher.hash_key)  # record j holds example keys[j]
+    x = np.empty((n, NUM_PIXELS), np.uint8)
+    x[keys] = images.reshape(n, NUM_PIXELS)
+    splits[split] = x
+  return splits
+
+
 def _find_files(name: str, folder: pathlib.Path) -> list[pathlib.Path] | None:
   """The files of ``name`` present in ``folder`` (first acceptable form), or None."""
+  if name == "binarized_mnist" and not any(
+    (folder / f).is_file() for f in ("binarized_mnist.npz", "binarized_mnist_train.amat")
+  ):
+    prepared = _tfds_prepared("binarized_mnist", folder)
+    if prepared is not None:
+      return [prepared]
   for pattern in DATA_FILES[name]:
     if "{" in pattern:
       stem, rest = pattern.split("{", 1)
@@ -262,14 +361,30 @@ def _check_binary(name: str, split: str, x: np.ndarray) -> np.ndarray:
 
 def _load_mnist(paths: list[pathlib.Path], seed: int) -> Dataset:
   del seed  # fixed binarization
-  if len(paths) == 1:
+  if len(paths) == 1 and paths[0].is_dir():
+    splits = read_tfds_binarized_mnist(paths[0])
+    for split, x in splits.items():
+      if (
+        x.shape[0] != MNIST_SPLITS[split]
+        or hashlib.md5(x.tobytes()).hexdigest() != MNIST_MD5[split]
+      ):
+        raise ValueError(
+          f"the TFDS binarized_mnist in {paths[0]} differs from Larochelle's {split} split "
+          f"({x.shape[0]} images, md5 {hashlib.md5(x.tobytes()).hexdigest()}; expected "
+          f"{MNIST_SPLITS[split]}, {MNIST_MD5[split]})"
+        )
+  elif len(paths) == 1:
     with np.load(paths[0]) as f:
       splits = {s: f[s] for s in MNIST_SPLITS}
   else:
     splits = {s: parse_amat(p.read_bytes()) for s, p in zip(MNIST_SPLITS, paths, strict=True)}
   splits = {s: _check_binary("binarized_mnist", s, x) for s, x in splits.items()}
   return Dataset(
-    "binarized_mnist", **splits, dynamic_binarization=False, source=", ".join(map(str, paths))
+    "binarized_mnist",
+    **splits,
+    dynamic_binarization=False,
+    source=", ".join(map(str, paths)),
+    files=tuple(map(str, paths)),
   )
 
 
@@ -319,6 +434,7 @@ def _load_omniglot(paths: list[pathlib.Path], seed: int) -> Dataset:
     test=_binarize_once(test, seed, 1),
     dynamic_binarization=True,
     source=str(path),
+    files=(str(path),),
   )
 
 
@@ -338,7 +454,13 @@ def _load_caltech(paths: list[pathlib.Path], seed: int) -> Dataset:
     s: 1 - _check_binary("caltech101_silhouettes", s, _columns_to_rows(np.asarray(x)))
     for s, x in raw.items()
   }
-  return Dataset("caltech101_silhouettes", **splits, dynamic_binarization=False, source=str(path))
+  return Dataset(
+    "caltech101_silhouettes",
+    **splits,
+    dynamic_binarization=False,
+    source=str(path),
+    files=(str(path),),
+  )
 
 
 _LOADERS: dict[str, Callable[[list[pathlib.Path], int], Dataset]] = {

@@ -75,17 +75,21 @@ class Checkpointer:
   """Saves and restores a pytree at integer steps in ``directory``, keeping the latest few.
 
   Every process must call ``save`` (orbax coordinates multi-host writes; only the primary host
-  writes metadata).
+  writes metadata). ``read_only=True`` opens an existing folder for restoring only: nothing is
+  created, written or deleted (``experiments.evaluate`` / ``experiments.sample``).
   """
 
-  def __init__(self, directory: str | os.PathLike, max_to_keep: int):
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int, *, read_only: bool = False):
     self.directory = pathlib.Path(os.path.abspath(directory))
     self._manager = ocp.CheckpointManager(
       os.path.abspath(directory),
       # Synchronous saves: our states are a few MB, and orbax's asynchronous finalisation raced
       # between processes sharing one file system (two CPU processes on one machine).
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+        max_to_keep=max_to_keep,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
       ),
     )
 

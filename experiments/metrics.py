@@ -105,10 +105,13 @@ class Progress:
     start: the step the run starts (or resumes) from.
     stream: where to print (default stdout); the bar is used only when it is a terminal.
     enabled: False on non-primary processes.
+    unit: what is counted ('step'; 'example' for experiments.evaluate).
   """
 
-  def __init__(self, total: int, start: int, *, stream=None, enabled: bool = True):
-    self._total, self._start = total, start
+  def __init__(
+    self, total: int, start: int, *, stream=None, enabled: bool = True, unit: str = "step"
+  ):
+    self._total, self._start, self._unit = total, start, unit
     self._stream = stream or sys.stdout
     self._enabled = enabled
     self._tty = enabled and hasattr(self._stream, "isatty") and self._stream.isatty()
@@ -135,8 +138,8 @@ class Progress:
     eta = self.eta_seconds(step)
     eta_text = "?" if math.isinf(eta) else _format_seconds(eta)
     status = (
-      f"step {step}/{self._total} ({100 * frac:5.1f}%) "
-      f"{self.steps_per_second(step):.1f} steps/s ETA {eta_text} {text}"
+      f"{self._unit} {step}/{self._total} ({100 * frac:5.1f}%) "
+      f"{self.steps_per_second(step):.1f} {self._unit}s/s ETA {eta_text} {text}"
     )
     if self._tty:
       width = 24

@@ -288,8 +288,8 @@ def _info_dict(info) -> dict:
 
 
 def make_eval_fn(experiment: Experiment, num_samples: int):
-  """Jitted ``(params, batch_stats, log_z, x [B, 784], mask [B], key) -> (Σ nll, Σ −ELBO)`` of the
-  discrete model with ``num_samples`` importance samples (MATH.md §6)."""
+  """Jitted ``(params, batch_stats, log_z, x [B, 784], mask [B], key) -> (Σ nll, Σ −ELBO, Σ nll²)``
+  of the discrete model with ``num_samples`` importance samples (MATH.md §6)."""
   graphdef = experiment.eval_graphdef
   chunk = min(num_samples, 100)
 
@@ -298,7 +298,8 @@ def make_eval_fn(experiment: Experiment, num_samples: int):
     out = evaluation.evaluate(
       model, params["prior"], log_z, x, key, num_samples, sample_chunk=chunk
     )
-    return jnp.sum(out["nll"] * mask), jnp.sum(out["neg_elbo"] * mask)
+    nll = out["nll"] * mask
+    return jnp.sum(nll), jnp.sum(out["neg_elbo"] * mask), jnp.sum(nll * nll)
 
   replicated = sharding.replicated(experiment.mesh)
   batch = sharding.batch_sharded(experiment.mesh)
@@ -349,13 +350,21 @@ def anchor_sampler_log_z(state: TrainState, log_z: float, log_z_err: float):
 
 
 def evaluate_split(
-  experiment: Experiment, eval_fn, state: TrainState, x_all: np.ndarray, log_z: float, key
+  experiment: Experiment,
+  eval_fn,
+  state: TrainState,
+  x_all: np.ndarray,
+  log_z: float,
+  key,
+  progress: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-  """Mean NLL and −ELBO (nats) over the examples ``x_all`` [n, 784] (uint8 or float)."""
+  """Mean NLL and −ELBO (nats) over the examples ``x_all`` [n, 784] (uint8 or float), and the
+  standard error of the mean NLL over the examples (``nll_stderr``). Memory is bounded by one batch
+  of ``eval_batch_size`` examples; ``progress(examples done)`` is called after each batch."""
   config, mesh = experiment.config, experiment.mesh
   batch_size = config.eval_batch_size
   n = x_all.shape[0]
-  total_nll = total_elbo = 0.0
+  total_nll = total_elbo = total_sq = 0.0
   batch_sharding = sharding.batch_sharded(mesh)
   log_z = sharding.put_global(np.float32(log_z), sharding.replicated(mesh))
   for b, start in enumerate(range(0, n, batch_size)):
@@ -363,7 +372,7 @@ def evaluate_split(
     mask = np.zeros((batch_size,), np.float32)
     chunk = x_all[start : start + batch_size]
     x[: len(chunk)], mask[: len(chunk)] = chunk, 1.0
-    nll, elbo = eval_fn(
+    nll, elbo, nll_sq = eval_fn(
       state.params,
       state.batch_stats,
       log_z,
@@ -373,7 +382,12 @@ def evaluate_split(
     )
     total_nll += float(sharding.to_host(nll))
     total_elbo += float(sharding.to_host(elbo))
-  return {"nll": total_nll / n, "neg_elbo": total_elbo / n}
+    total_sq += float(sharding.to_host(nll_sq))
+    if progress is not None:
+      progress(min(start + batch_size, n))
+  mean = total_nll / n
+  variance = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
+  return {"nll": mean, "neg_elbo": total_elbo / n, "nll_stderr": math.sqrt(variance / n)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,6 +402,11 @@ def model_samples(experiment: Experiment, params, batch_stats, sampler_state, ke
     z = jnp.concatenate([sampler_state.z1, sampler_state.z2], axis=-1)[:num]
   else:
     z = jax.random.bernoulli(key, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
+  return decode_means(experiment, params, batch_stats, z)
+
+
+def decode_means(experiment: Experiment, params, batch_stats, z: jax.Array) -> jax.Array:
+  """[n, 784] decoder means sigmoid(logits of p(x|z)) of binary latents ``z`` [n, num_latent]."""
   model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
   return jax.nn.sigmoid(model.decode(z.astype(jnp.float32), use_running_average=True))
 
@@ -721,6 +740,7 @@ def final_evaluation(
   test = evaluate_split(experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1))
   results = {
     "test_nll": test["nll"],
+    "test_nll_stderr": test["nll_stderr"],
     "test_neg_elbo": test["neg_elbo"],
     "test_log_z": log_z,
     "test_log_z_stderr": log_z_err,
@@ -728,7 +748,7 @@ def final_evaluation(
     "best_step": best_step,
     "num_test_examples": int(test_x.shape[0]),
     "num_devices": jax.device_count(),
-    "data_source": experiment.dataset.source,
+    **data_lib.provenance(experiment.dataset),
     "config": config.to_dict(),
   }
   if config.dataset == "omniglot" and not experiment.dataset.source.endswith("chardata.mat"):

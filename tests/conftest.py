@@ -1,6 +1,5 @@
 """Shared pytest set-up: a persistent XLA compilation cache and where the shared datasets are."""
 
-import os
 import pathlib
 
 import jax
@@ -14,15 +13,79 @@ jax.config.update("jax_compilation_cache_dir", str(REPO_ROOT / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def shared_data_dir() -> pathlib.Path:
-  """The datasets folder of the tests: $DVAE_JAX_DATA_DIR, else ../shared/data beside the repo."""
-  env = os.environ.get("DVAE_JAX_DATA_DIR")
-  return pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+# The files of the whole datasets (as in ../shared/data); tests/data/subsets.npz holds a few hundred
+# real images of each split of each (tests/data/README.md).
+FULL_DATA_FILES = (
+  "binarized_mnist.npz",
+  "omniglot_28x28_rebuilt.npz",
+  "caltech101_silhouettes_28.npz",
+)
+SUBSETS = REPO_ROOT / "tests" / "data" / "subsets.npz"
+
+
+def find_full_data_dir() -> pathlib.Path | None:
+  """The first folder of the data search path that holds every whole dataset
+  (``dvae_jax.data.data_search_path``: $DVAE_JAX_DATA_DIR alone if set, else ../shared/data and
+  the download cache)."""
+  from dvae_jax import data
+
+  for folder, _ in data.data_search_path():
+    if all((folder / name).is_file() for name in FULL_DATA_FILES):
+      return folder
+  return None
+
+
+def full_data_reason() -> str:
+  from dvae_jax import data
+
+  where = ", ".join(str(folder) for folder, _ in data.data_search_path())
+  return (
+    f"needs the whole datasets ({', '.join(FULL_DATA_FILES)}), not found in {where}; put them in "
+    "a folder and set DVAE_JAX_DATA_DIR=FOLDER (or place them in ../shared/data beside the "
+    "repository or in the cache folder)"
+  )
+
+
+def write_subsets(folder: pathlib.Path) -> pathlib.Path:
+  """Writes the committed subsets in the loader's formats (the layouts of ../shared/data)."""
+  import numpy as np
+
+  folder.mkdir(parents=True, exist_ok=True)
+  with np.load(SUBSETS) as f:
+
+    def get(name, split):
+      return np.unpackbits(f[f"{name}/{split}"], axis=-1, count=784)
+
+    def extras(name, keys):
+      return {k: f[f"{name}/{k}"] for k in keys if f"{name}/{k}" in f.files}
+
+    splits = ("train", "valid", "test")
+    np.savez(folder / "binarized_mnist.npz", **{s: get("binarized_mnist", s) for s in splits})
+    np.savez(
+      folder / "caltech101_silhouettes_28.npz",
+      **{s: get("caltech101_silhouettes", s) for s in splits},
+      **extras("caltech101_silhouettes", [f"{s}_labels" for s in splits] + ["classnames"]),
+    )
+    np.savez(
+      folder / "omniglot_28x28_rebuilt.npz",
+      train=f["omniglot/train"],  # grey, as in the whole file
+      test=f["omniglot/test"],
+      **extras("omniglot", ["train_alphabet", "test_alphabet", "alphabet_names"]),
+    )
+  return folder
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> pathlib.Path:
-  path = shared_data_dir()
-  if not (path / "binarized_mnist.npz").exists():
-    pytest.fail(f"test data not found in {path}; set DVAE_JAX_DATA_DIR to the shared data folder")
-  return path
+def full_data_dir() -> pathlib.Path:
+  """A folder with the whole datasets; skips the test (saying how to provide them) otherwise."""
+  folder = find_full_data_dir()
+  if folder is None:
+    pytest.skip(full_data_reason())
+  return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+  """A folder with all three datasets: the whole ones if on the search path, else the committed
+  subsets of tests/data (so that a clone with no data and no network runs the suite)."""
+  return find_full_data_dir() or write_subsets(tmp_path_factory.mktemp("subsets"))

@@ -1,6 +1,9 @@
 """Tests of the Table 1 report of benchmarks/table1.py (aggregation over seeds, Markdown table)."""
 
+import json
 import statistics
+
+import pytest
 
 from benchmarks import table1
 
@@ -65,3 +68,65 @@ def test_presets_name_known_configs_structs_and_datasets():
       preset.split("_")[-1], "binarized_mnist"
     )
     assert table1._dataset(preset) == expected, preset
+
+
+def _curve(val_nll, start=1000, loss=None):
+  steps = [start * (i + 1) for i in range(len(val_nll))]
+  return {"step": steps, "loss": loss or list(val_nll), "val_step": steps, "val_nll": list(val_nll)}
+
+
+def test_curve_helpers():
+  assert table1.mean_curve([([1, 2, 3], [1.0, 2.0, 3.0]), ([2, 3], [4.0, 5.0])]) == (
+    [2, 3],
+    [3.0, 4.0],
+  )
+  assert table1.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+  # A nat-wide axis at least, with margins: 1-nat differences on a 100-nat scale stay visible.
+  assert table1.focus_limits([100.0, 100.2]) == (99.6, 100.6)
+  low, high = table1.focus_limits([95.0, 99.0])
+  assert (low, high) == (95.0 - 0.6, 99.0 + 0.6)
+  assert table1.focus_limits([]) is None
+
+
+def test_paired_val_differences_pair_seeds_and_steps():
+  curves = {
+    ("dvae", "s", 1, 0): _curve([101.0, 99.0]),
+    ("dvae", "s", 1, 1): _curve([103.0, 100.0, 98.0]),
+    ("dvae_sharp", "s", 1, 0): _curve([100.0, 98.5]),
+    ("dvae_sharp", "s", 1, 1): _curve([101.0, 99.0, 97.0]),
+    ("dvae", "s", 5, 0): _curve([90.0]),  # no K=5 reference: not paired
+  }
+  steps, diffs = table1.paired_val_differences(curves, "dvae", "dvae_sharp", "s", 1)
+  assert steps == [1000, 2000]  # the steps every pair has
+  assert diffs == [(1.0 + 2.0) / 2, (0.5 + 1.0) / 2]
+  assert table1.paired_val_differences(curves, "dvae", "dvae_sharp", "s", 5) == ([], [])
+
+
+def test_portable_provenance_drops_machine_paths(tmp_path):
+  (tmp_path / "binarized_mnist.npz").write_bytes(b"abc")
+  old = {"test_nll": 1.0, "data_source": str(tmp_path / "binarized_mnist.npz")}
+  new = table1.portable_provenance(old)
+  assert new["data_source"] == "binarized_mnist.npz"
+  assert new["data_md5"] == {"binarized_mnist.npz": "900150983cd24fb0d6963f7d28e17f72"}
+  gone = table1.portable_provenance({"data_source": "/nowhere/omniglot_28x28_rebuilt.npz"})
+  assert gone == {"data_source": "omniglot_28x28_rebuilt.npz"}  # no checksum it cannot compute
+  assert table1.portable_provenance(new) is new
+
+
+def test_plot_draws_one_figure_per_struct(tmp_path):
+  pytest.importorskip("matplotlib")
+  (tmp_path / "json").mkdir()
+  rows = []
+  for config, offset in (("dvae_sharp", 0.0), ("dvae", 0.8), ("dvae_sharp_factorial", 15.0)):
+    for k in (1, 5):
+      for seed in (0, 1):
+        cell = (config, "1-layer-lin", k, seed)
+        curve = _curve([110 + offset - k, 105 + offset - k, 100 + offset - k])
+        record = {"results": _result(100.0), "learning_curve": curve}
+        (tmp_path / "json" / f"{table1.run_name(*cell)}.json").write_text(json.dumps(record))
+        rows.append((cell, record["results"]))
+  table1.plot_curves(tmp_path, rows)
+  from PIL import Image
+
+  image = Image.open(tmp_path / "learning_curves_1-layer-lin.png")
+  assert image.size[0] > 1500 and image.size[1] > 400

@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pathlib
+import sys
 import urllib.error
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 import scipy.io
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from dvae_jax import data
 
@@ -33,12 +35,18 @@ def mnist(data_dir):
 
 
 @pytest.fixture(scope="module")
+def full_mnist(full_data_dir):
+  return data.load_dataset("binarized_mnist", full_data_dir)
+
+
+@pytest.fixture(scope="module")
 def omniglot_raw(data_dir):
   with np.load(data_dir / "omniglot_28x28_rebuilt.npz") as f:
     return f["train"], f["test"]
 
 
-def test_mnist_splits_match_published_checksums(mnist):
+def test_mnist_splits_match_published_checksums(full_mnist):
+  mnist = full_mnist
   assert not mnist.dynamic_binarization
   for split, count in data.MNIST_SPLITS.items():
     x = getattr(mnist, split)
@@ -90,10 +98,10 @@ def test_omniglot_rebuilt_split_and_binarization(data_dir, omniglot_raw):
   assert (other.test != ds.test).any()
 
 
-def test_omniglot_stand_in_validation_spans_the_alphabets(data_dir):
+def test_omniglot_stand_in_validation_spans_the_alphabets(full_data_dir):
   """The rebuilt file is sorted by alphabet: its last 1,345 images are 3 alphabets. The validation
   draw must instead look like the data: every alphabet in it, in proportion to its size."""
-  with np.load(data_dir / "omniglot_28x28_rebuilt.npz") as f:
+  with np.load(full_data_dir / "omniglot_28x28_rebuilt.npz") as f:
     alphabet = f["train_alphabet"]
   assert len(np.unique(alphabet[-data.OMNIGLOT_NUM_VALID :])) <= 3  # why the last rows won't do
   rows = data.omniglot_validation_rows(alphabet.size, from_chardata=False)
@@ -138,7 +146,8 @@ def test_omniglot_reads_user_chardata_mat(tmp_path, omniglot_raw):
   assert ds.test[test.reshape(-1, 784) == 0].max() == 0
 
 
-def test_caltech_is_upright_and_flipped(data_dir):
+def test_caltech_is_upright_and_flipped(full_data_dir):
+  data_dir = full_data_dir
   ds = data.load_dataset("caltech101_silhouettes", data_dir)
   assert ds.train.shape == (4100, 784) and ds.valid.shape == (2264, 784)
   assert ds.test.shape == (2307, 784) and not ds.dynamic_binarization
@@ -182,8 +191,9 @@ def test_caltech_reads_marlin_mat(tmp_path, data_dir):
 def test_search_path_order(monkeypatch, tmp_path):
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
   default = [p for p, _ in data.data_search_path()]
-  assert default[-1] == tmp_path / "xdg" / "dvae_jax"
+  assert default[-2:] == [tmp_path / "xdg" / "dvae_jax", tmp_path / "tfds"]
   assert pathlib.Path.cwd().parent / "shared" / "data" in default
   monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
   assert [p for p, _ in data.data_search_path()] == [tmp_path / "env"]
@@ -329,7 +339,7 @@ def test_batches_depend_on_seed_and_reject_bad_sizes():
 def test_train_batch_dtype_and_values(mnist):
   x = data.train_batch(mnist, seed=0, step=3, batch_size=16)
   assert x.shape == (16, 784) and x.dtype == np.float32
-  np.testing.assert_array_equal(x, mnist.train[data.batch_indices(0, 3, 16, 50_000)])
+  np.testing.assert_array_equal(x, mnist.train[data.batch_indices(0, 3, 16, len(mnist.train))])
 
 
 def test_binarize_mean_matches_probabilities():
@@ -471,3 +481,60 @@ def test_bad_file_stops_the_search_even_with_another_form_beside_it(tmp_path):
   message = _bad_file_error(tmp_path)
   assert str(tmp_path / "binarized_mnist_valid.amat") in message
   assert "ValueError: not a binarized MNIST .amat file" in message
+
+
+def test_tfds_prepared_binarized_mnist_is_read_without_tensorflow(tmp_path, monkeypatch):
+  """A binarized_mnist prepared by tensorflow-datasets in ArrayRecord format (here a tiny one that
+  the test prepares with TFDS's own builder, offline: examples given as PNG bytes so that no
+  TensorFlow is needed) is found on the search path and read back in Larochelle's row order."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  rng = np.random.default_rng(0)
+  splits = {
+    s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
+    for s, n in zip(data.MNIST_SPLITS, (9, 4, 5), strict=True)
+  }
+  builder = tfds.builder("binarized_mnist", data_dir=tmp_path, file_format="array_record")
+  names = {"train": "train", "validation": "valid", "test": "test"}
+
+  def split_generators(self, dl_manager):
+    return [tfds.core.SplitGenerator(name=n, gen_kwargs={"split": s}) for n, s in names.items()]
+
+  def generate_examples(self, split):  # TFDS's builder keys example i of each .amat file by i
+    for i, row in enumerate(splits[split]):
+      png = io.BytesIO()
+      Image.fromarray(row.reshape(28, 28)).save(png, format="PNG")
+      yield i, {"image": png.getvalue()}
+
+  monkeypatch.setattr(type(builder), "_split_generators", split_generators)
+  monkeypatch.setattr(type(builder), "_generate_examples", generate_examples)
+  builder.download_and_prepare()
+  assert "tensorflow" not in sys.modules
+  monkeypatch.setattr(data, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
+  monkeypatch.setattr(
+    data, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
+  )
+  # Found in its own folder on the search path ($TFDS_DATA_DIR, after the usual places).
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(data, "__file__", str(tmp_path / "repo" / "dvae_jax" / "data.py"))
+  assert (tmp_path, "tensorflow-datasets folder") in data.data_search_path()
+  ds = data.load_dataset("binarized_mnist", allow_download=False)
+  for split, x in splits.items():
+    np.testing.assert_array_equal(getattr(ds, split), x)  # same rows, same order
+  assert ds.source.endswith("binarized_mnist/1.0.0")
+  assert data.provenance(ds)["data_source"] == "binarized_mnist/1.0.0 (TFDS)"
+  assert "tensorflow" not in sys.modules
+  # Pixels that differ from the published ones are refused, not used.
+  monkeypatch.setitem(data.MNIST_MD5, "test", "0" * 32)
+  with pytest.raises(ValueError, match="differs from Larochelle's test split"):
+    data.load_dataset("binarized_mnist", tmp_path, allow_download=False)
+
+
+def test_provenance_names_files_and_their_md5_without_paths(data_dir):
+  ds = data.load_dataset("caltech101_silhouettes", data_dir)
+  record = data.provenance(ds)
+  assert record["data_source"] == "caltech101_silhouettes_28.npz" and "/" not in str(record)
+  path = data_dir / "caltech101_silhouettes_28.npz"
+  assert record["data_md5"] == {path.name: hashlib.md5(path.read_bytes()).hexdigest()}

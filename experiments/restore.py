@@ -1,0 +1,173 @@
+"""A trained run, read back from its workdir without changing it (for ``experiments.evaluate`` and
+``experiments.sample``).
+
+The model is rebuilt from the workdir's ``config.json`` by ``train.build`` (the runner's own
+constructor) and the weights restored by ``checkpointing.Checkpointer`` in read-only mode, from
+``checkpoints_best/`` (the best validation step, as the runner's final evaluation does) or
+``checkpoints/`` (the latest steps; the runner saves ``(TrainState, record)`` there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import NamedTuple
+
+from ml_collections import config_dict
+
+from experiments import checkpointing, train
+
+LATEST_DIR = "checkpoints"  # the runner's folders, see experiments/train.py
+BEST_DIR = "checkpoints_best"
+
+
+class RestoreError(ValueError):
+  """The workdir holds no run, or not the checkpoint asked for; the message says what it found."""
+
+
+class UsageError(ValueError):
+  """A command-line value that ``experiments.evaluate`` / ``experiments.sample`` cannot use."""
+
+
+def check_minimum(flag, minimum: int) -> None:
+  """Refuses an integer flag below ``minimum`` (None means the run's default and passes)."""
+  if flag.value is not None and flag.value < minimum:
+    raise UsageError(f"invalid --{flag.name}={flag.value}: must be an integer >= {minimum}")
+
+
+def start_command(argv, workdir: str | None) -> None:
+  """Common start of the two commands: no stray arguments, a --workdir, quiet orbax."""
+  from absl import app, flags, logging
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not workdir:
+    raise app.UsageError("--workdir is required: the folder of a run of experiments.run")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only folder is read-only
+
+
+class Restored(NamedTuple):
+  """A run's model at one checkpoint.
+
+  Attributes:
+    experiment: ``train.Experiment`` built from the run's config (with any overrides).
+    state: ``train.TrainState``; its params and batch_stats are those of the checkpoint (its
+      optimiser and sampler state too when restored from ``checkpoints/``).
+    step: the checkpoint's training step.
+    which: 'best' or 'latest' (the folder it came from).
+  """
+
+  experiment: train.Experiment
+  state: train.TrainState
+  step: int
+  which: str
+
+
+def run_config(workdir: str | os.PathLike, **overrides) -> config_dict.ConfigDict:
+  """The run's ``config.json`` as a ConfigDict, with ``overrides`` (config keys) applied."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  if not workdir.is_dir():
+    raise RestoreError(f"workdir {workdir} does not exist")
+  if not path.is_file():
+    found = sorted(p.name for p in workdir.iterdir())[:20]
+    raise RestoreError(
+      f"{workdir} holds no run: no config.json (found: {', '.join(found) or 'nothing'}); "
+      "point --workdir to the folder given to python -m experiments.run"
+    )
+  config = config_dict.ConfigDict(json.loads(path.read_text()))
+  for key, value in overrides.items():
+    if value is not None:
+      config[key] = value
+  return config
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> dict[str, list[int]]:
+  """``{'best': [steps], 'latest': [steps]}`` of the complete checkpoints in the workdir."""
+  steps = {}
+  for which, folder in (("best", BEST_DIR), ("latest", LATEST_DIR)):
+    path = pathlib.Path(workdir) / folder
+    if not path.is_dir():
+      steps[which] = []
+      continue
+    ckpt = checkpointing.Checkpointer(path, 1, read_only=True)
+    steps[which] = sorted(ckpt.all_steps())
+    ckpt.close()
+  return steps
+
+
+def choose_checkpoint(workdir: str | os.PathLike, step: str) -> tuple[str, int]:
+  """``(folder kind, step)`` for ``step`` = 'best', 'latest' or a step number.
+
+  Raises:
+    RestoreError: no such checkpoint; the message lists the checkpoints found.
+  """
+  steps = checkpoint_steps(workdir)
+  found = (
+    f"best-validation checkpoint(s) {steps['best'] or 'none'} in {BEST_DIR}/, "
+    f"latest checkpoint(s) {steps['latest'] or 'none'} in {LATEST_DIR}/"
+  )
+  if not steps["best"] and not steps["latest"]:
+    raise RestoreError(
+      f"{workdir} holds no checkpoint (found {found}); a run saves its first checkpoint at "
+      "--config.checkpoint_every or --config.eval_every steps"
+    )
+  if step == "best":
+    if not steps["best"]:
+      raise RestoreError(f"{workdir} holds no best-validation checkpoint (found {found})")
+    return "best", steps["best"][-1]
+  if step == "latest":
+    if steps["latest"] and (not steps["best"] or steps["latest"][-1] >= steps["best"][-1]):
+      return "latest", steps["latest"][-1]
+    return "best", steps["best"][-1]
+  try:
+    number = int(step)
+  except ValueError:
+    raise RestoreError(f"invalid --step {step!r}: 'best', 'latest' or a step number") from None
+  for which in ("latest", "best"):
+    if number in steps[which]:
+      return which, number
+  raise RestoreError(f"{workdir} holds no checkpoint of step {number} (found {found})")
+
+
+def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Restored:
+  """Builds the run's model (``train.build``) and restores checkpoint ``step`` into it.
+
+  Args:
+    workdir: the run's folder.
+    step: 'best' (default), 'latest' or a step number.
+    **overrides: config keys to change (evaluation sizes, ``data_dir``); None leaves a key.
+
+  Raises:
+    RestoreError: not a run folder or no such checkpoint.
+    dvae_jax.data.DataNotFoundError: the run's dataset is not found.
+  """
+  workdir = pathlib.Path(workdir)
+  config = run_config(workdir, **overrides)
+  which, number = choose_checkpoint(workdir, step)
+  try:
+    experiment, state = train.build(config)
+  except ValueError as err:  # an invalid size (e.g. a batch that does not split over the devices)
+    raise UsageError(f"cannot rebuild the run with these settings: {err}") from err
+  folder = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
+  ckpt = checkpointing.Checkpointer(folder, 1, read_only=True)
+  try:
+    if which == "best":
+      weights = {"params": state.params, "batch_stats": state.batch_stats}
+      state = state._replace(**ckpt.restore(number, weights))
+    else:
+      state, _ = ckpt.restore(number, (state, train.initial_record(experiment.mesh)))
+  finally:
+    ckpt.close()
+  return Restored(experiment, state, number, which)
+
+
+def describe(workdir: str | os.PathLike, run: Restored) -> str:
+  """One line naming the run and the checkpoint restored."""
+  config = run.experiment.config
+  return (
+    f"{workdir}: {config.method} ({config.prior} prior) on {config.dataset}, {run.which} "
+    f"checkpoint, step {run.step}"
+  )
