@@ -45,7 +45,11 @@ LR_MULTIPLIERS = (0.1, 1.0, 1.0 / 3.0, 0.1, 9.1e-5 / 3e-3)
 
 # Keys whose change does not alter the trajectory of a run; any other difference between a workdir's
 # config and the requested one refuses to resume.
-_RESUMABLE_DIFFERENCES = ("data_dir",)
+_RESUMABLE_DIFFERENCES = (
+  "data_dir",
+  "sampler_diagnostic_replicas",
+  "sampler_diagnostic_temperatures",
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -327,6 +331,47 @@ def anchor_sampler_log_z(state: TrainState, log_z: float, log_z_err: float):
   return state._replace(sampler_state=sampler_state), drift
 
 
+SAMPLER_DIAGNOSTIC_PREFIX = "val/sampler_"
+
+
+def sampler_diagnostic(experiment: Experiment, sampler_state, key) -> dict[str, float]:
+  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled) in
+  units of the noise of as many independent samples, against two fresh anneals for the population's
+  own parameters (``samplers.diagnostics``), the implied relative bias of the log-Z gradient, the
+  anneals' log Z and the seconds taken. Empty without an RBM sampler or with
+  ``sampler_diagnostic_replicas = 0``."""
+  config = experiment.config
+  if experiment.sampler is None or not config.sampler_diagnostic_replicas:
+    return {}
+  t0 = time.perf_counter()
+  out = samplers_lib.diagnostics.state_moment_error(
+    key,
+    sampler_state,
+    num_replicas=config.sampler_diagnostic_replicas,
+    num_temperatures=config.sampler_diagnostic_temperatures,
+  )
+  out = {k: float(sharding.to_host(v)) for k, v in out._asdict().items()}
+  names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
+  names["relative_bias"] = "grad_relative_bias"
+  metrics = {SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items()}
+  metrics[SAMPLER_DIAGNOSTIC_PREFIX + "diagnostic_seconds"] = time.perf_counter() - t0
+  return metrics
+
+
+def sampler_diagnostic_history(workdir: pathlib.Path) -> dict:
+  """The ``val/sampler_*`` metrics of every evaluation in ``metrics.jsonl`` as lists, with
+  ``steps`` and ``max_error`` (the largest of the four moment errors over the run)."""
+  rows = [r for r in metrics_lib.read_metrics(workdir) if SAMPLER_DIAGNOSTIC_PREFIX + "error" in r]
+  if not rows:
+    return {}
+  keys = [k for k in rows[0] if k.startswith(SAMPLER_DIAGNOSTIC_PREFIX)]
+  history = {k[len(SAMPLER_DIAGNOSTIC_PREFIX) :]: [r.get(k) for r in rows] for k in keys}
+  history["steps"] = [r["step"] for r in rows]
+  errors = ("error", "z1_error", "z2_error", "z1z2_error")
+  history["max_error"] = max(max(history[k]) for k in errors)
+  return history
+
+
 def evaluate_split(
   experiment: Experiment, eval_fn, state: TrainState, x_all: np.ndarray, log_z: float, key
 ) -> dict[str, float]:
@@ -589,6 +634,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         if experiment.sampler is not None:
           state, drift = anchor_sampler_log_z(state, log_z, log_z_err)
           writer.write(done, {"val/sampler_log_z_drift": drift})
+        writer.write(
+          done, sampler_diagnostic(experiment, state.sampler_state, jax.random.fold_in(key, 3))
+        )
         val = evaluate_split(experiment, val_eval, state, val_x, log_z, jax.random.fold_in(key, 1))
         improved = val["nll"] < record["best_val_nll"]
         if improved:
@@ -633,6 +681,7 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   results.update(
     train_seconds=train_seconds,
     wall_seconds_this_session=time.time() - wall_start,
+    sampler_diagnostic=sampler_diagnostic_history(workdir),
   )
   if primary:
     tmp = workdir / "results.json.tmp"

@@ -3,11 +3,20 @@
 Modules: `gibbs` (block Gibbs sweeps), `pcd` (persistent chains), `population_annealing` (PA: log Z
 with error bars, and a persistent training sampler), `ais` (annealed importance sampling),
 `resampling` (systematic / residual / multinomial, effective sample size), `prior_sampler`
-(the training-time factory). All are pure functions over NamedTuple states with the PRNG key first,
-except the two estimators below, which take the RBM first.
+(the training-time factory), `diagnostics` (is a population in equilibrium?). All are pure
+functions over NamedTuple states with the PRNG key first, except the two estimators below, which
+take the RBM first.
 """
 
-from dvae_jax.samplers import ais, gibbs, pcd, persistent, population_annealing, resampling
+from dvae_jax.samplers import (
+  ais,
+  diagnostics,
+  gibbs,
+  pcd,
+  persistent,
+  population_annealing,
+  resampling,
+)
 from dvae_jax.samplers.ais import AISResult, ais_log_partition
 from dvae_jax.samplers.gibbs import GibbsState
 from dvae_jax.samplers.persistent import PersistentInfo, PersistentState
@@ -23,6 +32,7 @@ __all__ = [
   "PriorSampler",
   "ais",
   "ais_log_partition",
+  "diagnostics",
   "gibbs",
   "make_prior_sampler",
   "pa_log_partition",

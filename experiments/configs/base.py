@@ -51,6 +51,11 @@ def get_config() -> config_dict.ConfigDict:
   c.eval_batch_size = 100  # Examples per evaluation batch.
   c.ais_num_chains = config_dict.placeholder(int)
   c.ais_num_temperatures = config_dict.placeholder(int)
+  # Sampler diagnostic at every evaluation (dvae_jax.samplers.diagnostics, README "How to read the
+  # sampler diagnostic"): the persistent population's moment error against two fresh population-
+  # annealing runs of this many replicas × temperatures for its own parameters. 0 replicas: off.
+  c.sampler_diagnostic_replicas = 2048
+  c.sampler_diagnostic_temperatures = 1000
 
   # Bookkeeping.
   c.seed = 0

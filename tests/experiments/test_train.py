@@ -17,7 +17,7 @@ from experiments import checkpointing, config_lib, metrics, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Timing columns differ between runs by nature; every other column must match.
-TIMING_KEYS = ("steps_per_second", "eval_seconds")
+TIMING_KEYS = ("steps_per_second", "eval_seconds", "val/sampler_diagnostic_seconds")
 
 TINY = {
   "num_steps": 4,
@@ -31,6 +31,8 @@ TINY = {
   "eval_batch_size": 8,
   "ais_num_chains": 8,
   "ais_num_temperatures": 10,
+  "sampler_diagnostic_replicas": 32,
+  "sampler_diagnostic_temperatures": 10,
   "log_every": 1,
   "checkpoint_every": 2,
   "num_image_samples": 4,
@@ -165,8 +167,25 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
       val_rows[0]["val/log_z"],
       rtol=1e-5,
     )
+    # The sampler diagnostic is logged at every evaluation and summarised in results.json.
+    diag_rows = [r for r in rows if "val/sampler_error" in r]
+    assert [r["step"] for r in diag_rows] == [2, 4]
+    for key in ("z1_error", "z2_error", "z1z2_error", "error", "grad_relative_bias"):
+      assert all(
+        np.isfinite(r[f"val/sampler_{key}"]) and r[f"val/sampler_{key}"] >= 0 for r in diag_rows
+      ), key
 
   saved = json.loads((tmp_path / "results.json").read_text())
+  if config.prior == "rbm":
+    history = saved["sampler_diagnostic"]
+    assert history["steps"] == [2, 4]
+    assert history["max_error"] == max(
+      r[f"val/sampler_{k}"]
+      for r in diag_rows
+      for k in ("error", "z1_error", "z2_error", "z1z2_error")
+    )
+  else:
+    assert saved["sampler_diagnostic"] == {}
   for key in ("test_nll", "val_nll", "test_neg_elbo", "train_seconds"):
     assert np.isfinite(saved[key]) and saved[key] == pytest.approx(results[key])
   # The IW bound is never above the single-sample bound it averages (on the same draws).
