@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ml_collections import config_dict
 
-from dvae_jax import data, models, objectives, samplers
+from dvae_jax import data, models, objectives, rbm, samplers
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = tuple(
@@ -125,6 +125,7 @@ _CHOICES = {
   "prior": PRIORS,
   "sampler": SAMPLERS,
   "relaxed_sampler": objectives.RELAXED_SAMPLERS,
+  "rao_blackwell": rbm.RAO_BLACKWELL_MODES,
 }
 
 

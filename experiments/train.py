@@ -34,6 +34,7 @@ from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
 from dvae_jax import evaluation, models, objectives, priors
+from dvae_jax import rbm as rbm_lib
 from dvae_jax import samplers as samplers_lib
 from experiments import checkpointing, config_lib, images, sharding
 from experiments import metrics as metrics_lib
@@ -214,7 +215,10 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     prior = state.params["prior"]
     if sampler is not None:
       sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
-      prior_samples = (sampler_state.z1, sampler_state.z2, sampler_state.log_z)
+      z1, z2 = rbm_lib.rao_blackwellize(
+        prior, sampler_state.z1, sampler_state.z2, config.rao_blackwell
+      )
+      prior_samples = (z1, z2, sampler_state.log_z)
     else:
       sampler_state, info, prior_samples = (), {}, None
 

@@ -42,6 +42,10 @@ def get_config() -> config_dict.ConfigDict:
   c.sampler = "pa"  # pa | pcd
   c.num_prior_samples = config_dict.placeholder(int)
   c.num_sweeps = config_dict.placeholder(int)
+  # Gradient of log Z from the samples (rbm.rao_blackwellize): 'none' (sampled z1, z2: MATH.md §2),
+  # 'z2' (E[z2|z1] for z2) or 'symmetric' (both conditional means, averaged): same expectation,
+  # 2-4x lower variance per sample; not the default, it changes the training trajectory.
+  c.rao_blackwell = "none"
 
   # Evaluation: the discrete model, AIS log Z (MATH.md §3, §6).
   c.eval_every = config_dict.placeholder(int)  # Validation NLL every this many steps.

@@ -121,6 +121,7 @@ def test_kl_warmup():
 # 4-group one compiles slowly, so it is a slow test).
 _E2E_CASES = [pytest.param(name, {}, id=name) for name in config_lib.CONFIG_NAMES] + [
   pytest.param("dvae", {"struct": "2-layer-nonlin", "sampler": "pcd"}, id="dvae-2-layer-pcd"),
+  pytest.param("dvae_sharp", {"rao_blackwell": "symmetric"}, id="rao-blackwell-symmetric"),
   pytest.param(
     "dvae_sharp_gi",
     {"struct": "4-layer-nonlin", "k": 2},
