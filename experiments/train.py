@@ -48,8 +48,12 @@ LR_MULTIPLIERS = (0.1, 1.0, 1.0 / 3.0, 0.1, 9.1e-5 / 3e-3)
 # config and the requested one refuses to resume.
 _RESUMABLE_DIFFERENCES = (
   "data_dir",
+  # Diagnostics and the reported log Z: they never touch the parameters' trajectory.
   "sampler_diagnostic_replicas",
   "sampler_diagnostic_temperatures",
+  "log_z_refresh_every",
+  "log_z_tracker_replicas",
+  "log_z_tracker_sweeps",
 )
 
 
@@ -335,6 +339,38 @@ def anchor_sampler_log_z(state: TrainState, log_z: float, log_z_err: float):
   return state._replace(sampler_state=sampler_state), drift
 
 
+def make_log_z_tracking(experiment: Experiment):
+  """Jitted ``(seed, refresh)`` of ``samplers.log_z_tracking`` for the runner, or ``None`` when
+  ``log_z_refresh_every`` is 0 or there is no RBM sampler.
+
+  ``seed(key, state) -> tracker`` (replicated); ``refresh(key, tracker, state) -> (tracker, state,
+  [drift, new log Z])`` donates ``state`` and replaces its sampler's log Z by the tracker's.
+  """
+  config = experiment.config
+  if experiment.sampler is None or not config.log_z_refresh_every:
+    return None
+  replicated = sharding.replicated(experiment.mesh)
+  tracking = samplers_lib.log_z_tracking
+
+  def seed(key, state):
+    return tracking.seed(key, state.sampler_state, config.log_z_tracker_replicas)
+
+  def refresh(key, tracker, state):
+    tracker, sampler_state, drift = tracking.refresh(
+      key, tracker, state.sampler_state, config.log_z_tracker_sweeps
+    )
+    return tracker, state._replace(sampler_state=sampler_state), jnp.stack([drift, tracker.log_z])
+
+  return (
+    jax.jit(seed, out_shardings=replicated),
+    jax.jit(
+      refresh,
+      donate_argnums=(2,),
+      out_shardings=(replicated, experiment.state_sharding, replicated),
+    ),
+  )
+
+
 SAMPLER_DIAGNOSTIC_PREFIX = "val/sampler_"
 
 
@@ -592,6 +628,13 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
   val_eval = eval_fns[config.val_iw_samples]
   image_fn = make_image_fn(experiment)
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
+  # The log Z tracker is seeded at the start and at every checkpoint, so a resumed run tracks as
+  # the uninterrupted one did; its refreshes' drifts wait for the next host sync to be written.
+  log_z_tracking = make_log_z_tracking(experiment)
+  tracking_root = jax.random.fold_in(eval_root, 2**31 - 2)
+  if log_z_tracking:
+    tracker = log_z_tracking[0](jax.random.fold_in(tracking_root, start), state)
+  refresh_drifts = []
   val_x = eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
   train_seconds = record["train_seconds"]
@@ -617,10 +660,19 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
       last = done == config.num_steps
       is_eval = done % config.eval_every == 0 or last
       is_log = done % config.log_every == 0 or last
+      if log_z_tracking and done % config.log_z_refresh_every == 0 and not is_eval:
+        key = jax.random.fold_in(tracking_root, done)
+        tracker, state, drift = log_z_tracking[1](key, tracker, state)
+        refresh_drifts.append((done, drift))
       if sync_each_step or is_log or is_eval or done % config.checkpoint_every == 0:
         _check_pending_finite(pending)  # waits for the steps: their time is counted below
         pending = []
       train_seconds += time.perf_counter() - t0
+      if refresh_drifts and (is_log or is_eval):
+        for at, values in refresh_drifts:
+          drift, log_z = sharding.to_host(values).tolist()
+          writer.write(at, {"sampler/log_z_refresh_drift": drift, "sampler/log_z_refreshed": log_z})
+        refresh_drifts = []
       if is_log:
         row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k != "finite"}
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
@@ -670,6 +722,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
           train_seconds=train_seconds,
         )
         latest.save(done, (state, rec))
+        if log_z_tracking:
+          tracker = log_z_tracking[0](jax.random.fold_in(tracking_root, done), state)
   except BaseException:
     writer.close()
     raise

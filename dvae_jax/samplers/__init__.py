@@ -3,15 +3,17 @@
 Modules: `gibbs` (block Gibbs sweeps), `pcd` (persistent chains), `population_annealing` (PA: log Z
 with error bars, and a persistent training sampler), `ais` (annealed importance sampling),
 `resampling` (systematic / residual / multinomial, effective sample size), `prior_sampler`
-(the training-time factory), `diagnostics` (is a population in equilibrium?). All are pure
-functions over NamedTuple states with the PRNG key first, except the two estimators below, which
-take the RBM first.
+(the training-time factory), `diagnostics` (is a population in equilibrium?), `log_z_tracking`
+(an independent population that keeps the training log Z honest). All are pure functions over
+NamedTuple states with the PRNG key first, except the two estimators below, which take the RBM
+first.
 """
 
 from dvae_jax.samplers import (
   ais,
   diagnostics,
   gibbs,
+  log_z_tracking,
   pcd,
   persistent,
   population_annealing,
@@ -34,6 +36,7 @@ __all__ = [
   "ais_log_partition",
   "diagnostics",
   "gibbs",
+  "log_z_tracking",
   "make_prior_sampler",
   "pa_log_partition",
   "pcd",

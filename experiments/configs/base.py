@@ -46,6 +46,12 @@ def get_config() -> config_dict.ConfigDict:
   # 'z2' (E[z2|z1] for z2) or 'symmetric' (both conditional means, averaged): same expectation,
   # 2-4x lower variance per sample; not the default, it changes the training trajectory.
   c.rao_blackwell = "none"
+  # Honest training log Z (dvae_jax.samplers.log_z_tracking): every this many steps an independent
+  # population of log_z_tracker_replicas, moved along the same parameters by persistent PA with
+  # log_z_tracker_sweeps sweeps, replaces the sampler's running log Z (which drifts low). 0: off.
+  c.log_z_refresh_every = 50
+  c.log_z_tracker_replicas = 512
+  c.log_z_tracker_sweeps = 10
 
   # Evaluation: the discrete model, AIS log Z (MATH.md §3, §6).
   c.eval_every = config_dict.placeholder(int)  # Validation NLL every this many steps.

@@ -33,6 +33,9 @@ TINY = {
   "ais_num_temperatures": 10,
   "sampler_diagnostic_replicas": 32,
   "sampler_diagnostic_temperatures": 10,
+  "log_z_refresh_every": 1,
+  "log_z_tracker_replicas": 8,
+  "log_z_tracker_sweeps": 2,
   "log_every": 1,
   "checkpoint_every": 2,
   "num_image_samples": 4,
@@ -65,8 +68,12 @@ def without_timing(rows):
 
 # Columns that are differences of two large numbers: their rounding error is relative to the size
 # of the terms, not of the difference (kl = log_q − log_prior ≈ 2e3 − 2e3 nats; the PA log Z
-# increment is a difference of two log Z ≈ 140).
-DIFFERENCE_SCALES = {"terms/kl": "terms/log_q", "sampler/log_z_increment": "sampler/log_z"}
+# increment and the log Z tracker's drift are differences of two log Z ≈ 140).
+DIFFERENCE_SCALES = {
+  "terms/kl": "terms/log_q",
+  "sampler/log_z_increment": "sampler/log_z",
+  "sampler/log_z_refresh_drift": "sampler/log_z_refreshed",
+}
 
 
 def assert_rows_close(rows_a, rows_b, rtol):
@@ -168,6 +175,10 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
       val_rows[0]["val/log_z"],
       rtol=1e-5,
     )
+    # The log Z tracker re-anchors the sampler's log Z at every step that is not an evaluation.
+    refresh_rows = [r for r in rows if "sampler/log_z_refresh_drift" in r]
+    assert [r["step"] for r in refresh_rows] == [1, 3]
+    assert all(np.isfinite(r["sampler/log_z_refresh_drift"]) for r in refresh_rows)
     # The sampler diagnostic is logged at every evaluation and summarised in results.json.
     diag_rows = [r for r in rows if "val/sampler_error" in r]
     assert [r["step"] for r in diag_rows] == [2, 4]
