@@ -689,10 +689,10 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
         )
         if experiment.sampler is not None:
           state, drift = anchor_sampler_log_z(state, log_z, log_z_err)
-          writer.write(done, {"val/sampler_log_z_drift": drift})
-        writer.write(
-          done, sampler_diagnostic(experiment, state.sampler_state, jax.random.fold_in(key, 3))
-        )
+          diagnostic = sampler_diagnostic(
+            experiment, state.sampler_state, jax.random.fold_in(key, 3)
+          )
+          writer.write(done, {"val/sampler_log_z_drift": drift, **diagnostic})
         val = evaluate_split(experiment, val_eval, state, val_x, log_z, jax.random.fold_in(key, 1))
         improved = val["nll"] < record["best_val_nll"]
         if improved:
