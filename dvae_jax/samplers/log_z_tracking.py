@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from dvae_jax.samplers import population_annealing
-from dvae_jax.samplers.persistent import PersistentState
+from dvae_jax.samplers.persistent import PersistentInfo, PersistentState
 
 Array = jax.Array
 
@@ -57,7 +57,7 @@ def seed(key: Array, state: PersistentState, num_replicas: int = 512) -> Persist
 
 def refresh(
   key: Array, tracker: PersistentState, state: PersistentState, num_sweeps: int = 10, **options
-) -> tuple[PersistentState, PersistentState, Array]:
+) -> tuple[PersistentState, PersistentState, Array, PersistentInfo]:
   """Moves the tracker to state.params and gives the training state the tracker's log Z.
 
   Args:
@@ -69,13 +69,14 @@ def refresh(
 
   Returns:
     (tracker at state.params, state with the tracker's log_z, log_z_compensation and
-    log_z_variance, drift = the training state's log Z − the tracker's: what the refresh removed).
+    log_z_variance, drift = the training state's log Z − the tracker's: what the refresh removed,
+    the tracker step's PersistentInfo: stages, smallest ESS, stderr).
   """
-  tracker, _ = population_annealing.step(key, tracker, state.params, num_sweeps, **options)
+  tracker, info = population_annealing.step(key, tracker, state.params, num_sweeps, **options)
   drift = state.log_z - tracker.log_z
   state = state._replace(
     log_z=tracker.log_z,
     log_z_compensation=tracker.log_z_compensation,
     log_z_variance=tracker.log_z_variance,
   )
-  return tracker, state, drift.astype(jnp.result_type(state.log_z))
+  return tracker, state, drift.astype(jnp.result_type(state.log_z)), info
