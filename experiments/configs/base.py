@@ -51,7 +51,7 @@ def get_config() -> config_dict.ConfigDict:
   # log_z_tracker_sweeps sweeps, replaces the sampler's running log Z (which drifts low). 0: off.
   c.log_z_refresh_every = 50
   c.log_z_tracker_replicas = 512
-  c.log_z_tracker_sweeps = 10
+  c.log_z_tracker_sweeps = 40
 
   # Evaluation: the discrete model, AIS log Z (MATH.md §3, §6).
   c.eval_every = config_dict.placeholder(int)  # Validation NLL every this many steps.

@@ -66,8 +66,8 @@ def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05)
 def test_reported_log_z_stays_exact_along_training(num_sweeps):
   reported, untracked, exact, stderr = train_and_report(num_sweeps)
   error = reported - exact
-  # Measured: max |error| 0.083 (4 sweeps) and 0.057 (40) nats, reported stderr 0.08; 0.25 nats
-  # is 3 stderr, and half the 0.5-nat requirement of issue 10.
+  # Measured: max |error| 0.17 (4 sweeps) and 0.08 (40) nats, reported stderr 0.08; 0.25 nats is
+  # 3 stderr, and half the 0.5-nat requirement of issue 10.
   assert np.max(np.abs(error)) < 0.25, np.max(np.abs(error))
   assert abs(error[-1]) < 4 * stderr[-1], (error[-1], stderr[-1])
   if num_sweeps == 4:
