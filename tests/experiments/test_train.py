@@ -223,9 +223,18 @@ class SimulatedCrash(Exception):
   pass
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-  # Omniglot: the dynamic binarization must resume too. PA: the sampler state must resume.
-  overrides = {"num_steps": 6, "checkpoint_every": 3, "eval_every": 3, "dataset": "omniglot"}
+@pytest.mark.parametrize("eval_every", [3, 6], ids=["checkpoint-at-eval", "checkpoint-between"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(
+  data_dir, tmp_path, monkeypatch, eval_every
+):
+  # Omniglot: the dynamic binarization must resume too. PA: the sampler state must resume. A
+  # checkpoint between evaluations: the log Z tracker (not checkpointed) must resume too.
+  overrides = {
+    "num_steps": 6,
+    "checkpoint_every": 3,
+    "eval_every": eval_every,
+    "dataset": "omniglot",
+  }
   config = tiny_config("dvae_sharp", data_dir, **overrides)
   straight = train.train_and_evaluate(config, tmp_path / "straight")
 
