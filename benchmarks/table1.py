@@ -56,6 +56,12 @@ PRESETS = {
     ("1-layer-nonlin",),
     (1, 5),
   ),
+  # Issue 10's sweep-budget study (one budget per --out; benchmarks/sweep_study.py runs them all).
+  "sweep_study": (
+    ("dvae", "dvae_sharp"),
+    ("1-layer-lin", "1-layer-nonlin", "2-layer-nonlin"),
+    (5,),
+  ),
   "paper_mnist": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
   "paper_omniglot": (ALL_METHODS, ALL_STRUCTS, (1, 5, 25)),
 }

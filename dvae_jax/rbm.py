@@ -157,6 +157,42 @@ def log_partition_surrogate(m: RBM, z1: Array, z2: Array, log_z: Array) -> Array
   return lax.stop_gradient(log_z) + neg_e - lax.stop_gradient(neg_e)
 
 
+RAO_BLACKWELL_MODES = ("none", "z2", "symmetric")
+
+
+def rao_blackwellize(m: RBM, z1: Array, z2: Array, mode: str = "none") -> tuple[Array, Array]:
+  """Samples for `log_partition_surrogate` with one side replaced by its conditional mean.
+
+  The surrogate's gradient is the sample mean of s(z) = (z1, z2, z1 z2ᵀ) (MATH.md §2). Since −E is
+  linear in each side, feeding it E[z2 | z1] = σ(b2 + Wᵀz1) instead of the sampled z2 gives the
+  gradient estimate mean_s (z1, μ2(z1), z1 μ2(z1)ᵀ): the same expectation under p (tower rule),
+  lower variance (Rao-Blackwell), no extra sweeps. 'symmetric' averages that with the mirror image
+  (μ1(z2), z2, μ1(z2) z2ᵀ), μ1(z2) = σ(b1 + W z2), by returning both sets stacked ([2S, ·]).
+  Variance reduction measured by exact enumeration in tests/test_rbm.py and BUILD_NOTES.md. The
+  value of the surrogate is unchanged (it is log_z); the conditional means are treated as
+  constants like the samples.
+
+  Args:
+    m: the RBM the samples belong to (in training, the sampler state's params = the prior).
+    z1: [S, n1] samples.
+    z2: [S, n2] samples.
+    mode: 'none' (the samples as they are), 'z2' or 'symmetric'.
+
+  Returns:
+    (z1', z2'): [S, ·] each ('none', 'z2') or [2S, ·] each ('symmetric').
+  """
+  _check_states(m, z1, z2)
+  if mode not in RAO_BLACKWELL_MODES:
+    raise ValueError(f"unknown Rao-Blackwell mode {mode!r}; choose one of {RAO_BLACKWELL_MODES}")
+  if mode == "none":
+    return z1, z2
+  mean_z2 = jax.nn.sigmoid(m.b2 + jnp.matmul(z1, m.w))
+  if mode == "z2":
+    return z1, mean_z2
+  mean_z1 = jax.nn.sigmoid(m.b1 + jnp.matmul(z2, m.w.T))
+  return jnp.concatenate([z1, mean_z1], 0), jnp.concatenate([mean_z2, z2], 0)
+
+
 def _smaller_side_first(m: RBM) -> tuple[RBM, bool]:
   """The machine oriented so that its first side is the smaller one, and whether it was swapped."""
   check_rbm(m)

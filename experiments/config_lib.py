@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ml_collections import config_dict
 
-from dvae_jax import data, models, objectives, optim
+from dvae_jax import data, models, objectives, optim, rbm, samplers
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = tuple(
@@ -107,6 +107,11 @@ _MINIMUM = {
   "eval_batch_size": 1,
   "ais_num_chains": 1,
   "ais_num_temperatures": 2,
+  "sampler_diagnostic_replicas": 0,
+  "log_z_refresh_every": 0,
+  "log_z_tracker_replicas": 1,
+  "log_z_tracker_sweeps": 1,
+  "sampler_diagnostic_temperatures": 2,
   "log_every": 1,
   "checkpoint_every": 1,
   "max_checkpoints": 1,
@@ -131,6 +136,7 @@ _CHOICES = {
   "sampler": SAMPLERS,
   "relaxed_sampler": objectives.RELAXED_SAMPLERS,
   "adam_eps_mode": optim.EPS_MODES,
+  "rao_blackwell": rbm.RAO_BLACKWELL_MODES,
 }
 
 
@@ -235,6 +241,11 @@ def resolve_config(
   for key in _NON_NEGATIVE:
     if not c[key] >= 0:
       raise ConfigError(f"invalid {key} {c[key]!r}: must be >= 0")
+  if c.sampler_diagnostic_replicas % samplers.diagnostics.NUM_GROUPS:
+    raise ConfigError(
+      f"invalid sampler_diagnostic_replicas {c.sampler_diagnostic_replicas}: must be a multiple of "
+      f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
+    )
   if c.kl_warmup_fraction > 1:
     raise ConfigError(f"invalid kl_warmup_fraction {c.kl_warmup_fraction}: must be in [0, 1]")
   return config_dict.FrozenConfigDict(c)

@@ -34,6 +34,7 @@ from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
 from dvae_jax import evaluation, models, objectives, optim, posterior, priors
+from dvae_jax import rbm as rbm_lib
 from dvae_jax import samplers as samplers_lib
 from experiments import (
   checkpointing,
@@ -61,6 +62,12 @@ _RESUMABLE_DIFFERENCES = (
   "guard_max_grad_norm",
   "guard_grad_norm_steps",
   "debug_signal_step",
+  # Diagnostics and the reported log Z: they never touch the parameters' trajectory.
+  "sampler_diagnostic_replicas",
+  "sampler_diagnostic_temperatures",
+  "log_z_refresh_every",
+  "log_z_tracker_replicas",
+  "log_z_tracker_sweeps",
 )
 # Per-step flags of the train step's metrics, read by the guards and never logged.
 _FLAG_KEYS = ("finite", "guard")
@@ -230,7 +237,10 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     prior = state.params["prior"]
     if sampler is not None:
       sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
-      prior_samples = (sampler_state.z1, sampler_state.z2, sampler_state.log_z)
+      z1, z2 = rbm_lib.rao_blackwellize(
+        prior, sampler_state.z1, sampler_state.z2, config.rao_blackwell
+      )
+      prior_samples = (z1, z2, sampler_state.log_z)
     else:
       sampler_state, info, prior_samples = (), {}, None
 
@@ -322,18 +332,35 @@ def log_partition(experiment: Experiment, prior, key) -> tuple[float, float]:
   return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
 
 
+def sampler_log_partition(
+  experiment: Experiment, sampler_state, diagnostic: dict, key
+) -> tuple[float, float]:
+  """(log Z, stderr) for the parameters of the sampler's population, ``sampler_state.params``: the
+  sampler diagnostic's fresh anneals when it ran, else AIS. Not the evaluation's AIS of the
+  prior: the train step updates the prior after sampling, so the prior is one step ahead, and
+  anchoring the sampler to it would count that step's log Z change twice (0.1–0.2 nats early in the
+  default run)."""
+  if SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z" in diagnostic:
+    return (
+      diagnostic[SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z"],
+      diagnostic[SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z_stderr"],
+    )
+  return log_partition(experiment, sampler_state.params, key)
+
+
 def anchor_sampler_log_z(state: TrainState, log_z: float, log_z_err: float):
-  """Replaces the prior sampler's tracked log Z by the evaluation's AIS estimate.
+  """Replaces the prior sampler's tracked log Z by an independent estimate for its parameters
+  (``sampler_log_partition``).
 
   The persistent sampler tracks log Z by reweighting its population at every parameter change
   (MATH.md §3). Each increment is nearly unbiased, but over thousands of steps the small mixing
   biases of a population that lags the model add up: on the default run the tracked value fell
   ≈ 39 nats below AIS in 20k steps. Gradients never use this value (MATH.md §2), but the reported
-  training terms (log_z, kl, neg_elbo) do, so each evaluation re-anchors it to the independent AIS
-  estimate and logs the drift it removed.
+  training terms (log_z, kl, neg_elbo) do, so each evaluation re-anchors it to an independent
+  estimate and logs the drift it removed (between evaluations, ``make_log_z_tracking``).
 
   Returns:
-    (state with the sampler's log_z, compensation and variance reset, drift = tracked − AIS).
+    (state with the sampler's log_z, compensation and variance reset, drift = tracked − estimate).
   """
   sampler_state = state.sampler_state
   drift = float(sharding.to_host(sampler_state.log_z)) - log_z
@@ -347,6 +374,82 @@ def anchor_sampler_log_z(state: TrainState, log_z: float, log_z_err: float):
     log_z_variance=like(sampler_state.log_z_variance, log_z_err**2),
   )
   return state._replace(sampler_state=sampler_state), drift
+
+
+def make_log_z_tracking(experiment: Experiment):
+  """Jitted ``(seed, refresh)`` of ``samplers.log_z_tracking`` for the runner, or ``None`` when
+  ``log_z_refresh_every`` is 0 or there is no RBM sampler.
+
+  ``seed(key, state) -> tracker`` (replicated); ``refresh(key, tracker, state) -> (tracker, state,
+  [drift, new log Z, stderr, stages, smallest ESS])`` donates ``state`` and replaces its sampler's
+  log Z by the tracker's.
+  """
+  config = experiment.config
+  if experiment.sampler is None or not config.log_z_refresh_every:
+    return None
+  replicated = sharding.replicated(experiment.mesh)
+  tracking = samplers_lib.log_z_tracking
+
+  def seed(key, state):
+    return tracking.seed(key, state.sampler_state, config.log_z_tracker_replicas)
+
+  def refresh(key, tracker, state):
+    tracker, sampler_state, drift, info = tracking.refresh(
+      key, tracker, state.sampler_state, config.log_z_tracker_sweeps
+    )
+    values = (drift, tracker.log_z, info.log_z_stderr, info.num_stages, info.ess)
+    values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+    return tracker, state._replace(sampler_state=sampler_state), values
+
+  return (
+    jax.jit(seed, out_shardings=replicated),
+    jax.jit(
+      refresh,
+      donate_argnums=(2,),
+      out_shardings=(replicated, experiment.state_sharding, replicated),
+    ),
+  )
+
+
+SAMPLER_DIAGNOSTIC_PREFIX = "val/sampler_"
+
+
+def sampler_diagnostic(experiment: Experiment, sampler_state, key) -> dict[str, float]:
+  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled) in
+  units of the noise of as many independent samples, against two fresh anneals for the population's
+  own parameters (``samplers.diagnostics``), the implied relative bias of the log-Z gradient, the
+  anneals' log Z and the seconds taken. Empty without an RBM sampler or with
+  ``sampler_diagnostic_replicas = 0``."""
+  config = experiment.config
+  if experiment.sampler is None or not config.sampler_diagnostic_replicas:
+    return {}
+  t0 = time.perf_counter()
+  out = samplers_lib.diagnostics.state_moment_error(
+    key,
+    sampler_state,
+    num_replicas=config.sampler_diagnostic_replicas,
+    num_temperatures=config.sampler_diagnostic_temperatures,
+  )
+  out = {k: float(sharding.to_host(v)) for k, v in out._asdict().items()}
+  names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
+  names["relative_bias"] = "grad_relative_bias"
+  metrics = {SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items()}
+  metrics[SAMPLER_DIAGNOSTIC_PREFIX + "diagnostic_seconds"] = time.perf_counter() - t0
+  return metrics
+
+
+def sampler_diagnostic_history(workdir: pathlib.Path) -> dict:
+  """The ``val/sampler_*`` metrics of every evaluation in ``metrics.jsonl`` as lists, with
+  ``steps`` and ``max_error`` (the largest of the four moment errors over the run)."""
+  rows = [r for r in metrics_lib.read_metrics(workdir) if SAMPLER_DIAGNOSTIC_PREFIX + "error" in r]
+  if not rows:
+    return {}
+  keys = [k for k in rows[0] if k.startswith(SAMPLER_DIAGNOSTIC_PREFIX)]
+  history = {k[len(SAMPLER_DIAGNOSTIC_PREFIX) :]: [r.get(k) for r in rows] for k in keys}
+  history["steps"] = [r["step"] for r in rows]
+  errors = ("error", "z1_error", "z2_error", "z1z2_error")
+  history["max_error"] = max(max(history[k]) for k in errors)
+  return history
 
 
 def evaluate_split(
@@ -597,6 +700,13 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   val_eval = eval_fns[config.val_iw_samples]
   image_fn = make_image_fn(experiment)
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
+  # The log Z tracker is seeded at the start and at every checkpoint, so a resumed run tracks as
+  # the uninterrupted one did; its refreshes' drifts wait for the next host sync to be written.
+  log_z_tracking = make_log_z_tracking(experiment)
+  tracking_root = jax.random.fold_in(eval_root, 2**31 - 2)
+  if log_z_tracking:
+    tracker = log_z_tracking[0](jax.random.fold_in(tracking_root, start), state)
+  refresh_drifts = []
   val_x = eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
   train_seconds = record["train_seconds"]
@@ -625,12 +735,22 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
       is_eval = done % config.eval_every == 0 or last
       is_log = done % config.log_every == 0 or last
       is_checkpoint = done % config.checkpoint_every == 0 or is_eval
+      if log_z_tracking and done % config.log_z_refresh_every == 0 and not is_eval:
+        key = jax.random.fold_in(tracking_root, done)
+        tracker, state, drift = log_z_tracking[1](key, tracker, state)
+        refresh_drifts.append((done, drift))
       # A signal (SIGTERM / SIGINT) stops the run after this step, with a checkpoint of it.
       stop = preemption.stop_requested(at_sync=sync_each_step or is_log or is_checkpoint)
       if sync_each_step or is_log or is_checkpoint or stop:
         _check_pending(pending, guard)  # waits for the steps: their time is counted below
         pending = []
       train_seconds += time.perf_counter() - t0
+      if refresh_drifts and (is_log or is_eval):
+        for at, values in refresh_drifts:
+          names = ("refresh_drift", "refreshed", "refresh_stderr", "refresh_stages", "refresh_ess")
+          values = sharding.to_host(values).tolist()
+          writer.write(at, {f"sampler/log_z_{k}": v for k, v in zip(names, values, strict=True)})
+        refresh_drifts = []
       if is_log:
         row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in _FLAG_KEYS}
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
@@ -646,8 +766,14 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
           experiment, state.params["prior"], jax.random.fold_in(key, 0)
         )
         if experiment.sampler is not None:
-          state, drift = anchor_sampler_log_z(state, log_z, log_z_err)
-          writer.write(done, {"val/sampler_log_z_drift": drift})
+          diagnostic = sampler_diagnostic(
+            experiment, state.sampler_state, jax.random.fold_in(key, 3)
+          )
+          anchor = sampler_log_partition(
+            experiment, state.sampler_state, diagnostic, jax.random.fold_in(key, 4)
+          )
+          state, drift = anchor_sampler_log_z(state, *anchor)
+          writer.write(done, {"val/sampler_log_z_drift": drift, **diagnostic})
         val = evaluate_split(experiment, val_eval, state, val_x, log_z, jax.random.fold_in(key, 1))
         guard.check_evaluation(
           done, {"val/nll": val["nll"], "val/neg_elbo": val["neg_elbo"], "val/log_z": log_z}
@@ -682,6 +808,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
           train_seconds=train_seconds,
         )
         latest.save(done, (state, rec))
+        if log_z_tracking:
+          tracker = log_z_tracking[0](jax.random.fold_in(tracking_root, done), state)
       if stop:
         raise preemption.Preempted(done, str(latest.step_path(done)))
     if preemption.stop_requested():  # a signal during the last step: stop before the final test
@@ -701,6 +829,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   results.update(
     train_seconds=train_seconds,
     wall_seconds_this_session=time.time() - wall_start,
+    sampler_diagnostic=sampler_diagnostic_history(workdir),
   )
   if primary:
     tmp = workdir / "results.json.tmp"

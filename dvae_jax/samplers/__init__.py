@@ -5,14 +5,17 @@ Modules: `gibbs` (block Gibbs sweeps), `ais` (annealed importance sampling), `po
 `tempering` (schedules and the one adaptive tempering rule), `resampling` (systematic / residual /
 multinomial, effective sample size); the persistent training-time samplers `persistent` (their
 shared state and `PriorSampler`), `pcd` and `persistent_pa`, each with its `prior_sampler(...)`;
-`prior_sampler` (`make_prior_sampler`: one of them by name). All are pure functions over NamedTuple
-states; kernels take `(key, state, m, ...)`, the PRNG key first, except the two estimators below,
-which take the RBM first.
+`prior_sampler` (`make_prior_sampler`: one of them by name); `diagnostics` (is a population in
+equilibrium?) and `log_z_tracking` (an independent population that keeps the training log Z
+honest). All are pure functions over NamedTuple states; kernels take `(key, state, m, ...)`, the
+PRNG key first, except the two estimators below, which take the RBM first.
 """
 
 from dvae_jax.samplers import (
   ais,
+  diagnostics,
   gibbs,
+  log_z_tracking,
   pcd,
   persistent,
   persistent_pa,
@@ -37,7 +40,9 @@ __all__ = [
   "PriorSampler",
   "ais",
   "ais_log_partition",
+  "diagnostics",
   "gibbs",
+  "log_z_tracking",
   "make_prior_sampler",
   "pa_log_partition",
   "pcd",

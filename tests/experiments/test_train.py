@@ -17,7 +17,7 @@ from experiments import checkpointing, config_lib, metrics, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Timing columns differ between runs by nature; every other column must match.
-TIMING_KEYS = ("steps_per_second", "eval_seconds")
+TIMING_KEYS = ("steps_per_second", "eval_seconds", "val/sampler_diagnostic_seconds")
 
 TINY = {
   "num_steps": 4,
@@ -31,6 +31,11 @@ TINY = {
   "eval_batch_size": 8,
   "ais_num_chains": 8,
   "ais_num_temperatures": 10,
+  "sampler_diagnostic_replicas": 32,
+  "sampler_diagnostic_temperatures": 10,
+  "log_z_refresh_every": 1,
+  "log_z_tracker_replicas": 8,
+  "log_z_tracker_sweeps": 2,
   "log_every": 1,
   "checkpoint_every": 2,
   "num_image_samples": 4,
@@ -63,12 +68,14 @@ def without_timing(rows):
 
 # Columns that are differences of two large numbers: their rounding error is relative to the size
 # of the terms, not of the difference (kl = log_q − log_prior ≈ 2e3 − 2e3 nats; the PA log Z
-# increment is a difference of two log Z ≈ 140; the sampler's log Z drift is tracked − AIS log Z,
-# written in its own row of the evaluation step).
+# increment and the log Z drifts are differences of two log Z ≈ 140; the sampler's drift is written in
+# its own row of the evaluation step). The first of the named columns present at that step is the
+# scale.
 DIFFERENCE_SCALES = {
-  "terms/kl": "terms/log_q",
-  "sampler/log_z_increment": "sampler/log_z",
-  "val/sampler_log_z_drift": "val/log_z",
+  "terms/kl": ("terms/log_q",),
+  "sampler/log_z_increment": ("sampler/log_z",),
+  "sampler/log_z_refresh_drift": ("sampler/log_z_refreshed",),
+  "val/sampler_log_z_drift": ("val/sampler_reference_log_z", "val/log_z"),
 }
 
 
@@ -82,7 +89,9 @@ def assert_rows_close(rows_a, rows_b, rtol):
   for a, b in zip(without_timing(rows_a), without_timing(rows_b), strict=True):
     assert a.keys() == b.keys()
     for key in a:
-      scale = abs(by_step[a["step"]][DIFFERENCE_SCALES[key]]) if key in DIFFERENCE_SCALES else 0.0
+      at_step = by_step[a["step"]]
+      scales = [at_step[c] for c in DIFFERENCE_SCALES.get(key, ()) if c in at_step]
+      scale = abs(scales[0]) if scales else 0.0
       np.testing.assert_allclose(
         b[key], a[key], rtol=rtol, atol=rtol * scale, err_msg=f"step {a['step']} {key}"
       )
@@ -129,6 +138,11 @@ def test_kl_warmup():
 _E2E_CASES = [pytest.param(name, {}, id=name) for name in config_lib.CONFIG_NAMES] + [
   pytest.param("dvae", {"struct": "2-layer-nonlin", "sampler": "pcd"}, id="dvae-2-layer-pcd"),
   pytest.param(
+    "dvae_sharp",
+    {"rao_blackwell": "symmetric", "sampler_diagnostic_replicas": 0},
+    id="rao-blackwell-no-diagnostic",
+  ),
+  pytest.param(
     "dvae_sharp_gi",
     {"struct": "4-layer-nonlin", "k": 2},
     id="gi-4-layer-k2",
@@ -166,18 +180,40 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
   assert not any({"finite", "guard"} & row.keys() for row in rows)  # flags are read, not logged
   assert not (tmp_path / "lock").exists()  # the workdir lock is released at the end
   if config.prior == "rbm":
-    # Each evaluation re-anchors the sampler's tracked log Z to the AIS estimate (and logs the drift
-    # it removed): the next step starts from the AIS value plus that step's increment.
+    # Each evaluation re-anchors the sampler's tracked log Z to the diagnostic's fresh estimate for
+    # the sampler's own parameters (and logs the drift it removed): the next step starts from that
+    # value plus its increment to the prior (one step ahead, whose log Z is the AIS val/log_z).
     drift_rows = [r for r in rows if "val/sampler_log_z_drift" in r]
     assert [r["step"] for r in drift_rows] == [2, 4]
     after_eval = next(r for r in train_rows if r["step"] == 3)
-    np.testing.assert_allclose(
-      after_eval["sampler/log_z"] - after_eval["sampler/log_z_increment"],
-      val_rows[0]["val/log_z"],
-      rtol=1e-5,
-    )
+    anchored = after_eval["sampler/log_z"] - after_eval["sampler/log_z_increment"]
+    if config.sampler_diagnostic_replicas:
+      np.testing.assert_allclose(anchored, drift_rows[0]["val/sampler_reference_log_z"], rtol=1e-5)
+    else:  # anchored to AIS of the sampler's parameters, one step behind the prior's val/log_z
+      assert anchored != val_rows[0]["val/log_z"]
+    # The log Z tracker re-anchors the sampler's log Z at every step that is not an evaluation.
+    refresh_rows = [r for r in rows if "sampler/log_z_refresh_drift" in r]
+    assert [r["step"] for r in refresh_rows] == [1, 3]
+    assert all(np.isfinite(r["sampler/log_z_refresh_drift"]) for r in refresh_rows)
+    # The sampler diagnostic is logged at every evaluation and summarised in results.json.
+    diag_rows = [r for r in rows if "val/sampler_error" in r]
+    assert [r["step"] for r in diag_rows] == ([2, 4] if config.sampler_diagnostic_replicas else [])
+    for key in ("z1_error", "z2_error", "z1z2_error", "error", "grad_relative_bias"):
+      assert all(
+        np.isfinite(r[f"val/sampler_{key}"]) and r[f"val/sampler_{key}"] >= 0 for r in diag_rows
+      ), key
 
   saved = json.loads((tmp_path / "results.json").read_text())
+  if config.prior == "rbm" and config.sampler_diagnostic_replicas:
+    history = saved["sampler_diagnostic"]
+    assert history["steps"] == [2, 4]
+    assert history["max_error"] == max(
+      r[f"val/sampler_{k}"]
+      for r in diag_rows
+      for k in ("error", "z1_error", "z2_error", "z1z2_error")
+    )
+  else:
+    assert saved["sampler_diagnostic"] == {}
   for key in ("test_nll", "val_nll", "test_neg_elbo", "train_seconds"):
     assert np.isfinite(saved[key]) and saved[key] == pytest.approx(results[key])
   # The IW bound is never above the single-sample bound it averages (on the same draws).
@@ -197,9 +233,18 @@ class SimulatedCrash(Exception):
   pass
 
 
-def test_resume_after_a_crash_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-  # Omniglot: the dynamic binarization must resume too. PA: the sampler state must resume.
-  overrides = {"num_steps": 6, "checkpoint_every": 3, "eval_every": 3, "dataset": "omniglot"}
+@pytest.mark.parametrize("eval_every", [3, 6], ids=["checkpoint-at-eval", "checkpoint-between"])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(
+  data_dir, tmp_path, monkeypatch, eval_every
+):
+  # Omniglot: the dynamic binarization must resume too. PA: the sampler state must resume. A
+  # checkpoint between evaluations: the log Z tracker (not checkpointed) must resume too.
+  overrides = {
+    "num_steps": 6,
+    "checkpoint_every": 3,
+    "eval_every": eval_every,
+    "dataset": "omniglot",
+  }
   config = tiny_config("dvae_sharp", data_dir, **overrides)
   straight = train.train_and_evaluate(config, tmp_path / "straight")
 
@@ -246,7 +291,9 @@ def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(
   ckpt.close()
   assert int(state.step) == 4 and int(record["best_step"]) == -1
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
-  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [1, 2, 3, 4]
+  rows = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+  assert max(r["step"] for r in rows) == 4  # (also the log Z refresh rows)
 
 
 def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, monkeypatch):
@@ -277,7 +324,9 @@ def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, 
   ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
   assert ckpt.all_steps() == [3]  # step 6's checkpoint would have held the NaN
   ckpt.close()
-  assert [r["step"] for r in metrics.read_metrics(tmp_path)] == [4]
+  rows = metrics.read_metrics(tmp_path)
+  assert [r["step"] for r in rows if "loss" in r] == [4]
+  assert max(r["step"] for r in rows) == 4  # (also the log Z refresh rows)
 
 
 def test_one_and_four_devices_give_the_same_run(data_dir, tmp_path):

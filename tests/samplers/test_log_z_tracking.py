@@ -1,0 +1,102 @@
+"""Tests of dvae_jax.samplers.log_z_tracking: with the tracker re-anchoring every 25 steps, the
+log Z that a training loop reports stays at the exact value along a maximum-likelihood training run
+whose updates use the sampler's samples (where the sampler's own running log Z drifts low)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import rbm_reference as ref
+
+from dvae_jax import rbm
+from dvae_jax.samplers import log_z_tracking, make_prior_sampler
+
+
+def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05):
+  """Adam maximum likelihood of an n×n RBM on exact samples of a teacher, the gradient's model term
+  from the persistent PA sampler (as in training). Returns per step: the log Z a training loop
+  reports (the sampler's, after its step and before any refresh), the sampler's own running log Z
+  without refreshes (its increments summed; the parameters do not depend on log Z), the exact log Z
+  of the sampler's parameters, and the reported stderr."""
+  teacher = ref.random_rbm(30, n, n, 1.5)
+  data_z1, data_z2 = ref.exact_samples(jax.random.key(0), teacher, 4096)
+  sampler = make_prior_sampler("pa", num_samples=1000, num_sweeps=num_sweeps)
+  optimizer = optax.adam(lr)
+
+  def step(carry, key):
+    params, opt_state, state, tracker, t = carry
+    k_sampler, k_refresh = jax.random.split(key)
+    state, info = sampler.step(k_sampler, state, params)
+
+    def nll(p):
+      log_z = rbm.log_partition_surrogate(p, state.z1, state.z2, state.log_z)
+      return jnp.mean(rbm.energy(p, data_z1, data_z2)) + log_z
+
+    updates, opt_state = optimizer.update(jax.grad(nll)(params), opt_state)
+    reported = (state.log_z, info.log_z_increment, jnp.sqrt(state.log_z_variance), state.params)
+
+    def refresh(args):
+      tracker, state, _, _ = log_z_tracking.refresh(k_refresh, *args)
+      return tracker, state
+
+    tracker, state = jax.lax.cond(
+      (t + 1) % refresh_every == 0, refresh, lambda args: args, (tracker, state)
+    )
+    params = optax.apply_updates(params, updates)
+    return (params, opt_state, state, tracker, t + 1), reported
+
+  params = rbm.init_rbm(n, n)
+  state = sampler.init(jax.random.key(1), params)
+  tracker = log_z_tracking.seed(jax.random.key(3), state, 512)
+  chex.assert_shape((tracker.z1, tracker.z2), ((512, n), (512, n)))
+  carry = (params, optimizer.init(params), state, tracker, jnp.zeros((), jnp.int32))
+  keys = jax.random.split(jax.random.key(2), num_steps)
+  run = jax.jit(lambda c, k: jax.lax.scan(step, c, k))
+  _, (reported, increments, stderr, path) = run(carry, keys)
+  exact = np.asarray(jax.jit(jax.vmap(rbm.exact_log_partition))(path), np.float64)
+  untracked = float(state.log_z) + np.cumsum(np.asarray(increments, np.float64))
+  return np.asarray(reported, np.float64), untracked, exact, np.asarray(stderr)
+
+
+@pytest.mark.parametrize(
+  "num_sweeps", [4, pytest.param(40, marks=pytest.mark.slow)], ids=["4-sweeps", "40-sweeps"]
+)
+def test_reported_log_z_stays_exact_along_training(num_sweeps):
+  reported, untracked, exact, stderr = train_and_report(num_sweeps)
+  error = reported - exact
+  # Measured: max |error| 0.17 (4 sweeps) and 0.08 (40) nats, reported stderr 0.08; 0.25 nats is
+  # 3 stderr, and half the 0.5-nat requirement of issue 10.
+  assert np.max(np.abs(error)) < 0.25, np.max(np.abs(error))
+  assert abs(error[-1]) < 4 * stderr[-1], (error[-1], stderr[-1])
+  if num_sweeps == 4:
+    # Without the refreshes the sampler's own log Z drifts low (measured −0.39 nats after 600
+    # steps, 4 stderr): the setting does expose the bias the tracker removes.
+    assert untracked[-1] - exact[-1] < -0.25, untracked[-1] - exact[-1]
+
+
+def test_seed_and_refresh_contract():
+  m = ref.random_rbm(4, 5, 6, 0.5)
+  sampler = make_prior_sampler("pa", num_samples=64, num_sweeps=4)
+  state = sampler.init(jax.random.key(0), m)
+  tracker = log_z_tracking.seed(jax.random.key(1), state, 32)
+  # Replicas come from the population, the rest of the state is the sampler's.
+  rows = {tuple(r) for r in np.concatenate([state.z1, state.z2], 1).tolist()}
+  assert all(tuple(r) in rows for r in np.concatenate([tracker.z1, tracker.z2], 1).tolist())
+  chex.assert_trees_all_equal(
+    (tracker.log_z, tracker.log_z_variance, tracker.params),
+    (state.log_z, state.log_z_variance, state.params),
+  )
+  moved = jax.tree.map(lambda x: x + 0.1, m)
+  state, _ = sampler.step(jax.random.key(2), state, moved)
+  tracker, refreshed, drift, info = log_z_tracking.refresh(jax.random.key(3), tracker, state)
+  assert int(info.num_stages) >= 1 and 0 < float(info.ess) <= 32
+  chex.assert_trees_all_equal(tracker.params, moved)
+  chex.assert_trees_all_equal((refreshed.z1, refreshed.params), (state.z1, state.params))
+  np.testing.assert_allclose(refreshed.log_z, tracker.log_z)
+  np.testing.assert_allclose(drift, state.log_z - tracker.log_z)
+  # A larger tracker than the population draws with replacement.
+  assert log_z_tracking.seed(jax.random.key(4), state, 100).z1.shape == (100, 5)
+  with pytest.raises(ValueError, match="num_replicas"):
+    log_z_tracking.seed(jax.random.key(4), state, 0)
