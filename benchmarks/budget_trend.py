@@ -26,13 +26,17 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-_DIRS = flags.DEFINE_list("dirs", [], "table1 output folders (each with json/).")
-_REFERENCE = flags.DEFINE_string("reference", "dvae_sharp", "Config the others are paired with.")
-_CONFIGS = flags.DEFINE_list("configs", ["dvae", "dvae_pp_power"], "Configs paired with it.")
-_K = flags.DEFINE_integer("k", 5, "Importance samples K of the runs compared.")
-_DATASET = flags.DEFINE_string("dataset", "binarized_mnist", "Dataset of the runs compared.")
-_SWEEPS = flags.DEFINE_integer("num_sweeps", 40, "Sampler sweeps per step of the runs compared.")
-_OUT = flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "budget_trend"), "Output.")
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (other benchmarks that a test process
+  imports define flags of the same names)."""
+  flags.DEFINE_list("dirs", [], "table1 output folders (each with json/).")
+  flags.DEFINE_string("reference", "dvae_sharp", "Config the others are paired with.")
+  flags.DEFINE_list("configs", ["dvae", "dvae_pp_power"], "Configs paired with it.")
+  flags.DEFINE_integer("k", 5, "Importance samples K of the runs compared.")
+  flags.DEFINE_string("dataset", "binarized_mnist", "Dataset of the runs compared.")
+  flags.DEFINE_integer("num_sweeps", 40, "Sampler sweeps per step of the runs compared.")
+  flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "budget_trend"), "Output.")
 
 
 def load_runs(dirs, *, k: int, dataset: str, num_sweeps: int) -> dict:
@@ -122,11 +126,12 @@ def plot(diffs: dict, reference: str, path: pathlib.Path) -> bool:
 
 def main(argv):
   del argv
-  runs = load_runs(_DIRS.value, k=_K.value, dataset=_DATASET.value, num_sweeps=_SWEEPS.value)
-  diffs = paired_differences(runs, _REFERENCE.value, _CONFIGS.value)
-  out = pathlib.Path(_OUT.value)
+  f = flags.FLAGS
+  runs = load_runs(f.dirs, k=f.k, dataset=f.dataset, num_sweeps=f.num_sweeps)
+  diffs = paired_differences(runs, f.reference, f.configs)
+  out = pathlib.Path(f.out)
   out.mkdir(parents=True, exist_ok=True)
-  table = report(diffs, _REFERENCE.value)
+  table = report(diffs, f.reference)
   (out / "budget_trend.md").write_text(table)
   record = [
     {"config": c, "struct": s, "num_steps": b, "differences_by_seed": v}
@@ -135,9 +140,10 @@ def main(argv):
   tmp = out / "budget_trend.json.tmp"
   tmp.write_text(json.dumps(record, indent=1))
   os.replace(tmp, out / "budget_trend.json")
-  plot(diffs, _REFERENCE.value, out / "budget_trend.png")
+  plot(diffs, f.reference, out / "budget_trend.png")
   print(table)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

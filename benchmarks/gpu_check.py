@@ -30,26 +30,30 @@ from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-_BUDGET = flags.DEFINE_float("budget_s", 600.0, "Wall-clock budget of the whole check (seconds).")
-_OUT = flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "gpu"), "Output folder.")
-_SPEED_STRUCTS = flags.DEFINE_list(
-  "structs",
-  ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"],
-  "Structs timed by train_speed.",
-)
-_SPEED_STEPS = flags.DEFINE_integer("speed_steps", 100, "train_speed: timed steps per repeat.")
-_SPEED_REPEATS = flags.DEFINE_integer("speed_repeats", 5, "train_speed: repeats.")
-_COMPARE_STRUCTS = flags.DEFINE_list(
-  "compare_structs", ["1-layer-lin", "1-layer-nonlin"], "Structs of the paired comparison."
-)
-_CONFIGS = flags.DEFINE_list("configs", ["dvae_sharp", "dvae"], "Configs compared (paired).")
-_TRAIN_FRACTION = flags.DEFINE_float(
-  "train_fraction", 0.6, "Share of each run's time budget spent in training steps."
-)
-_MIN_STEPS = flags.DEFINE_integer("min_steps", 500, "Fewest training steps of a comparison run.")
-_EVAL_EXAMPLES = flags.DEFINE_integer("eval_num_examples", 2000, "Evaluation images per split.")
-_EVAL_IW = flags.DEFINE_integer("eval_iw_samples", 4000, "Importance samples of the test NLL.")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "Extra KEY=VALUE for every comparison run.")
+
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (train_speed and table1, which a test
+  process may import too, define flags of the same names)."""
+  flags.DEFINE_float("budget_s", 600.0, "Wall-clock budget of the whole check (seconds).")
+  flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "gpu"), "Output folder.")
+  flags.DEFINE_list(
+    "structs",
+    ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"],
+    "Structs timed by train_speed.",
+  )
+  flags.DEFINE_integer("speed_steps", 100, "train_speed: timed steps per repeat.")
+  flags.DEFINE_integer("speed_repeats", 5, "train_speed: repeats.")
+  flags.DEFINE_list(
+    "compare_structs", ["1-layer-lin", "1-layer-nonlin"], "Structs of the paired comparison."
+  )
+  flags.DEFINE_list("configs", ["dvae_sharp", "dvae"], "Configs compared (paired).")
+  flags.DEFINE_float(
+    "train_fraction", 0.6, "Share of each run's time budget spent in training steps."
+  )
+  flags.DEFINE_integer("min_steps", 500, "Fewest training steps of a comparison run.")
+  flags.DEFINE_integer("eval_num_examples", 2000, "Evaluation images per split.")
+  flags.DEFINE_integer("eval_iw_samples", 4000, "Importance samples of the test NLL.")
+  flags.DEFINE_multi_string("override", [], "Extra KEY=VALUE for every comparison run.")
 
 
 def _run(module: str, args: list[str]) -> float:
@@ -60,55 +64,71 @@ def _run(module: str, args: list[str]) -> float:
   return time.perf_counter() - t0
 
 
-def comparison_steps(steps_per_second: dict[str, float], seconds_left: float) -> int:
+def comparison_steps(
+  steps_per_second: dict[str, float],
+  seconds_left: float,
+  *,
+  configs: list[str],
+  structs: list[str],
+  train_fraction: float,
+  min_steps: int,
+) -> int:
   """Training steps per run so that len(configs) × len(structs) runs fit ``seconds_left``.
 
-  Every run gets an equal share of the time; ``--train_fraction`` of it is spent training at the
+  Every run gets an equal share of the time; ``train_fraction`` of it is spent training at the
   slowest compared struct's measured rate. Rounded down to a multiple of 500 (of 100 below 500),
-  never below ``--min_steps``.
+  never below ``min_steps``.
   """
-  runs = len(_CONFIGS.value) * len(_COMPARE_STRUCTS.value)
-  rate = min(steps_per_second[s] for s in _COMPARE_STRUCTS.value)
-  steps = int(_TRAIN_FRACTION.value * seconds_left / runs * rate)
+  runs = len(configs) * len(structs)
+  rate = min(steps_per_second[s] for s in structs)
+  steps = int(train_fraction * seconds_left / runs * rate)
   unit = 500 if steps >= 500 else 100
-  return max(_MIN_STEPS.value, steps // unit * unit)
+  return max(min_steps, steps // unit * unit)
 
 
 def main(argv):
   del argv
+  f = flags.FLAGS
   start = time.perf_counter()
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(f.out)
   out.mkdir(parents=True, exist_ok=True)
-  speed_structs = list(dict.fromkeys(_SPEED_STRUCTS.value + _COMPARE_STRUCTS.value))
+  speed_structs = list(dict.fromkeys(f.structs + f.compare_structs))
   speed_wall = _run(
     "benchmarks.train_speed",
     [
       f"--structs={','.join(speed_structs)}",
-      f"--steps={_SPEED_STEPS.value}",
-      f"--repeats={_SPEED_REPEATS.value}",
+      f"--steps={f.speed_steps}",
+      f"--repeats={f.speed_repeats}",
       f"--out={out / 'train_speed.json'}",
     ],
   )
   speed = json.loads((out / "train_speed.json").read_text())
   rates = {r["struct"]: r["steps_per_second"] for r in speed["rows"]}
-  steps = comparison_steps(rates, _BUDGET.value - (time.perf_counter() - start))
+  steps = comparison_steps(
+    rates,
+    f.budget_s - (time.perf_counter() - start),
+    configs=f.configs,
+    structs=f.compare_structs,
+    train_fraction=f.train_fraction,
+    min_steps=f.min_steps,
+  )
   table1 = [
     "--preset=cpu_mnist",
-    f"--configs={','.join(_CONFIGS.value)}",
-    f"--structs={','.join(_COMPARE_STRUCTS.value)}",
+    f"--configs={','.join(f.configs)}",
+    f"--structs={','.join(f.compare_structs)}",
     "--ks=5",
     "--seeds=0",
     f"--num_steps={steps}",
     f"--out={out / 'table1'}",
     f"--override=eval_every={max(1, steps // 5)}",
-    f"--override=eval_num_examples={_EVAL_EXAMPLES.value}",
-    f"--override=eval_iw_samples={_EVAL_IW.value}",
-  ] + [f"--override={o}" for o in _OVERRIDE.value]
+    f"--override=eval_num_examples={f.eval_num_examples}",
+    f"--override=eval_iw_samples={f.eval_iw_samples}",
+  ] + [f"--override={o}" for o in f.override]
   compare_wall = _run("benchmarks.table1", table1)
   summary = {
     "device": speed["device"],
     "device_count": speed["device_count"],
-    "budget_s": _BUDGET.value,
+    "budget_s": f.budget_s,
     "train_speed_wall_s": speed_wall,
     "comparison_steps": steps,
     "comparison_wall_s": compare_wall,
@@ -122,4 +142,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

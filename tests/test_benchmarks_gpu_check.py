@@ -6,28 +6,20 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-from absl import flags
-
 from benchmarks import gpu_check
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def parsed_flags():
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(["gpu_check", "--train_fraction=0.5", "--min_steps=200"])
-  yield
-  flags.FLAGS.unparse_flags()
-
-
-def test_comparison_steps_fit_the_budget_at_the_slowest_struct(parsed_flags):
+def test_comparison_steps_fit_the_budget_at_the_slowest_struct():
   # 4 runs (2 configs × 2 structs) share 400 s; half of each share trains at 30 steps/s.
   rates = {"1-layer-lin": 50.0, "1-layer-nonlin": 30.0}
-  assert gpu_check.comparison_steps(rates, 400.0) == 1500  # 0.5 · 100 s · 30 = 1500
-  assert gpu_check.comparison_steps(rates, 100.0) == 300  # 375 → multiples of 100 below 500
-  assert gpu_check.comparison_steps(rates, 1.0) == 200  # never below --min_steps
+  options = dict(
+    configs=["dvae", "dvae_sharp"], structs=list(rates), train_fraction=0.5, min_steps=200
+  )
+  assert gpu_check.comparison_steps(rates, 400.0, **options) == 1500  # 0.5 · 100 s · 30 = 1500
+  assert gpu_check.comparison_steps(rates, 100.0, **options) == 300  # 375: multiple of 100
+  assert gpu_check.comparison_steps(rates, 1.0, **options) == 200  # never below min_steps
 
 
 def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
