@@ -68,9 +68,9 @@ def without_timing(rows):
 
 # Columns that are differences of two large numbers: their rounding error is relative to the size
 # of the terms, not of the difference (kl = log_q − log_prior ≈ 2e3 − 2e3 nats; the PA log Z
-# increment and the log Z drifts are differences of two log Z ≈ 140; the sampler's drift is written in
-# its own row of the evaluation step). The first of the named columns present at that step is the
-# scale.
+# increment and the log Z drifts are differences of two log Z ≈ 140; the sampler's drift is written
+# in its own row of the evaluation step). The first of the named columns present at that step is
+# the scale.
 DIFFERENCE_SCALES = {
   "terms/kl": ("terms/log_q",),
   "sampler/log_z_increment": ("sampler/log_z",),
