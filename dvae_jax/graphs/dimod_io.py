@@ -15,7 +15,8 @@ their samples are heuristic and must be reweighted or checked before being treat
 BQM's offset separately: exp(−bqm.energy(x)) = exp(−offset) · exp(−β E(z)).
 
 Labels: the BQM's variables are the machine graph's node labels (``Graph.labels``); samples come
-back as {0,1} arrays with columns in the machine's node order. Needs ``pip install dvae_jax[dwave]``.
+back as {0,1} arrays with columns in the machine's node order.
+Needs ``pip install dvae_jax[dwave]``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def to_bqm(m: BoltzmannMachine, vartype: str = "BINARY", beta: float = 1.0):
   labels = g.labels
   bqm = dimod.BinaryQuadraticModel(vartype)
   bqm.add_variables_from((labels[k], linear[k]) for k in range(g.num_nodes))
-  bqm.add_interactions_from((labels[a], labels[c], q) for a, c, q in zip(i, j, quadratic))
+  bqm.add_interactions_from(
+    (labels[a], labels[c], q) for a, c, q in zip(i, j, quadratic, strict=True)
+  )
   bqm.offset = offset
   return bqm
 
@@ -90,7 +93,6 @@ def from_bqm(bqm, graph: machine_lib.Graph | None = None, beta: float = 1.0, dty
   beta = _check_beta(beta)
   binary = bqm.change_vartype("BINARY", inplace=False)
   if graph is None:
-
     labels = list(binary.variables)
     try:
       labels = sorted(labels)

@@ -67,7 +67,7 @@ def _from_sorted(m: BoltzmannMachine, zs: Array) -> Array:
 def _sweep_sorted(
   key: Array, m: BoltzmannMachine, zs: Array, beta, update: Callable[[Array, Array], Array]
 ) -> Array:
-  """One sweep on colour-sorted padded chains zs [S, n + 1]; ``update(key, logits)`` draws a colour."""
+  """One sweep on colour-sorted padded chains zs [S, n + 1]; ``update(key, logits)`` draws."""
   g = m.graph
   b_sorted = m.b[g.order]
   wp = jnp.concatenate([m.w, jnp.zeros((1,), m.w.dtype)])

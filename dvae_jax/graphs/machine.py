@@ -9,8 +9,8 @@ This is MATH.md §2's convention with the sign of every term kept: the RBM energ
 edge (i, n1 + j) carrying W_ij (``from_rbm``). Positive w favours both ends on.
 
 The parameters (b, w) are the pytree leaves of ``BoltzmannMachine``; the ``Graph`` (node count, the
-edge list, a proper colouring, node labels) is static aux data, hashable, so jit caches per graph and
-gradients flow into b and w only. Node order is the order of ``Graph.labels`` (see
+edge list, a proper colouring, node labels) is static aux data, hashable, so jit caches per graph
+and gradients flow into b and w only. Node order is the order of ``Graph.labels`` (see
 ``dvae_jax.graphs.topologies`` for how a networkx graph is ordered).
 
 Exact enumeration sums the largest colour class out analytically (its units are conditionally
@@ -43,7 +43,7 @@ class Graph:
   Attributes:
     num_nodes: n.
     edges: [E, 2] int32, each row (i, j) with i < j, rows sorted, no duplicates.
-    colours: [n] int32 proper colouring with colours 0..C−1 (``colouring.colour_graph`` if not given).
+    colours: [n] int32 proper colouring, colours 0..C−1 (default ``colouring.colour_graph``).
     labels: tuple of n node labels (node k of the machine is ``labels[k]``; default 0..n−1).
 
   Derived tables (NumPy, built once):
@@ -58,7 +58,9 @@ class Graph:
       raise ValueError(f"a graph needs at least one node, got num_nodes={num_nodes}")
     e = np.asarray(edges, np.int64).reshape(-1, 2) if len(edges) else np.zeros((0, 2), np.int64)
     if e.size and (e.min() < 0 or e.max() >= num_nodes):
-      raise ValueError(f"edge endpoints must lie in [0, {num_nodes}), got range [{e.min()}, {e.max()}]")
+      raise ValueError(
+        f"edge endpoints must lie in [0, {num_nodes}), got range [{e.min()}, {e.max()}]"
+      )
     if np.any(e[:, 0] == e[:, 1]):
       raise ValueError(f"self-loops are not allowed (node {int(e[e[:, 0] == e[:, 1]][0, 0])})")
     e = np.sort(e, axis=1)
@@ -68,14 +70,18 @@ class Graph:
     # np.unique sorts rows lexicographically; the user's edge order is replaced by this one, so the
     # weight vector of a machine is always in the canonical order.
     if not np.array_equal(canonical, e):
-      raise ValueError("edges must be given sorted lexicographically with i < j (use Graph.from_edges)")
+      raise ValueError(
+        "edges must be given sorted lexicographically with i < j (use Graph.from_edges)"
+      )
     self.num_nodes = num_nodes
     self.edges = e.astype(np.int32)
     if colours is None:
       colours = colouring_lib.colour_graph(num_nodes, self.edges)
     colours = np.asarray(colours, np.int32)
     if colours.shape != (num_nodes,) or colours.min() < 0:
-      raise ValueError(f"colours must be [n={num_nodes}] non-negative ints, got shape {colours.shape}")
+      raise ValueError(
+        f"colours must be [n={num_nodes}] non-negative ints, got shape {colours.shape}"
+      )
     if not colouring_lib.is_proper(self.edges, colours):
       raise ValueError("colours is not a proper colouring: some edge joins two nodes of one colour")
     used = np.unique(colours)
@@ -138,7 +144,9 @@ class Graph:
     )
 
   def __repr__(self) -> str:
-    return f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, colours={self.num_colours})"
+    return (
+      f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, colours={self.num_colours})"
+    )
 
 
 @struct.dataclass
@@ -175,7 +183,7 @@ def init_machine(graph: Graph, dtype=jnp.float32) -> BoltzmannMachine:
 
 
 def from_rbm(m: rbm_lib.RBM) -> BoltzmannMachine:
-  """The RBM as a machine on K_{n1,n2}: nodes (z1; z2), edge (i, n1 + j) ↦ W_ij (row-major order)."""
+  """The RBM as a machine on K_{n1,n2}: nodes (z1; z2), edge (i, n1 + j) ↦ W_ij (row-major)."""
   rbm_lib.check_rbm(m)
   n1, n2 = m.n1, m.n2
   i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")

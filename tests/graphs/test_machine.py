@@ -71,7 +71,7 @@ def test_neighbour_tables_list_every_edge_twice():
   g = random_graph(3, 9, 0.4)
   pairs = set()
   for i in range(g.num_nodes):
-    for j, e in zip(g.neighbours[i], g.edge_ids[i]):
+    for j, e in zip(g.neighbours[i], g.edge_ids[i], strict=True):
       if j < g.num_nodes:
         assert tuple(sorted((i, int(j)))) == tuple(g.edges[e])
         pairs.add((i, int(j)))
