@@ -8,11 +8,16 @@ one sweep visits the colours c = 0, …, C−1 in order and redraws all units of
 which leaves p_β(z) ∝ exp(−β E(z)) invariant (each half-step is an exact conditional draw). For a
 bipartite graph (an RBM, Chimera) this is the two-sided block Gibbs sweep of ``samplers.gibbs``.
 
-Layout: the field of colour c is a gather of the neighbours' states from a padded [n_c, d_max]
-table (cost S · n · d_max per sweep, not S · n² as a dense matmul), on a copy of the chains kept
-sorted by colour so that each colour is a contiguous slice that is overwritten in place. ``run``
-sorts once for all its sweeps. The random bits and the Bernoulli comparison are
-``samplers.gibbs.bernoulli_logits`` (one Threefry hash per two units, integer compare).
+Layout: inside a sweep the chains are held transposed, [n + 1, S] (unit-major, a zero pad unit
+last), with the units sorted by colour, so that each colour is a contiguous block of rows that is
+overwritten in place and a neighbour lookup copies a whole row of S chains. The field of colour c
+is either a gather of the neighbours' rows from a padded [n_c, d_c] table and a weighted sum (cost
+S · n_c · d_c, for sparse graphs) or, when the colour's neighbourhoods are dense (d_c > n / 8, e.g.
+an RBM), a [n_c, n + 1] × [n + 1, S] matmul with the couplings scattered into a dense block
+(``layout='auto'``; ``'sparse'`` or ``'dense'`` force one for every colour). Both compute the same
+field. ``run`` sorts and transposes once for all its sweeps. The random bits and the Bernoulli
+comparison are ``samplers.gibbs.bernoulli_logits`` (one Threefry hash per two units, integer
+compare).
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ from dvae_jax.samplers import gibbs as rbm_gibbs
 
 Array = jax.Array
 BoltzmannMachine = machine_lib.BoltzmannMachine
+
+
+# With layout='auto', a colour whose largest degree exceeds this fraction of n uses the dense block.
+_DENSE_FRACTION = 1 / 8
+LAYOUTS = ("auto", "sparse", "dense")
 
 
 @functools.lru_cache(maxsize=64)
@@ -54,27 +64,46 @@ def _check_chains(m: BoltzmannMachine, z: Array) -> None:
 
 
 def _to_sorted(m: BoltzmannMachine, z: Array) -> Array:
-  """[S, n] chains → [S, n + 1] in colour order with a zero pad unit last."""
-  zs = z[:, m.graph.order]
-  return jnp.concatenate([zs, jnp.zeros((z.shape[0], 1), z.dtype)], axis=1)
+  """[S, n] chains → [n + 1, S]: units in colour order, a zero pad unit last."""
+  zs = z[:, m.graph.order].T
+  return jnp.concatenate([zs, jnp.zeros((1, z.shape[0]), z.dtype)], axis=0)
 
 
 def _from_sorted(m: BoltzmannMachine, zs: Array) -> Array:
+  """[n + 1, S] sorted chains → [S, n] in the machine's node order."""
   inverse = np.argsort(m.graph.order).astype(np.int32)
-  return zs[:, inverse]
+  return zs[:-1].T[:, inverse]
+
+
+def _uses_dense_block(layout: str, degree: int, num_nodes: int) -> bool:
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+  return layout == "dense" or (layout == "auto" and degree > _DENSE_FRACTION * num_nodes)
 
 
 def _sweep_sorted(
-  key: Array, m: BoltzmannMachine, zs: Array, beta, update: Callable[[Array, Array], Array]
+  key: Array,
+  m: BoltzmannMachine,
+  zs: Array,
+  beta,
+  update: Callable[[Array, Array], Array],
+  layout: str,
 ) -> Array:
-  """One sweep on colour-sorted padded chains zs [S, n + 1]; ``update(key, logits)`` draws."""
+  """One sweep on sorted transposed chains zs [n + 1, S]; ``update(key, logits)`` draws a colour
+  (logits [n_c, S])."""
   g = m.graph
   b_sorted = m.b[g.order]
   wp = jnp.concatenate([m.w, jnp.zeros((1,), m.w.dtype)])
   keys = jax.random.split(key, g.num_colours)
   for c, (s, e, nbr, eid) in enumerate(_sorted_tables(g)):
-    field = b_sorted[s:e] + jnp.sum(zs[:, nbr] * wp[eid], axis=-1)
-    zs = lax.dynamic_update_slice(zs, update(keys[c], beta * field).astype(zs.dtype), (0, s))
+    if _uses_dense_block(layout, nbr.shape[1], g.num_nodes):
+      rows = np.broadcast_to(np.arange(e - s)[:, None], nbr.shape)
+      block = jnp.zeros((e - s, g.num_nodes + 1), wp.dtype).at[rows, nbr].add(wp[eid])
+      coupling = block @ zs
+    else:
+      coupling = jnp.sum(zs[nbr] * wp[eid][..., None], axis=1)
+    field = b_sorted[s:e, None] + coupling
+    zs = lax.dynamic_update_slice(zs, update(keys[c], beta * field).astype(zs.dtype), (s, 0))
   return zs
 
 
@@ -86,7 +115,7 @@ def init(key: Array, m: BoltzmannMachine, num_chains: int) -> Array:
   return (rbm_gibbs.random_bits(key, (num_chains, m.num_nodes)) >> 31).astype(m.b.dtype)
 
 
-def sweep(key: Array, m: BoltzmannMachine, z: Array, beta=1.0) -> Array:
+def sweep(key: Array, m: BoltzmannMachine, z: Array, beta=1.0, *, layout: str = "auto") -> Array:
   """One chromatic block Gibbs sweep (colours in order 0..C−1) at inverse temperature β.
 
   Args:
@@ -94,23 +123,28 @@ def sweep(key: Array, m: BoltzmannMachine, z: Array, beta=1.0) -> Array:
     m: the machine.
     z: [S, n] chains, 0/1 in the parameters' dtype, in the machine's node order.
     beta: inverse temperature β ≥ 0 (Python float or traced scalar).
+    layout: ``'auto'``, ``'sparse'`` or ``'dense'`` coupling computation (module docstring; static).
 
   Returns:
     [S, n] chains after the sweep.
   """
   _check_chains(m, z)
   rbm_gibbs.check_beta(beta)
-  zs = _sweep_sorted(key, m, _to_sorted(m, z), beta, rbm_gibbs.bernoulli_logits)
-  return _from_sorted(m, zs[:, :-1])
+  zs = _sweep_sorted(key, m, _to_sorted(m, z), beta, rbm_gibbs.bernoulli_logits, layout)
+  return _from_sorted(m, zs)
 
 
-def sweep_with_energy(key: Array, m: BoltzmannMachine, z: Array, beta=1.0) -> tuple[Array, Array]:
+def sweep_with_energy(
+  key: Array, m: BoltzmannMachine, z: Array, beta=1.0, *, layout: str = "auto"
+) -> tuple[Array, Array]:
   """One sweep as ``sweep``, also returning E(z') [S] at β = 1 (for annealing weights)."""
-  z = sweep(key, m, z, beta)
+  z = sweep(key, m, z, beta, layout=layout)
   return z, machine_lib.energy(m, z)
 
 
-def run(key: Array, m: BoltzmannMachine, z: Array, num_sweeps: int, beta=1.0) -> Array:
+def run(
+  key: Array, m: BoltzmannMachine, z: Array, num_sweeps: int, beta=1.0, *, layout: str = "auto"
+) -> Array:
   """num_sweeps sweeps in a ``lax.scan`` (chains sorted by colour once, not per sweep): [S, n]."""
   _check_chains(m, z)
   rbm_gibbs.check_beta(beta)
@@ -118,19 +152,19 @@ def run(key: Array, m: BoltzmannMachine, z: Array, num_sweeps: int, beta=1.0) ->
     raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
 
   def body(zs, k):
-    return _sweep_sorted(k, m, zs, beta, rbm_gibbs.bernoulli_logits), None
+    return _sweep_sorted(k, m, zs, beta, rbm_gibbs.bernoulli_logits, layout), None
 
   zs, _ = lax.scan(body, _to_sorted(m, z), jax.random.split(key, num_sweeps))
-  return _from_sorted(m, zs[:, :-1])
+  return _from_sorted(m, zs)
 
 
-def run_fields_only(m: BoltzmannMachine, z: Array, num_sweeps: int) -> Array:
+def run_fields_only(m: BoltzmannMachine, z: Array, num_sweeps: int, layout: str = "auto") -> Array:
   """The sweep's memory traffic without RNG: each colour set to 1[h > 0] (a benchmark roof)."""
   _check_chains(m, z)
 
   def body(zs, k):
-    return _sweep_sorted(k, m, zs, 1.0, lambda _, logits: logits > 0), None
+    return _sweep_sorted(k, m, zs, 1.0, lambda _, logits: logits > 0, layout), None
 
   keys = jax.random.split(jax.random.key(0), num_sweeps)
   zs, _ = lax.scan(body, _to_sorted(m, z), keys)
-  return _from_sorted(m, zs[:, :-1])
+  return _from_sorted(m, zs)
