@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks.sampler_speed import best_time
 from dvae_jax import rbm
 from dvae_jax.graphs import gibbs as graph_gibbs
 from dvae_jax.graphs import machine
@@ -39,16 +40,6 @@ from dvae_jax.samplers import gibbs as rbm_gibbs
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 NUM_CHAINS = 1000
-
-
-def best_time(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def random_machine(g, seed=0):
