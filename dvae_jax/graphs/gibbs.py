@@ -81,27 +81,42 @@ def _uses_dense_block(layout: str, degree: int, num_nodes: int) -> bool:
   return layout == "dense" or (layout == "auto" and degree > _DENSE_FRACTION * num_nodes)
 
 
-def _sweep_sorted(
-  key: Array,
-  m: BoltzmannMachine,
-  zs: Array,
-  beta,
-  update: Callable[[Array, Array], Array],
-  layout: str,
-) -> Array:
-  """One sweep on sorted transposed chains zs [n + 1, S]; ``update(key, logits)`` draws a colour
-  (logits [n_c, S])."""
+def _colour_operators(m: BoltzmannMachine, layout: str) -> tuple[Array, list]:
+  """b in colour order [n] and per colour the coupling operator: for the dense block, the blocks of
+  the couplings to the units before and after the colour ([n_c, start], [n_c, n − end]: a colour has
+  no couplings inside itself, so those columns are skipped), or for the gather the neighbours'
+  weights [n_c, d_c, 1]. Built once per ``run``, outside its sweep loop."""
   g = m.graph
-  b_sorted = m.b[g.order]
   wp = jnp.concatenate([m.w, jnp.zeros((1,), m.w.dtype)])
-  keys = jax.random.split(key, g.num_colours)
-  for c, (s, e, nbr, eid) in enumerate(_sorted_tables(g)):
+  ops = []
+  for s, e, nbr, eid in _sorted_tables(g):
     if _uses_dense_block(layout, nbr.shape[1], g.num_nodes):
       rows = np.broadcast_to(np.arange(e - s)[:, None], nbr.shape)
       block = jnp.zeros((e - s, g.num_nodes + 1), wp.dtype).at[rows, nbr].add(wp[eid])
-      coupling = block @ zs
+      ops.append((block[:, :s], block[:, e : g.num_nodes]))
     else:
-      coupling = jnp.sum(zs[nbr] * wp[eid][..., None], axis=1)
+      ops.append(wp[eid][..., None])  # [n_c, d_c, 1], broadcast over the chains
+  return m.b[g.order], ops
+
+
+def _sweep_sorted(
+  key: Array,
+  g: machine_lib.Graph,
+  operators: tuple[Array, list],
+  zs: Array,
+  beta,
+  update: Callable[[Array, Array], Array],
+) -> Array:
+  """One sweep on sorted transposed chains zs [n + 1, S] with ``_colour_operators``' output;
+  ``update(key, logits)`` draws a colour (logits [n_c, S])."""
+  b_sorted, ops = operators
+  keys = jax.random.split(key, g.num_colours)
+  for c, ((s, e, nbr, _), op) in enumerate(zip(_sorted_tables(g), ops, strict=True)):
+    if isinstance(op, tuple):
+      before, after = op
+      coupling = before @ zs[:s] + after @ zs[e:-1]
+    else:
+      coupling = jnp.sum(zs[nbr] * op, axis=1)
     field = b_sorted[s:e, None] + coupling
     zs = lax.dynamic_update_slice(zs, update(keys[c], beta * field).astype(zs.dtype), (s, 0))
   return zs
@@ -130,7 +145,8 @@ def sweep(key: Array, m: BoltzmannMachine, z: Array, beta=1.0, *, layout: str = 
   """
   _check_chains(m, z)
   rbm_gibbs.check_beta(beta)
-  zs = _sweep_sorted(key, m, _to_sorted(m, z), beta, rbm_gibbs.bernoulli_logits, layout)
+  ops = _colour_operators(m, layout)
+  zs = _sweep_sorted(key, m.graph, ops, _to_sorted(m, z), beta, rbm_gibbs.bernoulli_logits)
   return _from_sorted(m, zs)
 
 
@@ -151,8 +167,10 @@ def run(
   if num_sweeps < 0:
     raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
 
+  ops = _colour_operators(m, layout)
+
   def body(zs, k):
-    return _sweep_sorted(k, m, zs, beta, rbm_gibbs.bernoulli_logits, layout), None
+    return _sweep_sorted(k, m.graph, ops, zs, beta, rbm_gibbs.bernoulli_logits), None
 
   zs, _ = lax.scan(body, _to_sorted(m, z), jax.random.split(key, num_sweeps))
   return _from_sorted(m, zs)
@@ -162,8 +180,10 @@ def run_fields_only(m: BoltzmannMachine, z: Array, num_sweeps: int, layout: str 
   """The sweep's memory traffic without RNG: each colour set to 1[h > 0] (a benchmark roof)."""
   _check_chains(m, z)
 
+  ops = _colour_operators(m, layout)
+
   def body(zs, k):
-    return _sweep_sorted(k, m, zs, 1.0, lambda _, logits: logits > 0, layout), None
+    return _sweep_sorted(k, m.graph, ops, zs, 1.0, lambda _, logits: logits > 0), None
 
   keys = jax.random.split(jax.random.key(0), num_sweeps)
   zs, _ = lax.scan(body, _to_sorted(m, z), keys)
