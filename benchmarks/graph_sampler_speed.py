@@ -12,7 +12,10 @@ N(0, 1), biases N(0, 0.5)) it times, per sweep:
     [n, n] matrix and a threshold (what a dense-matmul sampler would cost on the same graph);
   * `dwave-samplers Gibbs` (if installed): ``SimulatedAnnealingSampler`` at constant β = 1 with
     ``proposal_acceptance_criteria='Gibbs'`` (single-spin heat bath, C++), 1000 reads, and the
-    same with Metropolis; one of its sweeps is n single-spin updates per read.
+    same with Metropolis; one of its sweeps is n single-spin updates per read (BQM conversion and
+    the sample set's construction included, as a user would call it).
+All variants of one graph are timed in alternation (``timing.interleaved_medians``), so that they
+see the same load on a shared machine.
 And, for the dense special case, K_{100,100} (an RBM as a graph machine, ``graphs.from_rbm``) next
 to ``samplers.gibbs.run`` on the same RBM.
 Writes benchmarks/results/graph_sampler_speed.{json,md}.
@@ -25,14 +28,13 @@ import json
 import os
 import pathlib
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from benchmarks.sampler_speed import best_time
+from benchmarks import timing
 from dvae_jax import rbm
 from dvae_jax.graphs import gibbs as graph_gibbs
 from dvae_jax.graphs import machine
@@ -68,20 +70,21 @@ def dense_matmul_roof(m, z, num_sweeps):
   return lax.scan(body, z, None, length=num_sweeps)[0]
 
 
-def time_library(m, num_sweeps, repeats):
+def library_variants(m, num_sweeps):
+  """name → a call (of a repeat index) that runs num_sweeps sweeps of that variant, compiled."""
   z = graph_gibbs.init(jax.random.key(0), m, NUM_CHAINS)
   lib = jax.jit(graph_gibbs.run, static_argnums=3)
   roof = jax.jit(graph_gibbs.run_fields_only, static_argnums=2)
   dense = jax.jit(dense_matmul_roof, static_argnums=2)
-  key = jax.random.key(1)
   return {
-    "library": best_time(lib, key, m, z, num_sweeps, repeats=repeats) / num_sweeps,
-    "fields roof": best_time(roof, m, z, num_sweeps, repeats=repeats) / num_sweeps,
-    "dense matmul roof": best_time(dense, m, z, num_sweeps, repeats=repeats) / num_sweeps,
+    "library": lambda i: lib(jax.random.key(i), m, z, num_sweeps),
+    "fields roof": lambda i: roof(m, z, num_sweeps),
+    "dense matmul roof": lambda i: dense(m, z, num_sweeps),
   }
 
 
-def time_dwave(m, num_sweeps):
+def dwave_variants(m, num_sweeps):
+  """The dwave-samplers peers as calls like ``library_variants``' (none if not installed)."""
   try:
     from dwave.samplers import SimulatedAnnealingSampler
   except ImportError:
@@ -90,19 +93,28 @@ def time_dwave(m, num_sweeps):
 
   bqm = dimod_io.to_bqm(m, "BINARY", 1.0)
   sampler = SimulatedAnnealingSampler()
-  out = {}
-  for rule in ("Gibbs", "Metropolis"):
-    kwargs = dict(
-      num_reads=NUM_CHAINS,
-      beta_schedule_type="custom",
-      beta_schedule=np.ones(num_sweeps),
-      proposal_acceptance_criteria=rule,
-      seed=0,
+
+  def call(rule):
+    return lambda i: (
+      sampler.sample(
+        bqm,
+        num_reads=NUM_CHAINS,
+        beta_schedule_type="custom",
+        beta_schedule=np.ones(num_sweeps),
+        proposal_acceptance_criteria=rule,
+        seed=i,
+      ).record.energy
     )
-    start = time.perf_counter()
-    sampler.sample(bqm, **kwargs)
-    out[f"dwave-samplers {rule}"] = (time.perf_counter() - start) / num_sweeps
-  return out
+
+  return {f"dwave-samplers {rule}": call(rule) for rule in ("Gibbs", "Metropolis")}
+
+
+def time_variants(variants, num_sweeps, repeats):
+  """Seconds per sweep of each variant: medians of calls timed in alternation (same load)."""
+  for fn in variants.values():
+    jax.block_until_ready(fn(0))  # compile + warm up
+  seconds = timing.interleaved_medians(list(variants.values()), 1, repeats)
+  return {name: t / num_sweeps for name, t in zip(variants, seconds, strict=True)}
 
 
 def graphs():
@@ -115,7 +127,7 @@ def graphs():
   }
 
 
-def rbm_case(num_sweeps, repeats):
+def rbm_case(num_sweeps):
   rng = np.random.default_rng(0)
   r = rbm.RBM(
     jnp.asarray(rng.normal(0, 0.5, 100), jnp.float32),
@@ -123,20 +135,18 @@ def rbm_case(num_sweeps, repeats):
     jnp.asarray(rng.normal(0, 0.1, (100, 100)), jnp.float32),
   )
   m = machine.from_rbm(r)
-  out = time_library(m, num_sweeps, repeats)
+  variants = library_variants(m, num_sweeps)
   state = rbm_gibbs.init(jax.random.key(0), r, NUM_CHAINS)
   run = jax.jit(rbm_gibbs.run, static_argnums=3)
-  out["samplers.gibbs.run (RBM)"] = (
-    best_time(run, jax.random.key(1), r, state, num_sweeps, repeats=repeats) / num_sweeps
-  )
-  return m, out
+  variants["samplers.gibbs.run (RBM)"] = lambda i: run(jax.random.key(i), r, state, num_sweeps)
+  return m, variants
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true")
   args = parser.parse_args()
-  num_sweeps, repeats = (10, 2) if args.quick else (50, 3)
+  num_sweeps, repeats = (10, 2) if args.quick else (50, 5)
   rows = []
 
   def add(name, m, times):
@@ -156,9 +166,10 @@ def main():
 
   for name, g in graphs().items():
     m = random_machine(g)
-    add(name, m, {**time_library(m, num_sweeps, repeats), **time_dwave(m, max(num_sweeps // 5, 2))})
-  m, times = rbm_case(num_sweeps, repeats)
-  add("K(100,100) (RBM)", m, times)
+    variants = {**library_variants(m, num_sweeps), **dwave_variants(m, num_sweeps)}
+    add(name, m, time_variants(variants, num_sweeps, repeats))
+  m, variants = rbm_case(num_sweeps)
+  add("K(100,100) (RBM)", m, time_variants(variants, num_sweeps, repeats))
 
   meta = {
     "num_chains": NUM_CHAINS,
@@ -176,7 +187,8 @@ def main():
     json.dumps({"meta": meta, "rows": rows}, indent=1)
   )
   lines = [
-    f"1000 chains, float32, best of {repeats} × {num_sweeps} sweeps; load average "
+    f"1000 chains, float32, median of {repeats} interleaved runs of {num_sweeps} sweeps; load "
+    "average "
     f"{meta['load_average'][0]:.1f} on {meta['cpu_count']} CPUs (shared machine).",
     "",
     "| graph | n | edges | colours | variant | sweeps/s | speed ÷ library |",
