@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from dvae_jax.graphs import machine as machine_lib
+from dvae_jax.graphs import topologies
 
 BoltzmannMachine = machine_lib.BoltzmannMachine
 VARTYPES = ("BINARY", "SPIN")
@@ -93,11 +94,7 @@ def from_bqm(bqm, graph: machine_lib.Graph | None = None, beta: float = 1.0, dty
   beta = _check_beta(beta)
   binary = bqm.change_vartype("BINARY", inplace=False)
   if graph is None:
-    labels = list(binary.variables)
-    try:
-      labels = sorted(labels)
-    except TypeError:
-      pass
+    labels = topologies.node_order(binary.variables)
     index = {v: k for k, v in enumerate(labels)}
     edges = [(index[u], index[v]) for u, v in binary.quadratic]
     graph = machine_lib.Graph.from_edges(len(labels), np.array(edges).reshape(-1, 2), None, labels)

@@ -33,9 +33,9 @@ def _dnx():
   return dwave_networkx
 
 
-def node_order(nx_graph) -> list:
-  """The documented node order: sorted labels if comparable, else the graph's iteration order."""
-  nodes = list(nx_graph.nodes)
+def node_order(labels) -> list:
+  """The documented node order of an iterable of labels: sorted if comparable, else as given."""
+  nodes = list(labels)
   try:
     return sorted(nodes)
   except TypeError:
@@ -52,7 +52,7 @@ def from_networkx(nx_graph, colours=None) -> Graph:
   """
   if nx_graph.is_directed():
     raise ValueError("a Boltzmann machine graph must be undirected; got a directed graph")
-  labels = node_order(nx_graph)
+  labels = node_order(nx_graph.nodes)
   if not labels:
     raise ValueError("the graph has no nodes")
   index = {label: k for k, label in enumerate(labels)}
