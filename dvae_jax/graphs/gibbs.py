@@ -85,7 +85,7 @@ def _colour_operators(m: BoltzmannMachine, layout: str) -> tuple[Array, list]:
   """b in colour order [n] and per colour the coupling operator: for the dense block, the blocks of
   the couplings to the units before and after the colour ([n_c, start], [n_c, n − end]: a colour has
   no couplings inside itself, so those columns are skipped), or for the gather the neighbours'
-  weights [n_c, d_c, 1]. Built once per ``run``, outside its sweep loop."""
+  weights [n_c, d_c]. Built once per ``run``, outside its sweep loop."""
   g = m.graph
   wp = jnp.concatenate([m.w, jnp.zeros((1,), m.w.dtype)])
   ops = []
@@ -95,7 +95,7 @@ def _colour_operators(m: BoltzmannMachine, layout: str) -> tuple[Array, list]:
       block = jnp.zeros((e - s, g.num_nodes + 1), wp.dtype).at[rows, nbr].add(wp[eid])
       ops.append((block[:, :s], block[:, e : g.num_nodes]))
     else:
-      ops.append(wp[eid][..., None])  # [n_c, d_c, 1], broadcast over the chains
+      ops.append(wp[eid])
   return m.b[g.order], ops
 
 
@@ -116,7 +116,11 @@ def _sweep_sorted(
       before, after = op
       coupling = before @ zs[:s] + after @ zs[e:-1]
     else:
-      coupling = jnp.sum(zs[nbr] * op, axis=1)
+      # One neighbour slot at a time: XLA fuses the row gathers into the running sum instead of
+      # materialising [n_c, d_c, S] (≈ 1.25× faster on Chimera and Pegasus, interleaved timing).
+      coupling = zs[nbr[:, 0]] * op[:, :1]
+      for k in range(1, nbr.shape[1]):
+        coupling = coupling + zs[nbr[:, k]] * op[:, k : k + 1]
     field = b_sorted[s:e, None] + coupling
     zs = lax.dynamic_update_slice(zs, update(keys[c], beta * field).astype(zs.dtype), (s, 0))
   return zs
