@@ -33,8 +33,8 @@ from dvae_jax.graphs import colouring as colouring_lib
 
 Array = jax.Array
 
-# As rbm._MAX_ENUMERATED_UNITS: beyond 2^30 enumerated states, hours and int32 overflow.
-_MAX_ENUMERATED_UNITS = 30
+# Beyond 2^30 enumerated states: hours, and int32 state indices overflow (as for the RBM).
+_MAX_ENUMERATED_UNITS = rbm_lib._MAX_ENUMERATED_UNITS
 
 
 class Graph:
@@ -67,8 +67,8 @@ class Graph:
     canonical = np.unique(e, axis=0)
     if len(canonical) != len(e):
       raise ValueError(f"duplicate edges: {len(e) - len(canonical)} repeated (i, j) pairs")
-    # np.unique sorts rows lexicographically; the user's edge order is replaced by this one, so the
-    # weight vector of a machine is always in the canonical order.
+    # The canonical order (np.unique's lexicographic rows) is required rather than imposed, so that
+    # w is never silently permuted against the caller's weights; Graph.from_edges sorts for you.
     if not np.array_equal(canonical, e):
       raise ValueError(
         "edges must be given sorted lexicographically with i < j (use Graph.from_edges)"
