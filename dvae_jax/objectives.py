@@ -11,6 +11,7 @@
 | dvae_sharp_gauss | dvae_sharp    | Gaussian                 | relaxed marginal, mean-field Z_ζ  |
 | dvae_sharp       | dvae_sharp    | power function           | relaxed marginal, mean-field Z_ζ  |
 | dvae_sharp_gi    | dvae_sharp_gi | shifted Gaussian mixture | Gaussian-integral marginal        |
+| gumbolt          | gumbolt       | binary concrete (τ = β)  | −E(ζ) − log Z, discrete Z (proxy) |
 
 ``loss_fn`` is a pure function of the model (a merged NNX module), the prior pytree, the prior
 sampler's samples and a PRNG key; the runner differentiates it with respect to the model's
@@ -44,6 +45,9 @@ FAMILY_DVAE = "dvae"
 FAMILY_DVAE_PP = "dvae_pp"
 FAMILY_DVAE_SHARP = "dvae_sharp"
 FAMILY_DVAE_SHARP_GI = "dvae_sharp_gi"
+FAMILY_GUMBOLT = "gumbolt"
+# The families trained with the importance-weighted bound on relaxed samples (MATH.md §4).
+_RELAXED_FAMILIES = (FAMILY_DVAE_SHARP, FAMILY_DVAE_SHARP_GI, FAMILY_GUMBOLT)
 
 # Weight decay coefficient of MATH.md §2 and §6: 1e-4 · ½‖w‖².
 WEIGHT_DECAY = 1e-4
@@ -57,6 +61,7 @@ _METHOD_TABLE: dict[str, tuple[str, Any]] = {
   "dvae_sharp_gauss": (FAMILY_DVAE_SHARP, smoothing_lib.Gaussian),
   "dvae_sharp": (FAMILY_DVAE_SHARP, smoothing_lib.PowerFunction),
   "dvae_sharp_gi": (FAMILY_DVAE_SHARP_GI, None),
+  "gumbolt": (FAMILY_GUMBOLT, None),
 }
 METHODS: tuple[str, ...] = tuple(_METHOD_TABLE)
 
@@ -66,12 +71,14 @@ class Method(NamedTuple):
 
   Attributes:
     name: one of ``METHODS``.
-    family: ``'dvae'``, ``'dvae_pp'``, ``'dvae_sharp'`` or ``'dvae_sharp_gi'``.
+    family: ``'dvae'``, ``'dvae_pp'``, ``'dvae_sharp'``, ``'dvae_sharp_gi'`` or ``'gumbolt'``.
     smoothing: the smoothing of ``dvae_jax.smoothing`` (``None`` for the Gaussian integral, whose
-      posterior is the shifted Gaussian mixture of this module).
+      posterior is the shifted Gaussian mixture of this module, and for GumBolt, whose relaxation
+      is the binary concrete of ``sample_binary_concrete``).
     beta: the method's β of MATH.md §6: the sharpness of the smoothing (not an inverse
       temperature), or for ``dvae_sharp_gi`` the floor λ_min of the Gaussian integral's shift
-      λ = max(σ_max(W) + 5, β) (MATH.md §4).
+      λ = max(σ_max(W) + 5, β) (MATH.md §4), or for ``gumbolt`` the concrete temperature τ
+      (smaller is closer to discrete: the opposite direction to a smoothing's sharpness).
     mean_field_iterations: iterations of the mean-field log Z_ζ (DVAE# overlapping smoothings).
     relaxed_sampler: how relaxed samples of the overlapping smoothings are drawn (MATH.md §1):
       ``'ancestral'`` (z ~ Bern(q), ζ ~ r(·|z), implicit-gradient surrogate) or ``'inverse_cdf'``
@@ -99,8 +106,8 @@ def get_method(
   mean_field_iterations: int = priors_lib.MEAN_FIELD_ITERATIONS,
   relaxed_sampler: str = "ancestral",
 ) -> Method:
-  """The method called ``name`` with its β (``Method.beta``: smoothing sharpness, or λ_min for
-  ``dvae_sharp_gi``; MATH.md §4, §6 for the values)."""
+  """The method called ``name`` with its β (``Method.beta``: smoothing sharpness, λ_min for
+  ``dvae_sharp_gi``, the concrete temperature τ for ``gumbolt``; MATH.md §4, §6 for the values)."""
   if name not in _METHOD_TABLE:
     raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
   if not beta > 0:
@@ -182,6 +189,25 @@ def sample_shifted_gaussian_mixture(key: Array, logits: Array, shift: Array, sca
 
 
 # --------------------------------------------------------------------------------------------------
+# GumBolt's binary concrete relaxation (Khoshaman & Amin 2018; Maddison et al. 2017).
+
+
+def sample_binary_concrete(key: Array, logits: Array, temperature: float) -> Array:
+  """ζ = σ((l + log u − log(1 − u)) / τ), u ~ U(0, 1): the binary concrete relaxation of
+  Bernoulli(σ(l)), reparameterised (pathwise gradient in l). As τ → 0, ζ → z = 1[l + L > 0] ~
+  Bernoulli(σ(l)). Shapes: ``logits`` [...] → [...]."""
+  noise = jax.random.logistic(key, logits.shape, logits.dtype)
+  return jax.nn.sigmoid((logits + noise) / temperature)
+
+
+def gumbolt_log_q(zeta: Array, logits: Array) -> Array:
+  """GumBolt's proxy posterior log q̆(ζ|x) = Σ_i ζ_i log q_i + (1 − ζ_i) log(1 − q_i): the discrete
+  Bernoulli log-probability at the relaxed ζ (not the concrete density, which diverges as τ → 0).
+  [..., n] → [...]."""
+  return jnp.sum(priors_lib.bernoulli_log_prob(zeta, logits), -1)
+
+
+# --------------------------------------------------------------------------------------------------
 # The relaxed hierarchical posterior (MATH.md §4).
 
 
@@ -190,6 +216,9 @@ def _sample_relaxed_group(
 ) -> posterior_lib.GroupSample:
   """One group's relaxed (ζ, logits, log q, z) from its encoder output ``enc``."""
   logits = enc.logits
+  if method.family == FAMILY_GUMBOLT:
+    zeta = sample_binary_concrete(key, logits, method.beta)
+    return posterior_lib.GroupSample(zeta, logits, gumbolt_log_q(zeta, logits), None)
   if method.family == FAMILY_DVAE_SHARP_GI:
     shift = models.gaussian_shift(enc.shift_logits)
     zeta = sample_shifted_gaussian_mixture(key, logits, shift, scale)
@@ -356,7 +385,13 @@ def discrete_kl(
 
 
 def relaxed_log_prior(prior: priors_lib.Prior, zeta: Array, log_z: Array, method: Method) -> Array:
-  """log p(ζ) of the DVAE# relaxed prior for ``method`` (MATH.md §4), [..., n] → [...]."""
+  """log p(ζ) of the relaxed prior for ``method`` (MATH.md §4), [..., n] → [...].
+
+  GumBolt: the proxy −E(ζ) − log Z with the discrete log Z (not normalised over continuous ζ; it
+  tends to the discrete log p(z) as τ → 0).
+  """
+  if method.family == FAMILY_GUMBOLT:
+    return priors_lib.discrete_log_prob(prior, zeta, log_z)
   if method.family == FAMILY_DVAE_SHARP_GI:
     return priors_lib.gaussian_integral_log_prob(prior, zeta, method.beta, log_z)
   if method.family != FAMILY_DVAE_SHARP:
@@ -393,12 +428,12 @@ def relaxed_terms(
   method: Method,
   num_samples: int = 1,
 ) -> RelaxedTerms:
-  """log p(x|ζ_k), log p(ζ_k), log q(ζ_k|x) for K relaxed posterior samples (DVAE#, MATH.md §4).
+  """log p(x|ζ_k), log p(ζ_k), log q(ζ_k|x) for K relaxed posterior samples (DVAE#, GumBolt; §4).
 
   ``log_z`` is the scalar log Z of the RBM (for gradients, the training surrogate of
   ``rbm.log_partition_surrogate``); the log weights are ``kappa * (log_prior - log_q) + log_px``.
   """
-  if method.family not in (FAMILY_DVAE_SHARP, FAMILY_DVAE_SHARP_GI):
+  if method.family not in _RELAXED_FAMILIES:
     raise ValueError(f"method {method.name!r} has no relaxed prior (it uses the discrete KL)")
   post = sample_posterior(model, x, key, method, num_samples)
   log_px = reconstruction_log_prob(model, post.zeta, x)
@@ -436,9 +471,9 @@ def loss_fn(
 ) -> tuple[Array, dict[str, Array]]:
   """The training loss of ``method`` on a batch (MATH.md §4).
 
-  DVAE, DVAE++: mean over the K samples and the batch of −log p(x|ζ) + κ·KL. DVAE#: the importance-
-  weighted bound with log w_k = κ[log p(ζ_k) − log q(ζ_k|x)] + log p(x|ζ_k) (the relaxed ELBO for
-  K = 1).
+  DVAE, DVAE++: mean over the K samples and the batch of −log p(x|ζ) + κ·KL. DVAE#, GumBolt: the
+  importance-weighted bound with log w_k = κ[log p(ζ_k) − log q(ζ_k|x)] + log p(x|ζ_k) (the relaxed
+  ELBO for K = 1); for GumBolt log p and log q are the proxies −E(ζ) − log Z and ``gumbolt_log_q``.
 
   Args:
     model: the network (BatchNorm in training mode normally; batch statistics are updated in place).
@@ -454,8 +489,8 @@ def loss_fn(
   Returns:
     ``(loss, terms)``: the scalar loss and a dict of scalar diagnostics, batch means at κ = 1 (no
     gradient): ``recon`` (−log p(x|ζ)), ``kl``, ``neg_elbo`` (= recon + kl), ``log_z`` (the value
-    used), and for DVAE# also ``log_prior``, ``log_q`` and ``neg_iw_bound`` (−log of the mean
-    importance weight).
+    used), and for DVAE# and GumBolt also ``log_prior``, ``log_q`` and ``neg_iw_bound`` (−log of the
+    mean importance weight).
   """
   if priors_lib.num_units(prior) != model.spec.num_latent:
     raise ValueError(

@@ -25,7 +25,7 @@ from jax import lax
 Array = jax.Array
 
 # Enumeration beyond 2^30 states of the smaller side would take hours and overflows int32 indices.
-_MAX_ENUMERATED_UNITS = 30
+MAX_ENUMERATED_UNITS = 30
 
 
 class RBM(NamedTuple):
@@ -202,16 +202,16 @@ def _smaller_side_first(m: RBM) -> tuple[RBM, bool]:
 
 
 def _enumeration_plan(n: int, chunk_bits: int) -> tuple[int, int]:
-  if n > _MAX_ENUMERATED_UNITS:
+  if n > MAX_ENUMERATED_UNITS:
     raise ValueError(
-      f"exact enumeration needs min(n1, n2) <= {_MAX_ENUMERATED_UNITS}, got {n}; use "
+      f"exact enumeration needs min(n1, n2) <= {MAX_ENUMERATED_UNITS}, got {n}; use "
       "samplers.ais_log_partition or samplers.pa_log_partition for larger machines"
     )
   bits = min(n, chunk_bits)
   return 1 << bits, 1 << (n - bits)
 
 
-def _chunk_states(chunk_index: Array, chunk_size: int, n: int, dtype) -> Array:
+def chunk_states(chunk_index: Array, chunk_size: int, n: int, dtype) -> Array:
   """[chunk_size, n] states: the bits of the integers chunk_index·chunk_size + [0, chunk_size)."""
   idx = chunk_index * chunk_size + jnp.arange(chunk_size, dtype=jnp.int32)
   return ((idx[:, None] >> jnp.arange(n, dtype=jnp.int32)) & 1).astype(dtype)
@@ -236,7 +236,7 @@ def exact_log_partition(m: RBM, chunk_bits: int = 14) -> Array:
   dtype = m.w.dtype
 
   def chunk_logsumexp(c):
-    return jax.nn.logsumexp(-free_energy(m, _chunk_states(c, chunk_size, m.n1, dtype)))
+    return jax.nn.logsumexp(-free_energy(m, chunk_states(c, chunk_size, m.n1, dtype)))
 
   per_chunk = lax.map(chunk_logsumexp, jnp.arange(num_chunks, dtype=jnp.int32))
   return jax.nn.logsumexp(per_chunk)
@@ -256,7 +256,7 @@ def exact_moments(m: RBM, chunk_bits: int = 14) -> Moments:
   log_z = exact_log_partition(oriented, chunk_bits)
 
   def accumulate(acc, c):
-    za = _chunk_states(c, chunk_size, oriented.n1, dtype)
+    za = chunk_states(c, chunk_size, oriented.n1, dtype)
     field = oriented.b2 + za @ oriented.w
     p = jnp.exp(za @ oriented.b1 + jnp.sum(jax.nn.softplus(field), axis=-1) - log_z)
     zb = jax.nn.sigmoid(field)

@@ -472,7 +472,12 @@ def test_every_method_has_finite_nonzero_gradients(name, kind):
   )
   chex.assert_tree_all_finite((loss, terms, g_params, g_prior))
   expected = {"recon", "kl", "neg_elbo", "log_z"}
-  if method.family in (objectives.FAMILY_DVAE_SHARP, objectives.FAMILY_DVAE_SHARP_GI):
+  relaxed = (
+    objectives.FAMILY_DVAE_SHARP,
+    objectives.FAMILY_DVAE_SHARP_GI,
+    objectives.FAMILY_GUMBOLT,
+  )
+  if method.family in relaxed:
     expected |= {"log_prior", "log_q", "neg_iw_bound"}
   assert set(terms) == expected
 
@@ -490,7 +495,7 @@ def test_every_method_has_finite_nonzero_gradients(name, kind):
   assert nonzero(g_params["s_var"]) == (name == "dvae_sharp_gi")
 
 
-@pytest.mark.parametrize("name", ["dvae_sharp_exp", "dvae_sharp_gi"])
+@pytest.mark.parametrize("name", ["dvae_sharp_exp", "dvae_sharp_gi", "gumbolt"])
 def test_iw_loss_gradient_is_the_gradient_of_log_mean_exp(name):
   net, prior, x, samples = _tiny_setup("rbm", seed=1)
   method = objectives.get_method(name, 10.0)
@@ -612,6 +617,7 @@ BETAS = {
   "dvae_sharp_exp": 12.0,
   "dvae_sharp_unexp": 40.0,
   "dvae_sharp": 40.0,
+  "gumbolt": 0.5,  # the concrete temperature τ (config_lib.GUMBOLT_TEMPERATURE)
 }  # MATH.md §6, 1-layer-lin
 
 
@@ -754,3 +760,74 @@ def test_ancestral_and_inverse_cdf_samplers_agree_in_expectation():
   assert z.max() < 5.0, f"max z-score {z.max():.2f} at coordinate {int(z.argmax())}"
   with pytest.raises(ValueError, match="relaxed_sampler"):
     objectives.get_method(name, 30.0, relaxed_sampler="rejection")
+
+
+# ---- GumBolt (Khoshaman & Amin 2018) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 2.0])
+def test_binary_concrete_cdf(temperature):
+  """P(ζ ≤ y) = σ(τ·logit(y) − l) for ζ = σ((l + L)/τ), L logistic (so P(ζ > ½) = σ(l) at every
+  τ): the empirical CDF on a grid of y within 5 binomial standard errors (fixed seed)."""
+  logits = np.array([-1.5, 0.0, 0.8])
+  n = 20_000
+  zeta = objectives.sample_binary_concrete(
+    jax.random.key(0), jnp.tile(jnp.asarray(logits, jnp.float32), (n, 1)), temperature
+  )
+  zeta = np.asarray(zeta, np.float64)
+  assert np.all((zeta >= 0) & (zeta <= 1))
+  y = np.array([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99])
+  want = expit(temperature * np.log(y / (1 - y))[:, None] - logits)  # [grid, 3]
+  got = np.mean(zeta[None, :, :] <= y[:, None, None], axis=1)
+  se = np.sqrt(want * (1 - want) / n)
+  assert np.all(np.abs(got - want) < 5 * se), (got - want) / se
+
+
+def test_gumbolt_terms_tend_to_the_discrete_elbo_by_enumeration():
+  """At a small temperature the GumBolt terms are the discrete ones: the Monte-Carlo mean of
+  log p(x|ζ) + log p̆(ζ) − log q̆(ζ|x) over the hierarchical concrete posterior matches the discrete
+  ELBO Σ_z q(z|x)[log p(x|z) + log p(z) − log q(z|x)], enumerated over the 2^6 states of the tiny
+  two-group model (exact log Z), within 5 standard errors per example."""
+  net, prior, x, _ = _tiny_setup("rbm", seed=4)
+  net.eval()
+  log_z = rbm.exact_log_partition(prior)
+  k = 4000
+  method = objectives.get_method("gumbolt", 1e-4)
+  t = objectives.relaxed_terms(net, prior, log_z, x, jax.random.key(8), method, k)
+  elbo = np.asarray(t.log_px + t.log_prior - t.log_q, np.float64)
+  mc, se = elbo.mean(0), elbo.std(0) / math.sqrt(k)
+
+  z = jnp.asarray(_states(6), jnp.float32)  # [64, 6]
+  batch, units = x.shape[0], TINY.units_per_group
+  x_rep = jnp.repeat(x, len(z), axis=0)  # [batch · 64, pixels], example-major
+  z_rep = jnp.tile(z, (batch, 1))
+  l0 = net.encode_group(0, x_rep, None)[0]
+  l1 = net.encode_group(1, x_rep, z_rep[:, :units])[0]
+  log_q = jnp.sum(priors.bernoulli_log_prob(z_rep, jnp.concatenate([l0, l1], -1)), -1)
+  log_px = objectives.reconstruction_log_prob(net, z_rep[None], x_rep)[0]
+  log_p = priors.discrete_log_prob(prior, z_rep, log_z)
+  q = np.exp(np.asarray(log_q, np.float64)).reshape(batch, len(z))
+  np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
+  exact = np.sum(q * np.asarray(log_px + log_p - log_q, np.float64).reshape(batch, len(z)), 1)
+  assert np.all(np.abs(mc - exact) < 5 * se), (mc - exact) / se
+
+
+def test_gumbolt_is_bernoulli_log_prob_at_the_relaxed_sample_and_beta_is_the_temperature():
+  net, prior, x, _ = _tiny_setup("rbm", seed=5)
+  net.eval()
+  hot = objectives.sample_posterior(
+    net, x, jax.random.key(1), objectives.get_method("gumbolt", 5.0)
+  )
+  cold = objectives.sample_posterior(
+    net, x, jax.random.key(1), objectives.get_method("gumbolt", 0.05)
+  )
+  want = jnp.sum(priors.bernoulli_log_prob(hot.zeta, hot.logits), -1)
+  np.testing.assert_allclose(hot.log_q, want, rtol=1e-6)
+  # Same noise: the lower temperature pushes every unit further from ½, on the same side.
+  assert np.all(np.abs(cold.zeta[:, :, :3] - 0.5) >= np.abs(hot.zeta[:, :, :3] - 0.5))
+  np.testing.assert_array_equal(cold.zeta[:, :, :3] > 0.5, hot.zeta[:, :, :3] > 0.5)
+  prior_term = objectives.relaxed_log_prior(
+    prior, hot.zeta, 2.0, objectives.get_method("gumbolt", 5.0)
+  )
+  z1, z2 = priors.split_sides(prior, hot.zeta)
+  np.testing.assert_allclose(prior_term, -rbm.energy(prior, z1, z2) - 2.0, rtol=1e-6)

@@ -2,7 +2,8 @@
 
 Keys left at ``None`` are filled in by ``experiments.config_lib.resolve_config``:
 
-* ``beta`` (also ``-1``): from the β table of MATH.md §6 for the method, dataset and struct;
+* ``beta`` (also ``-1``): from the β table of MATH.md §6 for the method, dataset and struct (for
+  ``gumbolt``, the concrete temperature ``config_lib.GUMBOLT_TEMPERATURE``);
 * the budget keys (``num_steps``, ``num_prior_samples``, ``num_sweeps``, ``eval_every``,
   ``eval_iw_samples``, ``val_iw_samples``, ``eval_num_examples``, ``ais_num_chains``,
   ``ais_num_temperatures``, ``checkpoint_every``): from the chosen ``protocol``, ``'cpu'`` (the
@@ -25,7 +26,7 @@ def get_config() -> config_dict.ConfigDict:
   c.struct = "1-layer-lin"  # 1-layer-lin | 1-layer-nonlin | 2-layer-nonlin | 4-layer-nonlin
   c.prior = "rbm"  # rbm | factorial
   c.k = 1  # Importance samples K of the training objective (MATH.md §4).
-  c.beta = config_dict.placeholder(float)  # Smoothing sharpness; None or -1: MATH.md §6 table.
+  c.beta = config_dict.placeholder(float)  # Sharpness (gumbolt: temperature τ); None/-1: table.
   # Relaxed posterior samples (MATH.md §1): 'ancestral' or 'inverse_cdf'; the same estimator in law,
   # ancestral is 12-18x faster for the numerically inverted smoothings (power, Gaussian, un+exp).
   c.relaxed_sampler = "ancestral"

@@ -140,3 +140,16 @@ def test_placeholders_keep_their_types():
   assert isinstance(config, config_dict.ConfigDict)
   with pytest.raises(TypeError):
     config.num_steps = "many"
+
+
+def test_gumbolt_beta_is_the_concrete_temperature():
+  from dvae_jax import objectives
+
+  for dataset in ("binarized_mnist", "omniglot"):
+    config = config_lib.load_config("gumbolt")
+    config.dataset, config.struct = dataset, "2-layer-nonlin"
+    c = config_lib.resolve_config(config)
+    assert c.beta == config_lib.GUMBOLT_TEMPERATURE
+    method = objectives.get_method(c.method, c.beta)
+    assert method.family == objectives.FAMILY_GUMBOLT and method.smoothing is None
+  assert "gumbolt" not in config_lib.PAPER_METHODS and config_lib.METHODS[-1] == "gumbolt"

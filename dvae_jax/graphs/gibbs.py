@@ -1,0 +1,194 @@
+"""Chromatic block Gibbs sampling of a graph Boltzmann machine at inverse temperature β.
+
+The nodes of one colour of a proper colouring are conditionally independent given the others, so
+one sweep visits the colours c = 0, …, C−1 in order and redraws all units of colour c at once,
+
+  z_c ~ Bernoulli(σ(β h_c)),   h_i = b_i + Σ_{j ∈ N(i)} w_ij z_j,
+
+which leaves p_β(z) ∝ exp(−β E(z)) invariant (each half-step is an exact conditional draw). For a
+bipartite graph (an RBM, Chimera) this is the two-sided block Gibbs sweep of ``samplers.gibbs``.
+
+Layout: inside a sweep the chains are held transposed, [n + 1, S] (unit-major, a zero pad unit
+last), with the units sorted by colour, so that each colour is a contiguous block of rows that is
+overwritten in place and a neighbour lookup copies a whole row of S chains. The field of colour c
+is either a gather of the neighbours' rows from a padded [n_c, d_c] table and a weighted sum (cost
+S · n_c · d_c, for sparse graphs) or, when the colour's neighbourhoods are dense (d_c > n / 8, e.g.
+an RBM), a [n_c, n + 1] × [n + 1, S] matmul with the couplings scattered into a dense block
+(``layout='auto'``; ``'sparse'`` or ``'dense'`` force one for every colour). Both compute the same
+field. ``run`` sorts and transposes once for all its sweeps. The random bits and the Bernoulli
+comparison are ``samplers.gibbs.bernoulli_logits`` (one Threefry hash per two units, integer
+compare).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dvae_jax.graphs import machine as machine_lib
+from dvae_jax.samplers import gibbs as rbm_gibbs
+
+Array = jax.Array
+BoltzmannMachine = machine_lib.BoltzmannMachine
+
+
+# With layout='auto', a colour whose largest degree exceeds this fraction of n uses the dense block.
+_DENSE_FRACTION = 1 / 8
+LAYOUTS = ("auto", "sparse", "dense")
+
+
+@functools.lru_cache(maxsize=64)
+def _sorted_tables(g: machine_lib.Graph) -> tuple[tuple[int, int, np.ndarray, np.ndarray], ...]:
+  """Per colour: (start, end, neighbours [n_c, d] in colour-sorted indices (pad n), edge ids)."""
+  inverse = np.empty(g.num_nodes + 1, np.int32)
+  inverse[g.order] = np.arange(g.num_nodes, dtype=np.int32)
+  inverse[g.num_nodes] = g.num_nodes  # the zero pad unit stays last
+  tables = []
+  for c in range(g.num_colours):
+    s, e = g.starts[c], g.starts[c + 1]
+    nodes = g.order[s:e]
+    d = max(int(g.degree[nodes].max()), 1)  # this colour's own maximum degree
+    tables.append((s, e, inverse[g.neighbours[nodes, :d]], g.edge_ids[nodes, :d]))
+  return tuple(tables)
+
+
+def _check_chains(m: BoltzmannMachine, z: Array) -> None:
+  machine_lib.check_machine(m)
+  if z.ndim != 2 or z.shape[1] != m.num_nodes:
+    raise ValueError(f"z must have shape [num_chains, n={m.num_nodes}], got {z.shape}")
+
+
+def _to_sorted(m: BoltzmannMachine, z: Array) -> Array:
+  """[S, n] chains → [n + 1, S]: units in colour order, a zero pad unit last."""
+  zs = z[:, m.graph.order].T
+  return jnp.concatenate([zs, jnp.zeros((1, z.shape[0]), z.dtype)], axis=0)
+
+
+def _from_sorted(m: BoltzmannMachine, zs: Array) -> Array:
+  """[n + 1, S] sorted chains → [S, n] in the machine's node order."""
+  inverse = np.argsort(m.graph.order).astype(np.int32)
+  return zs[:-1].T[:, inverse]
+
+
+def _uses_dense_block(layout: str, degree: int, num_nodes: int) -> bool:
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+  return layout == "dense" or (layout == "auto" and degree > _DENSE_FRACTION * num_nodes)
+
+
+def _colour_operators(m: BoltzmannMachine, layout: str) -> tuple[Array, list]:
+  """b in colour order [n] and per colour the coupling operator: for the dense block, the blocks of
+  the couplings to the units before and after the colour ([n_c, start], [n_c, n − end]: a colour has
+  no couplings inside itself, so those columns are skipped), or for the gather the neighbours'
+  weights [n_c, d_c]. Built once per ``run``, outside its sweep loop."""
+  g = m.graph
+  wp = jnp.concatenate([m.w, jnp.zeros((1,), m.w.dtype)])
+  ops = []
+  for s, e, nbr, eid in _sorted_tables(g):
+    if _uses_dense_block(layout, nbr.shape[1], g.num_nodes):
+      rows = np.broadcast_to(np.arange(e - s)[:, None], nbr.shape)
+      block = jnp.zeros((e - s, g.num_nodes + 1), wp.dtype).at[rows, nbr].add(wp[eid])
+      ops.append((block[:, :s], block[:, e : g.num_nodes]))
+    else:
+      ops.append(wp[eid])
+  return m.b[g.order], ops
+
+
+def _sweep_sorted(
+  key: Array,
+  g: machine_lib.Graph,
+  operators: tuple[Array, list],
+  zs: Array,
+  beta,
+  update: Callable[[Array, Array], Array],
+) -> Array:
+  """One sweep on sorted transposed chains zs [n + 1, S] with ``_colour_operators``' output;
+  ``update(key, logits)`` draws a colour (logits [n_c, S])."""
+  b_sorted, ops = operators
+  keys = jax.random.split(key, g.num_colours)
+  for c, ((s, e, nbr, _), op) in enumerate(zip(_sorted_tables(g), ops, strict=True)):
+    if isinstance(op, tuple):
+      before, after = op
+      coupling = before @ zs[:s] + after @ zs[e:-1]
+    else:
+      # One neighbour slot at a time: XLA fuses the row gathers into the running sum instead of
+      # materialising [n_c, d_c, S] (≈ 1.25× faster on Chimera and Pegasus, interleaved timing).
+      coupling = zs[nbr[:, 0]] * op[:, :1]
+      for k in range(1, nbr.shape[1]):
+        coupling = coupling + zs[nbr[:, k]] * op[:, k : k + 1]
+    field = b_sorted[s:e, None] + coupling
+    zs = lax.dynamic_update_slice(zs, update(keys[c], beta * field).astype(zs.dtype), (s, 0))
+  return zs
+
+
+def init(key: Array, m: BoltzmannMachine, num_chains: int) -> Array:
+  """[S, n] chains from the uniform distribution (the exact β = 0 distribution)."""
+  machine_lib.check_machine(m)
+  if num_chains < 1:
+    raise ValueError(f"num_chains must be >= 1, got {num_chains}")
+  return (rbm_gibbs.random_bits(key, (num_chains, m.num_nodes)) >> 31).astype(m.b.dtype)
+
+
+def sweep(key: Array, z: Array, m: BoltzmannMachine, beta=1.0, *, layout: str = "auto") -> Array:
+  """One chromatic block Gibbs sweep (colours in order 0..C−1) at inverse temperature β.
+
+  Args:
+    key: PRNG key (split once per colour).
+    z: [S, n] chains, 0/1 in the parameters' dtype, in the machine's node order.
+    m: the machine.
+    beta: inverse temperature β ≥ 0 (Python float or traced scalar).
+    layout: ``'auto'``, ``'sparse'`` or ``'dense'`` coupling computation (module docstring; static).
+
+  Returns:
+    [S, n] chains after the sweep.
+  """
+  _check_chains(m, z)
+  rbm_gibbs.check_beta(beta)
+  ops = _colour_operators(m, layout)
+  zs = _sweep_sorted(key, m.graph, ops, _to_sorted(m, z), beta, rbm_gibbs.bernoulli_logits)
+  return _from_sorted(m, zs)
+
+
+def sweep_with_energy(
+  key: Array, z: Array, m: BoltzmannMachine, beta=1.0, *, layout: str = "auto"
+) -> tuple[Array, Array]:
+  """One sweep as ``sweep``, also returning E(z') [S] at β = 1 (for annealing weights)."""
+  z = sweep(key, z, m, beta, layout=layout)
+  return z, machine_lib.energy(m, z)
+
+
+def run(
+  key: Array, z: Array, m: BoltzmannMachine, num_sweeps: int, beta=1.0, *, layout: str = "auto"
+) -> Array:
+  """num_sweeps sweeps in a ``lax.scan`` (chains sorted by colour once, not per sweep): [S, n]."""
+  _check_chains(m, z)
+  rbm_gibbs.check_beta(beta)
+  if num_sweeps < 0:
+    raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
+
+  ops = _colour_operators(m, layout)
+
+  def body(zs, k):
+    return _sweep_sorted(k, m.graph, ops, zs, beta, rbm_gibbs.bernoulli_logits), None
+
+  zs, _ = lax.scan(body, _to_sorted(m, z), jax.random.split(key, num_sweeps))
+  return _from_sorted(m, zs)
+
+
+def run_fields_only(z: Array, m: BoltzmannMachine, num_sweeps: int, layout: str = "auto") -> Array:
+  """The sweep's memory traffic without RNG: each colour set to 1[h > 0] (a benchmark roof)."""
+  _check_chains(m, z)
+
+  ops = _colour_operators(m, layout)
+
+  def body(zs, k):
+    return _sweep_sorted(k, m.graph, ops, zs, 1.0, lambda _, logits: logits > 0), None
+
+  keys = jax.random.split(jax.random.key(0), num_sweeps)
+  zs, _ = lax.scan(body, _to_sorted(m, z), keys)
+  return _from_sorted(m, zs)
