@@ -7,7 +7,7 @@ r"""Re-scores a trained run: importance-weighted NLL, −ELBO and AIS log Z of o
 Every size defaults to the run's own config (``eval_iw_samples``, ``ais_num_chains``,
 ``ais_num_temperatures``, ``eval_num_examples``, ``eval_batch_size``), so that with no flags it
 repeats the run's final test evaluation (MATH.md §6) with fresh random numbers: the same examples
-(``train.eval_subset``), the same estimators (``train.make_eval_fn``, ``train.log_partition``),
+(``train.eval_subset``), the same estimators (``train.make_eval_fn``, ``train.eval_log_partition``),
 independent keys. Memory is bounded by one batch (``--batch_size`` examples × at most 100 importance
 samples at a time), whatever ``--iw_samples`` and the split's size.
 
@@ -104,7 +104,7 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
   print(restore.describe(workdir, run), file=stream, flush=True)
   key = jax.random.key(seed)
   t0 = time.perf_counter()
-  log_z, log_z_err = train.log_partition(experiment, prior, jax.random.fold_in(key, 0))
+  log_z, log_z_err = train.eval_log_partition(experiment, prior, jax.random.fold_in(key, 0))
   log_z_seconds = time.perf_counter() - t0
   if config.prior == "factorial":
     print("log Z = 0 (factorial prior: normalised)", file=stream, flush=True)

@@ -287,7 +287,7 @@ def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(
   ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
   assert ckpt.latest_step() == 4
   experiment, template = train.build(config)
-  state, record = ckpt.restore(4, (template, train.initial_record(experiment.mesh)))
+  state, record = ckpt.restore(4, (template, checkpointing.make_record(experiment.mesh)))
   ckpt.close()
   assert int(state.step) == 4 and int(record["best_step"]) == -1
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
@@ -510,8 +510,9 @@ def test_resume_accepts_a_key_added_later_only_at_its_default(tmp_path):
   old = metrics.to_python(config.to_dict())
   del old["adam_eps_mode"]
   (tmp_path / "config.json").write_text(json.dumps(old))
-  train._check_resumable(tmp_path, config)  # the default 'optax': the same run
+  # The default 'optax': the same run.
+  checkpointing.check_resumable(tmp_path, config, train.RESUMABLE_DIFFERENCES)
   changed = config.as_configdict()
   changed.adam_eps_mode = "tf1"
   with pytest.raises(train.WorkdirConfigError, match=r"adam_eps_mode: None -> 'tf1'"):
-    train._check_resumable(tmp_path, changed)
+    checkpointing.check_resumable(tmp_path, changed, train.RESUMABLE_DIFFERENCES)
