@@ -11,13 +11,17 @@ Outputs in ``workdir``: ``metrics.jsonl`` (one JSON row per logged step / evalua
 ``tensorboard/`` (event files), ``checkpoints/`` (latest) and ``checkpoints_best/`` (best
 validation NLL), ``samples_STEP.png`` / ``reconstructions_STEP.png``, ``config.json`` and, at the
 end, ``results.json``.
+
+This module is the hub; its helpers live beside it: ``scoring`` (NLL of examples, evaluation
+AIS), ``sampler_monitor`` (sampler diagnostic, log Z re-anchoring and tracker), ``images``,
+``checkpointing`` (checkpoints, the run's record, resume), ``guards`` (NaN and divergence guards),
+``preemption``, ``workdir_lock`` and ``sharding``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import time
@@ -33,7 +37,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
-from dvae_jax import evaluation, models, objectives, optim, priors
+from dvae_jax import models, objectives, optim, priors
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import samplers as samplers_lib
 from experiments import (
@@ -43,6 +47,7 @@ from experiments import (
   images,
   preemption,
   sampler_monitor,
+  scoring,
   sharding,
   workdir_lock,
 )
@@ -69,12 +74,9 @@ RESUMABLE_DIFFERENCES = (
   "log_z_tracker_replicas",
   "log_z_tracker_sweeps",
 )
-# Per-step flags of the train step's metrics, read by the guards and never logged.
-_FLAG_KEYS = ("finite", "guard")
 
 
-class NonFiniteLossError(FloatingPointError):
-  """A train step produced a NaN or inf; the message names the step and the offending terms."""
+NonFiniteLossError = guards.NonFiniteLossError  # a train step produced a NaN or inf
 
 
 WorkdirConfigError = checkpointing.WorkdirConfigError  # the workdir holds another run's config
@@ -306,54 +308,18 @@ def _info_dict(info) -> dict:
   }
 
 
-def make_eval_fn(experiment: Experiment, num_samples: int):
-  """Jitted ``(params, batch_stats, log_z, x [B, 784], mask [B], key) -> (Σ nll, Σ −ELBO, Σ nll²)``
-  of the discrete model with ``num_samples`` importance samples (MATH.md §6)."""
-  graphdef = experiment.eval_graphdef
-  chunk = min(num_samples, 100)
-
-  def eval_fn(params, batch_stats, log_z, x, mask, key):
-    model = nnx.merge(graphdef, params["model"], batch_stats)
-    out = evaluation.evaluate(
-      model, params["prior"], log_z, x, key, num_samples, sample_chunk=chunk
-    )
-    nll = out["nll"] * mask
-    return jnp.sum(nll), jnp.sum(out["neg_elbo"] * mask), jnp.sum(nll * nll)
-
-  replicated = sharding.replicated(experiment.mesh)
-  batch = sharding.batch_sharded(experiment.mesh)
-  return jax.jit(
-    eval_fn,
-    in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
-    out_shardings=replicated,
-  )
-
-
-def eval_log_partition(experiment: Experiment, prior, key) -> tuple[float, float]:
-  """The evaluation's (log Z, its standard error): AIS for the RBM (MATH.md §3) with
-  ``ais_num_chains`` × ``ais_num_temperatures``, exact (0, 0) for the factorial prior, whose
-  log-probabilities are normalised."""
-  config = experiment.config
-  if config.prior == "factorial":
-    return 0.0, 0.0
-  result = samplers_lib.ais_log_partition(
-    prior, key, num_chains=config.ais_num_chains, num_temperatures=config.ais_num_temperatures
-  )
-  return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
-
-
 def evaluate(
   experiment: Experiment, eval_fn, state: TrainState, x: np.ndarray, key
 ) -> tuple[TrainState, dict[str, float], dict[str, float]]:
   """One validation: AIS log Z of the prior, the NLL and −ELBO of ``x`` [n, 784] with ``eval_fn``
-  (``make_eval_fn``) and, with an RBM sampler, its diagnostic and the re-anchoring of its log Z
-  (``experiments.sampler_monitor``).
+  (``scoring.make_eval_fn``) and, with an RBM sampler, its diagnostic and the re-anchoring of its
+  log Z (``experiments.sampler_monitor``).
 
   Returns:
     (state with the sampler's log Z re-anchored, ``val/sampler_*`` metrics (empty without a
     sampler), ``val/nll``, ``val/neg_elbo``, ``val/log_z`` and ``val/log_z_stderr``).
   """
-  log_z, log_z_err = eval_log_partition(
+  log_z, log_z_err = scoring.eval_log_partition(
     experiment, state.params["prior"], jax.random.fold_in(key, 0)
   )
   sampler_metrics = {}
@@ -365,10 +331,10 @@ def evaluate(
       state,
       diagnostic,
       jax.random.fold_in(key, 4),
-      lambda prior, key: eval_log_partition(experiment, prior, key),
+      lambda prior, key: scoring.eval_log_partition(experiment, prior, key),
     )
     sampler_metrics = {"val/sampler_log_z_drift": drift, **diagnostic}
-  val = evaluate_split(experiment, eval_fn, state, x, log_z, jax.random.fold_in(key, 1))
+  val = scoring.evaluate_split(experiment, eval_fn, state, x, log_z, jax.random.fold_in(key, 1))
   return (
     state,
     sampler_metrics,
@@ -381,82 +347,13 @@ def evaluate(
   )
 
 
-def evaluate_split(
-  experiment: Experiment,
-  eval_fn,
-  state: TrainState,
-  x_all: np.ndarray,
-  log_z: float,
-  key,
-  progress: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-  """Mean NLL and −ELBO (nats) over the examples ``x_all`` [n, 784] (uint8 or float), and the
-  standard error of the mean NLL over the examples (``nll_stderr``). Memory is bounded by one batch
-  of ``eval_batch_size`` examples; ``progress(examples done)`` is called after each batch."""
-  config, mesh = experiment.config, experiment.mesh
-  batch_size = config.eval_batch_size
-  n = x_all.shape[0]
-  total_nll = total_elbo = total_sq = 0.0
-  batch_sharding = sharding.batch_sharded(mesh)
-  log_z = sharding.put_global(np.float32(log_z), sharding.replicated(mesh))
-  for b, start in enumerate(range(0, n, batch_size)):
-    x = np.zeros((batch_size, x_all.shape[1]), np.float32)
-    mask = np.zeros((batch_size,), np.float32)
-    chunk = x_all[start : start + batch_size]
-    x[: len(chunk)], mask[: len(chunk)] = chunk, 1.0
-    nll, elbo, nll_sq = eval_fn(
-      state.params,
-      state.batch_stats,
-      log_z,
-      sharding.put_global(x, batch_sharding),
-      sharding.put_global(mask, batch_sharding),
-      jax.random.fold_in(key, b),
-    )
-    total_nll += float(sharding.to_host(nll))
-    total_elbo += float(sharding.to_host(elbo))
-    total_sq += float(sharding.to_host(nll_sq))
-    if progress is not None:
-      progress(min(start + batch_size, n))
-  mean = total_nll / n
-  variance = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
-  return {"nll": mean, "neg_elbo": total_elbo / n, "nll_stderr": math.sqrt(variance / n)}
-
-
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
 
-def _raise_non_finite(step: int, metrics_host: dict) -> None:
-  """Raises NonFiniteLossError naming the step and the non-finite terms of ``metrics_host``."""
-  bad = [k for k, v in metrics_host.items() if k not in _FLAG_KEYS and not np.all(np.isfinite(v))]
-  named = ", ".join(f"{k}={np.asarray(metrics_host[k]).item()}" for k in bad) or "(none named)"
-  raise NonFiniteLossError(
-    f"non-finite value at training step {step}: {named}. Training stopped; the last good "
-    "checkpoint is kept."
-  )
-
-
-def _check_pending(pending: list[tuple[int, dict]], guard: guards.DivergenceGuard) -> None:
-  """Raises NonFiniteLossError / guards.DivergenceError for the first (step, metrics) pair holding
-  a non-finite value / a diverged one."""
-  for step, metrics in pending:
-    if not bool(sharding.to_host(metrics["finite"])):
-      _raise_non_finite(step, {k: sharding.to_host(v) for k, v in metrics.items()})
-    guard.observe(step, metrics)
-
-
-def eval_subset(x: np.ndarray, num: int) -> np.ndarray:
-  """``num`` examples of a split drawn uniformly without replacement (all of them for 0).
-
-  A fixed random subset, not the first ``num``: the binarized MNIST test split is ordered (its
-  first 2000 images average 96.6 ink pixels against 103.9 over the split), and a prefix gave test
-  NLLs ≈ 20 nats below the validation NLL. The subset depends on the split's size only, so every
-  run (any seed, any method) is evaluated on the same images.
-  """
-  if num == 0 or num >= len(x):
-    return x
-  index = np.random.default_rng(len(x)).choice(len(x), size=num, replace=False)
-  return x[np.sort(index)]
+def _metrics_row(metrics: dict) -> dict[str, float]:
+  """A train step's metrics as host floats, without the guards' per-step flags."""
+  return {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in guards.FLAG_KEYS}
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
@@ -519,13 +416,13 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
     progress.message(f"{workdir} holds a finished run: test NLL {results['test_nll']:.3f} nats")
     return results
   train_step = make_train_step(experiment)
-  eval_fns = {config.val_iw_samples: make_eval_fn(experiment, config.val_iw_samples)}
+  eval_fns = {config.val_iw_samples: scoring.make_eval_fn(experiment, config.val_iw_samples)}
   val_eval = eval_fns[config.val_iw_samples]
   image_fn = images.make_image_fn(experiment)
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
   tracking_root = jax.random.fold_in(eval_root, 2**31 - 2)
   log_z_tracker = sampler_monitor.LogZTracker(experiment, tracking_root, start, state)
-  val_x = eval_subset(experiment.dataset.valid, config.eval_num_examples)
+  val_x = scoring.eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
   train_seconds = record["train_seconds"]
   logged_seconds, logged_step = train_seconds, start
@@ -557,13 +454,13 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
       # A signal (SIGTERM / SIGINT) stops the run after this step, with a checkpoint of it.
       stop = preemption.stop_requested(at_sync=sync_each_step or is_log or is_checkpoint)
       if sync_each_step or is_log or is_checkpoint or stop:
-        _check_pending(pending, guard)  # waits for the steps: their time is counted below
+        guards.check_pending(pending, guard)  # waits for the steps: their time is counted below
         pending = []
       train_seconds += time.perf_counter() - t0
       if is_log or is_eval:
         log_z_tracker.write(writer)
       if is_log:
-        row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in _FLAG_KEYS}
+        row = _metrics_row(metrics)
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
         logged_seconds, logged_step = train_seconds, done
         writer.write(done, row)
@@ -615,7 +512,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
     best.close()
 
   if config.eval_iw_samples not in eval_fns:
-    eval_fns[config.eval_iw_samples] = make_eval_fn(experiment, config.eval_iw_samples)
+    eval_fns[config.eval_iw_samples] = scoring.make_eval_fn(experiment, config.eval_iw_samples)
   results = final_evaluation(
     experiment, eval_fns[config.eval_iw_samples], state, record, workdir, eval_root
   )
@@ -647,8 +544,8 @@ def final_evaluation(
   workdir: pathlib.Path,
   eval_root,
 ) -> dict:
-  """Test NLL with ``eval_iw_samples`` importance samples (``test_eval``, from ``make_eval_fn``) at
-  the best-validation checkpoint."""
+  """Test NLL with ``eval_iw_samples`` importance samples (``test_eval``, from
+  ``scoring.make_eval_fn``) at the best-validation checkpoint."""
   config = experiment.config
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
   best_step, restored = best.restore_newest(
@@ -657,11 +554,13 @@ def final_evaluation(
   state = state._replace(**restored)
   best.close()
   key = jax.random.fold_in(eval_root, 2**31 - 1)
-  log_z, log_z_err = eval_log_partition(
+  log_z, log_z_err = scoring.eval_log_partition(
     experiment, state.params["prior"], jax.random.fold_in(key, 0)
   )
-  test_x = eval_subset(experiment.dataset.test, config.eval_num_examples)
-  test = evaluate_split(experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1))
+  test_x = scoring.eval_subset(experiment.dataset.test, config.eval_num_examples)
+  test = scoring.evaluate_split(
+    experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1)
+  )
   results = {
     "test_nll": test["nll"],
     "test_nll_stderr": test["nll_stderr"],
