@@ -26,8 +26,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from experiments import metrics as metrics_lib
+from experiments import sharding
+from experiments.configs import base as base_config
 
 UNRESTORABLE_SUFFIX = "_unrestorable"
 CHECKSUMS_FILE = "dvae_checksums.json"
@@ -39,6 +44,10 @@ class CheckpointRestoreError(RuntimeError):
 
 class CheckpointWriteError(OSError):
   """A checkpoint could not be written (the earlier checkpoints are intact)."""
+
+
+class WorkdirConfigError(ValueError):
+  """The workdir holds a run with a different config."""
 
 
 def _flatten(tree: Any) -> tuple[dict[str, jax.Array], Any]:
@@ -254,3 +263,54 @@ def _first_line(err: Exception) -> str:
 
 def _steps(steps: list[int]) -> str:
   return "steps " + ", ".join(map(str, steps)) if steps else "none"
+
+
+# ----------------------------------------------------------------------------------------------
+# A training run's record and resumption (experiments.train).
+
+
+def make_record(
+  mesh, *, best_val_nll: float = np.inf, best_step: int = -1, train_seconds: float = 0.0
+) -> dict:
+  """The run's bookkeeping, saved beside the state (``checkpoints/STEP`` is ``(state, record)``):
+  the template to restore (the defaults) and every record saved (the run's values), replicated."""
+  record = {
+    "best_val_nll": np.float32(best_val_nll),
+    "best_step": np.int32(best_step),
+    "train_seconds": np.float32(train_seconds),
+  }
+  return sharding.replicate(record, mesh)
+
+
+def resume(latest: Checkpointer, best: Checkpointer, state: Any, mesh) -> tuple[int, Any, dict]:
+  """(start step, state, record as Python scalars) from ``latest``'s newest checkpoint that
+  restores, or (0, ``state``, the fresh record) without one. Best-validation checkpoints written
+  after the resumed step are deleted: the resumed run writes its own."""
+  start, (state, record) = latest.restore_newest((state, make_record(mesh)))
+  start = start or 0
+  if start:
+    for stale in [s for s in best.all_steps() if s > start]:
+      best.delete(stale)
+  return start, state, {k: sharding.to_host(v).item() for k, v in record.items()}
+
+
+def check_resumable(workdir: pathlib.Path, config, resumable_differences=()) -> None:
+  """Raises WorkdirConfigError when ``workdir/config.json`` holds a config that differs from
+  ``config`` in a key outside ``resumable_differences`` (keys that do not alter the trajectory)."""
+  path = workdir / "config.json"
+  if not path.exists():
+    return
+  old = json.loads(path.read_text())
+  new = metrics_lib.to_python(config.to_dict())
+  # A key added to the library after the run started holds its default: the run is unchanged.
+  defaults = metrics_lib.to_python(base_config.get_config().to_dict())
+  old = {**{k: v for k, v in defaults.items() if k not in old and v == new.get(k)}, **old}
+  diff = sorted(
+    k for k in set(old) | set(new) if k not in resumable_differences and old.get(k) != new.get(k)
+  )
+  if diff:
+    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+    raise WorkdirConfigError(
+      f"workdir {workdir} holds a run with a different config ({details}); resume it with the "
+      "same config or choose another --workdir"
+    )

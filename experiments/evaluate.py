@@ -7,9 +7,10 @@ r"""Re-scores a trained run: importance-weighted NLL, −ELBO and AIS log Z of o
 Every size defaults to the run's own config (``eval_iw_samples``, ``ais_num_chains``,
 ``ais_num_temperatures``, ``eval_num_examples``, ``eval_batch_size``), so that with no flags it
 repeats the run's final test evaluation (MATH.md §6) with fresh random numbers: the same examples
-(``train.eval_subset``), the same estimators (``train.make_eval_fn``, ``train.log_partition``),
-independent keys. Memory is bounded by one batch (``--batch_size`` examples × at most 100 importance
-samples at a time), whatever ``--iw_samples`` and the split's size.
+(``scoring.eval_subset``), the same estimators (``scoring.make_eval_fn``,
+``scoring.eval_log_partition``), independent keys. Memory is bounded by one batch
+(``--batch_size`` examples × at most 100 importance samples at a time), whatever ``--iw_samples``
+and the split's size.
 
 Prints the mean NLL with its standard error over the examples, −ELBO, log Z ± its AIS standard error
 and the time taken, and writes them to ``WORKDIR/eval_<split>_<iw_samples>.json`` (atomically;
@@ -64,7 +65,7 @@ def check_sizes() -> dict:
 
 
 def split_examples(dataset, split: str, num_examples: int):
-  """[n, 784] binary examples of ``split``: ``train.eval_subset`` of it, the runner's choice.
+  """[n, 784] binary examples of ``split``: ``scoring.eval_subset`` of it, the runner's choice.
 
   A dynamically binarized training split (OMNIGLOT) is binarized once with a fixed seed, as the
   loader does for validation and test (MATH.md §6).
@@ -72,14 +73,14 @@ def split_examples(dataset, split: str, num_examples: int):
   import numpy as np
 
   from dvae_jax import data as data_lib
-  from experiments import train
+  from experiments import scoring
 
   x = getattr(dataset, split)
   if num_examples > len(x):
     raise restore.UsageError(
       f"invalid --num_examples={num_examples}: the {split} split has {len(x)}"
     )
-  x = train.eval_subset(x, num_examples)
+  x = scoring.eval_subset(x, num_examples)
   if x.dtype != np.uint8:
     x = data_lib._binarize_once(x, 0, 2)  # noqa: SLF001 (the loader's one-off binarization)
   return x
@@ -91,7 +92,7 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
 
   from dvae_jax import data as data_lib
   from experiments import metrics as metrics_lib
-  from experiments import sharding, train
+  from experiments import scoring, sharding
 
   stream = stream or sys.stdout
   t_start = time.perf_counter()
@@ -104,7 +105,7 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
   print(restore.describe(workdir, run), file=stream, flush=True)
   key = jax.random.key(seed)
   t0 = time.perf_counter()
-  log_z, log_z_err = train.log_partition(experiment, prior, jax.random.fold_in(key, 0))
+  log_z, log_z_err = scoring.eval_log_partition(experiment, prior, jax.random.fold_in(key, 0))
   log_z_seconds = time.perf_counter() - t0
   if config.prior == "factorial":
     print("log Z = 0 (factorial prior: normalised)", file=stream, flush=True)
@@ -128,9 +129,9 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
   def progress(done):  # a log line at every tenth of the split (a live bar on a terminal)
     bar.update(done, log_line=done == n or done * 10 // n != (done - batch) * 10 // n)
 
-  eval_fn = train.make_eval_fn(experiment, config.eval_iw_samples)
+  eval_fn = scoring.make_eval_fn(experiment, config.eval_iw_samples)
   t0 = time.perf_counter()
-  scores = train.evaluate_split(
+  scores = scoring.evaluate_split(
     experiment,
     eval_fn,
     state,

@@ -1,6 +1,7 @@
-"""The divergence guard: stops a run whose values no healthy run produces.
+"""The NaN guard and the divergence guard: stop a run whose values no healthy run produces.
 
-The NaN guard of ``experiments.train`` catches non-finite values; a diverging run can stay finite
+The NaN guard (``check_pending``, ``NonFiniteLossError``) catches non-finite values; a diverging
+run can stay finite
 (``learning_rate=1e6`` reached a training loss of −1.5e9 and log Z 3.8e8 nats and, unguarded,
 reported a "test NLL" of 3.8e8). Three limits, each a config key:
 
@@ -38,8 +39,35 @@ OUT_OF_BOUNDS = 1  # flag bits of `step_flags`
 GRAD_NORM_OVER = 2
 
 
+# Per-step flags of the train step's metrics, read by the guards and never logged.
+FLAG_KEYS = ("finite", "guard")
+
+
 class DivergenceError(FloatingPointError):
   """A run left the range of healthy values; the message names the step, the term and its value."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A train step produced a NaN or inf; the message names the step and the offending terms."""
+
+
+def raise_non_finite(step: int, metrics_host: Mapping[str, np.ndarray]) -> None:
+  """Raises NonFiniteLossError naming the step and the non-finite terms of ``metrics_host``."""
+  bad = [k for k, v in metrics_host.items() if k not in FLAG_KEYS and not np.all(np.isfinite(v))]
+  named = ", ".join(f"{k}={np.asarray(metrics_host[k]).item()}" for k in bad) or "(none named)"
+  raise NonFiniteLossError(
+    f"non-finite value at training step {step}: {named}. Training stopped; the last good "
+    "checkpoint is kept."
+  )
+
+
+def check_pending(pending: list[tuple[int, dict]], guard: DivergenceGuard) -> None:
+  """Raises NonFiniteLossError / DivergenceError for the first (step, metrics) pair holding a
+  non-finite value (the step's ``finite`` flag) / a diverged one (``guard.observe``)."""
+  for step, metrics in pending:
+    if not bool(guard.to_host(metrics["finite"])):
+      raise_non_finite(step, {k: guard.to_host(v) for k, v in metrics.items()})
+    guard.observe(step, metrics)
 
 
 def _limits(config) -> dict[str, float]:
@@ -83,7 +111,7 @@ class DivergenceGuard:
     self._config = config
     self._limits = _limits(config)
     self._last_checkpoint = last_checkpoint
-    self._to_host = to_host
+    self.to_host = to_host
     self._streak_start: int | None = None  # first step of the current run of large gradients
 
   @property
@@ -97,9 +125,9 @@ class DivergenceGuard:
 
   def observe(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
     """Checks the device flags of training step ``step``; raises DivergenceError if it diverged."""
-    flags = int(self._to_host(metrics["guard"]))
+    flags = int(self.to_host(metrics["guard"]))
     if flags & OUT_OF_BOUNDS:
-      values = {k: float(self._to_host(metrics[k])) for k in NATS_KEYS + LOG_Z_KEYS if k in metrics}
+      values = {k: float(self.to_host(metrics[k])) for k in NATS_KEYS + LOG_Z_KEYS if k in metrics}
       self._raise(step, {k: v for k, v in values.items() if abs(v) > self._limits[k]})
     if not flags & GRAD_NORM_OVER:
       self._streak_start = None
@@ -107,7 +135,7 @@ class DivergenceGuard:
     if self._streak_start is None:
       self._streak_start = step
     if step - self._streak_start + 1 >= self._config.guard_grad_norm_steps:
-      norm = float(self._to_host(metrics["grad_norm"]))
+      norm = float(self.to_host(metrics["grad_norm"]))
       limit = self._config.guard_max_grad_norm
       self._stop(
         step,

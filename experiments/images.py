@@ -1,11 +1,21 @@
-"""PNG grids of 28×28 images (model samples, reconstructions) with pillow."""
+"""Images of a run: model samples and reconstructions (jitted), tiled into PNG grids with pillow.
+
+``experiment`` is an ``experiments.train.Experiment``, ``state`` a ``TrainState``.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from dvae_jax import posterior
+from experiments import sharding
 
 IMAGE_SIDE = 28
 
@@ -59,3 +69,68 @@ def interleave(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray
   out = np.empty((2 * originals.shape[0], originals.shape[1]), np.float32)
   out[0::2], out[1::2] = originals, reconstructions
   return out
+
+
+def model_samples(experiment, params, batch_stats, sampler_state, key, num: int):
+  """[num', 784] decoder means p(x|z) of prior samples z: the sampler's population (its first
+  ``num``) for the RBM, fresh draws for the factorial prior."""
+  prior = params["prior"]
+  if experiment.sampler is not None:
+    z = jnp.concatenate([sampler_state.z1, sampler_state.z2], axis=-1)[:num]
+  else:
+    z = jax.random.bernoulli(key, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
+  return decode_means(experiment, params, batch_stats, z)
+
+
+def decode_means(experiment, params, batch_stats, z: jax.Array) -> jax.Array:
+  """[n, 784] decoder means sigmoid(logits of p(x|z)) of binary latents ``z`` [n, num_latent]."""
+  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
+  return jax.nn.sigmoid(model.decode(z.astype(jnp.float32), use_running_average=True))
+
+
+def reconstructions(experiment, params, batch_stats, key, x: jax.Array) -> jax.Array:
+  """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
+  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
+  post = posterior.sample_hierarchy(
+    model, x, key, 1, posterior.bernoulli_group, use_running_average=True
+  )
+  return jax.nn.sigmoid(model.decode(post.zeta[0], use_running_average=True))
+
+
+def make_image_fn(experiment):
+  """Jitted ``(state, key, originals [m, 784]) -> (samples [n, 784], reconstructions [m, 784])``."""
+  num = experiment.config.num_image_samples
+
+  def image_fn(state, key, originals):
+    samples = model_samples(
+      experiment,
+      state.params,
+      state.batch_stats,
+      state.sampler_state,
+      jax.random.fold_in(key, 0),
+      num,
+    )
+    recon = reconstructions(
+      experiment, state.params, state.batch_stats, jax.random.fold_in(key, 1), originals
+    )
+    return samples, recon
+
+  return jax.jit(image_fn, out_shardings=sharding.replicated(experiment.mesh))
+
+
+def write_images(experiment, image_fn, state, key, workdir, step, writer) -> None:
+  """Writes ``samples_STEP.png`` and ``reconstructions_STEP.png`` (and TensorBoard images)."""
+  num = experiment.config.num_image_samples
+  cols = max(1, int(math.sqrt(num)))
+  originals = experiment.dataset.valid[: max(1, num // 2)].astype(np.float32)
+  samples, recon = image_fn(
+    state, key, sharding.put_global(originals, sharding.replicated(experiment.mesh))
+  )
+  samples, recon = sharding.to_host(samples), sharding.to_host(recon)
+  if jax.process_index() == 0:
+    samples_grid = tile(samples, cols)
+    recon_grid = tile(interleave(originals, recon), 2 * max(1, cols // 2))
+    save_png(pathlib.Path(workdir) / f"samples_{step:08d}.png", samples_grid)
+    save_png(pathlib.Path(workdir) / f"reconstructions_{step:08d}.png", recon_grid)
+    writer.write_image(step, "samples", samples_grid)
+    writer.write_image(step, "reconstructions", recon_grid)

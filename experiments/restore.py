@@ -158,7 +158,7 @@ def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Rest
       weights = {"params": state.params, "batch_stats": state.batch_stats}
       state = state._replace(**ckpt.restore(number, weights))
     else:
-      state, _ = ckpt.restore(number, (state, train.initial_record(experiment.mesh)))
+      state, _ = ckpt.restore(number, (state, checkpointing.make_record(experiment.mesh)))
   finally:
     ckpt.close()
   return Restored(experiment, state, number, which)

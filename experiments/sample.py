@@ -86,7 +86,7 @@ def main(argv):
   import numpy as np
 
   from dvae_jax import data as data_lib
-  from experiments import images, train
+  from experiments import images
 
   try:
     check_flags()
@@ -106,7 +106,7 @@ def main(argv):
     _SWEEPS.value,
   )
   print(message, flush=True)
-  means = train.decode_means(run.experiment, params, run.state.batch_stats, z)
+  means = images.decode_means(run.experiment, params, run.state.batch_stats, z)
   if _BINARY.value:
     x = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 1), means), np.uint8)
   else:

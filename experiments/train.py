@@ -11,13 +11,17 @@ Outputs in ``workdir``: ``metrics.jsonl`` (one JSON row per logged step / evalua
 ``tensorboard/`` (event files), ``checkpoints/`` (latest) and ``checkpoints_best/`` (best
 validation NLL), ``samples_STEP.png`` / ``reconstructions_STEP.png``, ``config.json`` and, at the
 end, ``results.json``.
+
+This module is the hub; its helpers live beside it: ``scoring`` (NLL of examples, evaluation
+AIS), ``sampler_monitor`` (sampler diagnostic, log Z re-anchoring and tracker), ``images``,
+``checkpointing`` (checkpoints, the run's record, resume), ``guards`` (NaN and divergence guards),
+``preemption``, ``workdir_lock`` and ``sharding``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import time
@@ -33,7 +37,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
-from dvae_jax import evaluation, models, objectives, optim, posterior, priors
+from dvae_jax import models, objectives, optim, priors
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import samplers as samplers_lib
 from experiments import (
@@ -42,11 +46,12 @@ from experiments import (
   guards,
   images,
   preemption,
+  sampler_monitor,
+  scoring,
   sharding,
   workdir_lock,
 )
 from experiments import metrics as metrics_lib
-from experiments.configs import base as base_config
 
 # Piecewise-constant learning rate of MATH.md §6 as multiples of the base rate 3e-3:
 # [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3, [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
@@ -55,7 +60,7 @@ LR_MULTIPLIERS = (0.1, 1.0, 1.0 / 3.0, 0.1, 9.1e-5 / 3e-3)
 
 # Keys whose change does not alter the trajectory of a run; any other difference between a workdir's
 # config and the requested one refuses to resume.
-_RESUMABLE_DIFFERENCES = (
+RESUMABLE_DIFFERENCES = (
   "data_dir",
   "guard_max_nats",
   "guard_max_log_z",
@@ -69,16 +74,12 @@ _RESUMABLE_DIFFERENCES = (
   "log_z_tracker_replicas",
   "log_z_tracker_sweeps",
 )
-# Per-step flags of the train step's metrics, read by the guards and never logged.
-_FLAG_KEYS = ("finite", "guard")
 
 
-class NonFiniteLossError(FloatingPointError):
-  """A train step produced a NaN or inf; the message names the step and the offending terms."""
+NonFiniteLossError = guards.NonFiniteLossError  # a train step produced a NaN or inf
 
 
-class WorkdirConfigError(ValueError):
-  """The workdir holds a run with a different config."""
+WorkdirConfigError = checkpointing.WorkdirConfigError  # the workdir holds another run's config
 
 
 class TrainState(NamedTuple):
@@ -101,15 +102,15 @@ class TrainState(NamedTuple):
   key: jax.Array
 
 
-def learning_rate_schedule(base: float, num_steps: int) -> Callable[[jax.Array], jax.Array]:
-  """The piecewise-constant schedule of MATH.md §6, scaled by ``base`` (3e-3 in the paper)."""
-  boundaries = jnp.array([int(round(f * num_steps)) for f in LR_BOUNDARIES])
-  values = base * jnp.array(LR_MULTIPLIERS, jnp.float32)
+def learning_rate_schedule(base: float, num_steps: int) -> optax.Schedule:
+  """The piecewise-constant schedule of MATH.md §6, scaled by ``base`` (3e-3 in the paper).
 
-  def schedule(step):
-    return values[jnp.sum(step >= boundaries)]
-
-  return schedule
+  Constant pieces joined at the boundaries, not ``optax.piecewise_constant_schedule``: its product
+  of scale factors puts the last piece one float32 ulp off (9.100001e-5), enough to change a run.
+  """
+  boundaries = [int(round(f * num_steps)) for f in LR_BOUNDARIES]
+  values = base * np.array(LR_MULTIPLIERS, np.float32)
+  return optax.join_schedules([optax.constant_schedule(v) for v in values], boundaries)
 
 
 def kl_warmup(step: jax.Array, num_steps: int, fraction: float) -> jax.Array:
@@ -130,6 +131,7 @@ class Experiment:
   method: Any
   sampler: Any
   optimizer: optax.GradientTransformation
+  learning_rate: optax.Schedule  # the optimiser's, logged as `lr`
   mesh: jax.sharding.Mesh
   state_sharding: Any  # a TrainState of NamedShardings, see `state_shardings`
 
@@ -157,8 +159,9 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
   prior = priors.init_prior(config.prior, spec)
   params = {"model": params_model, "prior": prior}
+  learning_rate = learning_rate_schedule(config.learning_rate, config.num_steps)
   optimizer = optim.adam(
-    learning_rate_schedule(config.learning_rate, config.num_steps),
+    learning_rate,
     eps=config.adam_eps,
     eps_mode=config.adam_eps_mode,
   )
@@ -180,7 +183,16 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   state_sharding = state_shardings(state, mesh)
   state = sharding.place(state, state_sharding)
   experiment = Experiment(
-    config, dataset, graphdef, eval_graphdef, method, sampler, optimizer, mesh, state_sharding
+    config,
+    dataset,
+    graphdef,
+    eval_graphdef,
+    method,
+    sampler,
+    optimizer,
+    learning_rate,
+    mesh,
+    state_sharding,
   )
   return experiment, state
 
@@ -224,7 +236,6 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
   config = experiment.config
   graphdef, method, sampler = experiment.graphdef, experiment.method, experiment.sampler
   dynamic = experiment.dataset.dynamic_binarization
-  schedule = learning_rate_schedule(config.learning_rate, config.num_steps)
 
   def step_fn(state: TrainState, x: jax.Array):
     key = jax.random.fold_in(state.key, state.step)
@@ -261,7 +272,7 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
       **{f"terms/{k}": v for k, v in terms.items()},
       "weight_decay": penalty,
       "grad_norm": grad_norm,
-      "lr": schedule(state.step),
+      "lr": experiment.learning_rate(state.step),
       "kappa": kappa,
       **{f"sampler/{k}": jnp.mean(v) for k, v in _info_dict(info).items()},
     }
@@ -297,337 +308,52 @@ def _info_dict(info) -> dict:
   }
 
 
-def make_eval_fn(experiment: Experiment, num_samples: int):
-  """Jitted ``(params, batch_stats, log_z, x [B, 784], mask [B], key) -> (Σ nll, Σ −ELBO, Σ nll²)``
-  of the discrete model with ``num_samples`` importance samples (MATH.md §6)."""
-  graphdef = experiment.eval_graphdef
-  chunk = min(num_samples, 100)
-
-  def eval_fn(params, batch_stats, log_z, x, mask, key):
-    model = nnx.merge(graphdef, params["model"], batch_stats)
-    out = evaluation.evaluate(
-      model, params["prior"], log_z, x, key, num_samples, sample_chunk=chunk
-    )
-    nll = out["nll"] * mask
-    return jnp.sum(nll), jnp.sum(out["neg_elbo"] * mask), jnp.sum(nll * nll)
-
-  replicated = sharding.replicated(experiment.mesh)
-  batch = sharding.batch_sharded(experiment.mesh)
-  return jax.jit(
-    eval_fn,
-    in_shardings=(replicated, replicated, replicated, batch, batch, replicated),
-    out_shardings=replicated,
-  )
-
-
-def log_partition(experiment: Experiment, prior, key) -> tuple[float, float]:
-  """(log Z, its standard error): AIS for the RBM (MATH.md §3), exact (0, 0) for the factorial
-  prior, whose log-probabilities are normalised."""
-  config = experiment.config
-  if config.prior == "factorial":
-    return 0.0, 0.0
-  result = samplers_lib.ais_log_partition(
-    prior, key, num_chains=config.ais_num_chains, num_temperatures=config.ais_num_temperatures
-  )
-  return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
-
-
-def sampler_log_partition(
-  experiment: Experiment, sampler_state, diagnostic: dict, key
-) -> tuple[float, float]:
-  """(log Z, stderr) for the parameters of the sampler's population, ``sampler_state.params``: the
-  sampler diagnostic's fresh anneals when it ran, else AIS. Not the evaluation's AIS of the
-  prior: the train step updates the prior after sampling, so the prior is one step ahead, and
-  anchoring the sampler to it would count that step's log Z change twice (0.1–0.2 nats early in the
-  default run)."""
-  if SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z" in diagnostic:
-    return (
-      diagnostic[SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z"],
-      diagnostic[SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z_stderr"],
-    )
-  return log_partition(experiment, sampler_state.params, key)
-
-
-def anchor_sampler_log_z(state: TrainState, log_z: float, log_z_err: float):
-  """Replaces the prior sampler's tracked log Z by an independent estimate for its parameters
-  (``sampler_log_partition``).
-
-  The persistent sampler tracks log Z by reweighting its population at every parameter change
-  (MATH.md §3). Each increment is nearly unbiased, but over thousands of steps the small mixing
-  biases of a population that lags the model add up: on the default run the tracked value fell
-  ≈ 39 nats below AIS in 20k steps. Gradients never use this value (MATH.md §2), but the reported
-  training terms (log_z, kl, neg_elbo) do, so each evaluation re-anchors it to an independent
-  estimate and logs the drift it removed (between evaluations, ``make_log_z_tracking``).
+def evaluate(
+  experiment: Experiment, eval_fn, state: TrainState, x: np.ndarray, key
+) -> tuple[TrainState, dict[str, float], dict[str, float]]:
+  """One validation: AIS log Z of the prior, the NLL and −ELBO of ``x`` [n, 784] with ``eval_fn``
+  (``scoring.make_eval_fn``) and, with an RBM sampler, its diagnostic and the re-anchoring of its
+  log Z (``experiments.sampler_monitor``).
 
   Returns:
-    (state with the sampler's log_z, compensation and variance reset, drift = tracked − estimate).
+    (state with the sampler's log Z re-anchored, ``val/sampler_*`` metrics (empty without a
+    sampler), ``val/nll``, ``val/neg_elbo``, ``val/log_z`` and ``val/log_z_stderr``).
   """
-  sampler_state = state.sampler_state
-  drift = float(sharding.to_host(sampler_state.log_z)) - log_z
-
-  def like(old, value):
-    return jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
-
-  sampler_state = sampler_state._replace(
-    log_z=like(sampler_state.log_z, log_z),
-    log_z_compensation=like(sampler_state.log_z_compensation, 0.0),
-    log_z_variance=like(sampler_state.log_z_variance, log_z_err**2),
+  log_z, log_z_err = scoring.eval_log_partition(
+    experiment, state.params["prior"], jax.random.fold_in(key, 0)
   )
-  return state._replace(sampler_state=sampler_state), drift
-
-
-def make_log_z_tracking(experiment: Experiment):
-  """Jitted ``(seed, refresh)`` of ``samplers.log_z_tracking`` for the runner, or ``None`` when
-  ``log_z_refresh_every`` is 0 or there is no RBM sampler.
-
-  ``seed(key, state) -> tracker`` (replicated); ``refresh(key, tracker, state) -> (tracker, state,
-  [drift, new log Z, stderr, stages, smallest ESS])`` donates ``state`` and replaces its sampler's
-  log Z by the tracker's.
-  """
-  config = experiment.config
-  if experiment.sampler is None or not config.log_z_refresh_every:
-    return None
-  replicated = sharding.replicated(experiment.mesh)
-  tracking = samplers_lib.log_z_tracking
-
-  def seed(key, state):
-    return tracking.seed(key, state.sampler_state, config.log_z_tracker_replicas)
-
-  def refresh(key, tracker, state):
-    tracker, sampler_state, drift, info = tracking.refresh(
-      key, tracker, state.sampler_state, config.log_z_tracker_sweeps
-    )
-    values = (drift, tracker.log_z, info.log_z_stderr, info.num_stages, info.ess)
-    values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
-    return tracker, state._replace(sampler_state=sampler_state), values
-
-  return (
-    jax.jit(seed, out_shardings=replicated),
-    jax.jit(
-      refresh,
-      donate_argnums=(2,),
-      out_shardings=(replicated, experiment.state_sharding, replicated),
-    ),
-  )
-
-
-SAMPLER_DIAGNOSTIC_PREFIX = "val/sampler_"
-
-
-def sampler_diagnostic(experiment: Experiment, sampler_state, key) -> dict[str, float]:
-  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled) in
-  units of the noise of as many independent samples, against two fresh anneals for the population's
-  own parameters (``samplers.diagnostics``), the implied relative bias of the log-Z gradient, the
-  anneals' log Z and the seconds taken. Empty without an RBM sampler or with
-  ``sampler_diagnostic_replicas = 0``."""
-  config = experiment.config
-  if experiment.sampler is None or not config.sampler_diagnostic_replicas:
-    return {}
-  t0 = time.perf_counter()
-  out = samplers_lib.diagnostics.state_moment_error(
-    key,
-    sampler_state,
-    num_replicas=config.sampler_diagnostic_replicas,
-    num_temperatures=config.sampler_diagnostic_temperatures,
-  )
-  out = {k: float(sharding.to_host(v)) for k, v in out._asdict().items()}
-  names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
-  names["relative_bias"] = "grad_relative_bias"
-  metrics = {SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items()}
-  metrics[SAMPLER_DIAGNOSTIC_PREFIX + "diagnostic_seconds"] = time.perf_counter() - t0
-  return metrics
-
-
-def sampler_diagnostic_history(workdir: pathlib.Path) -> dict:
-  """The ``val/sampler_*`` metrics of every evaluation in ``metrics.jsonl`` as lists, with
-  ``steps`` and ``max_error`` (the largest of the four moment errors over the run)."""
-  rows = [r for r in metrics_lib.read_metrics(workdir) if SAMPLER_DIAGNOSTIC_PREFIX + "error" in r]
-  if not rows:
-    return {}
-  keys = [k for k in rows[0] if k.startswith(SAMPLER_DIAGNOSTIC_PREFIX)]
-  history = {k[len(SAMPLER_DIAGNOSTIC_PREFIX) :]: [r.get(k) for r in rows] for k in keys}
-  history["steps"] = [r["step"] for r in rows]
-  errors = ("error", "z1_error", "z2_error", "z1z2_error")
-  history["max_error"] = max(max(history[k]) for k in errors)
-  return history
-
-
-def evaluate_split(
-  experiment: Experiment,
-  eval_fn,
-  state: TrainState,
-  x_all: np.ndarray,
-  log_z: float,
-  key,
-  progress: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-  """Mean NLL and −ELBO (nats) over the examples ``x_all`` [n, 784] (uint8 or float), and the
-  standard error of the mean NLL over the examples (``nll_stderr``). Memory is bounded by one batch
-  of ``eval_batch_size`` examples; ``progress(examples done)`` is called after each batch."""
-  config, mesh = experiment.config, experiment.mesh
-  batch_size = config.eval_batch_size
-  n = x_all.shape[0]
-  total_nll = total_elbo = total_sq = 0.0
-  batch_sharding = sharding.batch_sharded(mesh)
-  log_z = sharding.put_global(np.float32(log_z), sharding.replicated(mesh))
-  for b, start in enumerate(range(0, n, batch_size)):
-    x = np.zeros((batch_size, x_all.shape[1]), np.float32)
-    mask = np.zeros((batch_size,), np.float32)
-    chunk = x_all[start : start + batch_size]
-    x[: len(chunk)], mask[: len(chunk)] = chunk, 1.0
-    nll, elbo, nll_sq = eval_fn(
-      state.params,
-      state.batch_stats,
-      log_z,
-      sharding.put_global(x, batch_sharding),
-      sharding.put_global(mask, batch_sharding),
-      jax.random.fold_in(key, b),
-    )
-    total_nll += float(sharding.to_host(nll))
-    total_elbo += float(sharding.to_host(elbo))
-    total_sq += float(sharding.to_host(nll_sq))
-    if progress is not None:
-      progress(min(start + batch_size, n))
-  mean = total_nll / n
-  variance = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
-  return {"nll": mean, "neg_elbo": total_elbo / n, "nll_stderr": math.sqrt(variance / n)}
-
-
-# ----------------------------------------------------------------------------------------------
-# Images.
-
-
-def model_samples(experiment: Experiment, params, batch_stats, sampler_state, key, num: int):
-  """[num', 784] decoder means p(x|z) of prior samples z: the sampler's population (its first
-  ``num``) for the RBM, fresh draws for the factorial prior."""
-  prior = params["prior"]
+  sampler_metrics = {}
   if experiment.sampler is not None:
-    z = jnp.concatenate([sampler_state.z1, sampler_state.z2], axis=-1)[:num]
-  else:
-    z = jax.random.bernoulli(key, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
-  return decode_means(experiment, params, batch_stats, z)
-
-
-def decode_means(experiment: Experiment, params, batch_stats, z: jax.Array) -> jax.Array:
-  """[n, 784] decoder means sigmoid(logits of p(x|z)) of binary latents ``z`` [n, num_latent]."""
-  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
-  return jax.nn.sigmoid(model.decode(z.astype(jnp.float32), use_running_average=True))
-
-
-def reconstructions(experiment: Experiment, params, batch_stats, key, x: jax.Array) -> jax.Array:
-  """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
-  model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
-  post = posterior.sample_hierarchy(
-    model, x, key, 1, posterior.bernoulli_group, use_running_average=True
-  )
-  return jax.nn.sigmoid(model.decode(post.zeta[0], use_running_average=True))
-
-
-def make_image_fn(experiment: Experiment):
-  """Jitted ``(state, key, originals [m, 784]) -> (samples [n, 784], reconstructions [m, 784])``."""
-  num = experiment.config.num_image_samples
-
-  def image_fn(state: TrainState, key, originals):
-    samples = model_samples(
-      experiment,
-      state.params,
-      state.batch_stats,
-      state.sampler_state,
-      jax.random.fold_in(key, 0),
-      num,
+    diagnostic = sampler_monitor.sampler_diagnostic(
+      experiment, state.sampler_state, jax.random.fold_in(key, 3)
     )
-    recon = reconstructions(
-      experiment, state.params, state.batch_stats, jax.random.fold_in(key, 1), originals
+    state, drift = sampler_monitor.anchor_log_z(
+      state,
+      diagnostic,
+      jax.random.fold_in(key, 4),
+      lambda prior, key: scoring.eval_log_partition(experiment, prior, key),
     )
-    return samples, recon
-
-  return jax.jit(image_fn, out_shardings=sharding.replicated(experiment.mesh))
-
-
-def write_images(experiment, image_fn, state, key, workdir, step, writer) -> None:
-  """Writes ``samples_STEP.png`` and ``reconstructions_STEP.png`` (and TensorBoard images)."""
-  num = experiment.config.num_image_samples
-  cols = max(1, int(math.sqrt(num)))
-  originals = experiment.dataset.valid[: max(1, num // 2)].astype(np.float32)
-  samples, recon = image_fn(
-    state, key, sharding.put_global(originals, sharding.replicated(experiment.mesh))
+    sampler_metrics = {"val/sampler_log_z_drift": drift, **diagnostic}
+  val = scoring.evaluate_split(experiment, eval_fn, state, x, log_z, jax.random.fold_in(key, 1))
+  return (
+    state,
+    sampler_metrics,
+    {
+      "val/nll": val["nll"],
+      "val/neg_elbo": val["neg_elbo"],
+      "val/log_z": log_z,
+      "val/log_z_stderr": log_z_err,
+    },
   )
-  samples, recon = sharding.to_host(samples), sharding.to_host(recon)
-  if jax.process_index() == 0:
-    samples_grid = images.tile(samples, cols)
-    recon_grid = images.tile(images.interleave(originals, recon), 2 * max(1, cols // 2))
-    images.save_png(pathlib.Path(workdir) / f"samples_{step:08d}.png", samples_grid)
-    images.save_png(pathlib.Path(workdir) / f"reconstructions_{step:08d}.png", recon_grid)
-    writer.write_image(step, "samples", samples_grid)
-    writer.write_image(step, "reconstructions", recon_grid)
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
 
-def initial_record(
-  mesh, *, best_val_nll: float = np.inf, best_step: int = -1, train_seconds: float = 0.0
-) -> dict:
-  """The run's bookkeeping, saved beside the state: ``checkpoints/STEP`` is ``(state, record)``."""
-  record = {
-    "best_val_nll": np.float32(best_val_nll),
-    "best_step": np.int32(best_step),
-    "train_seconds": np.float32(train_seconds),
-  }
-  return sharding.replicate(record, mesh)
-
-
-def _check_finite(step: int, metrics_host: dict) -> None:
-  bad = [k for k, v in metrics_host.items() if k not in _FLAG_KEYS and not np.all(np.isfinite(v))]
-  named = ", ".join(f"{k}={np.asarray(metrics_host[k]).item()}" for k in bad) or "(none named)"
-  raise NonFiniteLossError(
-    f"non-finite value at training step {step}: {named}. Training stopped; the last good "
-    "checkpoint is kept."
-  )
-
-
-def _check_pending(pending: list[tuple[int, dict]], guard: guards.DivergenceGuard) -> None:
-  """Raises NonFiniteLossError / guards.DivergenceError for the first (step, metrics) pair holding
-  a non-finite value / a diverged one."""
-  for step, metrics in pending:
-    if not bool(sharding.to_host(metrics["finite"])):
-      _check_finite(step, {k: sharding.to_host(v) for k, v in metrics.items()})
-    guard.observe(step, metrics)
-
-
-def eval_subset(x: np.ndarray, num: int) -> np.ndarray:
-  """``num`` examples of a split drawn uniformly without replacement (all of them for 0).
-
-  A fixed random subset, not the first ``num``: the binarized MNIST test split is ordered (its
-  first 2000 images average 96.6 ink pixels against 103.9 over the split), and a prefix gave test
-  NLLs ≈ 20 nats below the validation NLL. The subset depends on the split's size only, so every
-  run (any seed, any method) is evaluated on the same images.
-  """
-  if num == 0 or num >= len(x):
-    return x
-  index = np.random.default_rng(len(x)).choice(len(x), size=num, replace=False)
-  return x[np.sort(index)]
-
-
-def _check_resumable(workdir: pathlib.Path, config) -> None:
-  path = workdir / "config.json"
-  if not path.exists():
-    return
-  old = json.loads(path.read_text())
-  new = metrics_lib.to_python(config.to_dict())
-  # A key added to the library after the run started holds its default: the run is unchanged.
-  defaults = metrics_lib.to_python(base_config.get_config().to_dict())
-  old = {**{k: v for k, v in defaults.items() if k not in old and v == new.get(k)}, **old}
-  diff = sorted(
-    k for k in set(old) | set(new) if k not in _RESUMABLE_DIFFERENCES and old.get(k) != new.get(k)
-  )
-  if diff:
-    details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-    raise WorkdirConfigError(
-      f"workdir {workdir} holds a run with a different config ({details}); resume it with the "
-      "same config or choose another --workdir"
-    )
+def _metrics_row(metrics: dict) -> dict[str, float]:
+  """A train step's metrics as host floats, without the guards' per-step flags."""
+  return {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in guards.FLAG_KEYS}
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
@@ -660,7 +386,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   experiment, state = build(config)
   config = experiment.config
   primary = jax.process_index() == 0
-  _check_resumable(workdir, config)
+  checkpointing.check_resumable(workdir, config, RESUMABLE_DIFFERENCES)
   if primary:
     workdir_lock.check_free_space(workdir, state, config.max_checkpoints)  # before any write
     workdir.mkdir(parents=True, exist_ok=True)
@@ -669,13 +395,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
     )
   latest = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints)
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
-  record = initial_record(experiment.mesh)
-  start, (state, record) = latest.restore_newest((state, record))
-  start = start or 0
-  if start:
-    for stale in [s for s in best.all_steps() if s > start]:
-      best.delete(stale)  # written after the checkpoint we resume from
-  record = {k: sharding.to_host(v).item() for k, v in record.items()}
+  start, state, record = checkpointing.resume(latest, best, state, experiment.mesh)
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary)
   writer.truncate_after(start)
   progress = metrics_lib.Progress(config.num_steps, start, enabled=primary)
@@ -696,18 +416,13 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
     progress.message(f"{workdir} holds a finished run: test NLL {results['test_nll']:.3f} nats")
     return results
   train_step = make_train_step(experiment)
-  eval_fns = {config.val_iw_samples: make_eval_fn(experiment, config.val_iw_samples)}
+  eval_fns = {config.val_iw_samples: scoring.make_eval_fn(experiment, config.val_iw_samples)}
   val_eval = eval_fns[config.val_iw_samples]
-  image_fn = make_image_fn(experiment)
+  image_fn = images.make_image_fn(experiment)
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
-  # The log Z tracker is seeded at the start and at every checkpoint, so a resumed run tracks as
-  # the uninterrupted one did; its refreshes' drifts wait for the next host sync to be written.
-  log_z_tracking = make_log_z_tracking(experiment)
   tracking_root = jax.random.fold_in(eval_root, 2**31 - 2)
-  if log_z_tracking:
-    tracker = log_z_tracking[0](jax.random.fold_in(tracking_root, start), state)
-  refresh_drifts = []
-  val_x = eval_subset(experiment.dataset.valid, config.eval_num_examples)
+  log_z_tracker = sampler_monitor.LogZTracker(experiment, tracking_root, start, state)
+  val_x = scoring.eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
   train_seconds = record["train_seconds"]
   logged_seconds, logged_step = train_seconds, start
@@ -735,24 +450,17 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
       is_eval = done % config.eval_every == 0 or last
       is_log = done % config.log_every == 0 or last
       is_checkpoint = done % config.checkpoint_every == 0 or is_eval
-      if log_z_tracking and done % config.log_z_refresh_every == 0 and not is_eval:
-        key = jax.random.fold_in(tracking_root, done)
-        tracker, state, drift = log_z_tracking[1](key, tracker, state)
-        refresh_drifts.append((done, drift))
+      state = log_z_tracker.refresh(done, state, is_eval)
       # A signal (SIGTERM / SIGINT) stops the run after this step, with a checkpoint of it.
       stop = preemption.stop_requested(at_sync=sync_each_step or is_log or is_checkpoint)
       if sync_each_step or is_log or is_checkpoint or stop:
-        _check_pending(pending, guard)  # waits for the steps: their time is counted below
+        guards.check_pending(pending, guard)  # waits for the steps: their time is counted below
         pending = []
       train_seconds += time.perf_counter() - t0
-      if refresh_drifts and (is_log or is_eval):
-        for at, values in refresh_drifts:
-          names = ("refresh_drift", "refreshed", "refresh_stderr", "refresh_stages", "refresh_ess")
-          values = sharding.to_host(values).tolist()
-          writer.write(at, {f"sampler/log_z_{k}": v for k, v in zip(names, values, strict=True)})
-        refresh_drifts = []
+      if is_log or is_eval:
+        log_z_tracker.write(writer)
       if is_log:
-        row = {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in _FLAG_KEYS}
+        row = _metrics_row(metrics)
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
         logged_seconds, logged_step = train_seconds, done
         writer.write(done, row)
@@ -762,54 +470,36 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
       if is_eval:
         t0 = time.perf_counter()
         key = jax.random.fold_in(eval_root, done)
-        log_z, log_z_err = log_partition(
-          experiment, state.params["prior"], jax.random.fold_in(key, 0)
-        )
-        if experiment.sampler is not None:
-          diagnostic = sampler_diagnostic(
-            experiment, state.sampler_state, jax.random.fold_in(key, 3)
-          )
-          anchor = sampler_log_partition(
-            experiment, state.sampler_state, diagnostic, jax.random.fold_in(key, 4)
-          )
-          state, drift = anchor_sampler_log_z(state, *anchor)
-          writer.write(done, {"val/sampler_log_z_drift": drift, **diagnostic})
-        val = evaluate_split(experiment, val_eval, state, val_x, log_z, jax.random.fold_in(key, 1))
-        guard.check_evaluation(
-          done, {"val/nll": val["nll"], "val/neg_elbo": val["neg_elbo"], "val/log_z": log_z}
-        )
-        improved = val["nll"] < record["best_val_nll"]
-        if improved:
-          record.update(best_val_nll=val["nll"], best_step=done)
+        state, sampler_row, val = evaluate(experiment, val_eval, state, val_x, key)
+        if sampler_row:
+          writer.write(done, sampler_row)
+        guard.check_evaluation(done, {k: val[k] for k in ("val/nll", "val/neg_elbo", "val/log_z")})
+        if val["val/nll"] < record["best_val_nll"]:
+          record.update(best_val_nll=val["val/nll"], best_step=done)
           best.save(done, {"params": state.params, "batch_stats": state.batch_stats})
-        writer.write(
-          done,
-          {
-            "val/nll": val["nll"],
-            "val/neg_elbo": val["neg_elbo"],
-            "val/log_z": log_z,
-            "val/log_z_stderr": log_z_err,
-            "val/best_nll": record["best_val_nll"],
-            "eval_seconds": time.perf_counter() - t0,
-          },
+        val.update(
+          {"val/best_nll": record["best_val_nll"], "eval_seconds": time.perf_counter() - t0}
         )
+        writer.write(done, val)
         progress.message(
-          f"step {done}: val NLL {val['nll']:.3f} (best {record['best_val_nll']:.3f}"
-          f" at step {record['best_step']}), log Z {log_z:.2f} ± {log_z_err:.2f}"
+          f"step {done}: val NLL {val['val/nll']:.3f} (best {record['best_val_nll']:.3f}"
+          f" at step {record['best_step']}), log Z {val['val/log_z']:.2f}"
+          f" ± {val['val/log_z_stderr']:.2f}"
         )
-        write_images(experiment, image_fn, state, jax.random.fold_in(key, 2), workdir, done, writer)
+        images.write_images(
+          experiment, image_fn, state, jax.random.fold_in(key, 2), workdir, done, writer
+        )
       # While gradients run large (guard.clean is False) checkpoints wait: a checkpoint is a state
       # the guard has passed, and a run resumed from one starts the guard's count afresh.
       if stop or (is_checkpoint and (guard.clean or last)):
-        rec = initial_record(
+        rec = checkpointing.make_record(
           experiment.mesh,
           best_val_nll=record["best_val_nll"],
           best_step=record["best_step"],
           train_seconds=train_seconds,
         )
         latest.save(done, (state, rec))
-        if log_z_tracking:
-          tracker = log_z_tracking[0](jax.random.fold_in(tracking_root, done), state)
+        log_z_tracker.reseed(done, state)
       if stop:
         raise preemption.Preempted(done, str(latest.step_path(done)))
     if preemption.stop_requested():  # a signal during the last step: stop before the final test
@@ -822,14 +512,14 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
     best.close()
 
   if config.eval_iw_samples not in eval_fns:
-    eval_fns[config.eval_iw_samples] = make_eval_fn(experiment, config.eval_iw_samples)
+    eval_fns[config.eval_iw_samples] = scoring.make_eval_fn(experiment, config.eval_iw_samples)
   results = final_evaluation(
     experiment, eval_fns[config.eval_iw_samples], state, record, workdir, eval_root
   )
   results.update(
     train_seconds=train_seconds,
     wall_seconds_this_session=time.time() - wall_start,
-    sampler_diagnostic=sampler_diagnostic_history(workdir),
+    sampler_diagnostic=sampler_monitor.sampler_diagnostic_history(workdir),
   )
   if primary:
     tmp = workdir / "results.json.tmp"
@@ -854,8 +544,8 @@ def final_evaluation(
   workdir: pathlib.Path,
   eval_root,
 ) -> dict:
-  """Test NLL with ``eval_iw_samples`` importance samples (``test_eval``, from ``make_eval_fn``) at
-  the best-validation checkpoint."""
+  """Test NLL with ``eval_iw_samples`` importance samples (``test_eval``, from
+  ``scoring.make_eval_fn``) at the best-validation checkpoint."""
   config = experiment.config
   best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
   best_step, restored = best.restore_newest(
@@ -864,9 +554,13 @@ def final_evaluation(
   state = state._replace(**restored)
   best.close()
   key = jax.random.fold_in(eval_root, 2**31 - 1)
-  log_z, log_z_err = log_partition(experiment, state.params["prior"], jax.random.fold_in(key, 0))
-  test_x = eval_subset(experiment.dataset.test, config.eval_num_examples)
-  test = evaluate_split(experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1))
+  log_z, log_z_err = scoring.eval_log_partition(
+    experiment, state.params["prior"], jax.random.fold_in(key, 0)
+  )
+  test_x = scoring.eval_subset(experiment.dataset.test, config.eval_num_examples)
+  test = scoring.evaluate_split(
+    experiment, test_eval, state, test_x, log_z, jax.random.fold_in(key, 1)
+  )
   results = {
     "test_nll": test["nll"],
     "test_nll_stderr": test["nll_stderr"],

@@ -154,3 +154,25 @@ def check_state(state: PersistentState, m: RBM) -> None:
       f"sampler state holds chains of shape {state.z1.shape}, {state.z2.shape}, which do not match "
       f"an RBM with n1={m.n1}, n2={m.n2}"
     )
+
+
+def reset_log_z(
+  state: PersistentState, log_z: float | Array, stderr: float | Array
+) -> PersistentState:
+  """The state with its running log Z replaced by an independent estimate for `state.params`.
+
+  The running estimate's increments are nearly unbiased, but the mixing biases of a population
+  that lags the model add up over thousands of steps (MATH.md §3); a caller holding an estimate
+  for the population's own parameters (AIS, fresh population annealing) re-anchors the run here.
+  The Kahan compensation restarts at 0 and the variance at stderr²; each new leaf keeps the dtype
+  and the sharding of the one it replaces.
+  """
+
+  def like(old: Array, value) -> Array:
+    return jax.device_put(jnp.asarray(value, old.dtype), old.sharding)
+
+  return state._replace(
+    log_z=like(state.log_z, log_z),
+    log_z_compensation=like(state.log_z_compensation, 0.0),
+    log_z_variance=like(state.log_z_variance, stderr**2),
+  )

@@ -14,7 +14,7 @@ from flax import nnx
 
 from dvae_jax import data as data_lib
 from dvae_jax import evaluation
-from experiments import restore, train
+from experiments import restore, scoring
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -156,10 +156,10 @@ def test_evaluate_split_standard_error_matches_per_example_scores(tiny_run):
   per-example NLLs computed batch by batch with evaluation.evaluate and the same keys."""
   run = restore.restore(tiny_run[0], "best")
   experiment, state = run.experiment, run.state
-  x = train.eval_subset(experiment.dataset.test, 20)  # 3 batches of 8, the last one padded
+  x = scoring.eval_subset(experiment.dataset.test, 20)  # 3 batches of 8, the last one padded
   key = jax.random.key(3)
-  scores = train.evaluate_split(
-    experiment, train.make_eval_fn(experiment, 5), state, x, 1.5, key, progress=None
+  scores = scoring.evaluate_split(
+    experiment, scoring.make_eval_fn(experiment, 5), state, x, 1.5, key, progress=None
   )
   model = nnx.merge(experiment.eval_graphdef, state.params["model"], state.batch_stats)
   per_example = []
@@ -194,7 +194,7 @@ def test_split_examples_binarizes_grey_training_images_once():
   assert x.shape == (20, 784) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
   np.testing.assert_array_equal(x, evaluate.split_examples(ds, "train", 20))  # a fixed draw
   # Mean of 20 × 784 Bernoulli draws of the chosen rows: sd ≤ 0.5 / √15680 ≈ 0.004; 5 sd.
-  rows = train.eval_subset(grey, 20)
+  rows = scoring.eval_subset(grey, 20)
   assert abs(x.mean() - rows.mean()) < 0.02
   assert evaluate.split_examples(ds, "test", 0) is binary
   with pytest.raises(restore.UsageError, match="--num_examples=51: the valid split has 50"):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from test_evaluate import checksums, run_module
 
-from experiments import restore, train
+from experiments import images, restore
 
 
 def sample(workdir, out_dir, *args, name="s"):
@@ -37,7 +37,7 @@ def test_sample_writes_grid_and_npz_of_fresh_prior_samples(tiny_run, tmp_path):
   assert z.shape == (6, num_latent) and z.dtype == np.uint8 and set(np.unique(z)) <= {0, 1}
   assert x.shape == (6, 784) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
   # x are the decoder means of z (an independent decode of the saved z).
-  means = train.decode_means(run.experiment, run.state.params, run.state.batch_stats, z)
+  means = images.decode_means(run.experiment, run.state.params, run.state.batch_stats, z)
   np.testing.assert_allclose(x, np.asarray(means), atol=1e-6)
   # A fresh anneal, not the training population (16 chains of 200 bits: a repeat is implausible).
   population = np.concatenate(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments import checkpointing, config_lib, metrics, train
+from experiments import checkpointing, config_lib, guards, metrics, scoring, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Timing columns differ between runs by nature; every other column must match.
@@ -287,7 +287,7 @@ def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(
   ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
   assert ckpt.latest_step() == 4
   experiment, template = train.build(config)
-  state, record = ckpt.restore(4, (template, train.initial_record(experiment.mesh)))
+  state, record = ckpt.restore(4, (template, checkpointing.make_record(experiment.mesh)))
   ckpt.close()
   assert int(state.step) == 4 and int(record["best_step"]) == -1
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
@@ -309,13 +309,13 @@ def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, 
     debug_nan_step=5,
   )
   checked = []
-  check = train._check_pending
+  check = guards.check_pending
 
   def recording_check(pending, guard):
     checked.append([step for step, _ in pending])
     check(pending, guard)
 
-  monkeypatch.setattr(train, "_check_pending", recording_check)
+  monkeypatch.setattr(guards, "check_pending", recording_check)
   with pytest.raises(
     train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
   ):
@@ -490,11 +490,11 @@ def test_two_processes_match_one(data_dir, tmp_path):
 
 def test_eval_subset_is_a_fixed_uniform_sample(full_data_dir):
   test = np.load(full_data_dir / "binarized_mnist.npz")["test"]
-  subset = train.eval_subset(test, 2000)
-  again = train.eval_subset(test, 2000)
+  subset = scoring.eval_subset(test, 2000)
+  again = scoring.eval_subset(test, 2000)
   np.testing.assert_array_equal(subset, again)  # the same images for every run
   assert subset.shape == (2000, 784)
-  assert train.eval_subset(test, 0) is test and train.eval_subset(test, 10**6) is test
+  assert scoring.eval_subset(test, 0) is test and scoring.eval_subset(test, 10**6) is test
   # The split is ordered (its first 2000 images are lighter than the rest), so a prefix would be a
   # biased sample. Mean ink of a uniform subset without replacement: standard error
   # sd/√n·√(1 − n/N) (finite-population correction); 4 SE.
@@ -510,8 +510,9 @@ def test_resume_accepts_a_key_added_later_only_at_its_default(tmp_path):
   old = metrics.to_python(config.to_dict())
   del old["adam_eps_mode"]
   (tmp_path / "config.json").write_text(json.dumps(old))
-  train._check_resumable(tmp_path, config)  # the default 'optax': the same run
+  # The default 'optax': the same run.
+  checkpointing.check_resumable(tmp_path, config, train.RESUMABLE_DIFFERENCES)
   changed = config.as_configdict()
   changed.adam_eps_mode = "tf1"
   with pytest.raises(train.WorkdirConfigError, match=r"adam_eps_mode: None -> 'tf1'"):
-    train._check_resumable(tmp_path, changed)
+    checkpointing.check_resumable(tmp_path, changed, train.RESUMABLE_DIFFERENCES)

@@ -1,0 +1,166 @@
+"""The runner's view of the persistent prior sampler: its diagnostic and its tracked log Z.
+
+* ``sampler_diagnostic``: at every evaluation, the persistent population's moment errors against
+  fresh population-annealing runs for its own parameters (``dvae_jax.samplers.diagnostics``; README
+  "How to read the sampler diagnostic"), logged as ``val/sampler_*``.
+* ``anchor_log_z``: at every evaluation, the sampler's running log Z replaced by an independent
+  estimate for its parameters (``samplers.persistent.reset_log_z``), logging the drift removed.
+* ``LogZTracker``: between evaluations, every ``log_z_refresh_every`` steps, the running log Z
+  replaced by that of an independent population (``dvae_jax.samplers.log_z_tracking``).
+
+Gradients never use the running log Z (MATH.md §2); the reported training terms (log_z, kl,
+neg_elbo) do. ``experiment`` is an ``experiments.train.Experiment``; ``state`` a ``TrainState``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from dvae_jax import samplers as samplers_lib
+from experiments import metrics as metrics_lib
+from experiments import sharding
+
+SAMPLER_DIAGNOSTIC_PREFIX = "val/sampler_"
+_REFRESH_NAMES = ("refresh_drift", "refreshed", "refresh_stderr", "refresh_stages", "refresh_ess")
+
+
+def sampler_diagnostic(experiment, sampler_state, key) -> dict[str, float]:
+  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled) in
+  units of the noise of as many independent samples, against two fresh anneals for the population's
+  own parameters (``samplers.diagnostics``), the implied relative bias of the log-Z gradient, the
+  anneals' log Z and the seconds taken. Empty without an RBM sampler or with
+  ``sampler_diagnostic_replicas = 0``."""
+  config = experiment.config
+  if experiment.sampler is None or not config.sampler_diagnostic_replicas:
+    return {}
+  t0 = time.perf_counter()
+  out = samplers_lib.diagnostics.state_moment_error(
+    key,
+    sampler_state,
+    num_replicas=config.sampler_diagnostic_replicas,
+    num_temperatures=config.sampler_diagnostic_temperatures,
+  )
+  out = {k: float(sharding.to_host(v)) for k, v in out._asdict().items()}
+  names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
+  names["relative_bias"] = "grad_relative_bias"
+  metrics = {SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items()}
+  metrics[SAMPLER_DIAGNOSTIC_PREFIX + "diagnostic_seconds"] = time.perf_counter() - t0
+  return metrics
+
+
+def sampler_diagnostic_history(workdir: pathlib.Path) -> dict:
+  """The ``val/sampler_*`` metrics of every evaluation in ``metrics.jsonl`` as lists, with
+  ``steps`` and ``max_error`` (the largest of the four moment errors over the run)."""
+  rows = [r for r in metrics_lib.read_metrics(workdir) if SAMPLER_DIAGNOSTIC_PREFIX + "error" in r]
+  if not rows:
+    return {}
+  keys = [k for k in rows[0] if k.startswith(SAMPLER_DIAGNOSTIC_PREFIX)]
+  history = {k[len(SAMPLER_DIAGNOSTIC_PREFIX) :]: [r.get(k) for r in rows] for k in keys}
+  history["steps"] = [r["step"] for r in rows]
+  errors = ("error", "z1_error", "z2_error", "z1z2_error")
+  history["max_error"] = max(max(history[k]) for k in errors)
+  return history
+
+
+def anchor_log_z(state, diagnostic: dict, key, log_partition: Callable) -> tuple:
+  """Re-anchors the sampler's running log Z to an independent estimate for the parameters of its
+  population, ``sampler_state.params``: the diagnostic's fresh anneals when it ran, else
+  ``log_partition(params, key) -> (log Z, stderr)`` (AIS).
+
+  Not the evaluation's AIS of the prior: the train step updates the prior after sampling, so the
+  prior is one step ahead, and anchoring the sampler to it would count that step's log Z change
+  twice (0.1–0.2 nats early in the default run). Without re-anchoring the running value, whose
+  increments are nearly unbiased but whose lagging population's small mixing biases add up, fell
+  ≈ 39 nats below AIS in 20k steps of the default run.
+
+  Returns:
+    (state with the sampler's log Z reset, drift = tracked − estimate).
+  """
+  sampler_state = state.sampler_state
+  if SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z" in diagnostic:
+    log_z = diagnostic[SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z"]
+    stderr = diagnostic[SAMPLER_DIAGNOSTIC_PREFIX + "reference_log_z_stderr"]
+  else:
+    log_z, stderr = log_partition(sampler_state.params, key)
+  drift = float(sharding.to_host(sampler_state.log_z)) - log_z
+  sampler_state = samplers_lib.persistent.reset_log_z(sampler_state, log_z, stderr)
+  return state._replace(sampler_state=sampler_state), drift
+
+
+def make_log_z_tracking(experiment):
+  """Jitted ``(seed, refresh)`` of ``samplers.log_z_tracking`` for the runner, or ``None`` when
+  ``log_z_refresh_every`` is 0 or there is no RBM sampler.
+
+  ``seed(key, state) -> tracker`` (replicated); ``refresh(key, tracker, state) -> (tracker, state,
+  [drift, new log Z, stderr, stages, smallest ESS])`` donates ``state`` and replaces its sampler's
+  log Z by the tracker's.
+  """
+  config = experiment.config
+  if experiment.sampler is None or not config.log_z_refresh_every:
+    return None
+  replicated = sharding.replicated(experiment.mesh)
+  tracking = samplers_lib.log_z_tracking
+
+  def seed(key, state):
+    return tracking.seed(key, state.sampler_state, config.log_z_tracker_replicas)
+
+  def refresh(key, tracker, state):
+    tracker, sampler_state, drift, info = tracking.refresh(
+      key, tracker, state.sampler_state, config.log_z_tracker_sweeps
+    )
+    values = (drift, tracker.log_z, info.log_z_stderr, info.num_stages, info.ess)
+    values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
+    return tracker, state._replace(sampler_state=sampler_state), values
+
+  return (
+    jax.jit(seed, out_shardings=replicated),
+    jax.jit(
+      refresh,
+      donate_argnums=(2,),
+      out_shardings=(replicated, experiment.state_sharding, replicated),
+    ),
+  )
+
+
+class LogZTracker:
+  """The training loop's side of ``make_log_z_tracking`` (a no-op when it is ``None``).
+
+  The tracker is seeded at the start and at every checkpoint (``reseed``) from ``fold_in(root,
+  step)``, so a resumed run tracks as the uninterrupted one did; the refreshes' drifts wait for the
+  next host sync to be written (``write``).
+  """
+
+  def __init__(self, experiment, root, start: int, state):
+    self._fns = make_log_z_tracking(experiment)
+    self._every = experiment.config.log_z_refresh_every
+    self._root = root
+    self._drifts = []
+    self._tracker = None
+    self.reseed(start, state)
+
+  def reseed(self, step: int, state) -> None:
+    if self._fns:
+      self._tracker = self._fns[0](jax.random.fold_in(self._root, step), state)
+
+  def refresh(self, step: int, state, is_eval: bool):
+    """The state with its sampler's log Z refreshed at the steps due (not at evaluations, which
+    re-anchor it themselves)."""
+    if self._fns and step % self._every == 0 and not is_eval:
+      key = jax.random.fold_in(self._root, step)
+      self._tracker, state, drift = self._fns[1](key, self._tracker, state)
+      self._drifts.append((step, drift))
+    return state
+
+  def write(self, writer: metrics_lib.MetricsWriter) -> None:
+    """Writes the pending refreshes as ``sampler/log_z_refresh_*`` rows (waits for them)."""
+    for at, values in self._drifts:
+      values = sharding.to_host(values).tolist()
+      writer.write(
+        at, {f"sampler/log_z_{k}": v for k, v in zip(_REFRESH_NAMES, values, strict=True)}
+      )
+    self._drifts = []
