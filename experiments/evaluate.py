@@ -64,28 +64,6 @@ def check_sizes() -> dict:
   return overrides
 
 
-def split_examples(dataset, split: str, num_examples: int):
-  """[n, 784] binary examples of ``split``: ``scoring.eval_subset`` of it, the runner's choice.
-
-  A dynamically binarized training split (OMNIGLOT) is binarized once with a fixed seed, as the
-  loader does for validation and test (MATH.md §6).
-  """
-  import numpy as np
-
-  from dvae_jax import data as data_lib
-  from experiments import scoring
-
-  x = getattr(dataset, split)
-  if num_examples > len(x):
-    raise restore.UsageError(
-      f"invalid --num_examples={num_examples}: the {split} split has {len(x)}"
-    )
-  x = scoring.eval_subset(x, num_examples)
-  if x.dtype != np.uint8:
-    x = data_lib._binarize_once(x, 0, 2)  # noqa: SLF001 (the loader's one-off binarization)
-  return x
-
-
 def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, stream=None) -> dict:
   """Evaluates checkpoint ``step`` of the run in ``workdir``; returns the JSON record."""
   import jax
@@ -100,7 +78,7 @@ def evaluate_run(workdir, step: str, split: str, seed: int, overrides: dict, str
   experiment, state = run.experiment, run.state
   config = experiment.config
   sharding.check_divisible("batch_size", config.eval_batch_size, experiment.mesh)
-  x = split_examples(experiment.dataset, split, config.eval_num_examples)
+  x = restore.split_examples(experiment.dataset, split, config.eval_num_examples)
   prior = state.params["prior"]
   print(restore.describe(workdir, run), file=stream, flush=True)
   key = jax.random.key(seed)

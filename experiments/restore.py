@@ -171,3 +171,23 @@ def describe(workdir: str | os.PathLike, run: Restored) -> str:
     f"{workdir}: {config.method} ({config.prior} prior) on {config.dataset}, {run.which} "
     f"checkpoint, step {run.step}"
   )
+
+
+def split_examples(dataset, split: str, num_examples: int):
+  """[n, 784] binary examples of ``split``: ``scoring.eval_subset`` of it, the runner's choice.
+
+  A dynamically binarized training split (OMNIGLOT) is binarized once with a fixed seed, as the
+  loader does for validation and test (MATH.md §6).
+  """
+  import numpy as np
+
+  from dvae_jax import data as data_lib
+  from experiments import scoring
+
+  x = getattr(dataset, split)
+  if num_examples > len(x):
+    raise UsageError(f"invalid --num_examples={num_examples}: the {split} split has {len(x)}")
+  x = scoring.eval_subset(x, num_examples)
+  if x.dtype != np.uint8:
+    x = data_lib._binarize_once(x, 0, 2)  # noqa: SLF001 (the loader's one-off binarization)
+  return x

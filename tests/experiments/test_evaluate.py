@@ -185,17 +185,17 @@ def test_restore_latest_gives_the_whole_train_state(tiny_run):
 
 
 def test_split_examples_binarizes_grey_training_images_once():
-  from experiments import evaluate
-
+  # (restore, not evaluate: the CLI modules define absl flags, which are global, and other test
+  # modules import benchmarks that define flags of the same names.)
   grey = np.random.default_rng(0).random((50, 784)).astype(np.float32)
   binary = (grey > 0.5).astype(np.uint8)
   ds = data_lib.Dataset("omniglot", grey, binary, binary, True, "x", ("x",))
-  x = evaluate.split_examples(ds, "train", 20)
+  x = restore.split_examples(ds, "train", 20)
   assert x.shape == (20, 784) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
-  np.testing.assert_array_equal(x, evaluate.split_examples(ds, "train", 20))  # a fixed draw
+  np.testing.assert_array_equal(x, restore.split_examples(ds, "train", 20))  # a fixed draw
   # Mean of 20 × 784 Bernoulli draws of the chosen rows: sd ≤ 0.5 / √15680 ≈ 0.004; 5 sd.
   rows = scoring.eval_subset(grey, 20)
   assert abs(x.mean() - rows.mean()) < 0.02
-  assert evaluate.split_examples(ds, "test", 0) is binary
+  assert restore.split_examples(ds, "test", 0) is binary
   with pytest.raises(restore.UsageError, match="--num_examples=51: the valid split has 50"):
-    evaluate.split_examples(ds, "valid", 51)
+    restore.split_examples(ds, "valid", 51)
