@@ -433,8 +433,10 @@ def test_npz_with_wrong_arrays_is_a_data_file_error(tmp_path, arrays, problem):
   assert f"is unusable: {problem}" in _bad_file_error(tmp_path)
 
 
-def test_published_shape_with_other_data_is_refused_other_shapes_are_user_data(tmp_path, data_dir):
-  with np.load(data_dir / "caltech101_silhouettes_28.npz") as f:
+def test_published_shape_with_other_data_is_refused_other_shapes_are_user_data(
+  tmp_path, full_data_dir
+):
+  with np.load(full_data_dir / "caltech101_silhouettes_28.npz") as f:
     arrays = {s: f[s].copy() for s in ("train", "valid", "test")}
   arrays["valid"][5, 300] ^= 1  # one pixel
   np.savez(tmp_path / "caltech101_silhouettes_28.npz", **arrays)
@@ -457,14 +459,15 @@ def test_grey_omniglot_must_be_uint8(tmp_path):
   assert "array 'train' has dtype float32; expected uint8 grey values 0..255" in message
 
 
-def test_published_files_pass_the_checks(data_dir):
+def test_published_files_pass_the_checks(full_data_dir):
   for name in (
     "binarized_mnist.npz",
     "caltech101_silhouettes_28.npz",
     "omniglot_28x28_rebuilt.npz",
   ):
-    data.check_npz(data_dir / name)
-    assert hashlib.md5((data_dir / name).read_bytes()).hexdigest() == data.PUBLISHED_FILE_MD5[name]
+    path = full_data_dir / name
+    data.check_npz(path)
+    assert hashlib.md5(path.read_bytes()).hexdigest() == data.PUBLISHED_FILE_MD5[name]
 
 
 def test_bad_file_stops_the_search_even_with_another_form_beside_it(tmp_path):
