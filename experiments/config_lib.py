@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ml_collections import config_dict
 
 from dvae_jax import data, models, objectives, optim, rbm, samplers
+from dvae_jax.graphs import topologies
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 CONFIG_NAMES = tuple(
@@ -38,7 +39,7 @@ PAPER_METHODS = (
 # variables; the GumBolt paper's value could not be checked here): see BUILD_NOTES.
 GUMBOLT_TEMPERATURE = 0.5
 METHODS = PAPER_METHODS + ("gumbolt",)
-PRIORS = ("rbm", "factorial")
+PRIORS = ("rbm", "factorial") + topologies.TOPOLOGIES
 SAMPLERS = ("pa", "pcd")
 
 _MNIST_BETAS = {
@@ -256,9 +257,37 @@ def resolve_config(
       f"invalid sampler_diagnostic_replicas {c.sampler_diagnostic_replicas}: must be a multiple of "
       f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
     )
+  _resolve_topology(c)
   if c.kl_warmup_fraction > 1:
     raise ConfigError(f"invalid kl_warmup_fraction {c.kl_warmup_fraction}: must be in [0, 1]")
   return config_dict.FrozenConfigDict(c)
+
+
+def _resolve_topology(c: config_dict.ConfigDict) -> None:
+  """Checks ``topology`` and fills the sizes of a graph prior (so config.json names its graph)."""
+  if c.prior not in topologies.TOPOLOGIES:
+    if c.topology:
+      raise ConfigError(
+        f"topology {c.topology!r} is given but prior {c.prior!r} is not a graph prior; use "
+        f"--config.prior={'|'.join(topologies.TOPOLOGIES)}"
+      )
+    return
+  if c.rao_blackwell != "none":
+    raise ConfigError(
+      f"rao_blackwell={c.rao_blackwell!r} needs the RBM prior (its conditionals given one side); "
+      f"prior {c.prior!r} is a general graph: use rao_blackwell='none'"
+    )
+  num_latent = models.get_struct(c.struct).num_latent
+  try:
+    sizes = (
+      topologies.parse_sizes(c.prior, c.topology)
+      if c.topology
+      else topologies.smallest_sizes(c.prior, num_latent)
+    )
+    topologies.latent_graph(c.prior, num_latent, sizes)  # refuses a topology that is too small
+  except (ValueError, ImportError) as err:
+    raise ConfigError(f"invalid topology for prior {c.prior!r}: {err}") from err
+  c.topology = ",".join(map(str, sizes))
 
 
 def _base_keys():

@@ -37,9 +37,10 @@ from flax import nnx
 from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
-from dvae_jax import models, objectives, optim, priors
+from dvae_jax import graphs, models, objectives, optim, priors
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import samplers as samplers_lib
+from dvae_jax.graphs import topologies
 from experiments import (
   checkpointing,
   config_lib,
@@ -157,7 +158,7 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   graphdef, params_model, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   model.eval()
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
-  prior = priors.init_prior(config.prior, spec)
+  prior = init_prior(config, spec)
   params = {"model": params_model, "prior": prior}
   learning_rate = learning_rate_schedule(config.learning_rate, config.num_steps)
   optimizer = optim.adam(
@@ -165,7 +166,7 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
     eps=config.adam_eps,
     eps_mode=config.adam_eps_mode,
   )
-  if config.prior == "rbm":
+  if config.prior != "factorial":
     sampler = samplers_lib.make_prior_sampler(
       config.sampler, config.num_prior_samples, config.num_sweeps
     )
@@ -195,6 +196,15 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
     state_sharding,
   )
   return experiment, state
+
+
+def init_prior(config, spec: models.StructSpec) -> priors.Prior:
+  """The all-zero prior of the config: an RBM, the factorial baseline, or a Boltzmann machine on a
+  quantum-annealer graph whose node k is latent unit k (``graphs.topologies.latent_graph``)."""
+  if config.prior in topologies.TOPOLOGIES:
+    graph = topologies.latent_graph(config.prior, spec.num_latent, config.topology)
+    return graphs.init_machine(graph)
+  return priors.init_prior(config.prior, spec)
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
@@ -248,9 +258,9 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     prior = state.params["prior"]
     if sampler is not None:
       sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
-      z1, z2 = rbm_lib.rao_blackwellize(
-        prior, sampler_state.z1, sampler_state.z2, config.rao_blackwell
-      )
+      z1, z2 = sampler_state.z1, sampler_state.z2
+      if config.rao_blackwell != "none":  # an RBM (config_lib refuses it for a graph prior)
+        z1, z2 = rbm_lib.rao_blackwellize(prior, z1, z2, config.rao_blackwell)
       prior_samples = (z1, z2, sampler_state.log_z)
     else:
       sampler_state, info, prior_samples = (), {}, None

@@ -14,6 +14,8 @@ depend on them.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dvae_jax.graphs import machine as machine_lib
@@ -79,12 +81,100 @@ def zephyr(m: int, t: int = 4) -> Graph:
   return from_networkx(_dnx().zephyr_graph(m, t))
 
 
+def first_nodes(graph: Graph, n: int) -> Graph:
+  """The subgraph induced by nodes 0..n−1 of ``graph`` (its labels and its colouring, restricted).
+
+  Node k of the result is node k of ``graph``; an edge is kept when both ends are < n.
+  """
+  if not 1 <= n <= graph.num_nodes:
+    raise ValueError(f"cannot take the first {n} nodes of a graph with {graph.num_nodes} nodes")
+  keep = (graph.edges[:, 0] < n) & (graph.edges[:, 1] < n)
+  return Graph(n, graph.edges[keep], graph.colours[:n], graph.labels[:n])
+
+
+def _topology(name: str, sizes: tuple[int, ...]) -> Graph:
+  if name == "chimera":
+    return chimera(*sizes)
+  if name == "pegasus":
+    return pegasus(*sizes)
+  if name == "zephyr":
+    return zephyr(*sizes)
+  raise ValueError(f"unknown topology {name!r}; valid: {', '.join(TOPOLOGIES)}")
+
+
+# How many size parameters each family takes: chimera (m[, n[, t]]), pegasus (m), zephyr (m[, t]).
+_NUM_SIZES = {"chimera": (1, 3), "pegasus": (1, 1), "zephyr": (1, 2)}
+
+
+def parse_sizes(name: str, sizes: str) -> tuple[int, ...]:
+  """``"5,5,4"`` → (5, 5, 4), checked against the family's parameters (``_NUM_SIZES``); omitted
+  ones take dwave-networkx's defaults ("5" → (5, 5, 4) for Chimera, "2" → (2, 4) for Zephyr)."""
+  if name not in _NUM_SIZES:
+    raise ValueError(f"unknown topology {name!r}; valid: {', '.join(TOPOLOGIES)}")
+  try:
+    parsed = tuple(int(s) for s in sizes.split(",")) if sizes.strip() else ()
+  except ValueError:
+    parsed = None
+  lo, hi = _NUM_SIZES[name]
+  if parsed is None or not lo <= len(parsed) <= hi or min(parsed) < 1:
+    usage = {"chimera": "m[,n[,t]]", "pegasus": "m", "zephyr": "m[,t]"}[name]
+    raise ValueError(
+      f"topology sizes {sizes!r} for {name}: expected {usage} with positive integers, e.g. "
+      f"{ {'chimera': '5,5,4', 'pegasus': '3', 'zephyr': '2,4'}[name]!r}"
+    )
+  # dwave-networkx's defaults made explicit: chimera(m) = chimera(m, m, 4), zephyr(m) = (m, 4).
+  if name == "chimera":
+    m, n, t = (parsed + (None, None))[:3]
+    return (m, n or m, t or 4)
+  if name == "zephyr":
+    m, t = (parsed + (None,))[:2]
+    return (m, t or 4)
+  return parsed
+
+
+def smallest_sizes(name: str, num_nodes: int) -> tuple[int, ...]:
+  """The smallest square Chimera C(m, m, 4), Pegasus P(m) or Zephyr Z(m, 4) with ≥ num_nodes
+  nodes."""
+  for m in range(1, 64):
+    sizes = {"chimera": (m, m, 4), "pegasus": (m,), "zephyr": (m, 4)}[name]
+    if name == "pegasus" and m < 2:
+      continue  # P(1) has no nodes
+    if _topology(name, sizes).num_nodes >= num_nodes:
+      return sizes
+  raise ValueError(f"no {name} graph up to size 63 has {num_nodes} nodes")
+
+
+def latent_graph(name: str, num_latent: int, sizes: str | tuple[int, ...] = "") -> Graph:
+  """The graph of a DVAE prior on a quantum-annealer topology: latent unit k is node k.
+
+  The topology ``name`` with ``sizes`` (``parse_sizes``; empty: ``smallest_sizes``) is built and its
+  first ``num_latent`` nodes, in the node order of this module's docstring, are kept with the
+  couplers among them (``first_nodes``). For Chimera the linear index of qubit (row i, column j,
+  side u, k) is ((i·n + j)·2 + u)·t + k, so the latents fill whole unit cells row by row: latent
+  units 8c..8c+7 are cell c, its first t the vertical and its last t the horizontal qubits. The
+  encoder's groups are contiguous blocks of latents (``models``), so group g occupies the qubits
+  with the g-th block of indices.
+
+  Raises:
+    ValueError: the topology has fewer than ``num_latent`` nodes, or bad sizes.
+  """
+  if isinstance(sizes, str):
+    sizes = parse_sizes(name, sizes) if sizes.strip() else smallest_sizes(name, num_latent)
+  return _latent_graph(name, num_latent, tuple(sizes))
+
+
+@functools.lru_cache(maxsize=16)
+def _latent_graph(name: str, num_latent: int, sizes: tuple[int, ...]) -> Graph:
+  graph = _topology(name, sizes)
+  if graph.num_nodes < num_latent:
+    raise ValueError(
+      f"{name}{sizes} has {graph.num_nodes} nodes, fewer than the {num_latent} latent "
+      f"units; choose a larger topology"
+    )
+  return first_nodes(graph, num_latent)
+
+
 def named_topology(name: str, size: int, t: int = 4) -> Graph:
   """``chimera`` (size × size × t), ``pegasus`` (size) or ``zephyr`` (size, t) by name."""
-  if name == "chimera":
-    return chimera(size, size, t)
-  if name == "pegasus":
-    return pegasus(size)
-  if name == "zephyr":
-    return zephyr(size, t)
-  raise ValueError(f"unknown topology {name!r}; valid: {', '.join(TOPOLOGIES)}")
+  sizes = {"chimera": (size, size, t), "pegasus": (size,), "zephyr": (size, t)}
+  return _topology(name, sizes.get(name, ()))

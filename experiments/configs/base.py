@@ -24,7 +24,10 @@ def get_config() -> config_dict.ConfigDict:
   c.dataset = "binarized_mnist"  # binarized_mnist | omniglot | caltech101_silhouettes
   c.data_dir = ""  # '' = search path of dvae_jax.data (also --data_dir, $DVAE_JAX_DATA_DIR).
   c.struct = "1-layer-lin"  # 1-layer-lin | 1-layer-nonlin | 2-layer-nonlin | 4-layer-nonlin
-  c.prior = "rbm"  # rbm | factorial
+  c.prior = "rbm"  # rbm | factorial | chimera | pegasus | zephyr (a quantum-annealer graph)
+  # Sizes of a graph prior's topology: chimera 'm[,n[,t]]', pegasus 'm', zephyr 'm[,t]'; '' = the
+  # smallest square one with num_latent nodes. Latent unit k is node k (topologies.latent_graph).
+  c.topology = ""
   c.k = 1  # Importance samples K of the training objective (MATH.md §4).
   c.beta = config_dict.placeholder(float)  # Sharpness (gumbolt: temperature τ); None/-1: table.
   # Relaxed posterior samples (MATH.md §1): 'ancestral' or 'inverse_cdf'; the same estimator in law,

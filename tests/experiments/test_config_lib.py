@@ -86,7 +86,7 @@ def test_cpu_protocol_is_smaller_and_overrides_win():
     ("sampler", "foo", r"invalid sampler 'foo'; valid values: pa, pcd"),
     ("struct", "bar", r"invalid struct 'bar'; valid values: 1-layer-lin, 1-layer-nonlin"),
     ("dataset", "baz", r"invalid dataset 'baz'; valid values: binarized_mnist, omniglot"),
-    ("prior", "gauss", r"invalid prior 'gauss'; valid values: rbm, factorial"),
+    ("prior", "gauss", r"invalid prior 'gauss'; valid values: rbm, factorial, chimera"),
     ("protocol", "fast", r"invalid protocol 'fast'; valid values: paper, cpu"),
     ("method", "vae", r"invalid method 'vae'; valid values: dvae, "),
     ("beta", 0.0, r"invalid beta 0.0: must be > 0"),
@@ -153,3 +153,37 @@ def test_gumbolt_beta_is_the_concrete_temperature():
     method = objectives.get_method(c.method, c.beta)
     assert method.family == objectives.FAMILY_GUMBOLT and method.smoothing is None
   assert "gumbolt" not in config_lib.PAPER_METHODS and config_lib.METHODS[-1] == "gumbolt"
+
+
+def test_graph_prior_resolves_its_topology_sizes():
+  pytest.importorskip("dwave_networkx", reason="the [dwave] extra is not installed")
+  config = config_lib.load_config("dvae_sharp")
+  config.prior = "chimera"
+  assert config_lib.resolve_config(config).topology == "5,5,4"  # 200 latents: C(5, 5, 4)
+  config.topology = "6"
+  assert config_lib.resolve_config(config).topology == "6,6,4"  # dwave-networkx's defaults
+  config.struct = "2-layer-nonlin"
+  config.topology = ""
+  assert config_lib.resolve_config(config).topology == "8,8,4"  # 400 latents
+  # An RBM config keeps topology '' (so runs made before the key existed still resume).
+  assert config_lib.resolve_config(config_lib.load_config("dvae_sharp")).topology == ""
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      {"prior": "chimera", "topology": "4"},
+      r"chimera\(4, 4, 4\) has 128 nodes, fewer than the 200",
+    ),
+    ({"prior": "zephyr", "topology": "2,4,1"}, r"invalid topology for prior 'zephyr'.*m\[,t\]"),
+    ({"prior": "rbm", "topology": "5"}, r"topology '5' is given but prior 'rbm' is not a graph"),
+    ({"prior": "pegasus", "rao_blackwell": "z2"}, r"rao_blackwell='z2' needs the RBM prior"),
+  ],
+)
+def test_bad_graph_priors_are_refused_by_name(overrides, message):
+  pytest.importorskip("dwave_networkx", reason="the [dwave] extra is not installed")
+  config = config_lib.load_config("dvae_sharp")
+  config.update(overrides)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.resolve_config(config)
