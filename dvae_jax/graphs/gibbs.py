@@ -162,6 +162,17 @@ def sweep_with_energy(
   return z, machine_lib.energy(m, z)
 
 
+def _run_sorted(key: Array, z: Array, m: BoltzmannMachine, num_sweeps: int, beta, layout: str):
+  """num_sweeps sweeps in a ``lax.scan``: colour operators and the sorted layout built once."""
+  ops = _colour_operators(m, layout)
+
+  def body(zs, k):
+    return _sweep_sorted(k, m.graph, ops, zs, beta, rbm_gibbs.bernoulli_logits), None
+
+  zs, _ = lax.scan(body, _to_sorted(m, z), jax.random.split(key, num_sweeps))
+  return _from_sorted(m, zs)
+
+
 def run(
   key: Array, z: Array, m: BoltzmannMachine, num_sweeps: int, beta=1.0, *, layout: str = "auto"
 ) -> Array:
@@ -170,14 +181,21 @@ def run(
   rbm_gibbs.check_beta(beta)
   if num_sweeps < 0:
     raise ValueError(f"num_sweeps must be >= 0, got {num_sweeps}")
+  return _run_sorted(key, z, m, num_sweeps, beta, layout)
 
-  ops = _colour_operators(m, layout)
 
-  def body(zs, k):
-    return _sweep_sorted(k, m.graph, ops, zs, beta, rbm_gibbs.bernoulli_logits), None
+def run_with_energy(
+  key: Array, z: Array, m: BoltzmannMachine, num_sweeps: int, beta=1.0, *, layout: str = "auto"
+) -> tuple[Array, Array]:
+  """num_sweeps (≥ 1) sweeps as ``run``, returning the final chains [S, n] and E(z) [S] at β = 1.
 
-  zs, _ = lax.scan(body, _to_sorted(m, z), jax.random.split(key, num_sweeps))
-  return _from_sorted(m, zs)
+  The annealing samplers' move step (``samplers.machines.run_with_energy``): the colour operators
+  and the sorted layout are built once per call, outside the sweep loop, and the energy is that of
+  the final state only (one O(S (n + E)) pass after the loop). No input checks (the callers
+  validate once, outside their loops), as ``samplers.gibbs.run_with_energy``.
+  """
+  z = _run_sorted(key, z, m, num_sweeps, beta, layout)
+  return z, machine_lib.energy(m, z)
 
 
 def run_fields_only(z: Array, m: BoltzmannMachine, num_sweeps: int, layout: str = "auto") -> Array:

@@ -1,6 +1,11 @@
-"""Samplers and partition-function estimators for RBMs, replacing QuPA (MATH.md §3).
+"""Samplers and partition-function estimators for Boltzmann machines, replacing QuPA (MATH.md §3).
 
-Modules: `gibbs` (block Gibbs sweeps), `ais` (annealed importance sampling), `population_annealing`
+Every sampler below takes either an `rbm.RBM` or a graph `graphs.BoltzmannMachine`; `machines`
+dispatches on the type and states the chains' z1/z2 layout for both (a graph machine's units are
+all in z1, z2 is [S, 0]).
+
+Modules: `machines` (the two machine types behind one interface), `gibbs` (block Gibbs sweeps of
+an RBM), `ais` (annealed importance sampling), `population_annealing`
 (PA kernels `init` / `step(key, state, m, next_beta)` and the log Z estimators built on them),
 `tempering` (schedules and the one adaptive tempering rule), `resampling` (systematic / residual /
 multinomial, effective sample size); the persistent training-time samplers `persistent` (their
@@ -8,7 +13,7 @@ shared state and `PriorSampler`), `pcd` and `persistent_pa`, each with its `prio
 `prior_sampler` (`make_prior_sampler`: one of them by name); `diagnostics` (is a population in
 equilibrium?) and `log_z_tracking` (an independent population that keeps the training log Z
 honest). All are pure functions over NamedTuple states; kernels take `(key, state, m, ...)`, the
-PRNG key first, except the two estimators below, which take the RBM first.
+PRNG key first, except the two estimators below, which take the machine first.
 """
 
 from dvae_jax.samplers import (
@@ -16,6 +21,7 @@ from dvae_jax.samplers import (
   diagnostics,
   gibbs,
   log_z_tracking,
+  machines,
   pcd,
   persistent,
   persistent_pa,
@@ -43,6 +49,7 @@ __all__ = [
   "diagnostics",
   "gibbs",
   "log_z_tracking",
+  "machines",
   "make_prior_sampler",
   "pa_log_partition",
   "pcd",

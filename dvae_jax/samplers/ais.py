@@ -1,6 +1,7 @@
-"""Annealed importance sampling (AIS) of an RBM's log partition function (MATH.md §3).
+"""Annealed importance sampling (AIS) of a Boltzmann machine's log partition function (§3).
 
-Independent chains start from the uniform distribution (β = 0, Z_0 = 2^(n1+n2)) and follow inverse
+The machine is an RBM or a graph machine (`machines`, which also fixes the chains' z1/z2 layout).
+Independent chains start from the uniform distribution (β = 0, Z_0 = 2^n) and follow inverse
 temperatures 0 = β_0 < β_1 < … < β_{T−1} = 1. Chain s accumulates the log weight
 
   log w_s = Σ_{t=1}^{T−1} −(β_t − β_{t−1}) E(z_s^{(t−1)}),
@@ -17,7 +18,8 @@ effective sample size ESS = (Σw)²/Σw² diagnoses (the calibration is tested).
 
 Per chain, log weights are summed with Kahan compensation (`numerics.kahan_add`): with 1000
 increments of ≈0.1 onto sums of order |log Z| ≈ 100, plain float32 summation would drift by
-1e-4–1e-3 nats. The schedule and its checks are `tempering`'s, the sweeps `gibbs.run_with_energy`.
+1e-4–1e-3 nats. The schedule and its checks are `tempering`'s, the sweeps
+`machines.run_with_energy`.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, resampling, tempering
+from dvae_jax.samplers import machines, resampling, tempering
 
 Array = jax.Array
-RBM = rbm_lib.RBM
+Machine = machines.Machine
 
 
 class AISResult(NamedTuple):
@@ -47,7 +48,7 @@ class AISResult(NamedTuple):
     log_weights: [S] per-chain log importance weights (without log Z_0).
     ess: scalar effective sample size of the weights, in chains (S at best).
     z1: [S, n1] final states of the chains (a weighted sample of p, weights log_weights).
-    z2: [S, n2].
+    z2: [S, n2] (for a graph machine z1 [S, n] and z2 [S, 0], see `machines`).
   """
 
   log_z: Array
@@ -58,12 +59,12 @@ class AISResult(NamedTuple):
   z2: Array
 
 
-def run(key: Array, m: RBM, betas: Array, num_chains: int, num_sweeps: int = 1) -> AISResult:
+def run(key: Array, m: Machine, betas: Array, num_chains: int, num_sweeps: int = 1) -> AISResult:
   """AIS along the schedule `betas` (MATH.md §3).
 
   Args:
     key: PRNG key.
-    m: the RBM.
+    m: the RBM or graph machine.
     betas: [T] increasing inverse temperatures with betas[0] = 0 (the chains start uniform) and
       betas[-1] = 1 (log Z of m itself).
     num_chains: S independent chains.
@@ -74,37 +75,38 @@ def run(key: Array, m: RBM, betas: Array, num_chains: int, num_sweeps: int = 1) 
   """
   tempering.check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
-  state = gibbs.init(k_init, m, num_chains)
-  e = rbm_lib.energy(m, state.z1, state.z2)
-  zeros = jnp.zeros((num_chains,), m.w.dtype)
-  betas = betas.astype(m.w.dtype)
+  state = machines.init_chains(k_init, m, num_chains)
+  e = machines.energy(m, state)
+  zeros = jnp.zeros((num_chains,), machines.dtype(m))
+  betas = betas.astype(machines.dtype(m))
 
   def step(carry, inputs):
     state, e, log_w, comp = carry
     k, beta_prev, beta = inputs
     log_w, comp = numerics.kahan_add(log_w, comp, -(beta - beta_prev) * e)
-    state, e = gibbs.run_with_energy(k, state, m, num_sweeps, beta)
+    state, e = machines.run_with_energy(k, state, m, num_sweeps, beta)
     return (state, e, log_w, comp), None
 
   num_steps = betas.shape[0] - 1
   inputs = (jax.random.split(k_run, num_steps), betas[:-1], betas[1:])
   (state, _, log_w, _), _ = lax.scan(step, (state, e, zeros, zeros), inputs)
   log_mean, stderr = numerics.log_mean_exp_stderr(log_w)
-  log_z0 = rbm_lib.uniform_log_partition(m.n1, m.n2)
+  log_z0 = machines.uniform_log_partition(m)
   ess = resampling.effective_sample_size(log_w)
   return AISResult(log_z0 + log_mean, stderr, log_w, ess, state.z1, state.z2)
 
 
 @functools.partial(jax.jit, static_argnames=("num_chains", "num_temperatures", "num_sweeps"))
 def ais_log_partition(
-  m: RBM, key: Array, num_chains: int = 1024, num_temperatures: int = 1000, num_sweeps: int = 1
+  m: Machine, key: Array, num_chains: int = 1024, num_temperatures: int = 1000, num_sweeps: int = 1
 ) -> AISResult:
   """log Z of `m` by AIS with the evaluation defaults of MATH.md §3 (note: `m` first, key second).
 
-  Uniform base (log Z_0 = (n1 + n2) log 2), `num_temperatures` linearly spaced β from 0 to 1,
+  Uniform base (log Z_0 = n log 2), `num_temperatures` linearly spaced β from 0 to 1,
   `num_chains` chains, `num_sweeps` block Gibbs sweep(s) per temperature.
 
   Returns:
     AISResult with .log_z, .stderr, .ess, .log_weights [S], and the final chains.
   """
-  return run(key, m, tempering.linear_schedule(num_temperatures, m.w.dtype), num_chains, num_sweeps)
+  betas = tempering.linear_schedule(num_temperatures, machines.dtype(m))
+  return run(key, m, betas, num_chains, num_sweeps)

@@ -30,6 +30,10 @@ In training the parameters are updated after the sampler's step, so the saved pr
 optimiser step ahead of the population; one Adam step moved E[z1] by 2× the noise of 1000 samples on
 the default run. Always diagnose against the sampler state's own `params` (`population_moment_error`
 does).
+
+Graph machines (`machines`): the statistics are E[z_i] [n] and the edge moments E[z_i z_j] [E]
+(`machines.sample_moments`: they fill the z1 and z1z2 groups, z2 is empty), so `MomentError.z1` is
+the units' ratio, `z1z2` the edges', `total` pools both, and `z2` is NaN (0/0: no second side).
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import population_annealing
+from dvae_jax.samplers import gibbs, machines, population_annealing
 
 Array = jax.Array
-RBM = rbm_lib.RBM
+Machine = machines.Machine
 Moments = rbm_lib.Moments
 
 # Independent groups of each reference anneal (its log Z standard error); replicas must divide.
@@ -72,10 +76,9 @@ class MomentError(NamedTuple):
 
 
 def sample_moments(z1: Array, z2: Array) -> Moments:
-  """Means over the samples of (z1, z2, z1 z2ᵀ) for z1 [S, n1], z2 [S, n2]: a Moments of
-  [n1], [n2], [n1, n2]."""
-  num = z1.shape[0]
-  return Moments(jnp.mean(z1, 0), jnp.mean(z2, 0), (z1.T @ z2) / num)
+  """Means over the samples of (z1, z2, z1 z2ᵀ) for RBM chains z1 [S, n1], z2 [S, n2]: a Moments
+  of [n1], [n2], [n1, n2] (`machines.sample_moments` for either machine)."""
+  return machines.rbm_sample_moments(z1, z2)
 
 
 def _group_terms(population: Moments, reference_a: Moments, reference_b: Moments, num: int):
@@ -135,12 +138,13 @@ def population_moment_error(
   key: Array,
   z1: Array,
   z2: Array,
-  m: RBM,
+  m: Machine,
   num_replicas: int = 2048,
   num_temperatures: int = 1000,
   num_groups: int = NUM_GROUPS,
 ) -> MomentError:
-  """Moment error of the population (z1 [S, n1], z2 [S, n2]) against two fresh anneals for m.
+  """Moment error of the population (z1 [S, n1], z2 [S, n2]; a graph machine's z1 [S, n], z2
+  [S, 0], see `machines`) against two fresh anneals for m.
 
   The references are two independent `population_annealing.pa_log_partition` runs (linear
   schedule, one sweep per temperature) of `num_replicas` replicas each; their log Z estimates are
@@ -160,11 +164,7 @@ def population_moment_error(
   Returns:
     MomentError.
   """
-  rbm_lib.check_rbm(m)
-  if z1.ndim != 2 or z2.ndim != 2 or z1.shape != (z2.shape[0], m.n1) or z2.shape[1] != m.n2:
-    raise ValueError(
-      f"expected a population z1 [S, n1={m.n1}], z2 [S, n2={m.n2}], got {z1.shape}, {z2.shape}"
-    )
+  machines.check_chains(gibbs.GibbsState(z1, z2), m, "the population z1, z2")
   key_a, key_b = jax.random.split(key)
   anneal = functools.partial(
     population_annealing.pa_log_partition,
@@ -176,11 +176,13 @@ def population_moment_error(
   a, b = anneal(key_a), anneal(key_b)
   log_z = jnp.logaddexp(a.log_z, b.log_z) - jnp.log(2.0)
   stderr = 0.5 * jnp.sqrt(jnp.square(a.stderr) + jnp.square(b.stderr))
+  dtype = machines.dtype(m)
+  population = gibbs.GibbsState(z1.astype(dtype), z2.astype(dtype))
   return moment_error(
-    sample_moments(z1.astype(m.w.dtype), z2.astype(m.w.dtype)),
+    machines.sample_moments(m, population),
     z1.shape[0],
-    sample_moments(a.z1, a.z2),
-    sample_moments(b.z1, b.z2),
+    machines.sample_moments(m, gibbs.GibbsState(a.z1, a.z2)),
+    machines.sample_moments(m, gibbs.GibbsState(b.z1, b.z2)),
     log_z,
     stderr,
   )

@@ -1,8 +1,9 @@
 """Persistent contrastive divergence (PCD) prior sampler with a tracked log Z (MATH.md §3).
 
-S persistent chains and k block Gibbs sweeps per training step (MATH.md §3 and §6: S = 1000,
-k = 40). Of the k sweeps, `decorrelation_sweeps` (default k // 2) run under the previous parameters
-before the log Z reweighting and the rest under the new ones (see `persistent` for why).
+S persistent chains of an RBM or a graph machine (`machines`) and k Gibbs sweeps per training
+step (MATH.md §3 and §6: S = 1000, k = 40). Of the k sweeps, `decorrelation_sweeps` (default
+k // 2) run under the previous parameters before the log Z reweighting and the rest under the new
+ones (see `persistent` for why).
 
 log Z tracking (for reporting the training objective; it does not affect any gradient): when the
 parameters move from θ_old (those the chains were swept under) to θ_new, the chains are treated as
@@ -27,18 +28,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, persistent, resampling
+from dvae_jax.samplers import gibbs, machines, persistent, resampling
 from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
 
 Array = jax.Array
-RBM = rbm_lib.RBM
+Machine = machines.Machine
 
 
 def step(
   key: Array,
   state: PersistentState,
-  m: RBM,
+  m: Machine,
   num_sweeps: int = 40,
   decorrelation_sweeps: int | None = None,
 ) -> tuple[PersistentState, PersistentInfo]:
@@ -60,12 +60,12 @@ def step(
   k_before, k_after = jax.random.split(key)
   state = persistent.decorrelate(k_before, state, before)
   delta = jax.tree.map(jnp.subtract, m, state.params)
-  log_w = -rbm_lib.energy(delta, state.z1, state.z2)
+  log_w = -machines.energy(delta, gibbs.GibbsState(state.z1, state.z2))  # E is linear in θ
   increment = numerics.log_mean_exp(log_w)
   ess = resampling.effective_sample_size(log_w)
   log_z, comp = numerics.kahan_add(state.log_z, state.log_z_compensation, increment)
   variance = state.log_z_variance + persistent.incremental_variance(ess, log_w.shape[0])
-  chains = gibbs.run(k_after, gibbs.GibbsState(state.z1, state.z2), m, after)
+  chains = machines.run(k_after, gibbs.GibbsState(state.z1, state.z2), m, after)
   new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
   info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
   return new_state, info
@@ -87,7 +87,7 @@ def prior_sampler(
 
 def init(
   key: Array,
-  m: RBM,
+  m: Machine,
   num_chains: int = 1000,
   num_sweeps: int = 40,
   decorrelation_sweeps: int | None = None,
@@ -99,7 +99,7 @@ def init(
 def run(
   key: Array,
   state: PersistentState,
-  params_sequence: RBM,
+  params_sequence: Machine,
   num_sweeps: int = 40,
   decorrelation_sweeps: int | None = None,
 ) -> tuple[PersistentState, PersistentInfo]:

@@ -5,10 +5,11 @@ The two samplers are `pcd` and `persistent_pa`; each offers `init`, `step(key, s
 
 Both keep S chains/replicas of the current model, the parameters those chains were last equilibrated
 at, and a running estimate of log Z that is updated by importance reweighting whenever the
-parameters change. The running estimate starts exact: the initial state belongs to the all-zero RBM
-(uniform distribution, log Z = (n1 + n2) log 2, uniform samples are exact), and the first `step`
+parameters change. The running estimate starts exact: the initial state belongs to the all-zero
+machine (uniform distribution, log Z = n log 2, uniform samples are exact), and the first `step`
 moves it to the caller's parameters. Both kinds use the same pytrees, so checkpoints do not depend
-on the kind.
+on the kind. The machine is an RBM or a graph machine (`machines`, which also fixes the chains'
+z1/z2 layout: for a graph machine z1 [S, n] holds every unit and z2 is [S, 0]).
 
 Order of a step, and why. In training the new parameters are computed from the very samples held
 in the state (the surrogate gradient of MATH.md §2), and the update lowers the model probability of
@@ -28,11 +29,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs
+from dvae_jax.samplers import gibbs, machines
 
 Array = jax.Array
-RBM = rbm_lib.RBM
+Machine = machines.Machine
 
 
 class PersistentState(NamedTuple):
@@ -48,7 +48,8 @@ class PersistentState(NamedTuple):
       1/ESS − 1/S (the delta-method relative variance of each incremental mean weight, stages
       treated as independent). It ignores correlations left by resampling and the bias of imperfect
       mixing; with ≥ 10 sweeps per step it matched the observed spread (tests/samplers/test_pa.py).
-    params: the RBM the population is equilibrated at (to reweight when the parameters change).
+    params: the machine (RBM or graph) the population is equilibrated at (to reweight when the
+      parameters change).
   """
 
   z1: Array
@@ -56,7 +57,7 @@ class PersistentState(NamedTuple):
   log_z: Array
   log_z_compensation: Array
   log_z_variance: Array
-  params: RBM
+  params: Machine
 
 
 class PersistentInfo(NamedTuple):
@@ -87,11 +88,11 @@ class PriorSampler(NamedTuple):
   step: Callable
 
 
-def zero_state(key: Array, m: RBM, num_samples: int) -> PersistentState:
-  """Exact state of the all-zero RBM shaped like `m`: uniform samples, log Z = (n1 + n2) log 2."""
-  rbm_lib.check_rbm(m)
-  chains = gibbs.init(key, m, num_samples)
-  log_z = jnp.asarray(rbm_lib.uniform_log_partition(m.n1, m.n2), m.w.dtype)
+def zero_state(key: Array, m: Machine, num_samples: int) -> PersistentState:
+  """Exact state of the all-zero machine shaped like `m`: uniform samples, log Z = n log 2."""
+  machines.check(m)
+  chains = machines.init_chains(key, m, num_samples)
+  log_z = jnp.asarray(machines.uniform_log_partition(m), machines.dtype(m))
   zero = jax.tree.map(jnp.zeros_like, m)
   zeros = jnp.zeros_like(log_z)
   return PersistentState(chains.z1, chains.z2, log_z, zeros, zeros, zero)
@@ -104,7 +105,7 @@ def init_fn(step: Callable, num_samples: int) -> Callable:
   that of one `step` from the uniform distribution.
   """
 
-  def init(key: Array, m: RBM) -> PersistentState:
+  def init(key: Array, m: Machine) -> PersistentState:
     k0, k1 = jax.random.split(key)
     return step(k1, zero_state(k0, m, num_samples), m)[0]
 
@@ -131,10 +132,10 @@ def split_sweeps(num_sweeps: int, decorrelation_sweeps: int | None) -> tuple[int
 
 
 def decorrelate(key: Array, state: PersistentState, num_sweeps: int) -> PersistentState:
-  """num_sweeps block Gibbs sweeps under state.params (the parameters the chains belong to)."""
+  """num_sweeps Gibbs sweeps under state.params (the parameters the chains belong to)."""
   if num_sweeps == 0:
     return state
-  chains = gibbs.run(key, gibbs.GibbsState(state.z1, state.z2), state.params, num_sweeps)
+  chains = machines.run(key, gibbs.GibbsState(state.z1, state.z2), state.params, num_sweeps)
   return state._replace(z1=chains.z1, z2=chains.z2)
 
 
@@ -146,13 +147,19 @@ def incremental_variance(ess: Array, num: int) -> Array:
   return jnp.maximum(1.0 / ess - 1.0 / num, 0.0)
 
 
-def check_state(state: PersistentState, m: RBM) -> None:
-  """Raises ValueError unless the state's chains fit the RBM m (and m is an RBM)."""
-  rbm_lib.check_rbm(m)
-  if state.z1.shape[1:] != (m.n1,) or state.z2.shape[1:] != (m.n2,):
+def check_state(state: PersistentState, m: Machine) -> None:
+  """Raises ValueError unless the state's chains and params fit the machine m (TypeError unless m
+  is an RBM or a graph machine)."""
+  machines.check_chains(gibbs.GibbsState(state.z1, state.z2), m, "sampler state chains")
+  if type(state.params) is not type(m):
     raise ValueError(
-      f"sampler state holds chains of shape {state.z1.shape}, {state.z2.shape}, which do not match "
-      f"an RBM with n1={m.n1}, n2={m.n2}"
+      f"sampler state params are a {type(state.params).__name__}, the new parameters a "
+      f"{type(m).__name__}: a state belongs to one kind of machine"
+    )
+  if machines.is_graph(m) and state.params.graph != m.graph:
+    raise ValueError(
+      f"sampler state params are on {state.params.graph}, the new parameters on {m.graph}: "
+      "a state belongs to one graph"
     )
 
 

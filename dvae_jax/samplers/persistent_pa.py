@@ -1,15 +1,15 @@
 """Persistent population annealing: the reference training-time prior sampler (MATH.md §3, §6).
 
-A population of S replicas of the current RBM, kept across training steps with a running log Z
-(`persistent.PersistentState`). When the parameters move from θ_old (stored in the state) to θ_new,
-`step` anneals in parameter space along θ_α = θ_old + α (θ_new − θ_old), α: 0 → 1, where
-E_α = E_old + α ΔE with ΔE = E_new − E_old. Each stage is a population annealing step
-(`population_annealing`): reweight by exp(−Δα ΔE) (log Z += log mean exp), resample
-(`population_annealing.reweight_resample`), sweep under θ_α; Δα comes from the same adaptive rule
-as adaptive PA (`tempering.next_beta`, with α for β and max_stages for the step bound). Then it
-runs the remaining sweeps under θ_new. When the parameters change slowly (training), a single
-stage with ESS ≈ S suffices. `persistent` explains the order of the sweeps around the
-reweighting.
+A population of S replicas of the current machine (an RBM or a graph machine, `machines`), kept
+across training steps with a running log Z (`persistent.PersistentState`). When the parameters
+move from θ_old (stored in the state) to θ_new, `step` anneals in parameter space along
+θ_α = θ_old + α (θ_new − θ_old), α: 0 → 1, where E_α = E_old + α ΔE with ΔE = E_new − E_old.
+Each stage is a population annealing step (`population_annealing`): reweight by exp(−Δα ΔE)
+(log Z += log mean exp), resample (`population_annealing.reweight_resample`), sweep under θ_α; Δα
+comes from the same adaptive rule as adaptive PA (`tempering.next_beta`, with α for β and
+max_stages for the step bound). Then it runs the remaining sweeps under θ_new. When the
+parameters change slowly (training), a single stage with ESS ≈ S suffices. `persistent` explains
+the order of the sweeps around the reweighting.
 
   sampler = persistent_pa.prior_sampler(num_samples=1000, num_sweeps=40)
   state = sampler.init(key, m)
@@ -25,19 +25,18 @@ import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, persistent, resampling, tempering
+from dvae_jax.samplers import gibbs, machines, persistent, resampling, tempering
 from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
 from dvae_jax.samplers.population_annealing import ResampleFn, reweight_resample
 
 Array = jax.Array
-RBM = rbm_lib.RBM
+Machine = machines.Machine
 
 
 def step(
   key: Array,
   state: PersistentState,
-  m: RBM,
+  m: Machine,
   num_sweeps: int = 40,
   target_ess: float = 0.9,
   max_stages: int = 1000,
@@ -49,8 +48,8 @@ def step(
 
   Args:
     key: PRNG key.
-    state: PersistentState (z1 [S, n1], z2 [S, n2], log_z, params).
-    m: the new parameters.
+    state: PersistentState (z1 [S, n1], z2 [S, n2], log_z, params; layout in `machines`).
+    m: the new parameters (the same kind of machine as state.params).
     num_sweeps: block Gibbs sweeps per step in total: `decorrelation_sweeps` of them (default
       num_sweeps // 2) under state.params before the reweighting (see `persistent` for why), the
       rest under m after the re-annealing.
@@ -67,7 +66,7 @@ def step(
   persistent.check_state(state, m)
   before, after = persistent.split_sweeps(num_sweeps, decorrelation_sweeps)
   _check_options(target_ess, max_stages, num_intermediate_sweeps, resample_fn)
-  dtype = m.w.dtype
+  dtype = machines.dtype(m)
   num = state.z1.shape[0]
   k_before, key = jax.random.split(key)
   state = persistent.decorrelate(k_before, state, before)
@@ -80,7 +79,7 @@ def step(
   def body(carry):
     stage, alpha, chains, log_z, comp, variance, ess_min, key = carry
     key, k_res, k_sweep = jax.random.split(key, 3)
-    de = rbm_lib.energy(delta, chains.z1, chains.z2)[None]  # [1, S]: one group
+    de = machines.energy(delta, chains)[None]  # [1, S]: one group; E is linear in θ
     alpha_next = tempering.next_beta(alpha, stage, max_stages, de, target)
     inc, ess, chains = reweight_resample(k_res, -(alpha_next - alpha) * de, chains, resample_fn)
     log_z, comp = numerics.kahan_add(log_z, comp, inc[0])
@@ -89,7 +88,7 @@ def step(
     def intermediate(chains):
       m_alpha = jax.tree.map(lambda a, d: a + alpha_next * d, state.params, delta)
       # β = 1: the path interpolates the parameters, not the temperature.
-      return gibbs.run(k_sweep, chains, m_alpha, num_intermediate_sweeps)
+      return machines.run(k_sweep, chains, m_alpha, num_intermediate_sweeps)
 
     # Intermediate stages sweep under θ_α; the final sweeps under m follow the loop.
     chains = lax.cond(alpha_next < 1.0, intermediate, lambda c: c, chains)
@@ -107,7 +106,7 @@ def step(
     key,
   )
   stages, _, chains, log_z, comp, variance, ess_min, key = lax.while_loop(cond, body, carry)
-  chains = gibbs.run(key, chains, m, after)
+  chains = machines.run(key, chains, m, after)
   new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
   info = PersistentInfo(log_z, ess_min, stages, log_z - state.log_z, jnp.sqrt(variance))
   return new_state, info
@@ -156,7 +155,7 @@ def prior_sampler(
 
 
 def init(
-  key: Array, m: RBM, num_replicas: int = 1000, num_sweeps: int = 40, **step_options
+  key: Array, m: Machine, num_replicas: int = 1000, num_sweeps: int = 40, **step_options
 ) -> PersistentState:
   """`prior_sampler(num_replicas, num_sweeps, **step_options).init(key, m)`."""
   return prior_sampler(num_replicas, num_sweeps, **step_options).init(key, m)

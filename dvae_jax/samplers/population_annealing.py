@@ -1,7 +1,9 @@
-"""Population annealing (PA) of an RBM: log Z with error bars and exact-in-the-limit samples (§3).
+"""Population annealing (PA) of a Boltzmann machine: log Z with error bars and exact-in-the-limit
+samples (MATH.md §3). The machine is an RBM or a graph machine (`machines`, which also fixes the
+replicas' z1/z2 layout).
 
-A population of S replicas starts uniform (β = 0, exact; log Z_0 = (n1 + n2) log 2). For each
-step β → β' of the schedule:
+A population of S replicas starts uniform (β = 0, exact; log Z_0 = n log 2). For each step β → β'
+of the schedule:
 
   1. reweight: log w_s = −(β' − β) E(z_s); log Z += log mean_s w_s;
   2. resample S replicas with probabilities ∝ w_s (systematic by default, see `resampling`);
@@ -48,11 +50,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, resampling, tempering
+from dvae_jax.samplers import gibbs, machines, resampling, tempering
 
 Array = jax.Array
-RBM = rbm_lib.RBM
+Machine = machines.Machine
 ResampleFn = Callable[[Array, Array], Array]
 
 SCHEDULES = ("linear", "geometric", "adaptive")
@@ -63,7 +64,7 @@ class PAState(NamedTuple):
 
   Attributes:
     z1: [S, n1] replicas; replica s is in group s // (S/G).
-    z2: [S, n2].
+    z2: [S, n2] (graph machine: z1 [S, n], z2 [S, 0]; see `machines`).
     energy: [S] energy E(z1, z2) at β = 1 of each replica (the next reweighting needs it).
     beta: scalar inverse temperature the population is equilibrated at.
     log_z_ratio: [G] running estimate of log(Z_β / Z_0) of each independent group.
@@ -103,7 +104,7 @@ class PAResult(NamedTuple):
     ess: [num_temperatures − 1] mean over groups of ESS/(S/G) at each step, NaN after the last step.
     ess_min: scalar, the smallest entry of ess.
     z1: [S, n1] final population (equally weighted samples of p); replica s is in group s // (S/G).
-    z2: [S, n2].
+    z2: [S, n2] (graph machine: z1 [S, n], z2 [S, 0]; see `machines`).
   """
 
   log_z: Array
@@ -147,12 +148,12 @@ def group_energies(state: PAState) -> Array:
   return state.energy.reshape(state.log_z_ratio.shape[0], -1)
 
 
-def init(key: Array, m: RBM, num_replicas: int, num_groups: int = 16) -> PAState:
+def init(key: Array, m: Machine, num_replicas: int, num_groups: int = 16) -> PAState:
   """The exact β = 0 population: S uniform replicas in G groups, log(Z_0 / Z_0) = 0.
 
   Args:
     key: PRNG key.
-    m: the RBM (sets n1, n2, the dtype and the energies).
+    m: the RBM or graph machine (sets the chains' shapes, the dtype and the energies).
     num_replicas: S, a positive multiple of num_groups.
     num_groups: G independent groups (for the standard error).
 
@@ -163,16 +164,17 @@ def init(key: Array, m: RBM, num_replicas: int, num_groups: int = 16) -> PAState
     raise ValueError(
       f"num_replicas={num_replicas} must be a positive multiple of num_groups={num_groups}"
     )
-  chains = gibbs.init(key, m, num_replicas)
-  energy = rbm_lib.energy(m, chains.z1, chains.z2)
-  zeros = jnp.zeros((num_groups,), m.w.dtype)
-  return PAState(chains.z1, chains.z2, energy, jnp.zeros((), m.w.dtype), zeros, zeros)
+  chains = machines.init_chains(key, m, num_replicas)
+  energy = machines.energy(m, chains)
+  dtype = machines.dtype(m)
+  zeros = jnp.zeros((num_groups,), dtype)
+  return PAState(chains.z1, chains.z2, energy, jnp.zeros((), dtype), zeros, zeros)
 
 
 def step(
   key: Array,
   state: PAState,
-  m: RBM,
+  m: Machine,
   next_beta: Array,
   num_sweeps: int = 1,
   resample_fn: ResampleFn = resampling.systematic,
@@ -182,7 +184,7 @@ def step(
   Args:
     key: PRNG key.
     state: PAState at β = state.beta.
-    m: the RBM.
+    m: the RBM or graph machine (`machines`).
     next_beta: scalar next inverse temperature (may be traced).
     num_sweeps: block Gibbs sweeps at next_beta after the resampling.
     resample_fn: (key, log_weights [P]) -> ancestor indices [P] (`resampling`).
@@ -195,13 +197,13 @@ def step(
   chains = gibbs.GibbsState(state.z1, state.z2)
   increments, ess, chains = reweight_resample(k_res, log_w, chains, resample_fn)
   log_z, comp = numerics.kahan_add(state.log_z_ratio, state.log_z_compensation, increments)
-  chains, energy = gibbs.run_with_energy(k_sweep, chains, m, num_sweeps, next_beta)
+  chains, energy = machines.run_with_energy(k_sweep, chains, m, num_sweeps, next_beta)
   return PAState(chains.z1, chains.z2, energy, next_beta, log_z, comp), PAInfo(ess, increments)
 
 
-def result(m: RBM, state: PAState, num_steps, betas: Array, ess: Array) -> PAResult:
+def result(m: Machine, state: PAState, num_steps, betas: Array, ess: Array) -> PAResult:
   """The PAResult of a population annealed to β = 1 (log Z_0 added; stderr from the groups)."""
-  log_z0 = rbm_lib.uniform_log_partition(m.n1, m.n2)
+  log_z0 = machines.uniform_log_partition(m)
   log_mean, stderr = numerics.log_mean_exp_stderr(state.log_z_ratio)
   return PAResult(
     log_z=log_z0 + log_mean,
@@ -218,7 +220,7 @@ def result(m: RBM, state: PAState, num_steps, betas: Array, ess: Array) -> PARes
 
 def anneal(
   key: Array,
-  m: RBM,
+  m: Machine,
   betas: Array,
   num_replicas: int,
   num_groups: int = 16,
@@ -229,7 +231,7 @@ def anneal(
 
   Args:
     key: PRNG key.
-    m: the RBM.
+    m: the RBM or graph machine (`machines`).
     betas: [T] increasing, betas[0] = 0 (uniform start), betas[-1] = 1.
     num_replicas: S, a multiple of num_groups.
     num_groups: G independent sub-populations (for the standard error).
@@ -242,7 +244,7 @@ def anneal(
   tempering.check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
   state = init(k_init, m, num_replicas, num_groups)
-  betas = betas.astype(m.w.dtype)
+  betas = betas.astype(machines.dtype(m))
   kernel = functools.partial(step, m=m, num_sweeps=num_sweeps, resample_fn=resample_fn)
 
   def body(state, inputs):
@@ -257,7 +259,7 @@ def anneal(
 
 def anneal_adaptive(
   key: Array,
-  m: RBM,
+  m: Machine,
   num_replicas: int,
   max_temperatures: int = 1000,
   target_ess: float = 0.99,
@@ -270,7 +272,7 @@ def anneal_adaptive(
 
   Args:
     key: PRNG key.
-    m: the RBM.
+    m: the RBM or graph machine (`machines`).
     num_replicas: S, a multiple of num_groups.
     max_temperatures: bound on the number of temperatures including β = 0 (so at most
       max_temperatures − 1 steps; no step is shorter than the rest of the path divided by the
@@ -281,13 +283,13 @@ def anneal_adaptive(
   Returns:
     PAResult; result.betas[:result.num_steps + 1] is the schedule that was chosen.
   """
-  rbm_lib.check_rbm(m)
+  machines.check(m)
   if max_temperatures < 2:
     raise ValueError(f"max_temperatures must be >= 2, got {max_temperatures}")
   tempering.check_target_ess(target_ess)
   if num_sweeps < 1:
     raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
-  dtype = m.w.dtype
+  dtype = machines.dtype(m)
   k_init, k_run = jax.random.split(key)
   state = init(k_init, m, num_replicas, num_groups)
   max_steps = max_temperatures - 1
@@ -328,7 +330,7 @@ def anneal_adaptive(
   ),
 )
 def pa_log_partition(
-  m: RBM,
+  m: Machine,
   key: Array,
   num_replicas: int = 1024,
   num_temperatures: int = 1000,
@@ -342,7 +344,7 @@ def pa_log_partition(
   """log Z of `m` by population annealing (note: `m` first, key second).
 
   Args:
-    m: the RBM.
+    m: the RBM or graph machine.
     key: PRNG key.
     num_replicas: population size S (a multiple of num_groups).
     num_temperatures: T, temperatures including β = 0 and β = 1 (the maximum for 'adaptive').
@@ -362,9 +364,9 @@ def pa_log_partition(
       key, m, num_replicas, num_temperatures, target_ess, num_groups, num_sweeps, resample_fn
     )
   if schedule == "linear":
-    betas = tempering.linear_schedule(num_temperatures, m.w.dtype)
+    betas = tempering.linear_schedule(num_temperatures, machines.dtype(m))
   elif schedule == "geometric":
-    betas = tempering.geometric_schedule(num_temperatures, beta_min, m.w.dtype)
+    betas = tempering.geometric_schedule(num_temperatures, beta_min, machines.dtype(m))
   else:
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
   return anneal(key, m, betas, num_replicas, num_groups, num_sweeps, resample_fn)
