@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.special import log_ndtr
 
@@ -38,6 +39,7 @@ from dvae_jax import posterior as posterior_lib
 from dvae_jax import priors as priors_lib
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import smoothing as smoothing_lib
+from dvae_jax.graphs import machine as machine_lib
 
 Array = jax.Array
 
@@ -333,15 +335,40 @@ def dvae_cross_term(m: rbm_lib.RBM, z1: Array, logits1: Array, mu2: Array) -> Ar
   Returns:
     [...] estimates of E[z1ᵀ W z2].
   """
+  return _rolfe_cross_term(m.w, z1, logits1, mu2)
+
+
+def _rolfe_cross_term(w: Array, z1: Array, logits1: Array, mu2: Array) -> Array:
+  """``dvae_cross_term`` for a coupling matrix w [n1, n2] whose rows are earlier units than its
+  columns (rows ``z1``/``logits1`` [..., n1], columns ``mu2`` [..., n2]); zero entries are fine."""
   z1 = lax.stop_gradient(z1)
   q1 = jax.nn.sigmoid(logits1)
   # (1 − z)/(1 − q) = (1 − z)(1 + e^l); the exponent is clamped where z = 1 (where it is unused)
   # so that no inf·0 appears; a z = 0 draw with l > 80 has probability < e^-80.
   inv_one_minus_q = 1.0 + jnp.exp(jnp.where(z1 > 0, 0.0, jnp.minimum(logits1, 80.0)))
-  boundary = lax.stop_gradient((1.0 - z1) * inv_one_minus_q * (mu2 @ m.w.T))
-  surrogate = jnp.sum(q1 * boundary, -1) + jnp.sum((z1 @ m.w) * mu2, -1)
-  value = jnp.sum((z1 @ m.w) * mu2, -1)
+  boundary = lax.stop_gradient((1.0 - z1) * inv_one_minus_q * (mu2 @ w.T))
+  surrogate = jnp.sum(q1 * boundary, -1) + jnp.sum((z1 @ w) * mu2, -1)
+  value = jnp.sum((z1 @ w) * mu2, -1)
   return lax.stop_gradient(value) + surrogate - lax.stop_gradient(surrogate)
+
+
+def group_couplings(m: machine_lib.BoltzmannMachine, num_groups: int) -> tuple[Array, Array]:
+  """The graph machine's couplings split by the encoder groups: (W_later, W_same), each [n, n].
+
+  Node k is latent unit k and group g holds units [g·n/G, (g+1)·n/G). (W_later)_ij = w_e for an
+  edge e = (i, j) with g(i) < g(j) (rows the earlier end, zero elsewhere), and W_same the symmetric
+  coupling matrix of the edges inside one group: Σ_{e across groups} w_e u_i v_j = uᵀ W_later v and
+  Σ_{e inside groups} w_e u_i u_j = ½ uᵀ W_same u. Dense (n ≲ 2000). For ``graphs.from_rbm`` with
+  G ≥ 2 groups, W_later = [[0, W], [0, 0]] and W_same = 0.
+  """
+  n = m.num_nodes
+  if num_groups < 1 or n % num_groups:
+    raise ValueError(f"{n} latent units cannot be split into {num_groups} equal groups")
+  group = np.arange(n) // (n // num_groups)
+  w_f = machine_lib.coupling_matrix(m)
+  later = group[None, :] > group[:, None]
+  same = group[None, :] == group[:, None]
+  return w_f * later, w_f * same
 
 
 def discrete_kl(
@@ -358,6 +385,17 @@ def discrete_kl(
   ν1 = σ(l1 + b(ζ1)), E[z1|ζ1] under the overlapping smoothing; DVAE uses the Rolfe (2017) gradient
   surrogate of ``dvae_cross_term``. Factorial prior: Σ_i KL(Bernoulli(q_i) ‖ Bernoulli(p_i)).
 
+  Graph machine prior (node k = unit k, ``group_couplings``): CE = −b·μ − Σ_e w_e T_e + log Z with
+  T_e an unbiased estimate of E_q[z_i z_j] for the edge e = (i, j):
+  - i, j in one group g: given ζ_<g the group is factorial, so E[z_i z_j | ζ_<g] = μ_i μ_j;
+  - g(i) < g(j): q(z_j | ζ_<g(j)) = μ_j, and given ζ_<g(j) the unit z_i depends on the later
+    relaxed samples only through its own ζ_i, so E[z_i | ζ_<g(j)] = σ(l_i + b(ζ_i)) = ν_i and
+    E[z_i z_j] = E[ν_i μ_j] (DVAE++); for DVAE, z_i μ_j with Rolfe's boundary + pathwise gradient
+    surrogate (``dvae_cross_term`` with W_later).
+  With one group every edge is of the first kind. This is the RBM's CE for ``graphs.from_rbm``
+  (every edge joins an earlier z1 unit to a later z2 unit: ν1ᵀ W μ2, or the Rolfe term), and the
+  RBM code path is kept for the RBM (its dense sides are cheaper).
+
   Returns:
     [K, batch] KL estimates (their gradient is the KL gradient).
   """
@@ -365,6 +403,8 @@ def discrete_kl(
   if isinstance(prior, priors_lib.FactorialBernoulli):
     return jnp.sum(priors_lib.bernoulli_kl(logits, prior.logits), -1)
   entropy = jnp.sum(priors_lib.bernoulli_entropy(logits), -1)
+  if isinstance(prior, machine_lib.BoltzmannMachine):
+    return _graph_cross_entropy(prior, log_z, post, method, num_groups) - entropy
   logits1, _ = priors_lib.split_sides(prior, logits)
   if method.family == FAMILY_DVAE and num_groups > 1:
     mu1, mu2 = priors_lib.split_sides(prior, jax.nn.sigmoid(logits))
@@ -378,6 +418,28 @@ def discrete_kl(
     zeta1, _ = priors_lib.split_sides(prior, post.zeta)
     nu1 = jax.nn.sigmoid(logits1 + smoothing_lib.log_ratio(method.smoothing, zeta1))
   return dvae_pp_cross_entropy(prior, logits, nu1, log_z) - entropy
+
+
+def _graph_cross_entropy(
+  m: machine_lib.BoltzmannMachine,
+  log_z: Array,
+  post: posterior_lib.PosteriorSample,
+  method: Method,
+  num_groups: int,
+) -> Array:
+  """−E_q[log p(z)] for a graph machine prior, [K, batch] (the estimate of ``discrete_kl``)."""
+  logits = post.logits
+  mu = jax.nn.sigmoid(logits)
+  w_later, w_same = group_couplings(m, num_groups)
+  within = 0.5 * jnp.sum((mu @ w_same) * mu, -1)
+  if num_groups == 1:
+    across = jnp.zeros_like(within)
+  elif method.family == FAMILY_DVAE:
+    across = _rolfe_cross_term(w_later, post.z, logits, mu)
+  else:
+    nu = jax.nn.sigmoid(logits + smoothing_lib.log_ratio(method.smoothing, post.zeta))
+    across = jnp.sum((nu @ w_later) * mu, -1)
+  return -(mu @ m.b + across + within) + log_z
 
 
 # --------------------------------------------------------------------------------------------------
@@ -444,18 +506,26 @@ def training_log_partition(prior: priors_lib.Prior, prior_samples) -> Array:
   """The training log Z of MATH.md §2 from the sampler's samples (analytic for the factorial prior).
 
   Args:
-    prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
+    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``priors.FactorialBernoulli``.
     prior_samples: ``(z1 [S, n1], z2 [S, n2], log_z)`` or an object with those attributes (a sampler
-      state); ignored for the factorial prior.
+      state); for a graph machine z1 = z [S, n] holds the whole state and z2 is empty [S, 0] (or
+      ``None``); ignored for the factorial prior.
   """
   if isinstance(prior, priors_lib.FactorialBernoulli):
     return jnp.sum(jax.nn.softplus(prior.logits))
   if prior_samples is None:
-    raise ValueError("an RBM prior needs prior_samples = (z1 [S, n1], z2 [S, n2], log_z)")
+    raise ValueError("a Boltzmann prior needs prior_samples = (z1 [S, n1], z2 [S, n2], log_z)")
   if all(hasattr(prior_samples, a) for a in ("z1", "z2", "log_z")):
     z1, z2, log_z = prior_samples.z1, prior_samples.z2, prior_samples.log_z
   else:
     z1, z2, log_z = prior_samples
+  if isinstance(prior, machine_lib.BoltzmannMachine):
+    if z2 is not None and z2.shape[-1] != 0:
+      raise ValueError(
+        "a graph prior's samples are (z [S, n], an empty [S, 0], log_z); got a second part of "
+        f"shape {z2.shape}"
+      )
+    return machine_lib.log_partition_surrogate(prior, z1, log_z)
   return rbm_lib.log_partition_surrogate(prior, z1, z2, log_z)
 
 
@@ -530,13 +600,15 @@ def _is_decayed(path) -> bool:
 def weight_decay(
   params, prior: priors_lib.Prior | None = None, coefficient: float = WEIGHT_DECAY
 ) -> Array:
-  """coefficient · ½ Σ‖w‖² over dense kernels, BatchNorm scales and the RBM couplings W.
+  """coefficient · ½ Σ‖w‖² over dense kernels, BatchNorm scales and the prior's couplings.
 
   Args:
     params: the model's ``nnx.Param`` state (``nnx.state(model, nnx.Param)`` or the ``params`` of
       ``nnx.split(model, nnx.Param, nnx.BatchStat)``); leaves are selected by their path: ``kernel``
       of every Dense layer and ``scale`` of every BatchNorm (``norm``) layer.
-    prior: ``rbm.RBM`` (its ``w`` is decayed) or ``FactorialBernoulli`` / ``None`` (nothing).
+    prior: ``rbm.RBM`` (its W is decayed), ``graphs.BoltzmannMachine`` (its edge couplings w, each
+      edge once, so ``from_rbm`` gives the RBM's penalty) or ``FactorialBernoulli`` / ``None``
+      (nothing).
     coefficient: 1e-4 in MATH.md §6.
 
   Returns:
@@ -550,6 +622,6 @@ def weight_decay(
       "weight_decay found no dense kernel in params; pass nnx.state(model, nnx.Param)"
     )
   total = sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
-  if isinstance(prior, rbm_lib.RBM):
+  if isinstance(prior, rbm_lib.RBM | machine_lib.BoltzmannMachine):
     total = total + jnp.sum(jnp.square(prior.w))
   return 0.5 * coefficient * total

@@ -1,11 +1,15 @@
 """Priors over the binary latents and their relaxed marginals (MATH.md §2, §4).
 
-Two priors, both plain pytrees:
+Three priors, all plain pytrees:
 
 - ``rbm.RBM(b1, b2, w)``: the bipartite Boltzmann machine of MATH.md §2 over ``z = [z1, z2]``, where
   ``z1`` is the first half of the latent vector and ``z2`` the second (``models.StructSpec.n1/n2``).
 - ``FactorialBernoulli(logits)``: independent units, p(z_i = 1) = σ(logits_i), a baseline without
   couplings. Its log-partition is analytic, so no sampler and no ``log_z`` are needed.
+- ``graphs.BoltzmannMachine(b, w, graph)``: a Boltzmann machine on any graph (a quantum annealer's
+  Chimera / Pegasus / Zephyr, ``dvae_jax.graphs``); node k is latent unit k. The RBM is the
+  special case ``graphs.from_rbm`` (K_{n1,n2}), and every function here gives the RBM's result for
+  it (tests/test_priors.py).
 
 For DVAE# the prior of the relaxed variables ζ is the marginal of an augmented machine (MATH.md §4):
 
@@ -15,7 +19,8 @@ For DVAE# the prior of the relaxed variables ζ is the marginal of an augmented 
   field (a lower bound); ``relaxed_log_partition_exact`` enumerates it (tests, small machines).
 - Gaussian integral: ``gaussian_integral_log_prob`` (derivation in its docstring).
 
-``log_z`` arguments are scalars; pass ``rbm.log_partition_surrogate(...)`` during training so that
+``log_z`` arguments are scalars; pass ``rbm.log_partition_surrogate(...)`` (or
+``graphs.machine.log_partition_surrogate``) during training so that
 the gradient of −log Z is the model expectation (MATH.md §2), or an AIS / exact value at
 evaluation.
 """
@@ -31,6 +36,7 @@ from jax import lax
 
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import smoothing as smoothing_lib
+from dvae_jax.graphs import machine as machine_lib
 
 Array = jax.Array
 
@@ -53,7 +59,8 @@ class FactorialBernoulli(NamedTuple):
   logits: Array
 
 
-Prior = rbm_lib.RBM | FactorialBernoulli
+BoltzmannMachine = machine_lib.BoltzmannMachine
+Prior = rbm_lib.RBM | FactorialBernoulli | BoltzmannMachine
 
 
 def init_prior(kind: str, struct_spec) -> Prior:
@@ -74,11 +81,15 @@ def num_units(prior: Prior) -> int:
   """Width of the latent vector the prior is defined on."""
   if isinstance(prior, FactorialBernoulli):
     return prior.logits.shape[-1]
+  if isinstance(prior, BoltzmannMachine):
+    return prior.num_nodes
   return prior.n1 + prior.n2
 
 
 def split_sides(prior: Prior, v: Array) -> tuple[Array, Array]:
   """Splits ``v`` ``[..., n]`` into the RBM sides ``[..., n1]``, ``[..., n2]``."""
+  if isinstance(prior, BoltzmannMachine):
+    raise ValueError("a graph BoltzmannMachine prior has no sides; index its nodes directly")
   if v.shape[-1] != num_units(prior):
     raise ValueError(f"expected a trailing dimension of {num_units(prior)}, got shape {v.shape}")
   n1 = prior.n1 if isinstance(prior, rbm_lib.RBM) else v.shape[-1] // 2
@@ -114,7 +125,10 @@ def bernoulli_kl(q_logits: Array, p_logits: Array) -> Array:
 
 
 def discrete_log_prob(prior: Prior, z: Array, log_z: Array | None = None) -> Array:
-  """log p(z) of binary states ``z`` ``[..., n]`` (MATH.md §2); ``log_z`` is for the RBM only.
+  """log p(z) = −E(z) − log Z of binary states ``z`` ``[..., n]`` (MATH.md §2); ``log_z`` is for the
+  Boltzmann priors (RBM, graph machine) only.
+
+  GumBolt evaluates it at relaxed ζ ∈ [0, 1]^n (the energy is a polynomial, defined there too).
 
   Returns:
     ``[...]``.
@@ -124,8 +138,10 @@ def discrete_log_prob(prior: Prior, z: Array, log_z: Array | None = None) -> Arr
     return jnp.sum(bernoulli_log_prob(z, prior.logits), axis=-1)
   if log_z is None:
     raise ValueError(
-      "discrete_log_prob of an RBM needs log_z (exact, AIS or the training surrogate)"
+      "discrete_log_prob of a Boltzmann prior needs log_z (exact, AIS or the training surrogate)"
     )
+  if isinstance(prior, BoltzmannMachine):
+    return -machine_lib.energy(prior, z) - log_z
   z1, z2 = split_sides(prior, z)
   return rbm_lib.log_prob(prior, z1, z2, log_z)
 
@@ -182,40 +198,98 @@ def mean_field_log_partition(
   return neg_energy + entropy
 
 
-def _relaxed_fields(prior: Prior, smoothing, zeta: Array) -> tuple[Array, Array, Array]:
-  """b(ζ) split into the sides, and Σ_i c_i(ζ) (MATH.md §4)."""
+def graph_mean_field_log_partition(
+  m: BoltzmannMachine, a: Array, num_iterations: int = MEAN_FIELD_ITERATIONS
+) -> Array:
+  """Mean-field lower bound on log Σ_z exp(−E(z) + a·z) for a machine on any graph (MATH.md §4).
+
+  Update order: the magnetisations start at 0.5; one iteration is one pass over the colours of
+  the graph's proper colouring in order c = 0, …, C−1, each colour updated at once (its units are
+  not coupled to each other) from the newest values of the others,
+    m_c ← σ(b_c + a_c + (W_f m)_c),   W_f = ``machine.coupling_matrix(m)``,
+  under stop-gradient. Then
+    log Ẑ = (b + a)·m + Σ_{e=(i,j)} w_e m_i m_j + H(m) = −E(m) + a·m + H(m),
+  a lower bound on the log-partition for any m in [0, 1]^n (Gibbs' inequality with the factorial
+  q(z) = Π_i m_i^{z_i}(1 − m_i)^{1 − z_i}), exact when w = 0. Gradients flow through the energy at
+  fixed m (envelope theorem), as in ``mean_field_log_partition``. For ``graphs.from_rbm`` (z2 is
+  colour 0, z1 colour 1) the iterates are those of ``mean_field_log_partition``: m2 then m1.
+
+  The couplings are a dense [n, n] matrix: the field of colour c is a matmul with its columns,
+  cost O(batch · n²) per iteration, fine for the latent sizes of a DVAE (n ≲ 2000).
+
+  Args:
+    m: the machine (n nodes, C colours).
+    a: [..., n] extra fields.
+    num_iterations: passes over the colours (>= 1).
+
+  Returns:
+    ``[...]`` log Ẑ.
+  """
+  if num_iterations < 1:
+    raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+  _check_width(m, a)
+  g = m.graph
+  h_sg, w_f_sg = lax.stop_gradient((m.b + a, machine_lib.coupling_matrix(m)))
+  classes = [jnp.asarray(g.colour_class(c)) for c in range(g.num_colours)]
+
+  def update(_, u):
+    for nodes in classes:  # colours in order; the colouring is static
+      u = u.at[..., nodes].set(h_sg[..., nodes] + jax.nn.sigmoid(u) @ w_f_sg[:, nodes])
+    return u
+
+  # Pre-activations u with m = σ(u): u = 0 is m = 0.5; H(m) is computed from u (stable).
+  u = lax.fori_loop(0, num_iterations, update, jnp.zeros_like(h_sg))
+  mag = jax.nn.sigmoid(u)
+  entropy = jnp.sum(bernoulli_entropy(u), -1)
+  return -machine_lib.energy(m, mag) + jnp.sum(a * mag, -1) + entropy
+
+
+def _relaxed_fields(smoothing, zeta: Array) -> tuple[Array, Array]:
+  """b(ζ) [..., n] and Σ_i c_i(ζ) [...] (MATH.md §4)."""
   b = smoothing_lib.log_ratio(smoothing, zeta)
-  c = jnp.sum(smoothing_lib.log_r0(smoothing, zeta), axis=-1)
-  b1, b2 = split_sides(prior, b)
-  return b1, b2, c
+  return b, jnp.sum(smoothing_lib.log_r0(smoothing, zeta), axis=-1)
 
 
 def relaxed_log_partition(
-  m: rbm_lib.RBM, smoothing, zeta: Array, num_iterations: int = MEAN_FIELD_ITERATIONS
+  m: rbm_lib.RBM | BoltzmannMachine,
+  smoothing,
+  zeta: Array,
+  num_iterations: int = MEAN_FIELD_ITERATIONS,
 ) -> Array:
-  """Mean-field log Ẑ_ζ of the augmented machine, ``zeta`` [..., n] → [...] (MATH.md §4)."""
+  """Mean-field log Ẑ_ζ of the augmented machine, ``zeta`` [..., n] → [...] (MATH.md §4).
+
+  RBM: ``mean_field_log_partition``; graph machine: ``graph_mean_field_log_partition``.
+  """
   _check_width(m, zeta)
-  b1, b2, c = _relaxed_fields(m, smoothing, zeta)
+  b, c = _relaxed_fields(smoothing, zeta)
+  if isinstance(m, BoltzmannMachine):
+    return graph_mean_field_log_partition(m, b, num_iterations) + c
+  b1, b2 = split_sides(m, b)
   return mean_field_log_partition(m, b1, b2, num_iterations) + c
 
 
-def relaxed_log_partition_exact(m: rbm_lib.RBM, smoothing, zeta: Array) -> Array:
+def relaxed_log_partition_exact(m: rbm_lib.RBM | BoltzmannMachine, smoothing, zeta: Array) -> Array:
   """Exact log Z_ζ by enumeration (small machines, tests), ``zeta`` [..., n] → [...] (MATH.md §4).
 
-  Z_ζ is the partition function of the RBM with biases b + b(ζ), times Π_i r(ζ_i|0).
+  Z_ζ is the partition function of the machine with biases b + b(ζ), times Π_i r(ζ_i|0).
   """
   _check_width(m, zeta)
+  b, c = _relaxed_fields(smoothing, zeta)
+  batch = zeta.shape[:-1]
+  b = b.reshape(-1, b.shape[-1])
+  if isinstance(m, BoltzmannMachine):
+    # machine.exact_log_partition checks the size (n − the largest colour class).
+    out = jax.vmap(lambda a: machine_lib.exact_log_partition(m.replace(b=m.b + a)))(b)
+    return out.reshape(batch) + c
   if min(m.n1, m.n2) > _MAX_EXACT_UNITS:
     raise ValueError(
       f"exact enumeration needs min(n1, n2) <= {_MAX_EXACT_UNITS}, got {min(m.n1, m.n2)}"
     )
-  b1, b2, c = _relaxed_fields(m, smoothing, zeta)
-  batch = zeta.shape[:-1]
+  b1, b2 = split_sides(m, b)
   flat = jax.vmap(
     lambda a1, a2: rbm_lib.exact_log_partition(rbm_lib.RBM(m.b1 + a1, m.b2 + a2, m.w))
   )
-  out = flat(b1.reshape(-1, m.n1), b2.reshape(-1, m.n2))
-  return out.reshape(batch) + c
+  return flat(b1, b2).reshape(batch) + c
 
 
 def relaxed_log_prob(
@@ -229,14 +303,15 @@ def relaxed_log_prob(
 ) -> Array:
   """log p(ζ) of the DVAE# relaxed prior with an overlapping smoothing (MATH.md §4).
 
-  RBM: log Ẑ_ζ − log Z (mean field, or enumeration with ``exact=True``). Factorial prior: exact per
-  unit, log p(ζ_i) = log((1 − p_i) r(ζ_i|0) + p_i r(ζ_i|1)); ``log_z`` is ignored.
+  RBM or graph machine: log Ẑ_ζ − log Z (mean field, or enumeration with ``exact=True``).
+  Factorial prior: exact per unit, log p(ζ_i) = log((1 − p_i) r(ζ_i|0) + p_i r(ζ_i|1)); ``log_z``
+  is ignored.
 
   Args:
-    prior: ``rbm.RBM`` or ``FactorialBernoulli``.
+    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``FactorialBernoulli``.
     smoothing: an overlapping smoothing of ``dvae_jax.smoothing`` (not spike-and-exp).
     zeta: [..., n] relaxed samples.
-    log_z: scalar log Z of the RBM (the training surrogate, AIS or exact).
+    log_z: scalar log Z of the machine (the training surrogate, AIS or exact).
     num_iterations: mean-field iterations.
     exact: enumerate Z_ζ instead of mean field (small machines only).
 
@@ -247,7 +322,7 @@ def relaxed_log_prob(
   if isinstance(prior, FactorialBernoulli):
     return jnp.sum(smoothing_lib.mixture_log_prob_logits(smoothing, zeta, prior.logits), axis=-1)
   if log_z is None:
-    raise ValueError("relaxed_log_prob of an RBM needs log_z")
+    raise ValueError("relaxed_log_prob of a Boltzmann prior needs log_z")
   if exact:
     return relaxed_log_partition_exact(prior, smoothing, zeta) - log_z
   return relaxed_log_partition(prior, smoothing, zeta, num_iterations) - log_z
@@ -260,11 +335,17 @@ def relaxed_log_prob(
 def gaussian_integral_lambda(prior: Prior, beta: float) -> Array:
   """λ = max(σ_max(W) + 5, β), under stop-gradient (W = 0 for the factorial prior) (MATH.md §4).
 
+  For a graph machine σ_max is that of the symmetric coupling matrix W_f (its largest |eigenvalue|;
+  for ``graphs.from_rbm`` the same number as the RBM's σ_max(W)).
+
   λ is a parameter of the relaxation, not of the discrete model: p(z) is the same for every λ, so
   it is held fixed when differentiating.
   """
   if isinstance(prior, FactorialBernoulli):
     sigma_max = jnp.zeros((), prior.logits.dtype)
+  elif isinstance(prior, BoltzmannMachine):
+    eigenvalues = jnp.linalg.eigvalsh(lax.stop_gradient(machine_lib.coupling_matrix(prior)))
+    sigma_max = jnp.max(jnp.abs(eigenvalues))
   else:
     sigma_max = jnp.linalg.norm(lax.stop_gradient(prior.w), ord=2)
   return jnp.maximum(sigma_max + GI_EIGEN_MARGIN, beta)
@@ -289,11 +370,15 @@ def gaussian_integral_log_prob(
   For the factorial prior (W = 0) this is the per-unit mixture
   (1 − p_i) N(ζ_i; 0, 1/λ) + p_i N(ζ_i; 1, 1/λ).
 
+  A graph machine is the same with W_f = ``machine.coupling_matrix`` (any symmetric zero-diagonal
+  matrix; p(z) = exp(bᵀz + ½ zᵀW_f z) / Z) and a = b: λ uses W_f's largest |eigenvalue|, and
+  log det A comes from the Cholesky factor of the dense [n, n] A (O(n³), fine for n ≲ 2000).
+
   Args:
-    prior: ``rbm.RBM`` or ``FactorialBernoulli``.
+    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``FactorialBernoulli``.
     zeta: [..., n] relaxed samples (real-valued).
     beta: the smallest allowed λ.
-    log_z: scalar log Z of the RBM (ignored for the factorial prior).
+    log_z: scalar log Z of the machine (ignored for the factorial prior).
 
   Returns:
     ``[...]``.
@@ -310,7 +395,15 @@ def gaussian_integral_log_prob(
       log_norm - 0.5 * lam * jnp.sum(zeta**2, -1) + jnp.sum(jax.nn.softplus(field), -1) - log_z_fact
     )
   if log_z is None:
-    raise ValueError("gaussian_integral_log_prob of an RBM needs log_z")
+    raise ValueError("gaussian_integral_log_prob of a Boltzmann prior needs log_z")
+  if isinstance(prior, BoltzmannMachine):
+    a_mat = machine_lib.coupling_matrix(prior) + lam * jnp.eye(n, dtype=zeta.dtype)
+    # ½ log det(A/2π) = ½ log det A − (n/2) log 2π; log det A = 2 Σ log diag(chol(A)).
+    log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(a_mat))))
+    a_zeta = zeta @ a_mat  # A is symmetric
+    quad = jnp.sum(zeta * a_zeta, -1)
+    soft = jnp.sum(jax.nn.softplus(a_zeta + prior.b - 0.5 * lam), -1)
+    return -log_z + 0.5 * log_det - 0.5 * n * math.log(2.0 * math.pi) - 0.5 * quad + soft
   m = prior
   zeta1, zeta2 = split_sides(m, zeta)
   # I − λ⁻² WᵀW or I − λ⁻² W Wᵀ: the same non-unit eigenvalues, so take the smaller matrix.

@@ -180,10 +180,20 @@ def rao_blackwellize(m: RBM, z1: Array, z2: Array, mode: str = "none") -> tuple[
 
   Returns:
     (z1', z2'): [S, ·] each ('none', 'z2') or [2S, ·] each ('symmetric').
+
+  Only the RBM has the two sides this needs: for any other prior (a graph machine) 'none' returns
+  the samples unchanged and the other modes raise ValueError.
   """
-  _check_states(m, z1, z2)
   if mode not in RAO_BLACKWELL_MODES:
     raise ValueError(f"unknown Rao-Blackwell mode {mode!r}; choose one of {RAO_BLACKWELL_MODES}")
+  if not isinstance(m, RBM):
+    if mode != "none":
+      raise ValueError(
+        f"Rao-Blackwell mode {mode!r} needs an RBM prior (two sides), got {type(m).__name__}; "
+        "use rao_blackwell='none'"
+      )
+    return z1, z2
+  _check_states(m, z1, z2)
   if mode == "none":
     return z1, z2
   mean_z2 = jax.nn.sigmoid(m.b2 + jnp.matmul(z1, m.w))

@@ -15,10 +15,12 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax import lax
 from scipy import stats
 from scipy.special import expit, logsumexp
 
 from dvae_jax import evaluation, models, objectives, posterior, priors, rbm, smoothing
+from dvae_jax.graphs import machine
 from dvae_jax.samplers import ais_log_partition, make_prior_sampler
 
 # ---- float64 NumPy references (from the table of MATH.md §1) -------------------------------------
@@ -425,13 +427,20 @@ def test_shifted_gaussian_mixture_expected_gradient():
 TINY = models.StructSpec(
   "tiny", num_groups=2, units_per_group=3, encoder_hidden=(5,), decoder_hidden=(4,), num_pixels=8
 )
+# A graph prior on the tiny model's 6 latents (node k = unit k): a triangle inside group 0 (units
+# 0–2), a path inside group 1 (3–5) and four edges across. Not bipartite (3 colours).
+TINY_GRAPH = machine.Graph.from_edges(
+  6, [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (0, 3), (1, 4), (2, 5), (2, 3)]
+)
 
 
 def _tiny_setup(kind, seed=0):
+  """The tiny network, a random prior of ``kind`` ('rbm', 'factorial' or 'graph': a machine on
+  TINY_GRAPH), a batch and prior samples in the sampler layout of the prior."""
   rng = np.random.default_rng(seed)
   mean_x = rng.uniform(0.2, 0.8, TINY.num_pixels)
   net = models.DVAENet(TINY, mean_x, gaussian_integral=True, rngs=nnx.Rngs(seed))
-  prior = priors.init_prior(kind, TINY)
+  prior = machine.init_machine(TINY_GRAPH) if kind == "graph" else priors.init_prior(kind, TINY)
   prior = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.normal(size=a.shape), a.dtype), prior)
   x = jnp.asarray(rng.uniform(size=(6, TINY.num_pixels)) < mean_x, jnp.float32)
   samples = (
@@ -439,7 +448,21 @@ def _tiny_setup(kind, seed=0):
     jnp.asarray(rng.uniform(size=(16, 3)) < 0.5, jnp.float32),
     jnp.float32(4.0),
   )
+  if kind == "graph":
+    samples = _as_graph_samples(samples)
   return net, prior, x, samples
+
+
+def _as_graph_samples(samples):
+  """RBM samples (z1, z2, log_z) in a graph machine's layout (z [S, n], an empty [S, 0], log_z)."""
+  z1, z2, log_z = samples
+  return jnp.concatenate([z1, z2], -1), jnp.zeros((z1.shape[0], 0), z1.dtype), log_z
+
+
+def _exact_log_z(prior):
+  if isinstance(prior, machine.BoltzmannMachine):
+    return machine.exact_log_partition(prior)
+  return rbm.exact_log_partition(prior)
 
 
 def _loss_and_grads(net, prior, samples, x, key, method, k, kappa):
@@ -461,7 +484,8 @@ def _loss_and_grads(net, prior, samples, x, key, method, k, kappa):
 @pytest.mark.parametrize(
   "name,kind",
   [(n, "rbm") for n in objectives.METHODS]
-  + [(n, "factorial") for n in ("dvae_pp_exp", "dvae_sharp", "dvae_sharp_gi")],
+  + [(n, "factorial") for n in ("dvae_pp_exp", "dvae_sharp", "dvae_sharp_gi")]
+  + [(n, "graph") for n in ("dvae", "dvae_pp_exp", "dvae_sharp", "dvae_sharp_gi", "gumbolt")],
 )
 def test_every_method_has_finite_nonzero_gradients(name, kind):
   net, prior, x, samples = _tiny_setup(kind)
@@ -783,14 +807,16 @@ def test_binary_concrete_cdf(temperature):
   assert np.all(np.abs(got - want) < 5 * se), (got - want) / se
 
 
-def test_gumbolt_terms_tend_to_the_discrete_elbo_by_enumeration():
+@pytest.mark.parametrize("kind", ["rbm", "graph"])
+def test_gumbolt_terms_tend_to_the_discrete_elbo_by_enumeration(kind):
   """At a small temperature the GumBolt terms are the discrete ones: the Monte-Carlo mean of
   log p(x|ζ) + log p̆(ζ) − log q̆(ζ|x) over the hierarchical concrete posterior matches the discrete
   ELBO Σ_z q(z|x)[log p(x|z) + log p(z) − log q(z|x)], enumerated over the 2^6 states of the tiny
-  two-group model (exact log Z), within 5 standard errors per example."""
-  net, prior, x, _ = _tiny_setup("rbm", seed=4)
+  two-group model (exact log Z), within 5 standard errors per example. 'graph': the prior is a
+  machine on the non-bipartite TINY_GRAPH (edges inside and across the groups)."""
+  net, prior, x, _ = _tiny_setup(kind, seed=4)
   net.eval()
-  log_z = rbm.exact_log_partition(prior)
+  log_z = _exact_log_z(prior)
   k = 4000
   method = objectives.get_method("gumbolt", 1e-4)
   t = objectives.relaxed_terms(net, prior, log_z, x, jax.random.key(8), method, k)
@@ -831,3 +857,167 @@ def test_gumbolt_is_bernoulli_log_prob_at_the_relaxed_sample_and_beta_is_the_tem
   )
   z1, z2 = priors.split_sides(prior, hot.zeta)
   np.testing.assert_allclose(prior_term, -rbm.energy(prior, z1, z2) - 2.0, rtol=1e-6)
+
+
+# ---- the graph Boltzmann machine as a prior (issue 14) -------------------------------------------
+
+
+@pytest.mark.parametrize("name", objectives.METHODS)
+def test_from_rbm_prior_gives_the_rbm_losses_and_gradients(name):
+  """``graphs.from_rbm(r)`` as the prior (samples in the graph layout) gives the RBM prior's loss,
+  diagnostics and gradients (network and prior, the prior's mapped to (b1; b2), W row-major)."""
+  net, r, x, samples = _tiny_setup("rbm", seed=6)
+  gm = machine.from_rbm(r)
+  method = objectives.get_method(name, BETAS[name])
+  key, k, kappa = jax.random.key(7), 2, 0.7
+  (loss_r, terms_r), (gp_r, gprior_r) = _loss_and_grads(net, r, samples, x, key, method, k, kappa)
+  (loss_g, terms_g), (gp_g, gprior_g) = _loss_and_grads(
+    net, gm, _as_graph_samples(samples), x, key, method, k, kappa
+  )
+  np.testing.assert_allclose(loss_g, loss_r, rtol=1e-5)
+  chex.assert_trees_all_close(terms_g, terms_r, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(gp_g, gp_r, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    gprior_g.b, jnp.concatenate([gprior_r.b1, gprior_r.b2]), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(gprior_g.w, gprior_r.w.reshape(-1), rtol=1e-4, atol=1e-6)
+
+
+def test_graph_prior_kl_equals_exact_kl_for_one_group():
+  # One group: q factorises, so every edge's term is μ_i μ_j and the KL is exact (no sampling);
+  # against Σ_z q(z)[log q(z) − log p(z)] over the 64 states with the exact log Z of TINY_GRAPH.
+  rng = np.random.default_rng(12)
+  m = machine.BoltzmannMachine(
+    jnp.asarray(rng.normal(size=6), jnp.float32),
+    jnp.asarray(1.5 * rng.normal(size=TINY_GRAPH.num_edges), jnp.float32),
+    TINY_GRAPH,
+  )
+  log_z = float(machine.exact_log_partition(m))
+  logits = rng.normal(size=(5, 6)) * 1.5
+  z = _states(6)
+  e = TINY_GRAPH.edges
+  log_q = z @ logits.T - np.sum(np.logaddexp(0, logits), 1)  # [64, 5]
+  neg_e = z @ np.asarray(m.b, np.float64) + (z[:, e[:, 0]] * z[:, e[:, 1]]) @ np.asarray(m.w)
+  want = np.sum(np.exp(log_q) * (log_q - (neg_e - log_z)[:, None]), 0)
+  lg = jnp.asarray(logits, jnp.float32)
+  post = posterior.PosteriorSample(jnp.zeros((1, 5, 6)), lg[None], None, jnp.zeros((1, 5, 6)))
+  for name in ("dvae", "dvae_pp_exp", "dvae_pp_power"):
+    kl = objectives.discrete_kl(m, jnp.float32(log_z), post, objectives.get_method(name, 5.0), 1)
+    np.testing.assert_allclose(kl[0], want, rtol=1e-5, atol=1e-4)
+
+
+# Two groups of two units: a triangle 0-1-2 across the groups plus an edge inside each group.
+_TOY_GRAPH = machine.Graph.from_edges(4, [(0, 1), (2, 3), (0, 2), (1, 2), (1, 3)])
+
+
+def _toy_graph_kl(theta, r1, nodes_weights):
+  """Exact E_q[log q(z, ζ) − log p(z, ζ)] = E_q[log q(z1) + log q(z2|ζ1) − log p(z)] (the r terms
+  cancel) for the toy posterior q(z1_i) = σ(a_i), ζ1_i ~ r(·|z1_i), q(z2_j | ζ1) = σ(c_j + (C ζ1)_j)
+  and the graph prior (b, w) on _TOY_GRAPH: quadrature over ζ1 (``r1``), enumeration over z."""
+  a, c, cmat, b, w = theta
+  m = machine.BoltzmannMachine(b, w, _TOY_GRAPH)
+  log_z = machine.exact_log_partition(m)
+  z2s = jnp.asarray(_states(2))
+  total = 0.0
+  for z1_state in itertools.product([0, 1], repeat=2):
+    z1 = jnp.asarray(z1_state, a.dtype)
+    log_q1 = jnp.sum(priors.bernoulli_log_prob(z1, a))
+    (n0, w0), (n1, w1) = (r1(zi, nodes_weights) for zi in z1_state)
+    zeta = jnp.stack(jnp.meshgrid(n0, n1, indexing="ij"), -1).reshape(-1, 2)
+    weight = jnp.outer(w0, w1).reshape(-1)
+    l2 = c + zeta @ cmat.T  # [grid, 2]
+    log_q2 = jnp.sum(priors.bernoulli_log_prob(z2s[:, None, :], l2[None]), -1)  # [4, grid]
+    z = jnp.concatenate([jnp.broadcast_to(z1, (4, 2)), z2s], -1)
+    log_p = -machine.energy(m, z) - log_z  # [4]
+    inner = jnp.sum(jnp.exp(log_q2) * (log_q1 + log_q2 - log_p[:, None]), 0)
+    total = total + jnp.exp(log_q1) * jnp.sum(weight * inner)
+  return total
+
+
+@pytest.mark.parametrize("name", ["dvae", "dvae_pp_exp"])
+def test_graph_prior_two_group_kl_value_and_gradient_are_unbiased(name):
+  """Two groups on a non-bipartite graph prior with edges inside and across the groups: the mean of
+  discrete_kl's per-sample estimates and of their gradients with respect to the posterior (a, c, C)
+  and the prior (b, w) equals the exact KL and its gradient (quadrature + enumeration,
+  ``_toy_graph_kl``) within 5 standard errors; 40000 samples, float64. DVAE: spike-and-exp, Rolfe's
+  surrogate on the edges across groups; DVAE++: exponential smoothing, ν_i μ_j across groups."""
+  beta, num = 4.0, 40000
+  with jax.enable_x64(True):
+    method = objectives.get_method(name, beta)
+    s = method.smoothing
+    nodes, weights = _gauss_legendre(0.0, 1.0, 40)
+    if name == "dvae":
+      r1_density = np.exp(np.log(beta) + beta * nodes - np.log(np.expm1(beta)))
+
+      def r1(z, _):
+        spike = (jnp.zeros(1), jnp.ones(1))
+        return spike if z == 0 else (jnp.asarray(nodes), jnp.asarray(weights * r1_density))
+    else:
+
+      def r1(z, _):
+        log_r = _np_log_r1("exp", beta, nodes) if z else _np_log_r0("exp", beta, nodes)
+        return jnp.asarray(nodes), jnp.asarray(weights * np.exp(log_r))
+
+    rng = np.random.default_rng(13)
+    theta = (
+      *_toy_theta(7)[:3],
+      jnp.asarray(rng.normal(size=4)),
+      jnp.asarray(1.5 * rng.normal(size=_TOY_GRAPH.num_edges)),
+    )
+    value, exact = jax.jit(jax.value_and_grad(lambda t: _toy_graph_kl(t, r1, None)))(theta)
+
+    def one_sample(theta, key):
+      a, c, cmat, b, w = theta
+      m = machine.BoltzmannMachine(b, w, _TOY_GRAPH)
+      if name == "dvae":
+        rho = jax.random.uniform(key, (2,), jnp.float64)
+        zeta1 = smoothing.inverse_cdf(s, rho, jax.nn.sigmoid(a))
+        z1 = (rho > 1.0 - lax.stop_gradient(jax.nn.sigmoid(a))).astype(rho.dtype)
+      else:
+        zeta1 = smoothing.sample(s, key, a)
+        z1 = jnp.zeros(2)  # unused by DVAE++
+      logits = jnp.concatenate([a, c + cmat @ zeta1])
+      # The second group's ζ and z are never read (no edge leaves the last group for a later one).
+      post = posterior.PosteriorSample(
+        jnp.concatenate([zeta1, jnp.full(2, 0.5)]),
+        logits,
+        None,
+        jnp.concatenate([z1, jnp.zeros(2)]),
+      )
+      return objectives.discrete_kl(m, machine.exact_log_partition(m), post, method, 2)
+
+    keys = jax.random.split(jax.random.key(2), num)
+    values = np.asarray(jax.jit(jax.vmap(one_sample, (None, 0)))(theta, keys))
+    grads = jax.tree.map(
+      np.asarray, jax.jit(jax.vmap(jax.grad(one_sample), (None, 0)))(theta, keys)
+    )
+    exact = jax.tree.map(np.asarray, exact)
+  assert abs(values.mean() - float(value)) < 5 * values.std() / math.sqrt(num)
+  _check_expected_gradient(grads, exact)
+
+
+def test_graph_prior_weight_decay_training_log_z_and_rao_blackwell():
+  net = models.DVAENet(TINY, np.full(8, 0.5), rngs=nnx.Rngs(0))
+  params = nnx.state(net, nnx.Param)
+  r = _random_rbm(np.random.default_rng(14), 3, 3)
+  np.testing.assert_allclose(
+    objectives.weight_decay(params, machine.from_rbm(r)), objectives.weight_decay(params, r)
+  )
+  _, gm, _, samples = _tiny_setup("graph", seed=8)
+  z, empty, log_z = samples
+
+  def via_objectives(gm):
+    return objectives.training_log_partition(gm, samples)
+
+  def direct(gm):
+    return machine.log_partition_surrogate(gm, z, log_z)
+
+  np.testing.assert_allclose(via_objectives(gm), log_z)
+  chex.assert_trees_all_close(jax.grad(via_objectives)(gm), jax.grad(direct)(gm))
+  with pytest.raises(ValueError, match="empty"):
+    objectives.training_log_partition(gm, (z[:, :3], z[:, 3:], log_z))
+  # Rao-Blackwellisation needs the RBM's two sides: 'none' passes a graph's samples through.
+  z_out, empty_out = rbm.rao_blackwellize(gm, z, empty, "none")
+  assert z_out is z and empty_out is empty
+  with pytest.raises(ValueError, match="needs an RBM prior"):
+    rbm.rao_blackwellize(gm, z, empty, "z2")

@@ -183,12 +183,18 @@ def init_machine(graph: Graph, dtype=jnp.float32) -> BoltzmannMachine:
 
 
 def from_rbm(m: rbm_lib.RBM) -> BoltzmannMachine:
-  """The RBM as a machine on K_{n1,n2}: nodes (z1; z2), edge (i, n1 + j) ↦ W_ij (row-major)."""
+  """The RBM as a machine on K_{n1,n2}: nodes (z1; z2), edge (i, n1 + j) ↦ W_ij (row-major).
+
+  z2 is colour 0 and z1 colour 1, so a pass over the colours in order updates z2 then z1, as the
+  RBM's block Gibbs sweep (``samplers.gibbs``) and its mean field
+  (``priors.mean_field_log_partition``) do; the graph mean field of a ``from_rbm`` prior then
+  equals the RBM's iterate for iterate.
+  """
   rbm_lib.check_rbm(m)
   n1, n2 = m.n1, m.n2
   i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
   edges = np.stack([i.ravel(), n1 + j.ravel()], axis=1)
-  colours = np.concatenate([np.zeros(n1, np.int32), np.ones(n2, np.int32)])
+  colours = np.concatenate([np.ones(n1, np.int32), np.zeros(n2, np.int32)])
   graph = Graph(n1 + n2, edges, colours)
   return BoltzmannMachine(jnp.concatenate([m.b1, m.b2]), m.w.reshape(-1), graph)
 
@@ -204,6 +210,16 @@ def energy(m: BoltzmannMachine, z: Array) -> Array:
   _check_states(m, z)
   i, j = m.graph.edges[:, 0], m.graph.edges[:, 1]
   return -(z @ m.b) - (z[..., i] * z[..., j]) @ m.w
+
+
+def coupling_matrix(m: BoltzmannMachine) -> Array:
+  """The symmetric coupling matrix W_f [n, n], (W_f)_ij = (W_f)_ji = w_e for e = (i, j), zero
+  diagonal, so that E(z) = −bᵀz − ½ zᵀW_f z. Dense (n² entries): meant for n ≲ a few thousand;
+  differentiable in w."""
+  check_machine(m)
+  i, j = m.graph.edges[:, 0], m.graph.edges[:, 1]
+  n = m.num_nodes
+  return jnp.zeros((n, n), m.w.dtype).at[i, j].set(m.w).at[j, i].set(m.w)
 
 
 def _padded(z: Array, w: Array) -> tuple[Array, Array]:
