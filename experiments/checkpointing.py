@@ -50,15 +50,26 @@ class WorkdirConfigError(ValueError):
   """The workdir holds a run with a different config."""
 
 
+def _is_empty(leaf) -> bool:
+  return getattr(leaf, "size", None) == 0
+
+
 def _flatten(tree: Any) -> tuple[dict[str, jax.Array], Any]:
+  """{path name: leaf} of the tree, without its zero-size leaves (orbax refuses them; they hold
+  no data, e.g. the empty z2 [S, 0] of a graph prior's sampler state, and come from the template
+  on restore)."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   flat = {}
+  names = set()
   for path, leaf in leaves:
     name = jax.tree_util.keystr(path, simple=True, separator=".")
+    names.add(name)
+    if _is_empty(leaf):
+      continue
     if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       leaf = jax.random.key_data(leaf)
     flat[name] = leaf
-  if len(flat) != len(leaves):
+  if len(names) != len(leaves):
     raise ValueError("two leaves of the state have the same path name; cannot checkpoint it")
   return flat, treedef
 
@@ -67,6 +78,9 @@ def _unflatten(template: Any, flat: dict[str, jax.Array]) -> Any:
   leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
   out = []
   for path, leaf in leaves:
+    if _is_empty(leaf):
+      out.append(leaf)
+      continue
     value = flat[jax.tree_util.keystr(path, simple=True, separator=".")]
     if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
       value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))

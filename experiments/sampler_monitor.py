@@ -30,7 +30,8 @@ _REFRESH_NAMES = ("refresh_drift", "refreshed", "refresh_stderr", "refresh_stage
 
 
 def sampler_diagnostic(experiment, sampler_state, key) -> dict[str, float]:
-  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled) in
+  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled; for
+  a graph prior unit, edge and pooled) in
   units of the noise of as many independent samples, against two fresh anneals for the population's
   own parameters (``samplers.diagnostics``), the implied relative bias of the log-Z gradient, the
   anneals' log Z and the seconds taken. Empty without an RBM sampler or with
@@ -46,9 +47,14 @@ def sampler_diagnostic(experiment, sampler_state, key) -> dict[str, float]:
     num_temperatures=config.sampler_diagnostic_temperatures,
   )
   out = {k: float(sharding.to_host(v)) for k, v in out._asdict().items()}
-  names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
+  if sampler_state.z2.shape[-1]:
+    names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
+  else:  # a graph prior: E[z_i] and the edge moments E[z_i z_j]; there is no second side
+    names = {"z1": "unit_error", "z2": None, "z1z2": "edge_error", "total": "error"}
   names["relative_bias"] = "grad_relative_bias"
-  metrics = {SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items()}
+  metrics = {
+    SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items() if names.get(k, k)
+  }
   metrics[SAMPLER_DIAGNOSTIC_PREFIX + "diagnostic_seconds"] = time.perf_counter() - t0
   return metrics
 
@@ -62,7 +68,7 @@ def sampler_diagnostic_history(workdir: pathlib.Path) -> dict:
   keys = [k for k in rows[0] if k.startswith(SAMPLER_DIAGNOSTIC_PREFIX)]
   history = {k[len(SAMPLER_DIAGNOSTIC_PREFIX) :]: [r.get(k) for r in rows] for k in keys}
   history["steps"] = [r["step"] for r in rows]
-  errors = ("error", "z1_error", "z2_error", "z1z2_error")
+  errors = [k for k in history if k == "error" or k.endswith("_error")]
   history["max_error"] = max(max(history[k]) for k in errors)
   return history
 
