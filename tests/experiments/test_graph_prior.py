@@ -1,4 +1,4 @@
-"""Training with a Boltzmann prior on a quantum-annealer graph (--config.prior=chimera|pegasus|zephyr):
+"""Training with a Boltzmann prior on a quantum-annealer graph (--config.prior=chimera|...):
 the command line end to end (test NLL with an AIS log Z), every method family, resume, evaluate."""
 
 import json
