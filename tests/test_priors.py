@@ -211,8 +211,8 @@ def test_from_rbm_prior_equals_the_rbm_prior(n1, n2):
 
     np.testing.assert_allclose(gi(gm), gi(r), rtol=1e-6)
     g_rbm, g_graph = jax.grad(gi)(r), jax.grad(gi)(gm)
-    np.testing.assert_allclose(g_graph.b, jnp.concatenate([g_rbm.b1, g_rbm.b2]), atol=2e-4)
-    np.testing.assert_allclose(g_graph.w, g_rbm.w.reshape(-1), atol=2e-4)
+    np.testing.assert_allclose(g_graph.b, jnp.concatenate([g_rbm.b1, g_rbm.b2]), atol=1e-5)
+    np.testing.assert_allclose(g_graph.w, g_rbm.w.reshape(-1), atol=1e-5)
 
 
 # ---- the Gaussian integral and the discrete law on a non-bipartite graph -------------------------
