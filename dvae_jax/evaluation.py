@@ -48,8 +48,9 @@ def discrete_log_weights(
 
   Args:
     model: the network (evaluated with BatchNorm running statistics whatever its mode).
-    prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
-    log_z: scalar log Z of the RBM (AIS at evaluation; ignored for the factorial prior).
+    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``priors.FactorialBernoulli``.
+    log_z: scalar log Z of the Boltzmann prior (AIS at evaluation; ignored for the factorial
+      prior).
     x: [batch, pixels] binary data.
     key: PRNG key.
     num_samples: K.
@@ -84,9 +85,9 @@ def evaluate(
 
   Args:
     model: the network (BatchNorm running statistics are used).
-    prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
-    log_z: scalar log Z of the RBM, e.g. ``samplers.ais_log_partition(...).log_z`` (ignored for the
-      factorial prior).
+    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``priors.FactorialBernoulli``.
+    log_z: scalar log Z of the RBM or graph machine, e.g. ``samplers.ais_log_partition(...).log_z``
+      (ignored for the factorial prior).
     x: [batch, pixels] binary data.
     key: PRNG key; chunk c uses ``fold_in(key, c)``.
     num_samples: K importance samples per example (100 for validation, 4000 for test in §6).

@@ -492,8 +492,8 @@ def relaxed_terms(
 ) -> RelaxedTerms:
   """log p(x|ζ_k), log p(ζ_k), log q(ζ_k|x) for K relaxed posterior samples (DVAE#, GumBolt; §4).
 
-  ``log_z`` is the scalar log Z of the RBM (for gradients, the training surrogate of
-  ``rbm.log_partition_surrogate``); the log weights are ``kappa * (log_prior - log_q) + log_px``.
+  ``log_z`` is the scalar log Z of the Boltzmann prior (for gradients, the training surrogate of
+  ``training_log_partition``); the log weights are ``kappa * (log_prior - log_q) + log_px``.
   """
   if method.family not in _RELAXED_FAMILIES:
     raise ValueError(f"method {method.name!r} has no relaxed prior (it uses the discrete KL)")
@@ -547,9 +547,10 @@ def loss_fn(
 
   Args:
     model: the network (BatchNorm in training mode normally; batch statistics are updated in place).
-    prior: ``rbm.RBM`` or ``priors.FactorialBernoulli``.
+    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``priors.FactorialBernoulli``.
     prior_samples: ``(z1 [S, n1], z2 [S, n2], log_z)`` (or a sampler state with those attributes)
-      for the RBM's training log Z; ignored (may be ``None``) for the factorial prior.
+      for the training log Z (a graph machine: ``(z [S, n], empty [S, 0], log_z)``); ignored (may
+      be ``None``) for the factorial prior.
     x: [batch, pixels] binary data (float).
     key: one PRNG key for the whole batch.
     method: from ``get_method``.

@@ -16,6 +16,7 @@ from flax import nnx
 from scipy.special import logsumexp
 
 from dvae_jax import evaluation, models, priors, rbm
+from dvae_jax.graphs import machine
 
 SPEC = models.StructSpec(
   "tiny", num_groups=2, units_per_group=4, encoder_hidden=(6,), decoder_hidden=(5,), num_pixels=10
@@ -63,8 +64,14 @@ def _np_reference(net, prior, x):
   x = x.astype(np.float64)
   mean_x = np.asarray(net.mean_x[...], np.float64)
   states = np.array(list(itertools.product([0.0, 1.0], repeat=8)))
-  b1, b2, w = (np.asarray(a, np.float64) for a in prior)
-  neg_e = states[:, :4] @ b1 + states[:, 4:] @ b2 + np.sum((states[:, :4] @ w) * states[:, 4:], 1)
+  if isinstance(prior, machine.BoltzmannMachine):
+    e = prior.graph.edges
+    neg_e = states @ np.asarray(prior.b, np.float64) + (
+      states[:, e[:, 0]] * states[:, e[:, 1]]
+    ) @ np.asarray(prior.w, np.float64)
+  else:
+    b1, b2, w = (np.asarray(a, np.float64) for a in prior)
+    neg_e = states[:, :4] @ b1 + states[:, 4:] @ b2 + np.sum((states[:, :4] @ w) * states[:, 4:], 1)
   log_pz = neg_e - logsumexp(neg_e)
   clipped = np.clip(mean_x, 1e-3, 1 - 1e-3)
   x_logits = _np_mlp(net.decoder, states) + np.log(clipped / (1 - clipped))  # [256, pixels]
@@ -92,6 +99,28 @@ def test_exact_log_likelihood_matches_numpy_enumeration():
   np.testing.assert_allclose(got["log_px"], want_log_px, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(got["elbo"], want_elbo, rtol=1e-5, atol=1e-4)
   assert np.all(want_elbo < want_log_px)
+
+
+def test_graph_prior_exact_log_likelihood_matches_numpy_enumeration():
+  # A Boltzmann machine on a non-bipartite graph over the 8 latents (node k = unit k; edges inside
+  # both groups and across), exact log Z by machine.exact_log_partition.
+  net, _, x = _tiny_model(5)
+  edges = [(0, 1), (1, 2), (0, 2), (2, 3), (4, 5), (5, 6), (6, 7), (4, 7), (0, 4), (1, 6), (3, 5)]
+  g = machine.Graph.from_edges(8, edges)
+  assert g.num_colours >= 3
+  rng = np.random.default_rng(5)
+  prior = machine.BoltzmannMachine(
+    jnp.asarray(0.5 * rng.normal(size=8), jnp.float32),
+    jnp.asarray(rng.normal(size=g.num_edges), jnp.float32),
+    g,
+  )
+  got = evaluation.exact_log_likelihood(
+    net, prior, machine.exact_log_partition(prior), jnp.asarray(x)
+  )
+  log_joint, log_q = _np_reference(net, prior, x)
+  np.testing.assert_allclose(got["log_px"], logsumexp(log_joint, axis=0), rtol=1e-5, atol=1e-4)
+  want_elbo = np.sum(np.exp(log_q) * (log_joint - log_q), axis=0)
+  np.testing.assert_allclose(got["elbo"], want_elbo, rtol=1e-5, atol=1e-4)
 
 
 def test_factorial_prior_exact_log_likelihood():
