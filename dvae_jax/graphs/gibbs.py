@@ -183,11 +183,13 @@ def sweep_with_energy(
   return z, machine_lib.energy(m, z)
 
 
-def _run_sorted(key: Array, zs: Array, g, operators, num_sweeps: int, beta) -> Array:
+def _run_sorted(
+  key: Array, zs: Array, g, operators, num_sweeps: int, beta, update=rbm_gibbs.bernoulli_logits
+) -> Array:
   """num_sweeps sweeps of sorted transposed chains zs [n + 1, S] in a ``lax.scan``."""
 
   def body(zs, k):
-    return _sweep_sorted(k, g, operators, zs, beta, rbm_gibbs.bernoulli_logits), None
+    return _sweep_sorted(k, g, operators, zs, beta, update), None
 
   return lax.scan(body, zs, jax.random.split(key, num_sweeps))[0]
 
@@ -223,12 +225,8 @@ def run_with_energy(
 def run_fields_only(z: Array, m: BoltzmannMachine, num_sweeps: int, layout: str = "auto") -> Array:
   """The sweep's memory traffic without RNG: each colour set to 1[h > 0] (a benchmark roof)."""
   _check_chains(m, z)
-
   ops = _colour_operators(m, layout)
-
-  def body(zs, k):
-    return _sweep_sorted(k, m.graph, ops, zs, 1.0, lambda _, logits: logits > 0), None
-
-  keys = jax.random.split(jax.random.key(0), num_sweeps)
-  zs, _ = lax.scan(body, _to_sorted(m, z), keys)
+  zs = _run_sorted(
+    jax.random.key(0), _to_sorted(m, z), m.graph, ops, num_sweeps, 1.0, lambda _, h: h > 0
+  )
   return _from_sorted(m, zs)
