@@ -96,6 +96,15 @@ def test_run_is_repeated_sweeps_and_keeps_node_order():
   np.testing.assert_array_equal(graph_gibbs.run(key, z0, ordered, 0), z0)
 
 
+def test_run_with_energy_is_run_and_the_final_energy():
+  m = strong_machine(odd_cycles_12(), seed=2)
+  z0 = graph_gibbs.init(jax.random.key(0), m, 64)
+  key = jax.random.key(1)
+  z, e = jax.jit(graph_gibbs.run_with_energy, static_argnums=3)(key, z0, m, 4, 0.8)
+  np.testing.assert_array_equal(z, graph_gibbs.run(key, z0, m, 4, 0.8))
+  np.testing.assert_allclose(e, machine.energy(m, z), rtol=1e-6)
+
+
 def test_sweep_energy_and_bad_input():
   g = machine.Graph.from_edges(4, [(0, 2), (0, 3), (1, 2), (1, 3)])  # Chimera C(1,1,2)
   m = strong_machine(g, seed=1)
