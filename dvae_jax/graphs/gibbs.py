@@ -15,9 +15,14 @@ is either a gather of the neighbours' rows from a padded [n_c, d_c] table and a 
 S · n_c · d_c, for sparse graphs) or, when the colour's neighbourhoods are dense (d_c > n / 8, e.g.
 an RBM), a [n_c, n + 1] × [n + 1, S] matmul with the couplings scattered into a dense block
 (``layout='auto'``; ``'sparse'`` or ``'dense'`` force one for every colour). Both compute the same
-field. ``run`` sorts and transposes once for all its sweeps. The random bits and the Bernoulli
-comparison are ``samplers.gibbs.bernoulli_logits`` (one Threefry hash per two units, integer
-compare).
+field. ``run`` sorts and transposes once for all its sweeps.
+
+The draw (``_bernoulli_logits``) gives exactly ``samplers.gibbs.bernoulli_logits``' states (the
+same Threefry-2x32 words, top 24 bits against σ(βh)·2^24) but computes them differently: JAX
+lowers its ``threefry2x32`` primitive on CPU to a rolled loop whose two [n_c, S/2] state arrays go
+through memory on each of its 5 iterations, which made the random bits more than half of a sweep.
+Here the hash is written out in ``jnp`` (``_threefry2x32``) so that XLA fuses it with the field and
+the comparison, and the two words of counter j decide chains j and S/2 + j in two fused loops.
 """
 
 from __future__ import annotations
@@ -57,22 +62,67 @@ def _sorted_tables(g: machine_lib.Graph) -> tuple[tuple[int, int, np.ndarray, np
   return tuple(tables)
 
 
+# Threefry-2x32's rotation constants (two alternating groups of four rounds) and key-schedule
+# parity: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC 2011), as in JAX.
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_KEY_PARITY = 0x1BD11BDA
+
+
+def _threefry2x32(key_words: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+  """Threefry-2x32 with 20 rounds of uint32 counters (x0, x1) under key (k0, k1): the words of
+  ``jax.extend.random.threefry2x32_p``, bit for bit, as element-wise ops that XLA can fuse."""
+  k0, k1 = key_words[0], key_words[1]
+  ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(_KEY_PARITY))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for g in range(5):  # 5 groups of 4 rounds, a key injection after each
+    for r in _ROTATIONS[g % 2]:
+      x0 = x0 + x1
+      x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
+    x0, x1 = x0 + ks[(g + 1) % 3], x1 + ks[(g + 2) % 3] + jnp.uint32(g + 1)
+  return x0, x1
+
+
+def _bernoulli_logits(key: Array, logits: Array) -> Array:
+  """``samplers.gibbs.bernoulli_logits(key, logits)`` for logits [n_c, S] (the same states), with
+  the hash fused into the comparison (module docstring). Non-threefry keys go to that function."""
+  if jax.random.key_impl(key) != "threefry2x32":
+    return rbm_gibbs.bernoulli_logits(key, logits)
+  n, s = logits.shape
+  half = (s + 1) // 2  # samplers.gibbs.random_bits: counter j's words fill columns j, half + j
+  counter = lax.iota(jnp.uint32, n * half).reshape(n, half)
+  y0, y1 = _threefry2x32(jax.random.key_data(key), counter, jnp.zeros_like(counter))
+  threshold = jax.nn.sigmoid(logits) * rbm_gibbs._UNIFORM_SCALE
+  shift = 32 - rbm_gibbs._UNIFORM_BITS  # its private resolution: the same draw
+  first = (y0 >> shift).astype(logits.dtype) < threshold[:, :half]
+  second = (y1[:, : s - half] >> shift).astype(logits.dtype) < threshold[:, half:]
+  return jnp.concatenate([first, second], axis=1).astype(logits.dtype)
+
+
 def _check_chains(m: BoltzmannMachine, z: Array) -> None:
   machine_lib.check_machine(m)
   if z.ndim != 2 or z.shape[1] != m.num_nodes:
     raise ValueError(f"z must have shape [num_chains, n={m.num_nodes}], got {z.shape}")
 
 
-def _to_sorted(m: BoltzmannMachine, z: Array) -> Array:
-  """[S, n] chains → [n + 1, S]: units in colour order, a zero pad unit last."""
-  zs = z[:, m.graph.order].T
-  return jnp.concatenate([zs, jnp.zeros((1, z.shape[0]), z.dtype)], axis=0)
+def _to_sorted(m: BoltzmannMachine, z: Array, dtype=None) -> Array:
+  """[S, n] chains → [n + 1, S]: units in colour order, a zero pad unit last (in ``dtype``)."""
+  zs = z[:, m.graph.order].T.astype(dtype or z.dtype)
+  return jnp.concatenate([zs, jnp.zeros((1, z.shape[0]), zs.dtype)], axis=0)
 
 
-def _from_sorted(m: BoltzmannMachine, zs: Array) -> Array:
-  """[n + 1, S] sorted chains → [S, n] in the machine's node order."""
+def _from_sorted(m: BoltzmannMachine, zs: Array, dtype=None) -> Array:
+  """[n + 1, S] sorted chains → [S, n] in the machine's node order (in ``dtype``)."""
   inverse = np.argsort(m.graph.order).astype(np.int32)
-  return zs[:-1].T[:, inverse]
+  return zs[:-1].T[:, inverse].astype(dtype or zs.dtype)
+
+
+def _state_dtype(operators: tuple[Array, list]):
+  """The dtype of the sorted chains inside a sweep: uint8 when every colour gathers (the sparse
+  field is bound by reading the neighbours' rows, and 0/1 in one byte is a quarter of float32's
+  traffic: ≈ 1.2–1.5× per sweep on Chimera, interleaved), the couplings' dtype when a colour
+  multiplies the dense block (a float matmul). The fields, hence the draws, are the same."""
+  b_sorted, ops = operators
+  return b_sorted.dtype if any(isinstance(op, tuple) for op in ops) else jnp.uint8
 
 
 def _uses_dense_block(layout: str, degree: int, num_nodes: int) -> bool:
@@ -150,8 +200,8 @@ def sweep(key: Array, z: Array, m: BoltzmannMachine, beta=1.0, *, layout: str = 
   _check_chains(m, z)
   rbm_gibbs.check_beta(beta)
   ops = _colour_operators(m, layout)
-  zs = _sweep_sorted(key, m.graph, ops, _to_sorted(m, z), beta, rbm_gibbs.bernoulli_logits)
-  return _from_sorted(m, zs)
+  zs = _to_sorted(m, z, _state_dtype(ops))
+  return _from_sorted(m, _sweep_sorted(key, m.graph, ops, zs, beta, _bernoulli_logits), z.dtype)
 
 
 def sweep_with_energy(
@@ -174,10 +224,10 @@ def run(
   ops = _colour_operators(m, layout)
 
   def body(zs, k):
-    return _sweep_sorted(k, m.graph, ops, zs, beta, rbm_gibbs.bernoulli_logits), None
+    return _sweep_sorted(k, m.graph, ops, zs, beta, _bernoulli_logits), None
 
-  zs, _ = lax.scan(body, _to_sorted(m, z), jax.random.split(key, num_sweeps))
-  return _from_sorted(m, zs)
+  zs, _ = lax.scan(body, _to_sorted(m, z, _state_dtype(ops)), jax.random.split(key, num_sweeps))
+  return _from_sorted(m, zs, z.dtype)
 
 
 def run_fields_only(z: Array, m: BoltzmannMachine, num_sweeps: int, layout: str = "auto") -> Array:
@@ -190,5 +240,5 @@ def run_fields_only(z: Array, m: BoltzmannMachine, num_sweeps: int, layout: str 
     return _sweep_sorted(k, m.graph, ops, zs, 1.0, lambda _, logits: logits > 0), None
 
   keys = jax.random.split(jax.random.key(0), num_sweeps)
-  zs, _ = lax.scan(body, _to_sorted(m, z), keys)
-  return _from_sorted(m, zs)
+  zs, _ = lax.scan(body, _to_sorted(m, z, _state_dtype(ops)), keys)
+  return _from_sorted(m, zs, z.dtype)
