@@ -1,6 +1,6 @@
 r"""Chromatic Gibbs sweeps/s on quantum-annealer graphs next to the sweep's roofs and peers.
 
-  python -m benchmarks.graph_sampler_speed            # ≈ 6 minutes on 2 loaded CPU cores
+  python -m benchmarks.graph_sampler_speed   # ≈ 6 min on 2 loaded CPU cores (11 with the plugin)
   python -m benchmarks.graph_sampler_speed --quick    # fewer sweeps and repeats, for a smoke run
   python -m benchmarks.graph_sampler_speed --torch-python=/path/to/venv/bin/python   # + the plugin
 
