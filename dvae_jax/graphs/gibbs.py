@@ -108,14 +108,14 @@ def _check_chains(m: BoltzmannMachine, z: Array) -> None:
 
 def _to_sorted(m: BoltzmannMachine, z: Array, dtype=None) -> Array:
   """[S, n] chains → [n + 1, S]: units in colour order, a zero pad unit last (in ``dtype``)."""
-  zs = z[:, m.graph.order].T.astype(dtype or z.dtype)
+  zs = z[:, m.graph.order].T.astype(z.dtype if dtype is None else dtype)
   return jnp.concatenate([zs, jnp.zeros((1, z.shape[0]), zs.dtype)], axis=0)
 
 
 def _from_sorted(m: BoltzmannMachine, zs: Array, dtype=None) -> Array:
   """[n + 1, S] sorted chains → [S, n] in the machine's node order (in ``dtype``)."""
   inverse = np.argsort(m.graph.order).astype(np.int32)
-  return zs[:-1].T[:, inverse].astype(dtype or zs.dtype)
+  return zs[:-1].T[:, inverse].astype(zs.dtype if dtype is None else dtype)
 
 
 def _state_dtype(operators: tuple[Array, list]):

@@ -90,6 +90,10 @@ def test_run_is_repeated_sweeps_and_keeps_node_order():
   for k in jax.random.split(key, 3):
     z = sweep(k, z, m)
   np.testing.assert_array_equal(graph_gibbs.run(key, z0, m, 3), z)
+  # Sparse sweeps hold the chains as uint8 inside; what comes back has the chains' dtype.
+  for layout in ("sparse", "dense"):
+    assert graph_gibbs.run(key, z0, m, 1, layout=layout).dtype == z0.dtype == jnp.float32
+    assert graph_gibbs.sweep(key, z0, m, layout=layout).dtype == jnp.float32
   # A unit with a huge bias and no effective coupling sits in its own column: order is preserved.
   b = jnp.where(jnp.arange(g.num_nodes) % 3 == 0, 50.0, -50.0)
   ordered = machine.BoltzmannMachine(b, jnp.zeros(g.num_edges), g)
