@@ -26,8 +26,9 @@ and the peers that are installed (each skipped with a printed reason when it is 
     plugin), one subprocess per graph, driven over a pipe.
 A peer's sweep is one update of every unit. Before any peer is timed it must sample the right
 distribution: 20,000 chains, 200 sweeps on a Chimera cell K_{4,4} with strong couplings
-(w ~ N(0, 1.5²)), every E[z_i] and E[z_i z_j] within 5 standard errors of exact enumeration
-(``peer_check``); a peer that fails is reported and not timed.
+(w ~ N(0, 1.5²); its sides interleaved, so colour order ≠ node order), every E[z_i] and
+E[z_i z_j] within 5 standard errors of exact enumeration (``peer_check``); a peer that fails is
+reported and not timed.
 All variants of one graph are timed in alternation (``timing.interleaved_medians``), so that they
 see the same load on a shared machine; slow peers run fewer sweeps per timed call.
 And, for the dense special case, K_{100,100} (an RBM as a graph machine, ``graphs.from_rbm``) next
@@ -113,8 +114,9 @@ def library_variants(m, num_sweeps):
 
 
 def check_machine():
-  """A Chimera cell K_{4,4} with strong couplings (test_gibbs.py's check, for the peers)."""
-  g = machine.Graph.from_edges(8, [(i, 4 + j) for i in range(4) for j in range(4)])
+  """A Chimera cell K_{4,4} with strong couplings, its sides interleaved (even / odd nodes) so that
+  colour order is not node order: a peer returning its blocks in colour order would fail."""
+  g = machine.Graph.from_edges(8, [(2 * i, 2 * j + 1) for i in range(4) for j in range(4)])
   rng = np.random.default_rng(3)
   return machine.BoltzmannMachine(
     jnp.asarray(rng.normal(0, 0.5, g.num_nodes), jnp.float32),
