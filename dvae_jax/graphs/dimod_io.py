@@ -45,6 +45,25 @@ def _check_beta(beta: float) -> float:
   return beta
 
 
+def bqm_coefficients(
+  m: BoltzmannMachine, vartype: str = "BINARY", beta: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, float]:
+  """``to_bqm``'s coefficients as float64 arrays, without dimod: (linear [n] in node order,
+  quadratic [E] in edge order, offset), so that linear·x + quadratic·(x_i x_j) + offset = β E(z)."""
+  if vartype not in VARTYPES:
+    raise ValueError(f"unknown vartype {vartype!r}; valid: {', '.join(VARTYPES)}")
+  beta = _check_beta(beta)
+  machine_lib.check_machine(m)
+  g = m.graph
+  b = np.asarray(m.b, np.float64)
+  w = np.asarray(m.w, np.float64)
+  if vartype == "BINARY":
+    return -beta * b, -beta * w, 0.0
+  i, j = g.edges[:, 0], g.edges[:, 1]
+  incident = np.bincount(i, w, g.num_nodes) + np.bincount(j, w, g.num_nodes)
+  return -beta * (b / 2 + incident / 4), -beta * w / 4, -beta * (b.sum() / 2 + w.sum() / 4)
+
+
 def to_bqm(m: BoltzmannMachine, vartype: str = "BINARY", beta: float = 1.0):
   """The machine at inverse temperature β as a BQM with ``bqm.energy = β E`` (module docstring).
 
@@ -54,26 +73,14 @@ def to_bqm(m: BoltzmannMachine, vartype: str = "BINARY", beta: float = 1.0):
     beta: inverse temperature β > 0.
   """
   dimod = _dimod()
-  if vartype not in VARTYPES:
-    raise ValueError(f"unknown vartype {vartype!r}; valid: {', '.join(VARTYPES)}")
-  beta = _check_beta(beta)
-  machine_lib.check_machine(m)
+  linear, quadratic, offset = bqm_coefficients(m, vartype, beta)
   g = m.graph
-  b = np.asarray(m.b, np.float64)
-  w = np.asarray(m.w, np.float64)
-  i, j = g.edges[:, 0], g.edges[:, 1]
-  if vartype == "BINARY":
-    linear, quadratic, offset = -beta * b, -beta * w, 0.0
-  else:
-    incident = np.bincount(i, w, g.num_nodes) + np.bincount(j, w, g.num_nodes)
-    linear = -beta * (b / 2 + incident / 4)
-    quadratic = -beta * w / 4
-    offset = -beta * (b.sum() / 2 + w.sum() / 4)
   labels = g.labels
   bqm = dimod.BinaryQuadraticModel(vartype)
   bqm.add_variables_from((labels[k], linear[k]) for k in range(g.num_nodes))
   bqm.add_interactions_from(
-    (labels[a], labels[c], q) for a, c, q in zip(i, j, quadratic, strict=True)
+    (labels[a], labels[c], q)
+    for a, c, q in zip(g.edges[:, 0], g.edges[:, 1], quadratic, strict=True)
   )
   bqm.offset = offset
   return bqm

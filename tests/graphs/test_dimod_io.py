@@ -34,6 +34,12 @@ def test_bqm_energy_is_beta_times_machine_energy(vartype, beta):
     ref = beta * np.asarray(machine.energy(m, jnp.asarray(z, jnp.float64)))
     got = bqm.energies((x, list(g.labels)))
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    # The same coefficients as arrays (what the thrml / PyTorch-plugin benchmark peers are given).
+    linear, quadratic, offset = dimod_io.bqm_coefficients(m, vartype, beta)
+    e = g.edges
+    np.testing.assert_allclose(
+      x @ linear + (x[:, e[:, 0]] * x[:, e[:, 1]]) @ quadratic + offset, ref, rtol=1e-12, atol=1e-12
+    )
     # dimod's own vartype conversion agrees with the formulas used for SPIN / BINARY.
     other = bqm.change_vartype("SPIN" if vartype == "BINARY" else "BINARY", inplace=False)
     x_other = 2 * z - 1 if vartype == "BINARY" else z

@@ -4,9 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import threefry2x32_p
 
 from dvae_jax.graphs import colouring, machine, topologies
 from dvae_jax.graphs import gibbs as graph_gibbs
+from dvae_jax.samplers import gibbs as rbm_gibbs
 
 
 def dwave(name, *args):
@@ -88,6 +90,10 @@ def test_run_is_repeated_sweeps_and_keeps_node_order():
   for k in jax.random.split(key, 3):
     z = sweep(k, z, m)
   np.testing.assert_array_equal(graph_gibbs.run(key, z0, m, 3), z)
+  # Sparse sweeps hold the chains as uint8 inside; what comes back has the chains' dtype.
+  for layout in ("sparse", "dense"):
+    assert graph_gibbs.run(key, z0, m, 1, layout=layout).dtype == z0.dtype == jnp.float32
+    assert graph_gibbs.sweep(key, z0, m, layout=layout).dtype == jnp.float32
   # A unit with a huge bias and no effective coupling sits in its own column: order is preserved.
   b = jnp.where(jnp.arange(g.num_nodes) % 3 == 0, 50.0, -50.0)
   ordered = machine.BoltzmannMachine(b, jnp.zeros(g.num_edges), g)
@@ -139,3 +145,27 @@ def test_dense_and_sparse_couplings_draw_the_same_states():
     out[layout] = graph_gibbs.run(jax.random.key(1), z0, m, 4, layout=layout)
   np.testing.assert_array_equal(out["dense"], out["sparse"])
   assert 0 < float(jnp.mean(out["dense"])) < 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 2), (7, 13), (64, 1000)])
+def test_fused_draw_is_the_rbm_samplers_draw_bit_for_bit(shape):
+  """The sweep's draw (the hash written out in jnp, two fused halves) against
+  ``samplers.gibbs.bernoulli_logits`` (JAX's threefry2x32 primitive): the same states, odd and even
+  chain counts; the hash's words against the primitive's on random counters and keys; other key
+  implementations fall back to ``samplers.gibbs``."""
+  logits = 3 * jax.random.normal(jax.random.key(12), shape)
+  for seed in (0, 11):
+    key = jax.random.key(seed)
+    got = jax.jit(graph_gibbs._bernoulli_logits)(key, logits)
+    np.testing.assert_array_equal(got, rbm_gibbs.bernoulli_logits(key, logits))
+    assert got.dtype == logits.dtype
+  words = jax.random.bits(jax.random.key(13), (4, *shape), jnp.uint32)
+  key_words, x0, x1 = words[0, 0, :2], words[1], words[2]
+  np.testing.assert_array_equal(
+    jnp.stack(graph_gibbs._threefry2x32(key_words, x0, x1)),
+    jnp.stack(threefry2x32_p.bind(key_words[0], key_words[1], x0, x1)),
+  )
+  rbg = jax.random.key(5, impl="rbg")
+  np.testing.assert_array_equal(
+    graph_gibbs._bernoulli_logits(rbg, logits), rbm_gibbs.bernoulli_logits(rbg, logits)
+  )
