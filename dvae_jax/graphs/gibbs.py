@@ -235,9 +235,7 @@ def sweep_with_energy(
   return z, machine_lib.energy(m, z)
 
 
-def _run_sorted(
-  key: Array, zs: Array, g, operators, num_sweeps: int, beta, update=None
-) -> Array:
+def _run_sorted(key: Array, zs: Array, g, operators, num_sweeps: int, beta, update=None) -> Array:
   """num_sweeps sweeps of sorted transposed chains zs [n + 1, S] in a ``lax.scan``."""
 
   update = _bernoulli_logits if update is None else update
