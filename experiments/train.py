@@ -258,9 +258,9 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     prior = state.params["prior"]
     if sampler is not None:
       sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
-      z1, z2 = sampler_state.z1, sampler_state.z2
-      if config.rao_blackwell != "none":  # an RBM (config_lib refuses it for a graph prior)
-        z1, z2 = rbm_lib.rao_blackwellize(prior, z1, z2, config.rao_blackwell)
+      z1, z2 = rbm_lib.rao_blackwellize(
+        prior, sampler_state.z1, sampler_state.z2, config.rao_blackwell
+      )
       prior_samples = (z1, z2, sampler_state.log_z)
     else:
       sampler_state, info, prior_samples = (), {}, None
