@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 import rbm_reference as ref
+from scipy import stats
 
 from dvae_jax import rbm
 from dvae_jax.samplers import log_z_tracking, make_prior_sampler, persistent
-from scipy import stats
 
 
 def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05):
