@@ -16,7 +16,9 @@ ones by persistent population annealing (`persistent_pa.step`: adaptive stages i
 space, resampling, sweeps) and copies its log Z, compensation and variance into the training
 sampler's state. Its increments are those of sequential Monte Carlo along a path fixed in advance
 (from its point of view), whose Ẑ is unbiased whatever the mixing; what remains is the Monte-Carlo
-variance it reports (`log_z_variance`, Σ over stages of 1/ESS − 1/R) and the error of its start.
+variance it reports (`log_z_variance`, Σ over stages of 1/ESS − 1/R, which assumes independent
+replicas: independent trackers along the default run's path spread 1.2–1.8× it) and the error of
+its start.
 Between refreshes the training sampler's own increments drift by at most N steps' worth.
 
 `seed` starts a tracker from R replicas of the training population, with its log Z; the runner
@@ -71,9 +73,13 @@ def refresh(
     state: the training sampler's PersistentState (its params are where the tracker goes).
     num_sweeps: sweeps of the tracker's `persistent_pa.step` (half before the reweighting).
     target_ess: ESS fraction below which the change is split into stages (each resamples and
-      sweeps once). 0.99 lowered the reported variance but read lower on the default run (−0.69
-      against −0.35 nats after 2,500 steps): every stage resamples, and with few sweeps between
-      resamplings the population degenerates; so 0.9, as for the training sampler.
+      sweeps once). On the default run's paths (2,500 steps, 512 replicas, 96–176 replays each,
+      BUILD_NOTES) 0.9 spread 0.21–0.26 nats (reported 0.17, |error| > 0.5 in 9 of 96) and 0.99
+      spread 0.16–0.17 (reported 0.094, none of 96 beyond 0.5) for 3× the stages (≈ +6 sweeps
+      per refresh): finer stages help, less than the reported variance says (stages one sweep
+      apart share their replicas). The default stays 0.9 only because with k > 1 the value of
+      log Z enters the importance weights' softmax (objectives), where its float rounding moves
+      the training trajectory: any change of the tracker's value changes such runs.
     **options: further options of `persistent_pa.step` (max_stages, ...).
 
   Returns:
