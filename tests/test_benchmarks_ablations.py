@@ -46,9 +46,18 @@ def test_variants_are_named_by_their_departures_and_paired_by_seed(tmp_path):
   assert by_name["dvae_sharp adam_eps_mode=tf1"]["diff"] == {0: -0.25}
   assert by_name["dvae_sharp_exp"]["diff"] == {1: 1.0}
   assert by_name["dvae β=10"]["diff"] == {}
+  assert by_name["dvae_sharp β=20"]["diff_base"] == {
+    0: -0.5,
+    1: -1.5,
+  }  # its method is the reference
+  _write(other, "dvae", 1, 96.0, num_steps=2000)
+  rows = ablations.summarise(ablations.load_runs([ref, beta, tf1, other]), "dvae_sharp")
+  by_name = {r["variant"]: r for r in rows}
+  assert by_name["dvae β=10"]["diff_base"] == {}  # seed 0 has no plain dvae at 2000 steps
+  assert by_name["dvae"]["diff_base"] == {}
   table = ablations.report(rows, "dvae_sharp")
   assert (
     "| dvae_sharp β=20 | 1-layer-lin | 5 | 6000 | 20 | 98.50 ± 0.00 (2) | -1.00 ± 0.71 (2) |"
     in (table)
   )
-  assert "| dvae β=10 | 1-layer-lin | 5 | 2000 | 10 | 97.00 (1) | — |" in table
+  assert "| dvae β=10 | 1-layer-lin | 5 | 2000 | 10 | 97.00 (1) | — | — |" in table
