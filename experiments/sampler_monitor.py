@@ -154,14 +154,9 @@ class LogZTracker:
       self._tracker = self._fns[0](jax.random.fold_in(self._root, step), state)
 
   def refresh(self, step: int, state, is_eval: bool):
-    """The state with its sampler's log Z refreshed at the steps due and at every evaluation.
-
-    At an evaluation the refresh comes before the re-anchoring, so the evaluation's
-    ``val/sampler_log_z_drift`` is the tracker's own error against the fresh estimate, and the
-    refresh row's drift is what the sampler's own increments added since the previous refresh:
-    their sum is what the training log reported at that step (BUILD_NOTES, issue 10).
-    """
-    if self._fns and (step % self._every == 0 or is_eval):
+    """The state with its sampler's log Z refreshed at the steps due (not at evaluations, which
+    re-anchor it themselves)."""
+    if self._fns and step % self._every == 0 and not is_eval:
       key = jax.random.fold_in(self._root, step)
       self._tracker, state, drift = self._fns[1](key, self._tracker, state)
       self._drifts.append((step, drift))
