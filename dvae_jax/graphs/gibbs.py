@@ -93,8 +93,8 @@ def _bernoulli_logits(key: Array, logits: Array) -> Array:
   half = (s + 1) // 2  # samplers.gibbs.random_bits: counter j's words fill columns j, half + j
   counter = lax.iota(jnp.uint32, n * half).reshape(n, half)
   y0, y1 = _threefry2x32(jax.random.key_data(key), counter, jnp.zeros_like(counter))
-  threshold = jax.nn.sigmoid(logits) * rbm_gibbs._UNIFORM_SCALE
-  shift = 32 - rbm_gibbs._UNIFORM_BITS  # its private resolution: the same draw
+  threshold = jax.nn.sigmoid(logits) * rbm_gibbs.UNIFORM_SCALE
+  shift = 32 - rbm_gibbs.UNIFORM_BITS  # its resolution: the same draw
   first = (y0 >> shift).astype(logits.dtype) < threshold[:, :half]
   second = (y1[:, : s - half] >> shift).astype(logits.dtype) < threshold[:, half:]
   return jnp.concatenate([first, second], axis=1).astype(logits.dtype)

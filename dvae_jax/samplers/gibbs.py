@@ -34,8 +34,8 @@ from dvae_jax import rbm as rbm_lib
 Array = jax.Array
 RBM = rbm_lib.RBM
 
-_UNIFORM_BITS = 24
-_UNIFORM_SCALE = float(2**_UNIFORM_BITS)
+UNIFORM_BITS = 24
+UNIFORM_SCALE = float(2**UNIFORM_BITS)
 
 
 class GibbsState(NamedTuple):
@@ -63,8 +63,8 @@ def random_bits(key: Array, shape: tuple[int, ...]) -> Array:
 
 def bernoulli_logits(key: Array, logits: Array) -> Array:
   """Independent z ~ Bernoulli(σ(logits)) as 0/1 values of logits.dtype, same shape as logits."""
-  u = (random_bits(key, logits.shape) >> (32 - _UNIFORM_BITS)).astype(logits.dtype)
-  return (u < jax.nn.sigmoid(logits) * _UNIFORM_SCALE).astype(logits.dtype)
+  u = (random_bits(key, logits.shape) >> (32 - UNIFORM_BITS)).astype(logits.dtype)
+  return (u < jax.nn.sigmoid(logits) * UNIFORM_SCALE).astype(logits.dtype)
 
 
 def check_beta(beta) -> None:
