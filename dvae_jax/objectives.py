@@ -463,13 +463,23 @@ def relaxed_log_prior(prior: priors_lib.Prior, zeta: Array, log_z: Array, method
   )
 
 
-def iw_loss(log_w: Array) -> Array:
+def iw_loss(log_w: Array, weight_log_w: Array | None = None) -> Array:
   """−mean_x Σ_k sg(softmax_k(log w)) log w_k, ``log_w`` [K, batch] (MATH.md §4).
 
   Its gradient equals that of −mean_x log (1/K) Σ_k w_k (the IWAE gradient); with K = 1 it is the
   negative ELBO.
+
+  ``weight_log_w`` [K, batch], if given, is what the weights are computed from: ``log_w`` plus a
+  constant per example (the softmax is shift-invariant, so in exact arithmetic nothing changes).
+  ``loss_fn`` passes the log weights without the prior's log Z, so that the weights — and with
+  them the training trajectory — do not depend on the value of the training log Z, which only
+  shifts ``log_w`` and whose rounding would otherwise move every K > 1 run.
   """
-  weights = lax.stop_gradient(jax.nn.softmax(log_w, axis=0))
+  if weight_log_w is None:
+    weight_log_w = log_w
+  elif weight_log_w.shape != log_w.shape:
+    raise ValueError(f"weight_log_w {weight_log_w.shape} must have log_w's shape {log_w.shape}")
+  weights = lax.stop_gradient(jax.nn.softmax(weight_log_w, axis=0))
   return -jnp.mean(jnp.sum(weights * log_w, axis=0))
 
 
@@ -576,9 +586,17 @@ def loss_fn(
     loss = jnp.mean(-log_px + kappa * kl)
     terms["kl"] = jnp.mean(kl)
   else:
-    t = relaxed_terms(model, prior, log_z, x, key, method, num_samples)
+    if isinstance(prior, priors_lib.FactorialBernoulli):
+      t = relaxed_terms(model, prior, log_z, x, key, method, num_samples)
+      weight_log_w = None  # Normalised analytically: no log Z in log p(ζ).
+    else:
+      # log p(ζ) + log Z first, then − log Z: the importance weights come from the former, so the
+      # trajectory does not depend on the training log Z's value (iw_loss), only on its gradient.
+      t = relaxed_terms(model, prior, jnp.zeros_like(log_z), x, key, method, num_samples)
+      weight_log_w = kappa * (t.log_prior - t.log_q) + t.log_px
+      t = t._replace(log_prior=t.log_prior - log_z)
     log_px = t.log_px
-    loss = iw_loss(kappa * (t.log_prior - t.log_q) + t.log_px)
+    loss = iw_loss(kappa * (t.log_prior - t.log_q) + t.log_px, weight_log_w)
     terms["log_prior"] = jnp.mean(t.log_prior)
     terms["log_q"] = jnp.mean(t.log_q)
     terms["kl"] = terms["log_q"] - terms["log_prior"]

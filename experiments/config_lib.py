@@ -252,6 +252,10 @@ def resolve_config(
   for key in _NON_NEGATIVE:
     if not c[key] >= 0:
       raise ConfigError(f"invalid {key} {c[key]!r}: must be >= 0")
+  if not 0 < c.log_z_tracker_target_ess < 1:
+    raise ConfigError(
+      f"invalid log_z_tracker_target_ess {c.log_z_tracker_target_ess!r}: must be in (0, 1)"
+    )
   if c.sampler_diagnostic_replicas % samplers.diagnostics.NUM_GROUPS:
     raise ConfigError(
       f"invalid sampler_diagnostic_replicas {c.sampler_diagnostic_replicas}: must be a multiple of "

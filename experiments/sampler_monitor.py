@@ -117,7 +117,11 @@ def make_log_z_tracking(experiment):
 
   def refresh(key, tracker, state):
     tracker, sampler_state, drift, info = tracking.refresh(
-      key, tracker, state.sampler_state, config.log_z_tracker_sweeps
+      key,
+      tracker,
+      state.sampler_state,
+      config.log_z_tracker_sweeps,
+      target_ess=config.log_z_tracker_target_ess,
     )
     values = (drift, tracker.log_z, info.log_z_stderr, info.num_stages, info.ess)
     values = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])

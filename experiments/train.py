@@ -74,6 +74,7 @@ RESUMABLE_DIFFERENCES = (
   "log_z_refresh_every",
   "log_z_tracker_replicas",
   "log_z_tracker_sweeps",
+  "log_z_tracker_target_ess",
 )
 
 

@@ -96,6 +96,8 @@ def test_cpu_protocol_is_smaller_and_overrides_win():
     ("batch_size", -1, r"invalid batch_size -1"),
     ("learning_rate", 0.0, r"invalid learning_rate 0.0: must be > 0"),
     ("kl_warmup_fraction", 1.5, r"kl_warmup_fraction 1.5"),
+    ("log_z_tracker_target_ess", 1.0, r"invalid log_z_tracker_target_ess 1.0: must be in \(0, 1\)"),
+    ("log_z_tracker_target_ess", 0.0, r"invalid log_z_tracker_target_ess 0.0: must be in"),
   ],
 )
 def test_bad_values_are_refused_by_name(key, value, message):

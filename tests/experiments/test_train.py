@@ -79,19 +79,32 @@ DIFFERENCE_SCALES = {
 }
 
 
+STDERR_KEYS = ("sampler/log_z_refresh_stderr", "sampler/log_z_stderr")
+
+
 def assert_rows_close(rows_a, rows_b, rtol):
   """Rows equal key by key; numbers to ``rtol`` (see DIFFERENCE_SCALES: the scale is looked up in
-  the rows of the same step)."""
+  the rows of the same step; STDERR_KEYS: scaled by the latest tracker refresh's stages)."""
   assert len(rows_a) == len(rows_b)
   by_step = {}
   for row in rows_a:
     by_step.setdefault(row["step"], {}).update(row)
+  refresh_terms = 0.0
   for a, b in zip(without_timing(rows_a), without_timing(rows_b), strict=True):
     assert a.keys() == b.keys()
     for key in a:
       at_step = by_step[a["step"]]
       scales = [at_step[c] for c in DIFFERENCE_SCALES.get(key, ()) if c in at_step]
       scale = abs(scales[0]) if scales else 0.0
+      if "sampler/log_z_refresh_stages" in at_step:
+        refresh_terms = (
+          at_step["sampler/log_z_refresh_stages"] / at_step["sampler/log_z_refresh_ess"]
+        )
+      if key in STDERR_KEYS and a[key] > 0:
+        # stderr² = Σ over the tracker's stages of (1/ESS − 1/R), each term a difference of two
+        # ≈ 1/R: its rounding is relative to stages / smallest ESS of the latest refresh, halved
+        # by the square root (the sampler's stderr holds that refresh's variance).
+        scale = max(scale, refresh_terms / (2.0 * a[key]))
       np.testing.assert_allclose(
         b[key], a[key], rtol=rtol, atol=rtol * scale, err_msg=f"step {a['step']} {key}"
       )

@@ -39,7 +39,7 @@ def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05)
     reported = (state.log_z, info.log_z_increment, jnp.sqrt(state.log_z_variance), state.params)
 
     def refresh(args):
-      tracker, state, _, _ = log_z_tracking.refresh(k_refresh, *args)
+      tracker, state, _, _ = log_z_tracking.refresh(k_refresh, *args, num_sweeps=40)
       return tracker, state
 
     tracker, state = jax.lax.cond(
@@ -95,7 +95,7 @@ def test_tracker_is_unbiased_with_a_calibrated_stderr_along_a_training_path(targ
     def body(tracker, inputs):
       k, target = inputs
       refreshed = log_z_tracking.refresh(
-        k, tracker, tracker._replace(params=target), target_ess=target_ess
+        k, tracker, tracker._replace(params=target), num_sweeps=40, target_ess=target_ess
       )
       return refreshed[0], None
 
@@ -135,7 +135,9 @@ def test_seed_and_refresh_contract():
   )
   moved = jax.tree.map(lambda x: x + 0.1, m)
   state, _ = sampler.step(jax.random.key(2), state, moved)
-  tracker, refreshed, drift, info = log_z_tracking.refresh(jax.random.key(3), tracker, state)
+  tracker, refreshed, drift, info = log_z_tracking.refresh(
+    jax.random.key(3), tracker, state, num_sweeps=40
+  )
   assert int(info.num_stages) >= 1 and 0 < float(info.ess) <= 32
   chex.assert_trees_all_equal(tracker.params, moved)
   chex.assert_trees_all_equal((refreshed.z1, refreshed.params), (state.z1, state.params))

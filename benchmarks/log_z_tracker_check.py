@@ -1,0 +1,129 @@
+r"""How far the training log Z is from a fresh estimate at each evaluation (issue 10, item 4).
+
+Reads the ``metrics.jsonl`` of finished (or stopped) runs of ``experiments.run`` and, per run and
+per evaluation step, reports the tracked training log Z's error against the evaluation's fresh
+anneals for the sampler's own parameters (``val/sampler_log_z_drift``), the population's largest
+moment error (``val/sampler_*_error``: README "How to read the sampler diagnostic"), and the error
+the training sampler's running value would have had without the tracker since the previous
+evaluation: each refresh i removes d_i = T_{i−1} + (own increments) − T_i, so Σ d_i + the
+evaluation's error = Σ own increments − (fresh change) (T: tracker values). With K = 1 the
+parameter trajectory does not depend on the tracker, so runs that differ only in the tracker's
+settings are paired, and their untracked errors agree.
+
+  # Three default runs that differ only in the tracker's sweeps (evaluations every 2,500 steps):
+  for s in 40 100 200; do
+    python -m experiments.run --config=dvae_sharp --config.eval_every=2500 \
+      --config.log_z_tracker_sweeps=$s --workdir=runs/lz_check_t$s
+  done
+  python -m benchmarks.log_z_tracker_check --workdirs=runs/lz_check_t40,runs/lz_check_t100,\
+runs/lz_check_t200 --out=benchmarks/results/log_z_tracker
+
+Writes OUT/log_z_tracker.json and OUT/log_z_tracker.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from absl import app, flags
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ERROR_KEYS = ("val/sampler_z1_error", "val/sampler_z2_error", "val/sampler_z1z2_error")
+CONFIG_KEYS = (
+  "method",
+  "struct",
+  "k",
+  "seed",
+  "num_steps",
+  "num_sweeps",
+  "eval_every",
+  "log_z_refresh_every",
+  "log_z_tracker_replicas",
+  "log_z_tracker_sweeps",
+  "log_z_tracker_target_ess",
+)
+
+
+def _define_flags() -> None:
+  """Flags, defined only when run as a program (absl's flags are global)."""
+  flags.DEFINE_list("workdirs", [], "Run folders (each with metrics.jsonl and config.json).")
+  flags.DEFINE_string("out", str(REPO / "benchmarks" / "results" / "log_z_tracker"), "Output.")
+
+
+def summarize_run(rows: list[dict], config: dict) -> dict:
+  """One run's evaluations: ``{"config": {...}, "evaluations": [{step, log_z_error,
+  max_moment_error, untracked_error, tracker_stderr}, ...]}``.
+
+  ``untracked_error`` is ``log_z_error`` plus the ``sampler/log_z_refresh_drift`` of the refreshes
+  after the previous evaluation up to this one; ``tracker_stderr`` is the last refresh's reported
+  stderr before it.
+  """
+  evaluations, drift, stderr = [], 0.0, None
+  for row in sorted(rows, key=lambda r: r["step"]):
+    if "sampler/log_z_refresh_drift" in row:
+      drift += row["sampler/log_z_refresh_drift"]
+      stderr = row.get("sampler/log_z_refresh_stderr", stderr)
+    if "val/sampler_log_z_drift" in row:
+      missing = [k for k in ERROR_KEYS if k not in row]
+      if missing:
+        raise ValueError(f"step {row['step']}: an evaluation row without {missing}")
+      evaluations.append(
+        {
+          "step": row["step"],
+          "log_z_error": row["val/sampler_log_z_drift"],
+          "max_moment_error": max(row[k] for k in ERROR_KEYS),
+          "untracked_error": drift + row["val/sampler_log_z_drift"],
+          "tracker_stderr": stderr,
+        }
+      )
+      drift = 0.0
+  return {"config": {k: config.get(k) for k in CONFIG_KEYS}, "evaluations": evaluations}
+
+
+def read_run(workdir: pathlib.Path) -> dict:
+  metrics = workdir / "metrics.jsonl"
+  if not metrics.exists():
+    raise FileNotFoundError(f"{metrics} not found: is {workdir} a run folder?")
+  rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+  config = json.loads((workdir / "config.json").read_text())
+  summary = summarize_run(rows, config)
+  results = workdir / "results.json"
+  if results.exists():
+    summary["test_nll"] = json.loads(results.read_text()).get("test_nll")
+  return summary
+
+
+def markdown(runs: dict[str, dict]) -> str:
+  lines = [
+    "| run | tracker sweeps | target ESS | step | log Z error | tracker stderr | untracked error "
+    "| max moment error |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for name, run in runs.items():
+    c = run["config"]
+    for e in run["evaluations"]:
+      stderr = "—" if e["tracker_stderr"] is None else f"{e['tracker_stderr']:.3f}"
+      lines.append(
+        f"| {name} | {c['log_z_tracker_sweeps']} | {c['log_z_tracker_target_ess']} | {e['step']} "
+        f"| {e['log_z_error']:+.3f} | {stderr} | {e['untracked_error']:+.2f} "
+        f"| {e['max_moment_error']:.2f} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def main(argv) -> None:
+  del argv
+  out = pathlib.Path(flags.FLAGS.out)
+  runs = {pathlib.Path(w).name: read_run(pathlib.Path(w)) for w in flags.FLAGS.workdirs}
+  if not runs:
+    raise app.UsageError("--workdirs names no run folder")
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "log_z_tracker.json").write_text(json.dumps(runs, indent=1) + "\n")
+  (out / "log_z_tracker.md").write_text(markdown(runs))
+  print(markdown(runs))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
