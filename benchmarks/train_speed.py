@@ -8,6 +8,14 @@ interpreter unless ``--noisolate``) and, on accelerators, the device's peak memo
 estimated wall time of the full 1M-step protocol on this machine (training steps only).
 
   python -m benchmarks.train_speed [--structs=1-layer-lin,2-layer-nonlin] [--method=dvae_sharp]
+  # Sweep budgets per step, each struct's budgets timed in alternation (so their ratio is measured
+  # under one load):
+  python -m benchmarks.train_speed --sweeps=40,4 --out=benchmarks/results/train_speed_sweeps.json
+
+With several ``--sweeps`` each row also gives ``speedup`` (steps/s over the first budget's) and
+``with_tracker_steps_per_second``: the step plus the log Z tracker's amortised cost (README "The
+training log Z"), estimated from the measured sampler time per replica-sweep:
+(log_z_tracker_sweeps + ≈ 12 stage sweeps) × log_z_tracker_replicas per log_z_refresh_every steps.
 
 Writes ``benchmarks/results/train_speed.json`` and prints a Markdown table. Ratios (sampling share)
 are measured in one run; absolute numbers depend on the machine's load.
@@ -32,6 +40,7 @@ _STRUCTS = flags.DEFINE_list(
   "structs", ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"], "Structs."
 )
 _METHOD = flags.DEFINE_string("method", "dvae_sharp", "Config name.")
+_SWEEPS = flags.DEFINE_list("sweeps", ["40"], "Gibbs sweeps per step (the first is the baseline).")
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats (the median is reported).")
 _ISOLATE = flags.DEFINE_bool(
@@ -44,6 +53,8 @@ _OUT = flags.DEFINE_string(
 )
 
 PAPER_STEPS = 1_000_000
+# Stages of a tracker refresh (each one sweep) on the default run: 11–13 at ESS 0.99 (BUILD_NOTES).
+TRACKER_STAGE_SWEEPS = 12
 
 
 def _device_peak_mib() -> float | None:
@@ -53,10 +64,12 @@ def _device_peak_mib() -> float | None:
   return None if peak is None else peak / 2**20
 
 
-def measure(struct: str) -> dict:
+def _timed_budget(struct: str, num_sweeps: int):
+  """``(train_once, sample_once, config)`` for one struct and sweep budget, compiled and warm."""
   config = config_lib.load_config(_METHOD.value)
   config.struct = struct
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
+  config.num_sweeps = num_sweeps
   experiment, state = train.build(config)
   config = experiment.config
   step = train.make_train_step(experiment)
@@ -87,41 +100,68 @@ def measure(struct: str) -> dict:
     return info.log_z
 
   jax.block_until_ready(sample_once(0))
-  step_s, sampler_s = timing.interleaved_medians(
-    [train_once, sample_once], _STEPS.value, _REPEATS.value
-  )
-  train_hours = PAPER_STEPS * step_s / 3600
-  return {
-    "struct": struct,
-    "method": config.method,
-    "batch_size": config.batch_size,
-    "num_prior_samples": config.num_prior_samples,
-    "num_sweeps": config.num_sweeps,
-    "compile_seconds": compile_s,
-    "step_ms": 1e3 * step_s,
-    "steps_per_second": 1.0 / step_s,
-    "sampler_ms": 1e3 * sampler_s,
-    "sampling_share": sampler_s / step_s,
-    "paper_protocol_train_hours": train_hours,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "device_peak_mib": _device_peak_mib(),
-  }
+  return train_once, sample_once, config, compile_s
+
+
+def measure(struct: str) -> list[dict]:
+  budgets = [int(b) for b in _SWEEPS.value]
+  timed = [_timed_budget(struct, b) for b in budgets]
+  fns = [f for train_once, sample_once, _, _ in timed for f in (train_once, sample_once)]
+  medians = timing.interleaved_medians(fns, _STEPS.value, _REPEATS.value)
+  rows = []
+  for (_, _, config, compile_s), step_s, sampler_s in zip(
+    timed, medians[0::2], medians[1::2], strict=True
+  ):
+    replica_sweep_s = sampler_s / (config.num_sweeps * config.num_prior_samples)
+    tracker_s = 0.0
+    if config.log_z_refresh_every:
+      tracker_s = (
+        replica_sweep_s
+        * (config.log_z_tracker_sweeps + TRACKER_STAGE_SWEEPS)
+        * config.log_z_tracker_replicas
+        / config.log_z_refresh_every
+      )
+    rows.append(
+      {
+        "struct": struct,
+        "method": config.method,
+        "batch_size": config.batch_size,
+        "num_prior_samples": config.num_prior_samples,
+        "num_sweeps": config.num_sweeps,
+        "compile_seconds": compile_s,
+        "step_ms": 1e3 * step_s,
+        "steps_per_second": 1.0 / step_s,
+        "sampler_ms": 1e3 * sampler_s,
+        "sampling_share": sampler_s / step_s,
+        "tracker_ms_per_step_estimate": 1e3 * tracker_s,
+        "with_tracker_steps_per_second": 1.0 / (step_s + tracker_s),
+        "paper_protocol_train_hours": PAPER_STEPS * step_s / 3600,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "device_peak_mib": _device_peak_mib(),
+      }
+    )
+  for row in rows:
+    row["speedup"] = row["steps_per_second"] / rows[0]["steps_per_second"]
+    row["with_tracker_speedup"] = (
+      row["with_tracker_steps_per_second"] / rows[0]["with_tracker_steps_per_second"]
+    )
+  return rows
 
 
 def measure_in_subprocess(struct: str) -> dict:
   """``measure(struct)`` in a fresh interpreter: ru_maxrss is per process and never goes down."""
   args = [f"--structs={struct}", f"--method={_METHOD.value}", f"--steps={_STEPS.value}"]
-  args += [f"--repeats={_REPEATS.value}", "--noisolate"]
-  return timing.run_worker("benchmarks.train_speed", args)["rows"][0]
+  args += [f"--repeats={_REPEATS.value}", f"--sweeps={','.join(_SWEEPS.value)}", "--noisolate"]
+  return timing.run_worker("benchmarks.train_speed", args)["rows"]
 
 
 def main(argv):
   del argv
   structs = _STRUCTS.value
   if _ISOLATE.value and len(structs) > 1:
-    rows = [measure_in_subprocess(s) for s in structs]
+    rows = [r for s in structs for r in measure_in_subprocess(s)]
   else:
-    rows = [measure(s) for s in structs]
+    rows = [r for s in structs for r in measure(s)]
   result = {
     "benchmark": "train_speed",
     "device": str(jax.devices()[0]),
@@ -135,19 +175,24 @@ def main(argv):
   out.write_text(json.dumps(result, indent=1))
   device_peak = any(r["device_peak_mib"] is not None for r in rows)
   lines = [
-    "| struct | steps/s | ms/step | sampler ms (share) | compile s | peak RSS MiB | "
+    "| struct | sweeps | steps/s | speedup | with tracker: steps/s (speedup) | ms/step | "
+    + "sampler ms (share) | compile s | peak RSS MiB | "
     + ("device peak MiB | " if device_peak else "")
     + "1M steps (h) |",
-    "|---|---:|---:|---:|---:|---:|" + ("---:|" if device_peak else "") + "---:|",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if device_peak else "") + "---:|",
   ]
   for r in rows:
     device = f"{r['device_peak_mib']:.0f} | " if device_peak else ""
     lines.append(
-      f"| {r['struct']} | {r['steps_per_second']:.1f} | {r['step_ms']:.1f} | "
+      f"| {r['struct']} | {r['num_sweeps']} | {r['steps_per_second']:.1f} | {r['speedup']:.2f} | "
+      f"{r['with_tracker_steps_per_second']:.1f} ({r['with_tracker_speedup']:.2f}) | "
+      f"{r['step_ms']:.1f} | "
       f"{r['sampler_ms']:.1f} ({100 * r['sampling_share']:.0f}%) | {r['compile_seconds']:.1f} | "
       f"{r['peak_rss_mib']:.0f} | {device}{r['paper_protocol_train_hours']:.1f} |"
     )
-  print(f"{result['device']} × {result['device_count']}, {_METHOD.value}, batch 100, PA 1000×40")
+  print(
+    f"{result['device']} × {result['device_count']}, {_METHOD.value}, batch 100, PA 1000 replicas"
+  )
   print("\n".join(lines))
 
 
