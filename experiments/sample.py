@@ -209,6 +209,8 @@ def parse_dimod_kwargs(text: str | None) -> dict:
       items.append(text[start:k])
       start = k + 1
   items.append(text[start:])
+  if depth:
+    raise restore.UsageError(f"invalid --dimod_kwargs={text!r}: unbalanced brackets")
   kwargs = {}
   for item in items:
     key, equals, value = (part.strip() for part in item.partition("="))

@@ -320,6 +320,10 @@ def factorial_run(tiny_run, tmp_path_factory):
       ["--dimod_sampler=random", "--dimod_kwargs=num_reads=5,seed"],
       "invalid --dimod_kwargs item 'seed': expected key=value",
     ),
+    (
+      ["--dimod_sampler=random", "--dimod_kwargs=num_reads=5,beta_range=(0.1,1"],
+      "invalid --dimod_kwargs='num_reads=5,beta_range=(0.1,1': unbalanced brackets",
+    ),
     (["--dimod_sampler=random", "--dimod_beta=0"], "invalid --dimod_beta=0.0: must be finite"),
     (
       ["--dimod_sampler=dimod_test_samplers:DropVariableSampler"],
@@ -383,3 +387,15 @@ def test_dimod_sampler_names_the_extra_when_a_package_is_missing(
   )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert message in proc.stderr and "pip install 'dvae_jax[dwave]'" in proc.stderr, proc.stderr
+
+
+def test_dimod_kwargs_are_python_literals_or_strings():
+  text = "num_reads=1000, beta_range=(0.1,1.0),beta_schedule_type=geometric,x=[1, 2],y={'a': 1}"
+  assert sample_lib.parse_dimod_kwargs(text) == {
+    "num_reads": 1000,
+    "beta_range": (0.1, 1.0),
+    "beta_schedule_type": "geometric",
+    "x": [1, 2],
+    "y": {"a": 1},
+  }
+  assert sample_lib.parse_dimod_kwargs(None) == {}
