@@ -90,4 +90,5 @@ class DropVariableSampler(dimod.Sampler):
     return dimod.SampleSet.from_samples((states, labels), "BINARY", energy=np.zeros(num_reads))
 
 
+EXACT_SAMPLER = ExactSampler()  # an instance: --dimod_sampler=module:NAME takes either
 NOT_A_SAMPLER = object()

@@ -270,7 +270,7 @@ def test_dimod_beta_scales_the_energies_the_sampler_sees(component_runs, tmp_pat
   _, _, record = dimod_sample(
     workdir,
     tmp_path,
-    "dimod_test_samplers:ExactSampler",
+    "dimod_test_samplers:EXACT_SAMPLER",  # an instance (the other tests give the class)
     f"--dimod_kwargs=num_reads={NUM_READS},record='{bqm_file}'",
     "--dimod_beta=2",
     "--dimod_vartype=SPIN",
