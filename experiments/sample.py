@@ -2,25 +2,48 @@ r"""Fresh samples of a trained model's prior, decoded to images.
 
   python -m experiments.sample --workdir=runs/dvae_sharp --num=100 --out=samples.png \
       [--binary] [--npz=samples.npz] [--step=best|latest|N] [--seed=0] \
-      [--population=1024] [--temperatures=1000] [--sweeps=1]
+      [--population=1024] [--temperatures=1000] [--sweeps=1] \
+      [--dimod_sampler=NAME|module.path:Name [--dimod_kwargs=k=v,...] [--dimod_beta=1] \
+       [--dimod_vartype=BINARY|SPIN] [--diagnostic_replicas=2048] [--diagnostic_temperatures=1000] \
+       [--json=diagnostic.json]]
 
-For an RBM prior the latents come from a new population-annealing run
-(``samplers.pa_log_partition``: a population of ``--population`` replicas annealed from the uniform
-distribution over ``--temperatures`` linearly spaced β with ``--sweeps`` block Gibbs sweeps each,
-MATH.md §3), not from the training sampler's persistent population; ``--num`` of the equally
-weighted final replicas are drawn without replacement. A factorial prior is sampled exactly. Each
-z is decoded to the Bernoulli means of p(x|z), or to one binary draw x ~ p(x|z) with ``--binary``.
+For an RBM or a graph (chimera / pegasus / zephyr) prior the latents come from a new population-
+annealing run (``samplers.pa_log_partition``: a population of ``--population`` replicas annealed
+from the uniform distribution over ``--temperatures`` linearly spaced β with ``--sweeps`` block
+Gibbs sweeps each, MATH.md §3), not from the training sampler's persistent population; ``--num``
+of the equally weighted final replicas are drawn without replacement. A factorial prior is sampled
+exactly. Each z is decoded to the Bernoulli means of p(x|z), or to one binary draw x ~ p(x|z)
+with ``--binary``.
+
+With ``--dimod_sampler`` the latents come instead from any ``dimod.Sampler`` (Ocean's simulated
+annealing, tabu, a QPU wrapper of the user's): the prior (an RBM as ``graphs.from_rbm``, the
+complete bipartite graph with nodes (z1; z2)) is exported by ``graphs.dimod_io.to_bqm`` at inverse
+temperature ``--dimod_beta`` (``bqm.energy = β E(z)`` exactly, so a Boltzmann sampler at unit
+temperature draws p_β), ``--dimod_kwargs`` go to ``.sample`` (``num_reads`` defaults to
+``--num``, ``seed`` to ``--seed`` where the sampler takes them), and ``--num`` of the returned reads
+are drawn without replacement and decoded. Then the reads are diagnosed as a population of the
+trained prior at β = 1 (``samplers.diagnostics.population_moment_error``: their moment error
+against two fresh population-annealing references, in units of the noise of as many independent
+exact samples; ≈ 1 for Boltzmann samples, and the implied relative bias of the log-Z gradient they
+would give), so that heuristic samplers and annealers can be judged before their samples are used.
 
 Writes a PNG grid (ink black on white) to ``--out`` and, with ``--npz``, ``z`` [num, latents]
-uint8 and ``x`` [num, 784] (float32 means, or uint8 with ``--binary``). The workdir is only read.
+uint8 and ``x`` [num, 784] (float32 means, or uint8 with ``--binary``); with ``--dimod_sampler``
+also ``reads`` [S, latents] uint8 (every read, node order) and the diagnostic's numbers
+(``DIAGNOSTIC_KEYS``, as ``diagnostic_<key>``), which ``--json`` writes too. The workdir is only
+read.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import json
 import math
 import os
 import pathlib
 import sys
+import time
 
 from absl import app, flags
 
@@ -42,8 +65,61 @@ _TEMPERATURES = flags.DEFINE_integer("temperatures", 1000, "PA temperatures from
 _SWEEPS = flags.DEFINE_integer("sweeps", 1, "Block Gibbs sweeps per temperature.")
 _COLS = flags.DEFINE_integer("cols", None, "Images per row of the grid (default ≈ √num).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the run's).")
+_DIMOD_SAMPLER = flags.DEFINE_string(
+  "dimod_sampler",
+  None,
+  "Draw the latents with a dimod sampler instead of PA: a name of DIMOD_SAMPLERS or "
+  "module.path:Name of a dimod.Sampler class (constructed without arguments) or instance.",
+)
+_DIMOD_KWARGS = flags.DEFINE_string(
+  "dimod_kwargs",
+  None,
+  "key=value,... passed to the sampler's .sample (values are Python literals, e.g. "
+  "num_reads=1000,num_sweeps=100,beta_range=(0.1,1.0)).",
+)
+_DIMOD_BETA = flags.DEFINE_float(
+  "dimod_beta", 1.0, "Inverse temperature β of the exported BQM: bqm.energy = β E(z)."
+)
+_DIMOD_VARTYPE = flags.DEFINE_enum(
+  "dimod_vartype", "BINARY", ["BINARY", "SPIN"], "The BQM's variables: QUBO {0,1} or Ising ±1."
+)
+_DIAGNOSTIC_REPLICAS = flags.DEFINE_integer(
+  "diagnostic_replicas", 2048, "Replicas of each PA reference of the diagnostic (0: no diagnostic)."
+)
+_DIAGNOSTIC_TEMPERATURES = flags.DEFINE_integer(
+  "diagnostic_temperatures", 1000, "Temperatures of each PA reference of the diagnostic."
+)
+_JSON = flags.DEFINE_string("json", None, "Optional .json with the dimod reads' diagnostic.")
 
 PA_GROUPS = 16  # PA's independent sub-populations (they give log Z its standard error)
+# --dimod_sampler names: (module, attribute). Anything else is given as module.path:Name.
+DIMOD_SAMPLERS = {
+  "simulated_annealing": ("dwave.samplers", "SimulatedAnnealingSampler"),
+  "tabu": ("dwave.samplers", "TabuSampler"),
+  "steepest_descent": ("dwave.samplers", "SteepestDescentSampler"),
+  "random": ("dimod", "RandomSampler"),
+}
+DWAVE_EXTRA = "pip install 'dvae_jax[dwave]' (from a checkout: pip install '.[dwave]')"
+# The diagnostic's numbers in the --npz / --json output (diagnostics.MomentError's fields). For a
+# graph prior z1 is the units' ratio, z1z2 the edges' and z2 is NaN (no second side).
+DIAGNOSTIC_KEYS = (
+  "z1",
+  "z2",
+  "z1z2",
+  "total",
+  "relative_bias",
+  "reference_log_z",
+  "reference_log_z_stderr",
+)
+
+
+class DimodSampleError(ValueError):
+  """The dimod sampler's answer cannot be used as samples of the prior (the message says why)."""
+
+
+def whole_groups(replicas: int) -> int:
+  """``replicas`` rounded up to a multiple of PA_GROUPS."""
+  return PA_GROUPS * math.ceil(replicas / PA_GROUPS)
 
 
 def prior_samples(key, prior, num: int, population: int, temperatures: int, sweeps: int):
@@ -57,7 +133,7 @@ def prior_samples(key, prior, num: int, population: int, temperatures: int, swee
   if isinstance(prior, priors.FactorialBernoulli):
     z = jax.random.bernoulli(k_anneal, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
     return z.astype(jnp.float32), "factorial prior: exact independent draws"
-  replicas = PA_GROUPS * math.ceil(max(num, population) / PA_GROUPS)
+  replicas = whole_groups(max(num, population))
   result = samplers.pa_log_partition(
     prior, k_anneal, num_replicas=replicas, num_temperatures=temperatures, num_sweeps=sweeps
   )
@@ -71,18 +147,227 @@ def prior_samples(key, prior, num: int, population: int, temperatures: int, swee
   return z.astype(jnp.float32), message
 
 
+def make_dimod_sampler(spec: str):
+  """The ``dimod.Sampler`` named by ``spec``: a key of ``DIMOD_SAMPLERS`` or ``module.path:Name``
+  (a Sampler class, constructed without arguments, or instance). UsageError naming the problem:
+  dimod / dwave-samplers missing (and the extra that installs them), an unknown name, a module that
+  does not import, an object that is not a dimod.Sampler."""
+  if spec in DIMOD_SAMPLERS:
+    module_name, name = DIMOD_SAMPLERS[spec]
+  elif ":" in spec:
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+      raise restore.UsageError(f"invalid --dimod_sampler={spec!r}: expected module.path:Name")
+  else:
+    raise restore.UsageError(
+      f"unknown --dimod_sampler={spec!r}: one of {', '.join(DIMOD_SAMPLERS)}, or module.path:Name "
+      "of an importable dimod.Sampler class or instance"
+    )
+  try:
+    import dimod
+  except ImportError:
+    raise restore.UsageError(
+      f"--dimod_sampler needs dimod, which is not installed: {DWAVE_EXTRA}"
+    ) from None
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as err:
+    if spec in DIMOD_SAMPLERS:
+      raise restore.UsageError(
+        f"--dimod_sampler={spec} needs {module_name}, which is not installed ({err}): {DWAVE_EXTRA}"
+      ) from None
+    raise restore.UsageError(
+      f"invalid --dimod_sampler={spec!r}: cannot import {module_name!r} ({err})"
+    ) from None
+  if not hasattr(module, name):
+    raise restore.UsageError(f"invalid --dimod_sampler={spec!r}: {module_name} has no {name!r}")
+  sampler = getattr(module, name)
+  if isinstance(sampler, type) and issubclass(sampler, dimod.Sampler):
+    try:
+      sampler = sampler()
+    except Exception as err:  # the user's constructor: say which one failed and why
+      raise restore.UsageError(
+        f"--dimod_sampler={spec}: {name}() failed: {type(err).__name__}: {err}"
+      ) from err
+  if not isinstance(sampler, dimod.Sampler):
+    raise restore.UsageError(
+      f"invalid --dimod_sampler={spec!r}: {module_name}.{name} is not a dimod.Sampler class or "
+      f"instance (got {type(sampler).__module__}.{type(sampler).__qualname__})"
+    )
+  return sampler
+
+
+def parse_dimod_kwargs(text: str | None) -> dict:
+  """``{key: value}`` from ``key=value,...``: values are Python literals (strings otherwise);
+  commas inside brackets belong to the value (``beta_range=(0.1,1.0)``)."""
+  if not text:
+    return {}
+  items, depth, start = [], 0, 0
+  for k, char in enumerate(text):
+    depth += (char in "([{") - (char in ")]}")
+    if char == "," and depth == 0:
+      items.append(text[start:k])
+      start = k + 1
+  items.append(text[start:])
+  if depth:
+    raise restore.UsageError(f"invalid --dimod_kwargs={text!r}: unbalanced brackets")
+  kwargs = {}
+  for item in items:
+    key, equals, value = (part.strip() for part in item.partition("="))
+    if not equals or not key.isidentifier():
+      raise restore.UsageError(
+        f"invalid --dimod_kwargs item {item.strip()!r}: expected key=value[,key=value...]"
+      )
+    if key in kwargs:
+      raise restore.UsageError(f"invalid --dimod_kwargs: {key!r} is given twice")
+    try:
+      kwargs[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      kwargs[key] = value
+  return kwargs
+
+
+def dimod_machine(prior):
+  """The prior as a graph machine for ``dimod_io`` (an RBM as ``graphs.from_rbm``: nodes
+  (z1; z2)); UsageError for a factorial prior."""
+  from dvae_jax import graphs, priors, rbm
+
+  if isinstance(prior, priors.FactorialBernoulli):
+    raise restore.UsageError(
+      "--dimod_sampler: the run's prior is factorial (independent units, no couplings), so there "
+      "is nothing to sample with dimod; without --dimod_sampler it is sampled exactly"
+    )
+  return graphs.from_rbm(prior) if isinstance(prior, rbm.RBM) else prior
+
+
+def dimod_sample_kwargs(sampler, kwargs: dict, num: int, seed: int) -> dict:
+  """``kwargs`` checked against ``sampler.parameters``, with ``num_reads`` = num and ``seed`` =
+  seed added where the sampler takes them and they are not given."""
+  unknown = sorted(set(kwargs) - set(sampler.parameters))
+  if unknown:
+    raise restore.UsageError(
+      f"invalid --dimod_kwargs: {type(sampler).__name__} takes no {', '.join(unknown)} "
+      f"(its parameters: {', '.join(sorted(sampler.parameters)) or 'none'})"
+    )
+  defaults = {"num_reads": num, "seed": seed}
+  return {**{k: v for k, v in defaults.items() if k in sampler.parameters}, **kwargs}
+
+
+def dimod_prior_samples(sampler, m, num: int, beta: float, vartype: str, kwargs: dict):
+  """``(reads [S, n] uint8 in m's node order, seconds)``: ``sampler.sample(to_bqm(m, vartype,
+  beta), **kwargs)``, every read (expanded by ``num_occurrences``), and the sampler's wall time.
+  DimodSampleError when the sampler fails, returns other variables than the BQM's, or fewer than
+  ``num`` reads."""
+  import numpy as np
+
+  from dvae_jax.graphs import dimod_io
+
+  bqm = dimod_io.to_bqm(m, vartype, beta)
+  name = type(sampler).__name__
+  start = time.perf_counter()
+  try:
+    sampleset = sampler.sample(bqm, **kwargs)
+  except Exception as err:  # any sampler's own error (bad argument value, a QPU's refusal)
+    raise DimodSampleError(f"{name}.sample failed: {type(err).__name__}: {err}") from err
+  seconds = time.perf_counter() - start
+  got, expected = set(sampleset.variables), set(bqm.variables)
+  if got != expected:
+    missing, extra = sorted(expected - got, key=str), sorted(got - expected, key=str)
+    raise DimodSampleError(
+      f"{name} returned samples of other variables than the prior's BQM's {len(expected)}: "
+      f"missing {len(missing)} {missing[:5]}, extra {len(extra)} {extra[:5]}"
+    )
+  reads = dimod_io.samples_to_array(sampleset, m.graph)
+  if not np.isin(reads, (0, 1)).all():
+    raise DimodSampleError(f"{name} returned values that are not {sampleset.vartype.name} states")
+  if reads.shape[0] < num:
+    raise DimodSampleError(
+      f"{name} returned {reads.shape[0]} reads, fewer than --num={num}; ask for more, e.g. "
+      f"--dimod_kwargs=num_reads={num}"
+    )
+  return reads.astype(np.uint8), seconds
+
+
+def dimod_moment_error(key, prior, reads, num_replicas: int, num_temperatures: int):
+  """``samplers.diagnostics.population_moment_error`` of the reads [S, n] (node order) as a
+  population of ``prior`` at β = 1, against two fresh PA runs of num_replicas (a multiple of
+  16) × num_temperatures."""
+  import jax.numpy as jnp
+
+  from dvae_jax.samplers import diagnostics, machines
+
+  z = jnp.asarray(reads, machines.dtype(prior))
+  n1, _ = machines.chain_sizes(prior)
+  return diagnostics.population_moment_error(
+    key, z[:, :n1], z[:, n1:], prior, num_replicas=num_replicas, num_temperatures=num_temperatures
+  )
+
+
+def describe_moment_error(error, prior, num_reads: int, replicas: int, temperatures: int) -> str:
+  """The diagnostic's lines for the terminal (replicas: of each reference, a multiple of 16)."""
+  from dvae_jax.samplers import machines
+
+  if machines.is_graph(prior):
+    groups = f"units {float(error.z1):.2f}, edges {float(error.z1z2):.2f}"
+  else:
+    groups = f"z1 {float(error.z1):.2f}, z2 {float(error.z2):.2f}, z1z2 {float(error.z1z2):.2f}"
+  return (
+    f"moment error of the {num_reads} reads against the trained prior (β = 1; two population-"
+    f"annealing references of {replicas} replicas × {temperatures} temperatures), in units of the "
+    f"noise of {num_reads} independent exact samples (≈ 1 if they are Boltzmann samples): "
+    f"{groups}, total {float(error.total):.2f}\n"
+    f"implied relative bias of the log-Z gradient from these reads: "
+    f"{float(error.relative_bias):.4f} (0 within noise); reference log Z = "
+    f"{float(error.reference_log_z):.3f} ± {float(error.reference_log_z_stderr):.3f}"
+  )
+
+
 def check_flags() -> None:
-  for flag, minimum in ((_NUM, 1), (_POPULATION, 1), (_TEMPERATURES, 2), (_SWEEPS, 1), (_COLS, 1)):
+  for flag, minimum in (
+    (_NUM, 1),
+    (_POPULATION, 1),
+    (_TEMPERATURES, 2),
+    (_SWEEPS, 1),
+    (_COLS, 1),
+    (_DIAGNOSTIC_REPLICAS, 0),
+    (_DIAGNOSTIC_TEMPERATURES, 2),
+  ):
     restore.check_minimum(flag, minimum)
   if not _OUT.value.lower().endswith(".png"):
     raise restore.UsageError(f"invalid --out={_OUT.value!r}: must name a .png file")
   if _NPZ.value is not None and not _NPZ.value.endswith(".npz"):
     raise restore.UsageError(f"invalid --npz={_NPZ.value!r}: must name a .npz file")
+  if _JSON.value is not None and not _JSON.value.endswith(".json"):
+    raise restore.UsageError(f"invalid --json={_JSON.value!r}: must name a .json file")
+  if not (math.isfinite(_DIMOD_BETA.value) and _DIMOD_BETA.value > 0):
+    raise restore.UsageError(f"invalid --dimod_beta={_DIMOD_BETA.value}: must be finite and > 0")
+  if _DIMOD_SAMPLER.value is None:
+    dimod_only = (
+      _DIMOD_KWARGS,
+      _DIMOD_BETA,
+      _DIMOD_VARTYPE,
+      _DIAGNOSTIC_REPLICAS,
+      _DIAGNOSTIC_TEMPERATURES,
+      _JSON,
+    )
+    for flag in dimod_only:
+      if flags.FLAGS[flag.name].present:
+        raise restore.UsageError(f"--{flag.name} needs --dimod_sampler")
+
+
+def write_atomically(path: pathlib.Path, write) -> None:
+  """``write(file)`` into a temporary sibling renamed to ``path`` when complete."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "wb") as f:
+    write(f)
+  os.replace(tmp, path)
 
 
 def main(argv):
   restore.start_command(argv, _WORKDIR.value)
   import jax
+  import jax.numpy as jnp
   import numpy as np
 
   from dvae_jax import data as data_lib
@@ -90,22 +375,71 @@ def main(argv):
 
   try:
     check_flags()
+    sampler = None
+    if _DIMOD_SAMPLER.value:  # before restoring: a missing package or a bad name fails fast
+      sampler = make_dimod_sampler(_DIMOD_SAMPLER.value)
+      kwargs = parse_dimod_kwargs(_DIMOD_KWARGS.value)
+      kwargs = dimod_sample_kwargs(sampler, kwargs, _NUM.value, _SEED.value)
     overrides = {"data_dir": _DATA_DIR.value} if _DATA_DIR.value else {}
     run = restore.restore(_WORKDIR.value, _STEP.value, **overrides)
+    prior = run.state.params["prior"]
+    machine = dimod_machine(prior) if sampler is not None else None
   except (restore.UsageError, restore.RestoreError, data_lib.DataNotFoundError) as err:
     sys.exit(f"error: {err}")
   params = run.state.params
   print(restore.describe(_WORKDIR.value, run), flush=True)
   key = jax.random.key(_SEED.value)
-  z, message = prior_samples(
-    jax.random.fold_in(key, 0),
-    params["prior"],
-    _NUM.value,
-    _POPULATION.value,
-    _TEMPERATURES.value,
-    _SWEEPS.value,
-  )
-  print(message, flush=True)
+  arrays, record = {}, {}
+  if sampler is None:
+    z, message = prior_samples(
+      jax.random.fold_in(key, 0),
+      prior,
+      _NUM.value,
+      _POPULATION.value,
+      _TEMPERATURES.value,
+      _SWEEPS.value,
+    )
+    print(message, flush=True)
+  else:
+    beta, vartype = _DIMOD_BETA.value, _DIMOD_VARTYPE.value
+    try:
+      reads, seconds = dimod_prior_samples(sampler, machine, _NUM.value, beta, vartype, kwargs)
+    except DimodSampleError as err:
+      sys.exit(f"error: --dimod_sampler={_DIMOD_SAMPLER.value}: {err}")
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    print(
+      f"dimod sampler {type(sampler).__name__}({shown}): {reads.shape[0]} reads of the prior's "
+      f"{vartype} BQM at β = {beta:g} (bqm.energy = {beta:g}·E(z)) in {seconds:.1f} s; "
+      f"{_NUM.value} reads drawn",
+      flush=True,
+    )
+    pick = jax.random.choice(jax.random.fold_in(key, 0), reads.shape[0], (_NUM.value,), False)
+    z = jnp.asarray(reads[np.asarray(pick)], jnp.float32)
+    arrays["reads"] = reads
+    record = {
+      "workdir": str(_WORKDIR.value),
+      "checkpoint": {"which": run.which, "step": run.step},
+      "prior": run.experiment.config.prior,
+      "dimod_sampler": _DIMOD_SAMPLER.value,
+      "sampler_class": f"{type(sampler).__module__}.{type(sampler).__qualname__}",
+      "dimod_kwargs": kwargs,
+      "dimod_beta": beta,
+      "dimod_vartype": vartype,
+      "num_reads": int(reads.shape[0]),
+      "sampler_seconds": seconds,
+    }
+    if _DIAGNOSTIC_REPLICAS.value:
+      replicas = whole_groups(_DIAGNOSTIC_REPLICAS.value)
+      temperatures = _DIAGNOSTIC_TEMPERATURES.value
+      error = dimod_moment_error(jax.random.fold_in(key, 2), prior, reads, replicas, temperatures)
+      print(describe_moment_error(error, prior, reads.shape[0], replicas, temperatures), flush=True)
+      values = {k: float(getattr(error, k)) for k in DIAGNOSTIC_KEYS}
+      arrays.update({f"diagnostic_{k}": np.float64(v) for k, v in values.items()})
+      record["diagnostic"] = {
+        "replicas": replicas,
+        "temperatures": temperatures,
+        **{k: v if math.isfinite(v) else None for k, v in values.items()},
+      }
   means = images.decode_means(run.experiment, params, run.state.batch_stats, z)
   if _BINARY.value:
     x = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 1), means), np.uint8)
@@ -117,12 +451,14 @@ def main(argv):
   print(f"wrote {out} ({_NUM.value} {'binary draws' if _BINARY.value else 'Bernoulli means'})")
   if _NPZ.value:
     path = pathlib.Path(_NPZ.value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-      np.savez(f, z=np.asarray(z, np.uint8), x=x)
-    os.replace(tmp, path)
-    print(f"wrote {path} (z {tuple(z.shape)}, x {x.shape})")
+    write_atomically(path, lambda f: np.savez(f, z=np.asarray(z, np.uint8), x=x, **arrays))
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if v.ndim)
+    print(f"wrote {path} (z {tuple(z.shape)}, x {x.shape}{', ' + shapes if shapes else ''})")
+  if _JSON.value:
+    path = pathlib.Path(_JSON.value)
+    text = json.dumps(record, indent=2, default=repr) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode()))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
