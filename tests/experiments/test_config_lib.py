@@ -74,6 +74,7 @@ def test_cpu_protocol_is_smaller_and_overrides_win():
   config = config_lib.load_config("dvae_sharp")
   cpu = config_lib.resolve_config(config)
   assert cpu.protocol == "cpu" and cpu.num_steps < 1_000_000
+  assert (cpu.num_prior_samples, cpu.num_sweeps) == (1000, 10)  # issue 10's sweep-budget study
   config.num_steps, config.protocol = 123, "paper"
   c = config_lib.resolve_config(config)
   assert c.num_steps == 123 and c.num_sweeps == 40
