@@ -14,7 +14,7 @@ from test_evaluate import checksums, run_module
 
 from dvae_jax import graphs, priors, rbm
 from experiments import checkpointing, images, restore
-from experiments import sample as sample_lib
+from experiments import prior_sampling as sample_lib
 
 
 def sample(workdir, out_dir, *args, name="s"):
