@@ -30,8 +30,8 @@ would give), so that heuristic samplers and annealers can be judged before their
 Writes a PNG grid (ink black on white) to ``--out`` and, with ``--npz``, ``z`` [num, latents]
 uint8 and ``x`` [num, 784] (float32 means, or uint8 with ``--binary``); with ``--dimod_sampler``
 also ``reads`` [S, latents] uint8 (every read, node order) and the diagnostic's numbers
-(``prior_sampling.DIAGNOSTIC_KEYS``, as ``diagnostic_<key>``), which ``--json`` writes too. The workdir is only
-read.
+(``prior_sampling.DIAGNOSTIC_KEYS``, as ``diagnostic_<key>``), which ``--json`` writes too. The
+workdir is only read.
 """
 
 from __future__ import annotations
