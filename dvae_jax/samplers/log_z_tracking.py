@@ -22,7 +22,8 @@ spread 1.2–1.8× it) only while the sweeps keep the resampled population diver
 refresh the default run's tracker read −0.44 and −0.72 nats at steps 2,500 and 5,000 (reported
 stderr 0.10); with 100, +0.21 and −0.12; with 200 (the default), −0.62 to +0.31 (28 of 32 within
 ± 0.3) at the evaluations of the default run with 40, 10 and 4 sweeps per step and 4 with the
-Rao-Blackwellised gradient (README "The training log Z"). What remains is that variance and the error of its start.
+Rao-Blackwellised gradient (README "The training log Z"). What remains is that variance and the
+error of its start.
 Between refreshes the training sampler's own increments drift by at most N steps' worth.
 
 `seed` starts a tracker from R replicas of the training population, with its log Z; the runner
