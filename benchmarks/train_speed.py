@@ -65,7 +65,7 @@ def _device_peak_mib() -> float | None:
 
 
 def _timed_budget(struct: str, num_sweeps: int):
-  """``(train_once, sample_once, config)`` for one struct and sweep budget, compiled and warm."""
+  """``(train_once, sample_once, config, compile_seconds)`` of one struct and budget, warm."""
   config = config_lib.load_config(_METHOD.value)
   config.struct = struct
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
