@@ -40,6 +40,9 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
   summary = json.loads((out / "gpu_check.json").read_text())
   assert summary["comparison_steps"] == 10 and summary["budget_s"] == 1
   assert set(summary["steps_per_second"]) == {"1-layer-lin"}
+  assert set(summary["comparison_wall_s"]) == {"1-layer-lin"}
+  runner = summary["runner_steps_per_second"]["1-layer-lin"]
+  assert set(runner) == {"dvae", "dvae_sharp"} and min(runner.values()) > 0
   speed = json.loads((out / "train_speed.json").read_text())
   assert speed["rows"][0]["num_sweeps"] == 40 and speed["rows"][0]["steps_per_second"] > 0
   for config in ("dvae", "dvae_sharp"):
