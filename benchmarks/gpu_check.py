@@ -5,14 +5,17 @@ DVAE-vs-DVAE# comparison that fits the remaining time budget.
 
 1. ``benchmarks.train_speed`` on every struct (paper sampler settings: batch 100, PA 1000 × 40):
    steps/s, the sampler's share, device memory → ``OUT/train_speed.json``.
-2. From the measured steps/s, the number of training steps at which the paired runs — dvae and
+2. ``benchmarks.runner_overhead`` on the comparison's first struct and settings: the runner's
+   steps/s beside its jitted step's alone, with the host's per-step work added piece by piece
+   → ``OUT/runner_overhead.json``.
+3. From the measured steps/s, the number of training steps at which the paired runs — dvae and
    dvae_sharp, K = 5, seed 0, on each of ``--compare_structs`` (1-layer-lin and 1-layer-nonlin) —
    fit the rest of the budget (``--train_fraction`` of each run's share, counted at train_speed's
    rate, goes to training), rounded down to a multiple of 500 steps. They run through
    ``benchmarks.table1`` (resumable, same protocol as the CPU grids: evaluation every num_steps/5 on
    2,000 images, test NLL with 4,000 importance samples) → ``OUT/table1/``, one struct at a time, so
    that a run stopped by an outer time limit costs one pair, not one run of every pair.
-3. ``OUT/gpu_check.json``: device, budget, the chosen steps, the wall time of each part and each
+4. ``OUT/gpu_check.json``: device, budget, the chosen steps, the wall time of each part and each
    comparison run's own training rate (``runner_steps_per_second``). It is written after the speed
    part and again after each struct's pair, so an outer time limit loses only what was running.
 
@@ -51,6 +54,9 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer("speed_steps", 100, "train_speed: timed steps per repeat.")
   flags.DEFINE_integer("speed_repeats", 5, "train_speed: repeats.")
+  flags.DEFINE_integer("overhead_block", 100, "runner_overhead: steps per timed call.")
+  flags.DEFINE_integer("overhead_repeats", 5, "runner_overhead: repeats.")
+  flags.DEFINE_integer("overhead_runner_steps", 1000, "runner_overhead: steps of the runner's run.")
   flags.DEFINE_list(
     "compare_structs", ["1-layer-lin", "1-layer-nonlin"], "Structs of the paired comparison."
   )
@@ -132,6 +138,20 @@ def main(argv):
   )
   speed = json.loads((out / "train_speed.json").read_text())
   rates = {r["struct"]: r["steps_per_second"] for r in speed["rows"]}
+  overhead_wall = _run(
+    "benchmarks.runner_overhead",
+    [
+      f"--struct={f.compare_structs[0]}",
+      f"--config={f.configs[0]}",
+      "--k=5",
+      f"--block={f.overhead_block}",
+      f"--repeats={f.overhead_repeats}",
+      f"--runner_steps={f.overhead_runner_steps}",
+      f"--out={out / 'runner_overhead.json'}",
+    ]
+    + [f"--override={o}" for o in f.override],
+  )
+  overhead = json.loads((out / "runner_overhead.json").read_text())
   steps = comparison_steps(
     rates,
     f.budget_s - (time.perf_counter() - start),
@@ -147,6 +167,8 @@ def main(argv):
     "train_fraction": f.train_fraction,
     "train_speed_wall_s": speed_wall,
     "steps_per_second": rates,
+    "runner_overhead_wall_s": overhead_wall,
+    "runner_overhead": {r["variant"]: r["steps_per_second"] for r in overhead["rows"]},
     "comparison_steps": steps,
     "comparison_wall_s": {},
     "runner_steps_per_second": {},

@@ -29,7 +29,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
     "--structs=1-layer-lin", "--compare_structs=1-layer-lin", "--speed_steps=2",
     "--speed_repeats=1", "--min_steps=10", "--eval_num_examples=20", "--eval_iw_samples=4",
     "--override=val_iw_samples=4", "--override=ais_num_chains=16",
-    "--override=ais_num_temperatures=10",
+    "--override=ais_num_temperatures=10", "--overhead_block=50", "--overhead_repeats=1",
+    "--overhead_runner_steps=300",
   ]  # fmt: skip
   env = {
     **os.environ,
@@ -41,6 +42,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
   assert summary["comparison_steps"] == 10 and summary["budget_s"] == 1
   assert set(summary["steps_per_second"]) == {"1-layer-lin"}
   assert set(summary["comparison_wall_s"]) == {"1-layer-lin"}
+  assert set(summary["runner_overhead"]) == {"step", "+batch", "+tracker", "runner"}
+  assert min(summary["runner_overhead"].values()) > 0
   runner = summary["runner_steps_per_second"]["1-layer-lin"]
   assert set(runner) == {"dvae", "dvae_sharp"} and min(runner.values()) > 0
   speed = json.loads((out / "train_speed.json").read_text())
