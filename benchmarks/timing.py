@@ -40,6 +40,15 @@ def interleaved_medians(fns: Sequence[Callable], steps: int, repeats: int) -> li
   return [statistics.median(t) for t in times]
 
 
+def amortised_seconds_per_step(seconds_per_call: float, calls: int, every: int) -> float:
+  """Seconds per step of work done once every ``every`` steps, from the median seconds per call of
+  a function timed over ``calls`` calls that does it at calls 0, every, 2·every, … (so
+  ``ceil(calls / every)`` times).
+  """
+  refreshes = -(-calls // every)
+  return seconds_per_call * calls / refreshes / every
+
+
 def run_worker(module: str, flags: list[str], env: dict | None = None):
   """Runs ``python -m module *flags --out=FILE`` in a fresh interpreter and returns FILE's JSON.
 

@@ -12,10 +12,12 @@ estimated wall time of the full 1M-step protocol on this machine (training steps
   # under one load):
   python -m benchmarks.train_speed --sweeps=40,4 --out=benchmarks/results/train_speed_sweeps.json
 
-With several ``--sweeps`` each row also gives ``speedup`` (steps/s over the first budget's) and
-``with_tracker_steps_per_second``: the step plus the log Z tracker's amortised cost (README "The
-training log Z"), estimated from the measured sampler time per replica-sweep:
-(log_z_tracker_sweeps + ≈ 12 stage sweeps) × log_z_tracker_replicas per log_z_refresh_every steps.
+Each row also gives ``with_tracker_steps_per_second``: the step plus the log Z tracker's amortised
+cost (README "The training log Z"): its jitted refresh (the runner's) is timed in the same
+alternation, one refresh every ``log_z_refresh_every`` calls, and its seconds per refresh divided
+by ``log_z_refresh_every`` (``tracker_ms_per_step``). (Until session 19 this was an estimate that
+scaled the sampler's time per replica-sweep, right on a CPU but not on a launch-bound GPU.) With
+several ``--sweeps``, ``speedup`` and ``with_tracker_speedup`` are over the first budget's.
 
 Writes ``benchmarks/results/train_speed.json`` and prints a Markdown table. Ratios (sampling share)
 are measured in one run; absolute numbers depend on the machine's load.
@@ -34,7 +36,7 @@ from absl import app, flags
 
 from benchmarks import timing
 from dvae_jax import data as data_lib
-from experiments import config_lib, sharding, train
+from experiments import config_lib, sampler_monitor, sharding, train
 
 _STRUCTS = flags.DEFINE_list(
   "structs", ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"], "Structs."
@@ -53,8 +55,6 @@ _OUT = flags.DEFINE_string(
 )
 
 PAPER_STEPS = 1_000_000
-# Stages of a tracker refresh (each one sweep) on the default run: 11–13 at ESS 0.99 (BUILD_NOTES).
-TRACKER_STAGE_SWEEPS = 12
 
 
 def _device_peak_mib() -> float | None:
@@ -65,7 +65,9 @@ def _device_peak_mib() -> float | None:
 
 
 def _timed_budget(struct: str, num_sweeps: int):
-  """``(train_once, sample_once, config, compile_seconds)`` of one struct and budget, warm."""
+  """``(train_once, sample_once, track_once, config, compile_seconds)`` of one struct and budget,
+  warm. ``track_once(i)`` refreshes the log Z tracker when ``i % log_z_refresh_every == 0``
+  (``None`` without a tracker)."""
   config = config_lib.load_config(_METHOD.value)
   config.struct = struct
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
@@ -100,26 +102,50 @@ def _timed_budget(struct: str, num_sweeps: int):
     return info.log_z
 
   jax.block_until_ready(sample_once(0))
-  return train_once, sample_once, config, compile_s
+
+  tracking = sampler_monitor.make_log_z_tracking(experiment)
+  if tracking is None:
+    return train_once, sample_once, None, config, compile_s
+  seed_fn, refresh_fn = tracking
+  # The runner's jitted refresh on its own copy of the state (it donates the state it is given).
+  track = {"state": jax.tree.map(jnp.copy, holder["state"])}
+  track["tracker"] = seed_fn(jax.random.key(1), track["state"])
+  track["values"] = jnp.zeros(())
+
+  def track_once(i):
+    if i % config.log_z_refresh_every == 0:
+      track["tracker"], track["state"], track["values"] = refresh_fn(
+        keys[i], track["tracker"], track["state"]
+      )
+    return track["values"]
+
+  jax.block_until_ready(track_once(0))
+  return train_once, sample_once, track_once, config, compile_s
+
+
+def _no_tracker(i):
+  """Stands in for ``track_once`` of a budget without a tracker (times nothing)."""
+  del i
+  return jnp.zeros(())
 
 
 def measure(struct: str) -> list[dict]:
   budgets = [int(b) for b in _SWEEPS.value]
   timed = [_timed_budget(struct, b) for b in budgets]
-  fns = [f for train_once, sample_once, _, _ in timed for f in (train_once, sample_once)]
+  fns = [
+    f
+    for train_once, sample_once, track_once, _, _ in timed
+    for f in (train_once, sample_once, track_once or _no_tracker)
+  ]
   medians = timing.interleaved_medians(fns, _STEPS.value, _REPEATS.value)
   rows = []
-  for (_, _, config, compile_s), step_s, sampler_s in zip(
-    timed, medians[0::2], medians[1::2], strict=True
+  for (_, _, track_once, config, compile_s), step_s, sampler_s, track_s in zip(
+    timed, medians[0::3], medians[1::3], medians[2::3], strict=True
   ):
-    replica_sweep_s = sampler_s / (config.num_sweeps * config.num_prior_samples)
     tracker_s = 0.0
-    if config.log_z_refresh_every:
-      tracker_s = (
-        replica_sweep_s
-        * (config.log_z_tracker_sweeps + TRACKER_STAGE_SWEEPS)
-        * config.log_z_tracker_replicas
-        / config.log_z_refresh_every
+    if track_once is not None:
+      tracker_s = timing.amortised_seconds_per_step(
+        track_s, _STEPS.value, config.log_z_refresh_every
       )
     rows.append(
       {
@@ -133,7 +159,7 @@ def measure(struct: str) -> list[dict]:
         "steps_per_second": 1.0 / step_s,
         "sampler_ms": 1e3 * sampler_s,
         "sampling_share": sampler_s / step_s,
-        "tracker_ms_per_step_estimate": 1e3 * tracker_s,
+        "tracker_ms_per_step": 1e3 * tracker_s,
         "with_tracker_steps_per_second": 1.0 / (step_s + tracker_s),
         "paper_protocol_train_hours": PAPER_STEPS * step_s / 3600,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
