@@ -40,7 +40,7 @@ PAPER_METHODS = (
 GUMBOLT_TEMPERATURE = 0.5
 METHODS = PAPER_METHODS + ("gumbolt",)
 PRIORS = ("rbm", "factorial") + topologies.TOPOLOGIES
-SAMPLERS = ("pa", "pcd")
+SAMPLERS = ("pa", "pcd", "dimod")
 
 _MNIST_BETAS = {
   "1-layer-lin": (5, 12, 40, 40, 40, 12, 40, 40),
@@ -264,6 +264,16 @@ def resolve_config(
       f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
     )
   _resolve_topology(c)
+  if (c.sampler == "dimod") != bool(c.dimod_sampler):
+    raise ConfigError(
+      "sampler='dimod' needs dimod_sampler (simulated_annealing, tabu, steepest_descent, random or "
+      "module.path:Name)"
+      if c.sampler == "dimod"
+      else f"dimod_sampler {c.dimod_sampler!r} is given but sampler is {c.sampler!r}; use "
+      "sampler='dimod'"
+    )
+  if c.dimod_kwargs and c.sampler != "dimod":
+    raise ConfigError(f"dimod_kwargs {c.dimod_kwargs!r} is given but sampler is {c.sampler!r}")
   if c.kl_warmup_fraction > 1:
     raise ConfigError(f"invalid kl_warmup_fraction {c.kl_warmup_fraction}: must be in [0, 1]")
   return config_dict.FrozenConfigDict(c)

@@ -211,6 +211,31 @@ def dimod_prior_samples(sampler, m, num: int, beta: float, vartype: str, kwargs:
   return reads.astype(np.uint8), seconds
 
 
+def make_dimod_draw(spec: str, kwargs_text: str, num: int, prior):
+  """``draw(seed, m) -> reads [num, n]`` for ``samplers.external``: the dimod sampler named by
+  ``spec`` on m's BINARY BQM at β = 1 (``bqm.energy = E``), with ``kwargs_text``'s keyword
+  arguments, ``num_reads`` = num and ``seed`` = seed where it takes them and they are not given.
+  ``prior`` (the run's initial prior) fixes the graph an RBM is sampled on, built here because
+  ``draw`` runs inside a host callback, where JAX must not be called. The sampler and the keyword
+  names are checked now (UsageError)."""
+  import numpy as np
+
+  from dvae_jax import graphs, rbm
+
+  sampler = make_dimod_sampler(spec)
+  kwargs = parse_dimod_kwargs(kwargs_text)
+  dimod_sample_kwargs(sampler, kwargs, num, 0)  # unknown keywords fail before training starts
+  graph = dimod_machine(prior).graph
+
+  def draw(seed: int, m):
+    if isinstance(m, rbm.RBM):
+      m = graphs.BoltzmannMachine(np.concatenate([m.b1, m.b2]), np.reshape(m.w, -1), graph)
+    call = dimod_sample_kwargs(sampler, kwargs, num, seed)
+    return dimod_prior_samples(sampler, m, num, 1.0, "BINARY", call)[0]
+
+  return draw
+
+
 def dimod_moment_error(key, prior, reads, num_replicas: int, num_temperatures: int):
   """``samplers.diagnostics.population_moment_error`` of the reads [S, n] (node order) as a
   population of ``prior`` at β = 1, against two fresh PA runs of num_replicas (a multiple of

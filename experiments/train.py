@@ -138,6 +138,25 @@ class Experiment:
   state_sharding: Any  # a TrainState of NamedShardings, see `state_shardings`
 
 
+def _dimod_prior_sampler(config, prior, mesh):
+  """``samplers.external`` drawing through the dimod sampler named by ``config.dimod_sampler``
+  (checked now, with its keyword arguments: a ConfigError names the problem)."""
+  from experiments import prior_sampling  # imports restore, which imports this module
+
+  if mesh.size != 1:
+    raise config_lib.ConfigError(
+      f"sampler='dimod' draws the whole population on the host and runs on one device; this mesh "
+      f"has {mesh.size} (set CUDA_VISIBLE_DEVICES or JAX_PLATFORMS to use one)"
+    )
+  try:
+    draw = prior_sampling.make_dimod_draw(
+      config.dimod_sampler, config.dimod_kwargs, config.num_prior_samples, prior
+    )
+  except ValueError as err:  # restore.UsageError from the shared dimod helpers
+    raise config_lib.ConfigError(f"sampler='dimod': {err}") from err
+  return samplers_lib.external.prior_sampler(config.num_prior_samples, draw)
+
+
 def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   """Loads the data and builds the model, the optimiser and the initial (replicated) state."""
   config = config_lib.resolve_config(config)
@@ -168,9 +187,12 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
     eps_mode=config.adam_eps_mode,
   )
   if config.prior != "factorial":
-    sampler = samplers_lib.make_prior_sampler(
-      config.sampler, config.num_prior_samples, config.num_sweeps
-    )
+    if config.sampler == "dimod":
+      sampler = _dimod_prior_sampler(config, prior, mesh)
+    else:
+      sampler = samplers_lib.make_prior_sampler(
+        config.sampler, config.num_prior_samples, config.num_sweeps
+      )
     sampler_state = jax.jit(sampler.init)(sampler_key, prior)
   else:
     sampler, sampler_state = None, ()

@@ -9,7 +9,8 @@ an RBM), `ais` (annealed importance sampling), `population_annealing`
 (PA kernels `init` / `step(key, state, m, next_beta)` and the log Z estimators built on them),
 `tempering` (schedules and the one adaptive tempering rule), `resampling` (systematic / residual /
 multinomial, effective sample size); the persistent training-time samplers `persistent` (their
-shared state and `PriorSampler`), `pcd` and `persistent_pa`, each with its `prior_sampler(...)`;
+shared state and `PriorSampler`), `pcd` and `persistent_pa`, each with its `prior_sampler(...)`,
+and `external` (states drawn by a host function: a dimod sampler, a QPU);
 `prior_sampler` (`make_prior_sampler`: one of them by name); `diagnostics` (is a population in
 equilibrium?) and `log_z_tracking` (an independent population that keeps the training log Z
 honest). All are pure functions over NamedTuple states; kernels take `(key, state, m, ...)`, the
@@ -19,6 +20,7 @@ PRNG key first, except the two estimators below, which take the machine first.
 from dvae_jax.samplers import (
   ais,
   diagnostics,
+  external,
   gibbs,
   log_z_tracking,
   machines,
@@ -47,6 +49,7 @@ __all__ = [
   "ais",
   "ais_log_partition",
   "diagnostics",
+  "external",
   "gibbs",
   "log_z_tracking",
   "machines",

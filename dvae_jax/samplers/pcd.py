@@ -24,11 +24,9 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
-from dvae_jax import numerics
-from dvae_jax.samplers import gibbs, machines, persistent, resampling
+from dvae_jax.samplers import gibbs, machines, persistent
 from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
 
 Array = jax.Array
@@ -59,16 +57,9 @@ def step(
   before, after = persistent.split_sweeps(num_sweeps, decorrelation_sweeps)
   k_before, k_after = jax.random.split(key)
   state = persistent.decorrelate(k_before, state, before)
-  delta = jax.tree.map(jnp.subtract, m, state.params)
-  log_w = -machines.energy(delta, gibbs.GibbsState(state.z1, state.z2))  # E is linear in θ
-  increment = numerics.log_mean_exp(log_w)
-  ess = resampling.effective_sample_size(log_w)
-  log_z, comp = numerics.kahan_add(state.log_z, state.log_z_compensation, increment)
-  variance = state.log_z_variance + persistent.incremental_variance(ess, log_w.shape[0])
+  state, info = persistent.reweight(state, m)
   chains = machines.run(k_after, gibbs.GibbsState(state.z1, state.z2), m, after)
-  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
-  info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
-  return new_state, info
+  return state._replace(z1=chains.z1, z2=chains.z2), info
 
 
 def prior_sampler(

@@ -29,7 +29,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dvae_jax.samplers import gibbs, machines
+from dvae_jax import numerics
+from dvae_jax.samplers import gibbs, machines, resampling
 
 Array = jax.Array
 Machine = machines.Machine
@@ -145,6 +146,27 @@ def incremental_variance(ess: Array, num: int) -> Array:
   var(mean w)/mean(w)² ≈ var(w)/(num mean(w)²) = (num/ESS − 1)/num = 1/ESS − 1/num.
   """
   return jnp.maximum(1.0 / ess - 1.0 / num, 0.0)
+
+
+def reweight(state: PersistentState, m: Machine) -> tuple[PersistentState, PersistentInfo]:
+  """The running log Z moved from state.params to m by importance reweighting state's chains.
+
+  E is linear in θ, so the log-weights are −E_{m − params}(chains) [S]; the increment is their
+  log-mean-exp, added with Kahan compensation, and its delta-method variance accumulates. The
+  chains are unchanged and `params` becomes m: the caller moves the chains (PCD sweeps them under
+  m; `external` draws new ones).
+
+  Returns:
+    (state with the new log Z, compensation, variance and params = m; PersistentInfo of one stage).
+  """
+  delta = jax.tree.map(jnp.subtract, m, state.params)
+  log_w = -machines.energy(delta, gibbs.GibbsState(state.z1, state.z2))
+  increment = numerics.log_mean_exp(log_w)
+  ess = resampling.effective_sample_size(log_w)
+  log_z, comp = numerics.kahan_add(state.log_z, state.log_z_compensation, increment)
+  variance = state.log_z_variance + incremental_variance(ess, log_w.shape[0])
+  info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
+  return PersistentState(state.z1, state.z2, log_z, comp, variance, m), info
 
 
 def check_state(state: PersistentState, m: Machine) -> None:

@@ -46,7 +46,13 @@ def get_config() -> config_dict.ConfigDict:
   c.kl_warmup_fraction = 0.3  # κ = min(t / (fraction · num_steps), 1).
 
   # Prior sampler (MATH.md §3).
-  c.sampler = "pa"  # pa | pcd
+  c.sampler = "pa"  # pa | pcd | dimod (each step's states drawn by a dimod sampler on the host)
+  # With sampler='dimod' (the [dwave] extra; samplers.external): simulated_annealing | tabu |
+  # steepest_descent | random | module.path:Name of any dimod.Sampler (a QPU's, a user's), and its
+  # .sample keyword arguments as KEY=VALUE,... (num_reads defaults to num_prior_samples, seed to
+  # one drawn from the step's key). One device; num_sweeps is not used.
+  c.dimod_sampler = ""
+  c.dimod_kwargs = ""
   c.num_prior_samples = config_dict.placeholder(int)
   c.num_sweeps = config_dict.placeholder(int)
   # Gradient of log Z from the samples (rbm.rao_blackwellize): 'none' (sampled z1, z2: MATH.md §2),
