@@ -14,7 +14,10 @@ samples like any other population's (MATH.md §2): it is as right as the samples
 biased gradient and a biased running log Z; the runner's sampler diagnostic (moment error of the
 held samples against fresh population annealing, `diagnostics`) measures the first at every
 evaluation, and its log Z tracker (`log_z_tracking`, its own Gibbs population) replaces the second
-every `log_z_refresh_every` steps.
+every `log_z_refresh_every` steps. Even exact reads bias the running log Z low in training: the
+reads reweighted at a step also gave the gradient that moved the parameters (`persistent`, "Order
+of a step"; PCD's decorrelation sweeps have no counterpart here), which the tracker corrects too.
+Along a path fixed in advance (tests) the increments are unbiased.
 
 The state is the same pytree as the other kinds' (checkpoints are interchangeable); there are no
 sweeps. `draw` must return at least S states, in the machine's unit order (an RBM: z1 then z2; a
