@@ -29,8 +29,9 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
     "--structs=1-layer-lin", "--compare_structs=1-layer-lin", "--speed_steps=2",
     "--speed_repeats=1", "--min_steps=10", "--eval_num_examples=20", "--eval_iw_samples=4",
     "--override=val_iw_samples=4", "--override=ais_num_chains=16",
-    "--override=ais_num_temperatures=10", "--overhead_block=50", "--overhead_repeats=1",
-    "--overhead_runner_steps=300",
+    "--override=ais_num_temperatures=10", "--override=num_prior_samples=64",
+    "--override=log_z_tracker_replicas=16", "--override=log_every=5", "--overhead_block=50",
+    "--overhead_repeats=1", "--overhead_runner_steps=20",
   ]  # fmt: skip
   env = {
     **os.environ,
