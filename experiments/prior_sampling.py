@@ -216,8 +216,10 @@ def make_dimod_draw(spec: str, kwargs_text: str, num: int, prior):
   ``spec`` on m's BINARY BQM at β = 1 (``bqm.energy = E``), with ``kwargs_text``'s keyword
   arguments, ``num_reads`` = num and ``seed`` = seed where it takes them and they are not given.
   ``prior`` (the run's initial prior) fixes the graph an RBM is sampled on, built here because
-  ``draw`` runs inside a host callback, where JAX must not be called. The sampler and the keyword
-  names are checked now (UsageError)."""
+  ``draw`` runs inside a host callback, where JAX must not be called. The all-zero machine (the
+  start of training) is not sent: its law is uniform, drawn exactly from ``seed`` (an annealer
+  given an all-zero BQM has no energy scale; simulated annealing warns and picks one). The sampler
+  and the keyword names are checked now (UsageError)."""
   import numpy as np
 
   from dvae_jax import graphs, rbm
@@ -230,6 +232,8 @@ def make_dimod_draw(spec: str, kwargs_text: str, num: int, prior):
   def draw(seed: int, m):
     if isinstance(m, rbm.RBM):
       m = graphs.BoltzmannMachine(np.concatenate([m.b1, m.b2]), np.reshape(m.w, -1), graph)
+    if not (np.any(m.b) or np.any(m.w)):
+      return np.random.default_rng(seed).integers(0, 2, (num, m.num_nodes), dtype=np.uint8)
     call = dimod_sample_kwargs(sampler, kwargs, num, seed)
     return dimod_prior_samples(sampler, m, num, 1.0, "BINARY", call)[0]
 
