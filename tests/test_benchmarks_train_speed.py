@@ -13,7 +13,7 @@ from benchmarks import timing
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_sweep_budgets_are_timed_together_with_the_tracker_estimate(data_dir, tmp_path):
+def test_sweep_budgets_are_timed_together_with_the_tracker_refresh(data_dir, tmp_path):
   out = tmp_path / "speed.json"
   cmd = [
     sys.executable, "-m", "benchmarks.train_speed", "--structs=1-layer-lin", "--sweeps=4,1",
