@@ -82,6 +82,26 @@ def test_cpu_protocol_is_smaller_and_overrides_win():
 
 
 @pytest.mark.parametrize(
+  "struct, protocol, sweeps",
+  [
+    ("1-layer-lin", "cpu", 10),
+    ("1-layer-nonlin", "cpu", 10),
+    # The sweep study: 10 sweeps lagged on the 400-unit prior (diagnostic 1.50–1.60), 40 did not.
+    ("2-layer-nonlin", "cpu", 40),
+    ("4-layer-nonlin", "cpu", 40),
+    ("2-layer-nonlin", "paper", 40),
+    ("1-layer-lin", "paper", 40),
+  ],
+)
+def test_num_sweeps_default_follows_the_sweep_study_per_struct(struct, protocol, sweeps):
+  config = config_lib.load_config("dvae")
+  config.struct, config.protocol = struct, protocol
+  assert config_lib.resolve_config(config).num_sweeps == sweeps
+  config.num_sweeps = 3
+  assert config_lib.resolve_config(config).num_sweeps == 3
+
+
+@pytest.mark.parametrize(
   "key, value, message",
   [
     ("sampler", "foo", r"invalid sampler 'foo'; valid values: pa, pcd"),
