@@ -539,6 +539,26 @@ def training_log_partition(prior: priors_lib.Prior, prior_samples) -> Array:
   return rbm_lib.log_partition_surrogate(prior, z1, z2, log_z)
 
 
+def log_z_sensitivity(kappa: float) -> dict[str, float]:
+  """d(value)/d(log Z) of each output of ``loss_fn`` that depends on the training log Z's value.
+
+  Every one is linear in it (MATH.md §2, §4): ``log_z``, ``kl``, ``neg_elbo`` and ``neg_iw_bound``
+  move by Δlog Z, ``log_prior`` by −Δlog Z and the loss by κ Δlog Z (in the DVAE# family the
+  importance weights are computed without log Z and sum to 1). So a caller holding a better
+  estimate of log Z for the same prior re-expresses a step's reported values exactly, without
+  recomputing them (``experiments.sampler_monitor``). Keys absent from a method's terms are simply
+  not there to shift; ``recon`` and ``log_q`` do not depend on log Z.
+  """
+  return {
+    "loss": float(kappa),
+    "log_z": 1.0,
+    "kl": 1.0,
+    "neg_elbo": 1.0,
+    "neg_iw_bound": 1.0,
+    "log_prior": -1.0,
+  }
+
+
 def loss_fn(
   model: models.DVAENet,
   prior: priors_lib.Prior,

@@ -131,6 +131,8 @@ _MINIMUM = {
   "log_z_refresh_every": 0,
   "log_z_tracker_replicas": 1,
   "log_z_tracker_sweeps": 1,
+  "train_ais_num_chains": 0,
+  "train_ais_num_temperatures": 2,
   "sampler_diagnostic_temperatures": 2,
   "log_every": 1,
   "checkpoint_every": 1,

@@ -74,6 +74,8 @@ RESUMABLE_DIFFERENCES = (
   "log_z_refresh_every",
   "log_z_tracker_replicas",
   "log_z_tracker_sweeps",
+  "train_ais_num_chains",
+  "train_ais_num_temperatures",
   "log_z_tracker_target_ess",
 )
 
@@ -455,6 +457,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
   tracking_root = jax.random.fold_in(eval_root, 2**31 - 2)
   log_z_tracker = sampler_monitor.LogZTracker(experiment, tracking_root, start, state)
+  train_log_z = sampler_monitor.TrainLogZ(experiment, jax.random.fold_in(eval_root, 2**31 - 3))
   val_x = scoring.eval_subset(experiment.dataset.valid, config.eval_num_examples)
   batch_sharding = sharding.batch_sharded(experiment.mesh)
   train_seconds = record["train_seconds"]
@@ -494,6 +497,12 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
         log_z_tracker.write(writer)
       if is_log:
         row = _metrics_row(metrics)
+        if train_log_z.enabled:  # its AIS is part of training's cost: counted in train_seconds
+          t0 = time.perf_counter()
+          state, row = train_log_z.anchor(done, state, row)
+          log_z_tracker.reseed(done, state)
+          row["sampler/log_z_ais_seconds"] = time.perf_counter() - t0
+          train_seconds += row["sampler/log_z_ais_seconds"]
         row["steps_per_second"] = (done - logged_step) / max(train_seconds - logged_seconds, 1e-9)
         logged_seconds, logged_step = train_seconds, done
         writer.write(done, row)

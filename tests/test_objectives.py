@@ -572,6 +572,37 @@ def test_iw_gradient_does_not_depend_on_the_value_of_the_training_log_z(name, ki
   # That the loss keeps the IWAE gradient: test_iw_loss_gradient_is_the_gradient_of_log_mean_exp.
 
 
+
+@pytest.mark.parametrize(
+  "name,kind",
+  [(n, "rbm") for n in objectives.METHODS]
+  + [(n, "graph") for n in ("dvae", "dvae_pp_exp", "dvae_sharp", "dvae_sharp_gi", "gumbolt")],
+)
+def test_log_z_sensitivity_is_how_every_reported_value_moves_with_log_z(name, kind):
+  # Recompute the step with another log Z: every output must move by exactly sensitivity × Δ, and
+  # the listed keys must be the only ones that move (a new log-Z-dependent term fails here).
+  net, prior, x, (z1, z2, _) = _tiny_setup(kind, seed=4)
+  method = objectives.get_method(name, 8.0)
+  graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+  kappa, delta = 0.6, 3.25
+
+  @jax.jit
+  def outputs(log_z):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    k = 1 if name.startswith("dvae_pp") else 3
+    loss, terms = objectives.loss_fn(
+      model, prior, (z1, z2, log_z), x, jax.random.key(6), method, k, kappa
+    )
+    return {"loss": loss, **terms}
+
+  a, b = outputs(jnp.float32(140.0)), outputs(jnp.float32(140.0 + delta))
+  sensitivity = objectives.log_z_sensitivity(kappa)
+  for key in a:
+    expected = sensitivity.get(key, 0.0) * delta
+    np.testing.assert_allclose(float(b[key] - a[key]), expected, atol=2e-5 * (1 + abs(float(a[key]))))
+    assert (key in sensitivity) == (abs(float(b[key] - a[key])) > 0.5), key
+
+
 def test_single_sample_loss_is_the_relaxed_elbo_and_iw_bound_is_tighter():
   net, prior, x, samples = _tiny_setup("rbm", seed=2)
   method = objectives.get_method("dvae_sharp_exp", 10.0)

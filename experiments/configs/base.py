@@ -69,6 +69,12 @@ def get_config() -> config_dict.ConfigDict:
   # ESS fraction below which a refresh splits the parameter change into stages (0.99: ≈ 3× the
   # stages of 0.9, spread 0.16 instead of 0.21–0.26 nats after 2,500 steps; BUILD_NOTES).
   c.log_z_tracker_target_ess = 0.99
+  # The reported training log Z at every logged step (and through it loss, kl, neg_elbo,
+  # neg_iw_bound, log_prior): a fresh AIS of this many chains × temperatures for the step's prior
+  # (experiments.sampler_monitor.TrainLogZ), its error bar logged as terms/log_z_stderr; the
+  # sampler's running value is re-anchored to it. 0 chains: off (the running / tracked value).
+  c.train_ais_num_chains = 512
+  c.train_ais_num_temperatures = 300
 
   # Evaluation: the discrete model, AIS log Z (MATH.md §3, §6).
   c.eval_every = config_dict.placeholder(int)  # Validation NLL every this many steps.

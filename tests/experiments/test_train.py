@@ -17,7 +17,12 @@ from experiments import checkpointing, config_lib, guards, metrics, scoring, tra
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Timing columns differ between runs by nature; every other column must match.
-TIMING_KEYS = ("steps_per_second", "eval_seconds", "val/sampler_diagnostic_seconds")
+TIMING_KEYS = (
+  "steps_per_second",
+  "eval_seconds",
+  "val/sampler_diagnostic_seconds",
+  "sampler/log_z_ais_seconds",
+)
 
 TINY = {
   "num_steps": 4,
@@ -36,6 +41,8 @@ TINY = {
   "log_z_refresh_every": 1,
   "log_z_tracker_replicas": 8,
   "log_z_tracker_sweeps": 2,
+  "train_ais_num_chains": 8,
+  "train_ais_num_temperatures": 10,
   "log_every": 1,
   "checkpoint_every": 2,
   "num_image_samples": 4,
@@ -75,6 +82,7 @@ DIFFERENCE_SCALES = {
   "terms/kl": ("terms/log_q",),
   "sampler/log_z_increment": ("sampler/log_z",),
   "sampler/log_z_refresh_drift": ("sampler/log_z_refreshed",),
+  "sampler/log_z_ais_drift": ("terms/log_z",),
   "val/sampler_log_z_drift": ("val/sampler_reference_log_z", "val/log_z"),
 }
 
