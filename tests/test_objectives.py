@@ -572,7 +572,6 @@ def test_iw_gradient_does_not_depend_on_the_value_of_the_training_log_z(name, ki
   # That the loss keeps the IWAE gradient: test_iw_loss_gradient_is_the_gradient_of_log_mean_exp.
 
 
-
 @pytest.mark.parametrize(
   "name,kind",
   [(n, "rbm") for n in objectives.METHODS]
@@ -599,7 +598,9 @@ def test_log_z_sensitivity_is_how_every_reported_value_moves_with_log_z(name, ki
   sensitivity = objectives.log_z_sensitivity(kappa)
   for key in a:
     expected = sensitivity.get(key, 0.0) * delta
-    np.testing.assert_allclose(float(b[key] - a[key]), expected, atol=2e-5 * (1 + abs(float(a[key]))))
+    np.testing.assert_allclose(
+      float(b[key] - a[key]), expected, atol=2e-5 * (1 + abs(float(a[key])))
+    )
     assert (key in sensitivity) == (abs(float(b[key] - a[key])) > 0.5), key
 
 

@@ -32,7 +32,9 @@ def make_state(m, log_z=3.0):
 
 
 def make_experiment(chains=2048, temperatures=300, sampler=True):
-  config = types.SimpleNamespace(train_ais_num_chains=chains, train_ais_num_temperatures=temperatures)
+  config = types.SimpleNamespace(
+    train_ais_num_chains=chains, train_ais_num_temperatures=temperatures
+  )
   return types.SimpleNamespace(config=config, sampler=object() if sampler else None)
 
 
