@@ -8,8 +8,9 @@ steps per call, median of ``--repeats``, so every variant sees the same load):
   step      the jitted train step on batches already on the device (train_speed's loop)
   +batch    and each step's batch built on the host and put on the device, as the runner does
             (``data.train_batch``, ``sharding.put_global``)
-  +tracker  and the log Z tracker's refreshes every ``log_z_refresh_every`` steps, their values
-            read back once per block (``sampler_monitor.LogZTracker``, as at the runner's log steps)
+  +log Z    and the runner's log Z bookkeeping: at each ``log_every``-th step the step's metrics
+            read back and the training log Z's fresh AIS (``sampler_monitor.TrainLogZ``), and, when
+            ``log_z_refresh_every`` > 0, the tracker's refreshes (``sampler_monitor.LogZTracker``)
 
 and then the runner itself (``train.train_and_evaluate`` for ``--runner_steps`` steps, evaluated
 only at the end) from its own metrics: the median ``steps_per_second`` of its ``log_every`` blocks
@@ -47,7 +48,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("k", 5, "Importance samples K.")
   flags.DEFINE_integer("num_sweeps", None, "Gibbs sweeps per step (default: the protocol's).")
   flags.DEFINE_multi_string("override", [], "Extra KEY=VALUE config overrides (tests: tiny sizes).")
-  flags.DEFINE_integer("block", 100, "Steps per timed call (a multiple of log_z_refresh_every).")
+  flags.DEFINE_integer(
+    "block", 100, "Steps per timed call (a multiple of log_every and of log_z_refresh_every)."
+  )
   flags.DEFINE_integer("repeats", 5, "Timed calls per variant (the median is reported).")
   flags.DEFINE_integer("runner_steps", 1000, "Steps of the runner's own run.")
   flags.DEFINE_string(
@@ -72,14 +75,13 @@ def make_config(name: str, struct: str, k: int, num_sweeps: int | None, override
 
 
 def host_variants(config, block: int):
-  """``(names, fns, compile_seconds)``: the step-only, +batch and +tracker loops as
+  """``(names, fns, compile_seconds)``: the step-only, +batch and +log Z loops as
   ``timing.interleaved_medians`` functions of the step index (one shared, donated state)."""
   experiment, state = train.build(config)
   config = experiment.config
-  if config.log_z_refresh_every and block % config.log_z_refresh_every:
-    raise ValueError(
-      f"--block={block} must be a multiple of log_z_refresh_every={config.log_z_refresh_every}"
-    )
+  for key in ("log_every", "log_z_refresh_every"):
+    if config[key] and block % config[key]:
+      raise ValueError(f"--block={block} must be a multiple of {key}={config[key]}")
   step = train.make_train_step(experiment)
   x_sharding = sharding.batch_sharded(experiment.mesh)
 
@@ -91,6 +93,7 @@ def host_variants(config, block: int):
   holder = {"state": state}
   root = jax.random.key(config.seed + 1)
   tracker = sampler_monitor.LogZTracker(experiment, root, 0, state)
+  train_log_z = sampler_monitor.TrainLogZ(experiment, jax.random.fold_in(root, 1))
   quiet = metrics.MetricsWriter(tempfile.gettempdir(), enabled=False)
 
   def step_only(i):
@@ -101,17 +104,20 @@ def host_variants(config, block: int):
     holder["state"], m = step(holder["state"], host_batch(i))
     return m["loss"]
 
-  def with_tracker(i):
+  def with_log_z(i):  # the runner's order: step, refresh, then at a log step read back and anchor
     holder["state"], m = step(holder["state"], host_batch(i))
     holder["state"] = tracker.refresh(i + 1, holder["state"], False)
-    if (i + 1) % block == 0:
-      tracker.write(quiet)  # the runner reads the refreshes back at its log steps
+    if (i + 1) % config.log_every == 0:
+      tracker.write(quiet)
+      holder["state"], _ = train_log_z.anchor(i + 1, holder["state"], train.metrics_row(m))
+      if train_log_z.enabled:
+        tracker.reseed(i + 1, holder["state"])
     return m["loss"]
 
   compile_s = timing.timed_first_call(step_only)
-  for fn in (with_batch, with_tracker):
-    jax.block_until_ready(fn(0))  # compiles the tracker's seed and refresh
-  return ["step", "+batch", "+tracker"], [step_only, with_batch, with_tracker], compile_s
+  for i, fn in enumerate((with_batch, with_log_z)):
+    jax.block_until_ready(fn(config.log_every - 1 if i else 0))  # compiles the AIS, the tracker
+  return ["step", "+batch", "+log Z"], [step_only, with_batch, with_log_z], compile_s
 
 
 def runner_seconds_per_step(config, num_steps: int, workdir: pathlib.Path) -> float:
@@ -151,6 +157,9 @@ def main(argv):
     "num_prior_samples": resolved.num_prior_samples,
     "num_sweeps": resolved.num_sweeps,
     "log_z_refresh_every": resolved.log_z_refresh_every,
+    "log_every": resolved.log_every,
+    "train_ais_num_chains": resolved.train_ais_num_chains,
+    "train_ais_num_temperatures": resolved.train_ais_num_temperatures,
     "block": f.block,
     "repeats": f.repeats,
     "runner_steps": f.runner_steps,

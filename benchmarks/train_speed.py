@@ -18,6 +18,10 @@ alternation, one refresh every ``log_z_refresh_every`` calls, and its seconds pe
 by ``log_z_refresh_every`` (``tracker_ms_per_step``). (Until session 19 this was an estimate that
 scaled the sampler's time per replica-sweep, right on a CPU but not on a launch-bound GPU.) With
 several ``--sweeps``, ``speedup`` and ``with_tracker_speedup`` are over the first budget's.
+``with_log_z_steps_per_second`` (and ``with_log_z_speedup``) adds the training log Z's fresh AIS
+(``sampler_monitor.TrainLogZ``: ``train_ais_num_chains`` × ``train_ais_num_temperatures`` once
+every ``log_every`` steps, timed in the same alternation; ``train_ais_ms_per_step``): the cost of
+the runner's log Z bookkeeping as configured (the tracker is off when ``log_z_refresh_every`` = 0).
 
 Writes ``benchmarks/results/train_speed.json`` and prints a Markdown table. Ratios (sampling share)
 are measured in one run; absolute numbers depend on the machine's load.
@@ -43,6 +47,9 @@ _STRUCTS = flags.DEFINE_list(
 )
 _METHOD = flags.DEFINE_string("method", "dvae_sharp", "Config name.")
 _SWEEPS = flags.DEFINE_list("sweeps", ["40"], "Gibbs sweeps per step (the first is the baseline).")
+_TRACKER_EVERY = flags.DEFINE_integer(
+  "log_z_refresh_every", None, "The log Z tracker's period (default: the config's; 0: off)."
+)
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats (the median is reported).")
 _ISOLATE = flags.DEFINE_bool(
@@ -65,13 +72,16 @@ def _device_peak_mib() -> float | None:
 
 
 def _timed_budget(struct: str, num_sweeps: int):
-  """``(train_once, sample_once, track_once, config, compile_seconds)`` of one struct and budget,
-  warm. ``track_once(i)`` refreshes the log Z tracker when ``i % log_z_refresh_every == 0``
-  (``None`` without a tracker)."""
+  """``(train_once, sample_once, track_once, ais_once, config, compile_seconds)`` of one struct and
+  budget, warm. ``track_once(i)`` refreshes the log Z tracker when ``i % log_z_refresh_every == 0``
+  and ``ais_once(i)`` runs the training log Z's AIS when ``i % log_every == 0`` (each ``None`` when
+  off)."""
   config = config_lib.load_config(_METHOD.value)
   config.struct = struct
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
   config.num_sweeps = num_sweeps
+  if _TRACKER_EVERY.value is not None:
+    config.log_z_refresh_every = _TRACKER_EVERY.value
   experiment, state = train.build(config)
   config = experiment.config
   step = train.make_train_step(experiment)
@@ -103,9 +113,21 @@ def _timed_budget(struct: str, num_sweeps: int):
 
   jax.block_until_ready(sample_once(0))
 
+  train_log_z = sampler_monitor.TrainLogZ(experiment, jax.random.key(2))
+  ais_once = None
+  if train_log_z.enabled:
+    ais = {"log_z": jnp.zeros(())}
+
+    def ais_once(i):
+      if i % config.log_every == 0:  # the runner waits for it: it is on the host path
+        ais["log_z"] = jax.block_until_ready(train_log_z.estimate(i, prior).log_z)
+      return ais["log_z"]
+
+    jax.block_until_ready(ais_once(0))
+
   tracking = sampler_monitor.make_log_z_tracking(experiment)
   if tracking is None:
-    return train_once, sample_once, None, config, compile_s
+    return train_once, sample_once, None, ais_once, config, compile_s
   seed_fn, refresh_fn = tracking
   # The runner's jitted refresh on its own copy of the state (it donates the state it is given).
   track = {"state": jax.tree.map(jnp.copy, holder["state"])}
@@ -120,11 +142,11 @@ def _timed_budget(struct: str, num_sweeps: int):
     return track["values"]
 
   jax.block_until_ready(track_once(0))
-  return train_once, sample_once, track_once, config, compile_s
+  return train_once, sample_once, track_once, ais_once, config, compile_s
 
 
 def _no_tracker(i):
-  """Stands in for ``track_once`` of a budget without a tracker (times nothing)."""
+  """Stands in for ``track_once`` / ``ais_once`` when that is off (times nothing)."""
   del i
   return jnp.zeros(())
 
@@ -134,19 +156,21 @@ def measure(struct: str) -> list[dict]:
   timed = [_timed_budget(struct, b) for b in budgets]
   fns = [
     f
-    for train_once, sample_once, track_once, _, _ in timed
-    for f in (train_once, sample_once, track_once or _no_tracker)
+    for train_once, sample_once, track_once, ais_once, _, _ in timed
+    for f in (train_once, sample_once, track_once or _no_tracker, ais_once or _no_tracker)
   ]
   medians = timing.interleaved_medians(fns, _STEPS.value, _REPEATS.value)
   rows = []
-  for (_, _, track_once, config, compile_s), step_s, sampler_s, track_s in zip(
-    timed, medians[0::3], medians[1::3], medians[2::3], strict=True
+  for (_, _, track_once, ais_once, config, compile_s), step_s, sampler_s, track_s, ais_s in zip(
+    timed, medians[0::4], medians[1::4], medians[2::4], medians[3::4], strict=True
   ):
-    tracker_s = 0.0
+    tracker_s = ais_per_step_s = 0.0
     if track_once is not None:
       tracker_s = timing.amortised_seconds_per_step(
         track_s, _STEPS.value, config.log_z_refresh_every
       )
+    if ais_once is not None:
+      ais_per_step_s = timing.amortised_seconds_per_step(ais_s, _STEPS.value, config.log_every)
     rows.append(
       {
         "struct": struct,
@@ -161,6 +185,8 @@ def measure(struct: str) -> list[dict]:
         "sampling_share": sampler_s / step_s,
         "tracker_ms_per_step": 1e3 * tracker_s,
         "with_tracker_steps_per_second": 1.0 / (step_s + tracker_s),
+        "train_ais_ms_per_step": 1e3 * ais_per_step_s,
+        "with_log_z_steps_per_second": 1.0 / (step_s + tracker_s + ais_per_step_s),
         "paper_protocol_train_hours": PAPER_STEPS * step_s / 3600,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mib": _device_peak_mib(),
@@ -168,9 +194,8 @@ def measure(struct: str) -> list[dict]:
     )
   for row in rows:
     row["speedup"] = row["steps_per_second"] / rows[0]["steps_per_second"]
-    row["with_tracker_speedup"] = (
-      row["with_tracker_steps_per_second"] / rows[0]["with_tracker_steps_per_second"]
-    )
+    for name in ("with_tracker", "with_log_z"):
+      row[f"{name}_speedup"] = row[f"{name}_steps_per_second"] / rows[0][f"{name}_steps_per_second"]
   return rows
 
 
@@ -178,6 +203,8 @@ def measure_in_subprocess(struct: str) -> dict:
   """``measure(struct)`` in a fresh interpreter: ru_maxrss is per process and never goes down."""
   args = [f"--structs={struct}", f"--method={_METHOD.value}", f"--steps={_STEPS.value}"]
   args += [f"--repeats={_REPEATS.value}", f"--sweeps={','.join(_SWEEPS.value)}", "--noisolate"]
+  if _TRACKER_EVERY.value is not None:
+    args.append(f"--log_z_refresh_every={_TRACKER_EVERY.value}")
   return timing.run_worker("benchmarks.train_speed", args)["rows"]
 
 
@@ -201,17 +228,21 @@ def main(argv):
   out.write_text(json.dumps(result, indent=1))
   device_peak = any(r["device_peak_mib"] is not None for r in rows)
   lines = [
-    "| struct | sweeps | steps/s | speedup | with tracker: steps/s (speedup) | ms/step | "
+    "| struct | sweeps | steps/s | speedup | with tracker: steps/s (speedup) | "
+    + "with tracker and training AIS: steps/s (speedup) | ms/step | "
     + "sampler ms (share) | compile s | peak RSS MiB | "
     + ("device peak MiB | " if device_peak else "")
     + "1M steps (h) |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if device_peak else "") + "---:|",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    + ("---:|" if device_peak else "")
+    + "---:|",
   ]
   for r in rows:
     device = f"{r['device_peak_mib']:.0f} | " if device_peak else ""
     lines.append(
       f"| {r['struct']} | {r['num_sweeps']} | {r['steps_per_second']:.1f} | {r['speedup']:.2f} | "
       f"{r['with_tracker_steps_per_second']:.1f} ({r['with_tracker_speedup']:.2f}) | "
+      f"{r['with_log_z_steps_per_second']:.1f} ({r['with_log_z_speedup']:.2f}) | "
       f"{r['step_ms']:.1f} | "
       f"{r['sampler_ms']:.1f} ({100 * r['sampling_share']:.0f}%) | {r['compile_seconds']:.1f} | "
       f"{r['peak_rss_mib']:.0f} | {device}{r['paper_protocol_train_hours']:.1f} |"

@@ -217,16 +217,20 @@ class TrainLogZ:
   def enabled(self) -> bool:
     return self._enabled
 
-  def anchor(self, step: int, state, row: dict[str, float]) -> tuple:
-    """(state with the sampler's log Z re-anchored, the row re-expressed); unchanged when off."""
-    if not self._enabled:
-      return state, row
-    result = samplers_lib.ais_log_partition(
-      state.sampler_state.params,
+  def estimate(self, step: int, prior):
+    """The AIS estimate (``samplers.AISResult``, on device) of ``prior``'s log Z at ``step``."""
+    return samplers_lib.ais_log_partition(
+      prior,
       jax.random.fold_in(self._root, step),
       num_chains=self._chains,
       num_temperatures=self._temperatures,
     )
+
+  def anchor(self, step: int, state, row: dict[str, float]) -> tuple:
+    """(state with the sampler's log Z re-anchored, the row re-expressed); unchanged when off."""
+    if not self._enabled:
+      return state, row
+    result = self.estimate(step, state.sampler_state.params)
     log_z = float(sharding.to_host(result.log_z))
     stderr = float(sharding.to_host(result.stderr))
     delta = log_z - row["terms/log_z"]

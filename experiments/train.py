@@ -386,7 +386,7 @@ def evaluate(
 # The loop.
 
 
-def _metrics_row(metrics: dict) -> dict[str, float]:
+def metrics_row(metrics: dict) -> dict[str, float]:
   """A train step's metrics as host floats, without the guards' per-step flags."""
   return {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in guards.FLAG_KEYS}
 
@@ -496,7 +496,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
       if is_log or is_eval:
         log_z_tracker.write(writer)
       if is_log:
-        row = _metrics_row(metrics)
+        row = metrics_row(metrics)
         if train_log_z.enabled:  # its AIS is part of training's cost: counted in train_seconds
           t0 = time.perf_counter()
           state, row = train_log_z.anchor(done, state, row)

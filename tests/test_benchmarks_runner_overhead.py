@@ -25,11 +25,16 @@ def test_make_config_applies_struct_k_sweeps_and_typed_overrides():
     runner_overhead.make_config("dvae", "1-layer-lin", 1, None, ["no_such_key=1"])
 
 
-def test_block_must_hold_whole_tracker_refresh_periods(data_dir, monkeypatch):
+def test_block_must_hold_whole_log_and_tracker_periods(data_dir, monkeypatch):
   monkeypatch.setenv("DVAE_JAX_DATA_DIR", str(data_dir))
   c = runner_overhead.make_config("dvae_sharp", "1-layer-lin", 1, 1, ["num_prior_samples=16"])
-  with pytest.raises(ValueError, match="multiple of log_z_refresh_every=50"):
+  with pytest.raises(ValueError, match="multiple of log_every=100"):
     runner_overhead.host_variants(c, 75)
+  c = runner_overhead.make_config(
+    "dvae_sharp", "1-layer-lin", 1, 1, ["num_prior_samples=16", "log_z_refresh_every=30"]
+  )
+  with pytest.raises(ValueError, match="multiple of log_z_refresh_every=30"):
+    runner_overhead.host_variants(c, 100)
 
 
 def test_runner_overhead_end_to_end(data_dir, tmp_path):
@@ -37,7 +42,10 @@ def test_runner_overhead_end_to_end(data_dir, tmp_path):
   cmd = [
     sys.executable, "-m", "benchmarks.runner_overhead", "--block=50", "--repeats=1",
     "--runner_steps=300", "--k=1", "--num_sweeps=1", "--override=num_prior_samples=16",
-    "--override=log_z_tracker_replicas=16", "--override=log_z_tracker_sweeps=2", f"--out={out}",
+    "--override=log_z_tracker_replicas=16", "--override=log_z_tracker_sweeps=2",
+    "--override=log_every=50", "--override=log_z_refresh_every=25",
+    "--override=train_ais_num_chains=16", "--override=train_ais_num_temperatures=10",
+    f"--out={out}",
   ]  # fmt: skip
   env = {
     **os.environ,
@@ -48,7 +56,7 @@ def test_runner_overhead_end_to_end(data_dir, tmp_path):
   record = json.loads(out.read_text())
   assert (record["num_sweeps"], record["num_prior_samples"], record["k"]) == (1, 16, 1)
   rows = {r["variant"]: r for r in record["rows"]}
-  assert list(rows) == ["step", "+batch", "+tracker", "runner"]
+  assert list(rows) == ["step", "+batch", "+log Z", "runner"]
   assert rows["step"]["vs_step"] == 1.0
   for r in rows.values():
     assert r["steps_per_second"] == pytest.approx(1e3 / r["ms_per_step"])

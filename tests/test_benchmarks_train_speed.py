@@ -17,7 +17,7 @@ def test_sweep_budgets_are_timed_together_with_the_tracker_refresh(data_dir, tmp
   out = tmp_path / "speed.json"
   cmd = [
     sys.executable, "-m", "benchmarks.train_speed", "--structs=1-layer-lin", "--sweeps=4,1",
-    "--steps=2", "--repeats=1", "--noisolate", f"--out={out}",
+    "--steps=2", "--repeats=1", "--noisolate", "--log_z_refresh_every=50", f"--out={out}",
   ]  # fmt: skip
   env = {
     **os.environ,
@@ -35,6 +35,12 @@ def test_sweep_budgets_are_timed_together_with_the_tracker_refresh(data_dir, tmp
     assert r["with_tracker_steps_per_second"] == pytest.approx(
       1e3 / (r["step_ms"] + r["tracker_ms_per_step"])
     )
+    # So is the training log Z's AIS (once per log_every = 100 steps: one per repeat here).
+    assert r["train_ais_ms_per_step"] > 0
+    assert r["with_log_z_steps_per_second"] == pytest.approx(
+      1e3 / (r["step_ms"] + r["tracker_ms_per_step"] + r["train_ais_ms_per_step"])
+    )
+  assert rows[0]["with_log_z_speedup"] == 1.0
 
 
 def test_amortised_seconds_per_step_spreads_each_refresh_over_its_period():
