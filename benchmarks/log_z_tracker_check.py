@@ -1,4 +1,5 @@
-r"""How far the training log Z is from a fresh estimate at each evaluation (issue 10, item 4).
+r"""How far the training log Z is from a fresh estimate at each evaluation (issue 10, item 4), for
+the log Z tracker and for the training AIS that replaced it (``sampler_monitor.TrainLogZ``).
 
 Reads the ``metrics.jsonl`` of finished (or stopped) runs of ``experiments.run`` and, per run and
 per evaluation step, reports the tracked training log Z's error against the evaluation's fresh
@@ -8,7 +9,10 @@ the training sampler's running value would have had without the tracker since th
 evaluation: each refresh i removes d_i = T_{i−1} + (own increments) − T_i, so Σ d_i + the
 evaluation's error = Σ own increments − (fresh change) (T: tracker values). With K = 1 the
 parameter trajectory does not depend on the tracker, so runs that differ only in the tracker's
-settings are paired, and their untracked errors agree.
+settings are paired, and their untracked errors agree. With the training AIS, each logged step's
+re-anchoring (``sampler/log_z_ais_drift``) plays the refresh's part, and each evaluation also gets
+the logged value's own stderr (``terms/log_z_stderr``) and ``z``: the error over the combined
+stderr of the logged value and the fresh anneals (≈ N(0, 1) if the stderr is honest).
 
   # Three default runs that differ only in the tracker's sweeps (evaluations every 2,500 steps):
   for s in 40 100 200; do
@@ -17,6 +21,13 @@ settings are paired, and their untracked errors agree.
   done
   python -m benchmarks.log_z_tracker_check --workdirs=runs/lz_check_t40,runs/lz_check_t100,\
 runs/lz_check_t200 --out=benchmarks/results/log_z_tracker
+  # The training AIS (the default since session 20) at 10 and 4 sweeps per step:
+  for s in 10 4; do
+    python -m experiments.run --config=dvae_sharp --config.eval_every=2500 \
+      --config.num_sweeps=$s --workdir=runs/trainais_s$s
+  done
+  python -m benchmarks.log_z_tracker_check --workdirs=runs/trainais_s10,runs/trainais_s4 \
+    --out=benchmarks/results/train_log_z
 
 Writes OUT/log_z_tracker.json and OUT/log_z_tracker.md.
 """
@@ -42,7 +53,10 @@ CONFIG_KEYS = (
   "log_z_tracker_replicas",
   "log_z_tracker_sweeps",
   "log_z_tracker_target_ess",
+  "train_ais_num_chains",
+  "train_ais_num_temperatures",
 )
+DRIFT_KEYS = ("sampler/log_z_refresh_drift", "sampler/log_z_ais_drift")
 
 
 def _define_flags() -> None:
@@ -53,21 +67,28 @@ def _define_flags() -> None:
 
 def summarize_run(rows: list[dict], config: dict) -> dict:
   """One run's evaluations: ``{"config": {...}, "evaluations": [{step, log_z_error,
-  max_moment_error, untracked_error, tracker_stderr}, ...]}``.
+  max_moment_error, untracked_error, tracker_stderr, logged_stderr, z}, ...]}``.
 
-  ``untracked_error`` is ``log_z_error`` plus the ``sampler/log_z_refresh_drift`` of the refreshes
-  after the previous evaluation up to this one; ``tracker_stderr`` is the last refresh's reported
-  stderr before it.
+  ``untracked_error`` is ``log_z_error`` plus the drifts removed (``DRIFT_KEYS``: tracker
+  refreshes, training-AIS anchors) after the previous evaluation up to this one;
+  ``tracker_stderr`` is the last refresh's reported stderr before it; ``logged_stderr`` the
+  training AIS's ``terms/log_z_stderr`` logged at the evaluation's step (None without it) and
+  ``z`` = log_z_error / √(logged_stderr² + the fresh anneals' stderr²).
   """
-  evaluations, drift, stderr = [], 0.0, None
+  evaluations, drift, stderr, logged = [], 0.0, None, {}
   for row in sorted(rows, key=lambda r: r["step"]):
-    if "sampler/log_z_refresh_drift" in row:
-      drift += row["sampler/log_z_refresh_drift"]
-      stderr = row.get("sampler/log_z_refresh_stderr", stderr)
+    drift += sum(row.get(k, 0.0) for k in DRIFT_KEYS)
+    stderr = row.get("sampler/log_z_refresh_stderr", stderr)
+    if "terms/log_z_stderr" in row:
+      logged[row["step"]] = row["terms/log_z_stderr"]
     if "val/sampler_log_z_drift" in row:
       missing = [k for k in ERROR_KEYS if k not in row]
       if missing:
         raise ValueError(f"step {row['step']}: an evaluation row without {missing}")
+      logged_stderr, z = logged.get(row["step"]), None
+      if logged_stderr is not None:
+        reference = row.get("val/sampler_reference_log_z_stderr", 0.0)
+        z = row["val/sampler_log_z_drift"] / (logged_stderr**2 + reference**2) ** 0.5
       evaluations.append(
         {
           "step": row["step"],
@@ -75,6 +96,8 @@ def summarize_run(rows: list[dict], config: dict) -> dict:
           "max_moment_error": max(row[k] for k in ERROR_KEYS),
           "untracked_error": drift + row["val/sampler_log_z_drift"],
           "tracker_stderr": stderr,
+          "logged_stderr": logged_stderr,
+          "z": z,
         }
       )
       drift = 0.0
@@ -96,17 +119,23 @@ def read_run(workdir: pathlib.Path) -> dict:
 
 def markdown(runs: dict[str, dict]) -> str:
   lines = [
-    "| run | tracker sweeps | target ESS | step | log Z error | tracker stderr | untracked error "
-    "| max moment error |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| run | sweeps | tracker sweeps | target ESS | step | log Z error | tracker stderr "
+    "| training AIS stderr | z | untracked error | max moment error |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
+
+  def fmt(value, spec):
+    return "—" if value is None else format(value, spec)
+
   for name, run in runs.items():
     c = run["config"]
+    tracker_sweeps = c["log_z_tracker_sweeps"] if c.get("log_z_refresh_every") != 0 else "off"
     for e in run["evaluations"]:
-      stderr = "—" if e["tracker_stderr"] is None else f"{e['tracker_stderr']:.3f}"
       lines.append(
-        f"| {name} | {c['log_z_tracker_sweeps']} | {c['log_z_tracker_target_ess']} | {e['step']} "
-        f"| {e['log_z_error']:+.3f} | {stderr} | {e['untracked_error']:+.2f} "
+        f"| {name} | {fmt(c['num_sweeps'], 'd')} | {tracker_sweeps} "
+        f"| {c['log_z_tracker_target_ess']} | {e['step']} | {e['log_z_error']:+.3f} "
+        f"| {fmt(e['tracker_stderr'], '.3f')} | {fmt(e.get('logged_stderr'), '.3f')} "
+        f"| {fmt(e.get('z'), '+.2f')} | {e['untracked_error']:+.2f} "
         f"| {e['max_moment_error']:.2f} |"
       )
   return "\n".join(lines) + "\n"

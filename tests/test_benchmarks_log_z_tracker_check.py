@@ -48,3 +48,26 @@ def test_bad_folders_and_rows_are_named(tmp_path):
     check.read_run(tmp_path)
   with pytest.raises(ValueError, match=r"step 5: an evaluation row without \['val/sampler_z1"):
     check.summarize_run([{"step": 5, "val/sampler_log_z_drift": 0.1}], {})
+
+
+def test_training_ais_runs_get_their_logged_stderr_and_z(tmp_path):
+  errors = {"val/sampler_z1_error": 1.0, "val/sampler_z2_error": 1.2, "val/sampler_z1z2_error": 0.8}
+  rows = [
+    {"step": 100, "terms/log_z_stderr": 0.02, "sampler/log_z_ais_drift": -0.3},
+    {"step": 200, "terms/log_z_stderr": 0.03, "sampler/log_z_ais_drift": -0.2},
+    {
+      "step": 200,
+      "val/sampler_log_z_drift": 0.02,
+      "val/sampler_reference_log_z_stderr": 0.04,
+      **errors,
+    },
+  ]
+  config = {"num_sweeps": 10, "log_z_refresh_every": 0, "train_ais_num_chains": 512}
+  run = check.summarize_run(rows, config)
+  (e,) = run["evaluations"]
+  assert e["logged_stderr"] == 0.03 and e["tracker_stderr"] is None
+  assert e["z"] == pytest.approx(0.02 / 0.05)
+  # The anchors removed −0.5 in all: without them the running value would read 0.5 lower.
+  assert e["untracked_error"] == pytest.approx(0.02 - 0.5)
+  table = check.markdown({"run": run})
+  assert "| run | 10 | off |" in table and "| 0.030 | +0.40 |" in table
