@@ -110,7 +110,7 @@ def _write_summary(out: pathlib.Path, summary: dict) -> None:
 
 def runner_rates(table1_out: pathlib.Path, configs: list[str], struct: str) -> dict[str, float]:
   """Training steps per second of each finished comparison run of ``struct`` (its own
-  ``train_seconds``: compilation of the train step and the log Z tracker included)."""
+  ``train_seconds``: compilation of the train step and of the training log Z's AIS included)."""
   rates = {}
   for config in configs:
     path = table1_out / "json" / f"{config}__{struct}__k5__s0.json"
