@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dvae_jax import objectives
 from experiments import checkpointing, config_lib, guards, metrics, scoring, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -216,6 +217,11 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
     refresh_rows = [r for r in rows if "sampler/log_z_refresh_drift" in r]
     assert [r["step"] for r in refresh_rows] == [1, 3]
     assert all(np.isfinite(r["sampler/log_z_refresh_drift"]) for r in refresh_rows)
+    # Every logged step reports the training AIS's log Z with its error bar (0 while the prior is
+    # still so close to the all-zero initial one that every AIS weight rounds to the same value).
+    for row in train_rows:
+      assert np.isfinite(row["sampler/log_z_ais_drift"]), row
+      assert 0 <= row["terms/log_z_stderr"] < 1, row
     # The sampler diagnostic is logged at every evaluation and summarised in results.json.
     diag_rows = [r for r in rows if "val/sampler_error" in r]
     assert [r["step"] for r in diag_rows] == ([2, 4] if config.sampler_diagnostic_replicas else [])
@@ -248,6 +254,37 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
       with Image.open(tmp_path / f"{kind}_{step:08d}.png") as image:
         assert image.mode == "L" and min(image.size) > 28
   assert list((tmp_path / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("name", ["dvae", "dvae_sharp"])
+def test_training_ais_changes_the_reported_values_only(name, data_dir, tmp_path):
+  # Same seed with and without the training AIS: the trajectory (everything that does not contain
+  # log Z, and the evaluations) is identical; each log-Z-dependent value differs by exactly its
+  # sensitivity × the difference of the reported log Z.
+  overrides = {"k": 3} if name == "dvae_sharp" else {}
+  runs = {}
+  for chains in (0, 8):
+    workdir = tmp_path / f"ais{chains}"
+    config = tiny_config(name, data_dir, train_ais_num_chains=chains, **overrides)
+    results = train.train_and_evaluate(config, workdir)
+    runs[chains] = (without_timing(metrics.read_metrics(workdir)), results)
+  (off, off_results), (on, on_results) = runs[0], runs[8]
+  assert on_results["test_nll"] == off_results["test_nll"]
+  assert on_results["val_nll"] == off_results["val_nll"]
+  train_off = {r["step"]: r for r in off if "loss" in r}
+  train_on = {r["step"]: r for r in on if "loss" in r}
+  assert train_on.keys() == train_off.keys() == {1, 2, 3, 4}
+  sensitive = {"loss", *(f"terms/{k}" for k in objectives.log_z_sensitivity(1.0) if k != "loss")}
+  for step, a in train_off.items():
+    b = train_on[step]
+    delta = b["terms/log_z"] - a["terms/log_z"]
+    sensitivity = objectives.log_z_sensitivity(a["kappa"])
+    for key, value in a.items():
+      if key in sensitive:
+        expected = value + sensitivity[key.removeprefix("terms/")] * delta
+        np.testing.assert_allclose(b[key], expected, atol=1e-4 * (1 + abs(value)), err_msg=key)
+      elif not key.startswith("sampler/log_z"):  # the running value's bookkeeping differs
+        assert b[key] == value, (step, key)
 
 
 class SimulatedCrash(Exception):
