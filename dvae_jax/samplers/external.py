@@ -43,8 +43,16 @@ Draw = Callable[[int, Machine], np.ndarray]
 
 
 def _host_draw(draw: Draw, num_samples: int, num_units: int, seed, m) -> np.ndarray:
-  """``draw(int(seed), m)`` checked and cut to [S, n] uint8 (a clear error for a wrong shape)."""
-  states = np.asarray(draw(int(seed), m))
+  """``draw(int(seed), m)`` checked and cut to [S, n] uint8 (a clear error for a wrong shape).
+
+  The callback's arguments arrive as jax.Arrays (JAX >= 0.10 places them on the CPU device), and
+  a NumPy function given one may call back into JAX (``np.any(x)`` is ``x.any()``, a jitted
+  reduction). Dispatching JAX work from inside a callback deadlocks once the runner has enqueued
+  enough steps to fill XLA's in-flight limit: the callback's computation waits for a slot held by
+  the very steps that wait for the callback (seen: a simulated-annealing run hung before step 100
+  with log_every = 100). So ``draw`` gets NumPy leaves, as its contract says, and never JAX."""
+  seed, m = int(np.asarray(seed)), jax.tree.map(np.asarray, m)
+  states = np.asarray(draw(seed, m))
   if states.ndim != 2 or states.shape[1] != num_units or states.shape[0] < num_samples:
     raise ValueError(
       f"the external sampler returned states of shape {states.shape}; need [>= {num_samples}, "

@@ -70,6 +70,28 @@ def test_graph_machine_states_fill_z1_and_the_seed_comes_from_the_key():
   assert np.any(np.asarray(other.z1) != np.asarray(new.z1))
 
 
+@pytest.mark.parametrize("kind", ["rbm", "graph"])
+def test_draw_gets_numpy_leaves_and_an_int_seed_never_jax_arrays(kind):
+  # JAX >= 0.10 hands a callback jax.Arrays; a NumPy call on one may dispatch JAX work inside the
+  # callback, which deadlocks a runner that has enqueued many steps (experiments: an annealing run
+  # hung). The draw must see the plain NumPy machine its contract promises.
+  m = (
+    ref.random_rbm(2, 3, 4, 1.0) if kind == "rbm" else gref.random_machine(gref.odd_cycles_12(), 3)
+  )
+  seen = []
+
+  def draw(seed, machine):
+    seen.append((type(seed), [type(leaf) for leaf in jax.tree.leaves(machine)]))
+    return exact_draw(seed, machine)
+
+  sampler = external.prior_sampler(8, draw)
+  state = persistent.zero_state(jax.random.key(0), m, 8)
+  jax.block_until_ready(jax.jit(sampler.step)(jax.random.key(1), state, m))
+  ((seed_type, leaf_types),) = seen
+  assert seed_type is int
+  assert leaf_types and all(t is np.ndarray for t in leaf_types), leaf_types
+
+
 def test_bad_draws_and_arguments_are_refused_with_the_reason():
   m = ref.random_rbm(1, 3, 4, 1.0)
   state = persistent.zero_state(jax.random.key(0), m, 8)
