@@ -33,6 +33,9 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
     "--override=log_z_tracker_replicas=16", "--override=log_every=5", "--overhead_block=50",
     "--override=train_ais_num_chains=16", "--override=train_ais_num_temperatures=10",
     "--overhead_repeats=1", "--overhead_runner_steps=20",
+    # The default diagnostic (2 PA references of 2048 replicas x 1000 temperatures at each of the 5
+    # evaluations) was 80% of this test's time; its sizes are not what the test checks.
+    "--override=sampler_diagnostic_replicas=16", "--override=sampler_diagnostic_temperatures=10",
   ]  # fmt: skip
   env = {
     **os.environ,
