@@ -17,14 +17,17 @@ an RBM), a [n_c, n + 1] × [n + 1, S] matmul with the couplings scattered into a
 (``layout='auto'``; ``'sparse'`` or ``'dense'`` force one for every colour). Both compute the same
 field. ``run`` sorts and transposes once for all its sweeps.
 
-The draw (``_bernoulli_logits``) gives exactly ``samplers.gibbs.bernoulli_logits``' states (the
-same Threefry-2x32 words, top 24 bits against σ(βh)·2^24) but computes them differently: JAX
-lowers its ``threefry2x32`` primitive on CPU to a rolled ``while`` loop over the 5 key injections,
-which XLA cannot fuse with the field and the comparison; here the hash is written out in ``jnp``
-(``_threefry2x32``) so that it fuses, and the two words of counter j decide chains j and
-S/2 + j in two fused loops. A draw alone costs the same either way (≈ 2.7 ns per unit, load 6.5),
-but inside the sweep's scan this made sweeps 2.5–3.3× faster (interleaved timing, BUILD_NOTES);
-the random bits are still most of a sparse sweep (Chimera: ≈ 85%).
+The draw (``_bernoulli_blocks``) of logits [n_c, S] gives exactly the states that
+``samplers.gibbs.bernoulli_logits`` gives the chains in their own layout [S, n_c] (the same
+Threefry-2x32 words, top 24 bits against σ(βh)·2^24) but computes them differently: JAX lowers its
+``threefry2x32`` primitive on CPU to a rolled ``while`` loop over the 5 key injections, which XLA
+cannot fuse with the field and the comparison; here the hash is written out in ``jnp``
+(``_threefry2x32``) so that it fuses, and the two words of chain j's counter i decide its units i
+and n_c/2 + i, two row blocks written into the chains in place. Each chain's bits come from its own
+counters, so chains split over devices are drawn without communication. A draw alone costs the
+same as JAX's (≈ 2.7 ns per unit, load 6.5), but inside the sweep's scan this made sweeps 2.5–3.3×
+faster (interleaved timing, BUILD_NOTES); the random bits are still most of a sparse sweep
+(Chimera: ≈ 85%).
 """
 
 from __future__ import annotations
@@ -84,20 +87,35 @@ def _threefry2x32(key_words: Array, x0: Array, x1: Array) -> tuple[Array, Array]
   return x0, x1
 
 
-def _bernoulli_logits(key: Array, logits: Array) -> Array:
-  """``samplers.gibbs.bernoulli_logits(key, logits)`` for logits [n_c, S] (the same states), with
-  the hash fused into the comparison (module docstring). Non-threefry keys go to that function."""
+def _bernoulli_blocks(key: Array, logits: Array) -> tuple[tuple[int, Array], ...]:
+  """The draw of logits [n_c, S] as row blocks ((row offset, states), ...) that together are
+  ``samplers.gibbs.bernoulli_logits(key, logits.T).T`` (the draw of the chains in their [S, n_c]
+  layout), with the hash fused into the comparison (module docstring). Non-threefry keys go to that
+  function (one block)."""
   if jax.random.key_impl(key) != "threefry2x32":
-    return rbm_gibbs.bernoulli_logits(key, logits)
+    return ((0, rbm_gibbs.bernoulli_logits(key, logits.T).T),)
   n, s = logits.shape
-  half = (s + 1) // 2  # samplers.gibbs.random_bits: counter j's words fill columns j, half + j
-  counter = lax.iota(jnp.uint32, n * half).reshape(n, half)
+  # samplers.gibbs.random_bits on [S, n_c]: chain j's counters are j·half + i, and the two words of
+  # counter (j, i) decide units i and half + i of that chain. Each chain's bits depend on its own
+  # counters only, so chains split over devices are drawn where they live (pairing chains j and
+  # S/2 + j instead made XLA exchange the words between devices at every colour of every sweep).
+  half = (n + 1) // 2
+  chain = lax.broadcasted_iota(jnp.uint32, (half, s), 1)
+  counter = chain * jnp.uint32(half) + lax.broadcasted_iota(jnp.uint32, (half, s), 0)
   y0, y1 = _threefry2x32(jax.random.key_data(key), counter, jnp.zeros_like(counter))
   threshold = jax.nn.sigmoid(logits) * rbm_gibbs.UNIFORM_SCALE
   shift = 32 - rbm_gibbs.UNIFORM_BITS  # its resolution: the same draw
-  first = (y0 >> shift).astype(logits.dtype) < threshold[:, :half]
-  second = (y1[:, : s - half] >> shift).astype(logits.dtype) < threshold[:, half:]
-  return jnp.concatenate([first, second], axis=1).astype(logits.dtype)
+  first = (y0 >> shift).astype(logits.dtype) < threshold[:half]
+  second = (y1[: n - half] >> shift).astype(logits.dtype) < threshold[half:]
+  return (0, first), (half, second)
+
+
+def _bernoulli_logits(key: Array, logits: Array) -> Array:
+  """``_bernoulli_blocks`` as one array [n_c, S] of 0/1 in logits.dtype. (The sweep writes the
+  blocks into the chains one by one instead: concatenating them first made XLA evaluate the field
+  and the hash twice, a 3–4× slower Chimera sweep.)"""
+  blocks = [block for _, block in _bernoulli_blocks(key, logits)]
+  return jnp.concatenate(blocks, axis=0).astype(logits.dtype)
 
 
 def _check_chains(m: BoltzmannMachine, z: Array) -> None:
@@ -160,13 +178,15 @@ def _sweep_sorted(
   update: Callable[[Array, Array], Array],
 ) -> Array:
   """One sweep on sorted transposed chains zs [n + 1, S] with ``_colour_operators``' output;
-  ``update(key, logits)`` draws a colour (logits [n_c, S])."""
+  ``update(key, logits)`` draws a colour (logits [n_c, S]) as row blocks ((offset, states), ...),
+  each written into the chains in place."""
   b_sorted, ops = operators
   keys = jax.random.split(key, g.num_colours)
   for c, (table, op) in enumerate(zip(_sorted_tables(g), ops, strict=True)):
     s, e = table[:2]
     field = b_sorted[s:e, None] + _coupling(zs, table, op)
-    zs = lax.dynamic_update_slice(zs, update(keys[c], beta * field).astype(zs.dtype), (s, 0))
+    for offset, block in update(keys[c], beta * field):
+      zs = lax.dynamic_update_slice(zs, block.astype(zs.dtype), (s + offset, 0))
   return zs
 
 
@@ -224,7 +244,7 @@ def sweep(key: Array, z: Array, m: BoltzmannMachine, beta=1.0, *, layout: str = 
   rbm_gibbs.check_beta(beta)
   ops = _colour_operators(m, layout)
   zs = _to_sorted(m, z, _state_dtype(ops))
-  return _from_sorted(m, _sweep_sorted(key, m.graph, ops, zs, beta, _bernoulli_logits), z.dtype)
+  return _from_sorted(m, _sweep_sorted(key, m.graph, ops, zs, beta, _bernoulli_blocks), z.dtype)
 
 
 def sweep_with_energy(
@@ -238,7 +258,7 @@ def sweep_with_energy(
 def _run_sorted(key: Array, zs: Array, g, operators, num_sweeps: int, beta, update=None) -> Array:
   """num_sweeps sweeps of sorted transposed chains zs [n + 1, S] in a ``lax.scan``."""
 
-  update = _bernoulli_logits if update is None else update
+  update = _bernoulli_blocks if update is None else update
 
   def body(zs, k):
     return _sweep_sorted(k, g, operators, zs, beta, update), None
@@ -280,5 +300,5 @@ def run_fields_only(z: Array, m: BoltzmannMachine, num_sweeps: int, layout: str 
   _check_chains(m, z)
   ops = _colour_operators(m, layout)
   zs = _to_sorted(m, z, _state_dtype(ops))
-  zs = _run_sorted(jax.random.key(0), zs, m.graph, ops, num_sweeps, 1.0, lambda _, h: h > 0)
+  zs = _run_sorted(jax.random.key(0), zs, m.graph, ops, num_sweeps, 1.0, lambda _, h: ((0, h > 0),))
   return _from_sorted(m, zs, z.dtype)
