@@ -5,7 +5,7 @@ sweeps, MATH.md §6), the time of the prior-sampler step alone (the same jitted 
 hence the share of the step spent sampling (the two timed in alternation, so under the same load);
 the peak resident memory of a process that measures that struct alone (each struct runs in its own
 interpreter unless ``--noisolate``) and, on accelerators, the device's peak memory in use; and the
-estimated wall time of the full 1M-step protocol on this machine (training steps only).
+estimated wall time of the full 1M-step protocol on the machine measured (training steps only).
 
   python -m benchmarks.train_speed [--structs=1-layer-lin,2-layer-nonlin] [--method=dvae_sharp]
   # Sweep budgets per step, each struct's budgets timed in alternation (so their ratio is measured
