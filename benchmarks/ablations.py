@@ -1,4 +1,4 @@
-r"""Variants of a method against a reference run, paired by seed (issue 11's ablations).
+r"""Variants of a method against a reference run, paired by seed (the ablations of docs/results.md).
 
 Each ``--dirs`` folder is a ``benchmarks.table1`` output (``DIR/json/<run>.json``).
 A run's *variant* is its config name plus the keys in which it departs from that method's defaults

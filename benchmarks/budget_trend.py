@@ -1,4 +1,4 @@
-r"""Paired test-NLL differences against the training budget (issue: does the gap move with steps?).
+r"""Paired test-NLL differences against the training budget (does the gap move with steps?).
 
 Reads the per-run JSONs that ``benchmarks.table1`` writes
 (``DIR/json/<config>__<struct>__k<K>__s<seed>.json``) from several grids run at different

@@ -25,7 +25,8 @@ CPU protocol took 94–114 s, of which 54–67 s training at 180–220 steps/s w
 evaluation. At 0.5 the fourth run outlasted a 520 s limit; 0.3 would have fitted all four.
 
 Nothing in it is GPU-specific: on a CPU it runs the same way (the tests run it there with a tiny
-budget), which is what makes it trustworthy to run unchanged on a lent accelerator.
+budget), which is what makes it trustworthy to run unchanged on an accelerator held for a
+short time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""The largest values of the divergence guard's quantities in healthy runs (issue 15).
+r"""The largest values of the divergence guard's quantities in healthy runs.
 
   python -m benchmarks.healthy_ranges [--num_steps=300] [--data_dir=DIR]   # ≈ 25 min on 2 CPU cores
 
@@ -8,7 +8,7 @@ OMNIGLOT and Caltech-101 for ``num_steps`` steps each with the per-step work of 
 largest |loss|, |−ELBO|, |log Z| (the sampler's) and gradient norm, with the validation NLL and the
 test AIS log Z. The early steps hold the largest values (losses fall as training goes on). Writes
 benchmarks/results/healthy_ranges.json; experiments/guards.py's default limits are set against it
-(BUILD_NOTES.md, issue 15).
+(docs/reliability.md, "Divergence guard").
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-r"""How far the training log Z is from a fresh estimate at each evaluation (issue 10, item 4), for
+r"""How far the training log Z is from a fresh estimate at each evaluation (docs/math.md §3.6), for
 the log Z tracker and for the training AIS that replaced it (``sampler_monitor.TrainLogZ``).
 
 Reads the ``metrics.jsonl`` of finished (or stopped) runs of ``experiments.run`` and, per run and
 per evaluation step, reports the tracked training log Z's error against the evaluation's fresh
 anneals for the sampler's own parameters (``val/sampler_log_z_drift``), the population's largest
-moment error (``val/sampler_*_error``: README "How to read the sampler diagnostic"), and the error
-the training sampler's running value would have had without the tracker since the previous
-evaluation: each refresh i removes d_i = T_{i−1} + (own increments) − T_i, so Σ d_i + the
-evaluation's error = Σ own increments − (fresh change) (T: tracker values). With K = 1 the
+moment error (``val/sampler_*_error``: docs/training.md, "Reading the sampler diagnostic"), and
+the error the training sampler's running value would have had without the tracker since the
+previous evaluation: each refresh i removes d_i = T_{i−1} + (own increments) − T_i, so
+Σ d_i + the evaluation's error = Σ own increments − (fresh change) (T: tracker values). With K = 1 the
 parameter trajectory does not depend on the tracker, so runs that differ only in the tracker's
 settings are paired, and their untracked errors agree. With the training AIS, each logged step's
 re-anchoring (``sampler/log_z_ais_drift``) plays the refresh's part, and each evaluation also gets
@@ -21,7 +21,7 @@ stderr of the logged value and the fresh anneals (≈ N(0, 1) if the stderr is h
   done
   python -m benchmarks.log_z_tracker_check --workdirs=runs/lz_check_t40,runs/lz_check_t100,\
 runs/lz_check_t200 --out=benchmarks/results/log_z_tracker
-  # The training AIS (the default since session 20) at 10 and 4 sweeps per step:
+  # The training AIS (the default) at 10 and 4 sweeps per step:
   for s in 10 4; do
     python -m experiments.run --config=dvae_sharp --config.eval_every=2500 \
       --config.num_sweeps=$s --workdir=runs/trainais_s$s

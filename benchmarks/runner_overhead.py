@@ -1,7 +1,7 @@
 r"""Where the training runner's time goes besides the jitted step: the host side of each step.
 
 On one H200 the runner trained at 180–220 steps/s where train_speed's loop of the same jitted step
-ran 320–765 (README "Training speed"): on a launch-bound device the host's work per step is no
+ran 320–765 (docs/gpu.md): on a launch-bound device the host's work per step is no
 longer hidden behind the device's. This splits the difference, timing in alternation (``--block``
 steps per call, median of ``--repeats``, so every variant sees the same load):
 

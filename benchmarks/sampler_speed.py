@@ -209,7 +209,7 @@ def main():
     "cpu_count": os.cpu_count(),
     "machine": platform.processor() or platform.machine(),
     "dtype": "float32",
-    # Other jobs share this machine's 2 cores: the load average says how contended the timing was.
+    # Other jobs may share the cores: the load average says how contended the timing was.
     "load_average_1min_at_end": os.getloadavg()[0],
   }
   out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

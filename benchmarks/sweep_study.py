@@ -1,11 +1,11 @@
-r"""Issue 10's sweep-budget study: the same grid trained with several Gibbs sweep budgets per step.
+r"""The sweep-budget study (docs/results.md): one grid trained with several Gibbs sweep budgets.
 
 For each budget N in ``--sweeps`` it runs ``benchmarks.table1 --preset=sweep_study
 --override=num_sweeps=N --out=OUT/sweeps_N`` (dvae and dvae_sharp, 1-layer-lin / 1-layer-nonlin /
 2-layer-nonlin, K = 5; finished runs are skipped, interrupted ones resume), then reports, per cell
 and budget, the test NLL, its paired per-seed difference from the ``--reference_sweeps`` budget,
-the sampler diagnostic's largest moment error over training (README "How to read the sampler
-diagnostic"), the largest log Z drift removed at an evaluation, and the training speed.
+the sampler diagnostic's largest moment error over training (docs/training.md, "Reading the
+sampler diagnostic"), the largest log Z drift removed at an evaluation, and the training speed.
 
   # The study (≈ 2 × 3 × 2 × 5 runs of 6,000 steps; the 40-sweep runs of the two 1-layer structs
   # are taken from the committed 6k grid instead of being rerun):
@@ -44,7 +44,7 @@ _REFERENCE_JSON = flags.DEFINE_list(
 DEFAULT_SEEDS = ("0", "1")
 DEFAULT_NUM_STEPS = 6000
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "sweep_study"
-# The evaluation of the committed 6k grid (README "Results"), so that its 40-sweep runs pair with
+# The evaluation of the committed 6k grid (docs/results.md), so that its 40-sweep runs pair with
 # the study's: validation every 1,000 steps (so the diagnostic runs 6 times), test NLL with 4,000
 # importance samples on the fixed 2,000-image subset. --override=KEY=VALUE replaces them.
 STUDY_CONFIG = {"eval_every": "1000", "eval_iw_samples": "4000", "eval_num_examples": "2000"}
@@ -178,8 +178,8 @@ def report(rows: list[dict], reference: int) -> str:
   lines = [
     f"Sweep-budget study: test NLL (nats, mean ± std over seeds), paired per-seed difference from"
     f" {reference} sweeps (positive: the budget is worse), the sampler diagnostic's largest moment"
-    " error over training (≈ 1 in equilibrium; README), the largest |log Z drift| removed at an"
-    " evaluation, and training steps/s (mean over seeds; machine load varies).",
+    " error over training (≈ 1 in equilibrium; docs/training.md), the largest |log Z drift|"
+    " removed at an evaluation, and training steps/s (mean over seeds; machine load varies).",
     "",
     f"| config | struct | K | sweeps | test NLL | Δ vs {reference} (n) | max diag. error |"
     " max abs. drift | steps/s |",

@@ -3,8 +3,8 @@ r"""Trains and evaluates a grid of the DVAE# paper's Table 1 and writes one JSON
 Each run is ``python -m experiments.run`` in a subprocess (its own workdir under ``--out``, so an
 interrupted grid resumes: finished runs are skipped, unfinished ones resume from their checkpoint).
 
-  # The CPU grids of the README (2 structs, 4 methods, K = 1 and 5; README "Results" has the
-  # exact flags): binarized MNIST, then the OMNIGLOT stand-in.
+  # The CPU grids of docs/results.md (2 structs, 4 methods, K = 1 and 5; docs/results.md has
+  # the exact flags): binarized MNIST, then the OMNIGLOT stand-in.
   python -m benchmarks.table1 --preset=cpu_mnist --num_steps=6000 --seeds=0,1
   python -m benchmarks.table1 --preset=cpu_omniglot --num_steps=4000 --seeds=0
 
@@ -56,7 +56,7 @@ PRESETS = {
     ("1-layer-nonlin",),
     (1, 5),
   ),
-  # Issue 10's sweep-budget study (one budget per --out; benchmarks/sweep_study.py runs them all).
+  # The sweep-budget study (one budget per --out; benchmarks/sweep_study.py runs them all).
   "sweep_study": (
     ("dvae", "dvae_sharp"),
     ("1-layer-lin", "1-layer-nonlin", "2-layer-nonlin"),

@@ -3,8 +3,9 @@ r"""The D-Wave PyTorch plugin's samplers as a peer of ``benchmarks.graph_sampler
   PEERS_PYTHON benchmarks/torch_peer_worker.py PROBLEM.npz
 
 Runs in an interpreter that has torch and ``dwave-pytorch-plugin`` (their own venv: torch is not
-installed next to JAX, see BUILD_NOTES.md), so it imports nothing from dvae_jax. PROBLEM.npz holds
-an Ising model in dimod's SPIN convention (``dimod_io.bqm_coefficients``: energy
+installed next to JAX; ``graph_sampler_speed --torch-python``), so it imports nothing from
+dvae_jax. PROBLEM.npz holds an Ising model in dimod's SPIN convention
+(``dimod_io.bqm_coefficients``: energy
 Σ h_i s_i + Σ_e J_e s_i s_j, target p ∝ exp(−energy)): ``linear`` [n], ``quadratic`` [E],
 ``edges`` [E, 2], ``colours`` [n] (the same proper colouring as the library's sweep) and
 ``num_chains``. The plugin's samplers, as its docs use them (a ``GraphRestrictedBoltzmannMachine``

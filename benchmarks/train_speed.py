@@ -5,7 +5,7 @@ sweeps, MATH.md §6), the time of the prior-sampler step alone (the same jitted 
 hence the share of the step spent sampling (the two timed in alternation, so under the same load);
 the peak resident memory of a process that measures that struct alone (each struct runs in its own
 interpreter unless ``--noisolate``) and, on accelerators, the device's peak memory in use; and the
-estimated wall time of the full 1M-step protocol on this machine (training steps only).
+estimated wall time of the full 1M-step protocol on the machine measured (training steps only).
 
   python -m benchmarks.train_speed [--structs=1-layer-lin,2-layer-nonlin] [--method=dvae_sharp]
   # Sweep budgets per step, each struct's budgets timed in alternation (so their ratio is measured
@@ -13,10 +13,10 @@ estimated wall time of the full 1M-step protocol on this machine (training steps
   python -m benchmarks.train_speed --sweeps=40,4 --out=benchmarks/results/train_speed_sweeps.json
 
 Each row also gives ``with_tracker_steps_per_second``: the step plus the log Z tracker's amortised
-cost (README "The training log Z"): its jitted refresh (the runner's) is timed in the same
+cost (docs/math.md §3.6): its jitted refresh (the runner's) is timed in the same
 alternation, one refresh every ``log_z_refresh_every`` calls, and its seconds per refresh divided
-by ``log_z_refresh_every`` (``tracker_ms_per_step``). (Until session 19 this was an estimate that
-scaled the sampler's time per replica-sweep, right on a CPU but not on a launch-bound GPU.) With
+by ``log_z_refresh_every`` (``tracker_ms_per_step``). (It is measured, not estimated from the
+sampler's time per replica-sweep, which is right on a CPU but not on a launch-bound GPU.) With
 several ``--sweeps``, ``speedup`` and ``with_tracker_speedup`` are over the first budget's.
 ``with_log_z_steps_per_second`` (and ``with_log_z_speedup``) adds the training log Z's fresh AIS
 (``sampler_monitor.TrainLogZ``: ``train_ais_num_chains`` × ``train_ais_num_temperatures`` once
