@@ -189,5 +189,5 @@ def split_examples(dataset, split: str, num_examples: int):
     raise UsageError(f"invalid --num_examples={num_examples}: the {split} split has {len(x)}")
   x = scoring.eval_subset(x, num_examples)
   if x.dtype != np.uint8:
-    x = data_lib._binarize_once(x, 0, 2)  # noqa: SLF001 (the loader's one-off binarization)
+    x = data_lib.binarize_once(x, 0, 2)  # the loader's one-off binarization
   return x
