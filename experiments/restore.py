@@ -17,6 +17,7 @@ from typing import NamedTuple
 from ml_collections import config_dict
 
 from experiments import checkpointing, train
+from experiments.cli import UsageError, check_minimum, start_command  # noqa: F401 (the CLIs' names)
 
 LATEST_DIR = "checkpoints"  # the runner's folders, see experiments/train.py
 BEST_DIR = "checkpoints_best"
@@ -24,28 +25,6 @@ BEST_DIR = "checkpoints_best"
 
 class RestoreError(ValueError):
   """The workdir holds no run, or not the checkpoint asked for; the message says what it found."""
-
-
-class UsageError(ValueError):
-  """A command-line value that ``experiments.evaluate`` / ``experiments.sample`` cannot use."""
-
-
-def check_minimum(flag, minimum: int) -> None:
-  """Refuses an integer flag below ``minimum`` (None means the run's default and passes)."""
-  if flag.value is not None and flag.value < minimum:
-    raise UsageError(f"invalid --{flag.name}={flag.value}: must be an integer >= {minimum}")
-
-
-def start_command(argv, workdir: str | None) -> None:
-  """Common start of the two commands: no stray arguments, a --workdir, quiet orbax."""
-  from absl import app, flags, logging
-
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not workdir:
-    raise app.UsageError("--workdir is required: the folder of a run of experiments.run")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only folder is read-only
 
 
 class Restored(NamedTuple):

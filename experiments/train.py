@@ -41,6 +41,7 @@ from dvae_jax import graphs, models, objectives, optim, priors
 from dvae_jax import rbm as rbm_lib
 from dvae_jax import samplers as samplers_lib
 from dvae_jax.graphs import topologies
+from dvae_jax.samplers import dimod_bridge
 from experiments import (
   checkpointing,
   config_lib,
@@ -143,20 +144,17 @@ class Experiment:
 def _dimod_prior_sampler(config, prior, mesh):
   """``samplers.external`` drawing through the dimod sampler named by ``config.dimod_sampler``
   (checked now, with its keyword arguments: a ConfigError names the problem)."""
-  from experiments import prior_sampling  # imports restore, which imports this module
-
   if mesh.size != 1:
     raise config_lib.ConfigError(
       f"sampler='dimod' draws the whole population on the host and runs on one device; this mesh "
       f"has {mesh.size} (set CUDA_VISIBLE_DEVICES or JAX_PLATFORMS to use one)"
     )
   try:
-    draw = prior_sampling.make_dimod_draw(
+    return dimod_bridge.prior_sampler(
       config.dimod_sampler, config.dimod_kwargs, config.num_prior_samples, prior
     )
-  except ValueError as err:  # restore.UsageError from the shared dimod helpers
+  except ValueError as err:  # dimod_bridge.DimodConfigError: a name or keyword that cannot be used
     raise config_lib.ConfigError(f"sampler='dimod': {err}") from err
-  return samplers_lib.external.prior_sampler(config.num_prior_samples, draw)
 
 
 def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
