@@ -1,10 +1,12 @@
 """A trained run, read back from its workdir without changing it (for ``experiments.evaluate`` and
 ``experiments.sample``).
 
-The model is rebuilt from the workdir's ``config.json`` by ``train.build`` (the runner's own
-constructor) and the weights restored by ``checkpointing.Checkpointer`` in read-only mode, from
-``checkpoints_best/`` (the best validation step, as the runner's final evaluation does) or
-``checkpoints/`` (the latest steps; the runner saves ``(TrainState, record)`` there).
+The model is rebuilt from the workdir's ``config.json`` by the runner's own constructors
+(``experiments.experiment``) and the weights restored by ``checkpointing.Checkpointer`` in
+read-only mode, from ``checkpoints_best/`` (the best validation step, as the runner's final
+evaluation does: the model's weights only, so no optimiser or prior sampler is built) or
+``checkpoints/`` (the latest steps; the runner saves ``(TrainState, record)`` there, restored
+into a whole train state).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import NamedTuple
 
 from ml_collections import config_dict
 
-from experiments import checkpointing, train
+from experiments import checkpointing
+from experiments import experiment as experiment_lib
 from experiments.cli import UsageError, check_minimum, start_command  # noqa: F401 (the CLIs' names)
 
 LATEST_DIR = "checkpoints"  # the runner's folders, see experiments/train.py
@@ -31,15 +34,16 @@ class Restored(NamedTuple):
   """A run's model at one checkpoint.
 
   Attributes:
-    experiment: ``train.Experiment`` built from the run's config (with any overrides).
-    state: ``train.TrainState``; its params and batch_stats are those of the checkpoint (its
-      optimiser and sampler state too when restored from ``checkpoints/``).
+    experiment: ``experiment.Experiment`` built from the run's config (with any overrides); with
+      its optimiser and prior sampler only when restored from ``checkpoints/``.
+    state: the checkpoint's ``experiment.Weights`` (params and batch_stats) from
+      ``checkpoints_best/``; the whole ``experiment.TrainState`` from ``checkpoints/``.
     step: the checkpoint's training step.
     which: 'best' or 'latest' (the folder it came from).
   """
 
-  experiment: train.Experiment
-  state: train.TrainState
+  experiment: experiment_lib.Experiment
+  state: experiment_lib.Weights | experiment_lib.TrainState
   step: int
   which: str
 
@@ -112,7 +116,8 @@ def choose_checkpoint(workdir: str | os.PathLike, step: str) -> tuple[str, int]:
 
 
 def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Restored:
-  """Builds the run's model (``train.build``) and restores checkpoint ``step`` into it.
+  """Builds the run's model (``experiment.build_model``; the whole train state for a latest
+  checkpoint) and restores checkpoint ``step`` into it.
 
   Args:
     workdir: the run's folder.
@@ -127,15 +132,17 @@ def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Rest
   config = run_config(workdir, **overrides)
   which, number = choose_checkpoint(workdir, step)
   try:
-    experiment, state = train.build(config)
+    experiment, weights = experiment_lib.build_model(config)
+    if which == "latest":
+      experiment, state = experiment_lib.create_train_state(experiment, weights)
   except ValueError as err:  # an invalid size (e.g. a batch that does not split over the devices)
     raise UsageError(f"cannot rebuild the run with these settings: {err}") from err
   folder = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
   ckpt = checkpointing.Checkpointer(folder, 1, read_only=True)
   try:
     if which == "best":
-      weights = {"params": state.params, "batch_stats": state.batch_stats}
-      state = state._replace(**ckpt.restore(number, weights))
+      weights = experiment_lib.place_weights(experiment, weights)
+      state = experiment_lib.Weights(**ckpt.restore(number, weights._asdict()))
     else:
       state, _ = ckpt.restore(number, (state, checkpointing.make_record(experiment.mesh)))
   finally:

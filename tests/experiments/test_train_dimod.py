@@ -11,6 +11,7 @@ from test_train import TIMING_KEYS, tiny_config
 from dvae_jax import rbm
 from dvae_jax.samplers import dimod_bridge
 from experiments import config_lib, metrics, train
+from experiments import experiment as experiment_lib
 
 pytest.importorskip("dwave.samplers", reason="sampler='dimod' needs the [dwave] extra")
 
@@ -71,7 +72,7 @@ def test_dimod_keys_must_go_together(data_dir, overrides, message):
 )
 def test_a_bad_dimod_sampler_is_refused_before_training(data_dir, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=f"sampler='dimod': .*{message}"):
-    train.build(tiny_config("dvae_sharp", data_dir, **overrides))
+    experiment_lib.build(tiny_config("dvae_sharp", data_dir, **overrides))
 
 
 def test_the_zero_machine_is_drawn_uniformly_without_the_sampler(monkeypatch):
