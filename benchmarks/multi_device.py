@@ -2,9 +2,9 @@ r"""Data-parallel training speed: the prior sampler's chains split over the devi
 
 For each device count: steps/s of the runner's jitted train step (``dvae_sharp``, batch 100, PA
 with 1000 samples × 40 sweeps) with the state laid out as the runner does it
-(``train.state_shardings``: the sampler's chains split over the devices) and, in the same process
-and timed in alternation, with every leaf replicated (each device samples the whole population:
-the layout before 2026-11-25). Each device count runs in its own process; on the CPU the devices
+(``experiment.state_shardings``: the sampler's chains split over the devices) and, in the same
+process and timed in alternation, with every leaf replicated (each device samples the whole
+population: the layout before 2026-11-25). Each device count runs in its own process; on the CPU the devices
 are forced host devices (``--xla_force_host_platform_device_count``), so on a machine with C cores
 they share those C cores, and each step is waited for, as the runner does there (XLA's CPU
 collectives deadlocked with many steps in flight).
@@ -28,7 +28,8 @@ from absl import app, flags
 
 from benchmarks import timing
 from dvae_jax import data as data_lib
-from experiments import config_lib, sharding, train
+from experiments import config_lib, sharding, train_step
+from experiments import experiment as experiment_lib
 
 _STRUCT = flags.DEFINE_string("struct", "1-layer-lin", "Struct.")
 _METHOD = flags.DEFINE_string("method", "dvae_sharp", "Config name.")
@@ -50,7 +51,7 @@ def measure() -> list[dict]:
   config = config_lib.load_config(_METHOD.value)
   config.struct = _STRUCT.value
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
-  experiment, state = train.build(config)
+  experiment, state = experiment_lib.build(config)
   layouts = {"split": experiment}
   if jax.device_count() > 1:
     replicated = jax.tree.map(lambda _: sharding.replicated(experiment.mesh), state)
@@ -63,7 +64,7 @@ def measure() -> list[dict]:
   cpu_devices = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
   fns, compile_seconds = [], []
   for exp in layouts.values():
-    step = train.make_train_step(exp)
+    step = train_step.make_train_step(exp)
     # Each layout trains its own copy (the step donates its input).
     holder = {"state": jax.device_put(jax.tree.map(jnp.copy, state), exp.state_sharding)}
 

@@ -35,7 +35,8 @@ from absl import app, flags
 
 from benchmarks import timing
 from dvae_jax import data as data_lib
-from experiments import config_lib, metrics, sampler_monitor, sharding, train
+from experiments import config_lib, metrics, sampler_monitor, sharding, train, train_step
+from experiments import experiment as experiment_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -77,12 +78,12 @@ def make_config(name: str, struct: str, k: int, num_sweeps: int | None, override
 def host_variants(config, block: int):
   """``(names, fns, compile_seconds)``: the step-only, +batch and +log Z loops as
   ``timing.interleaved_medians`` functions of the step index (one shared, donated state)."""
-  experiment, state = train.build(config)
+  experiment, state = experiment_lib.build(config)
   config = experiment.config
   for key in ("log_every", "log_z_refresh_every"):
     if config[key] and block % config[key]:
       raise ValueError(f"--block={block} must be a multiple of {key}={config[key]}")
-  step = train.make_train_step(experiment)
+  step = train_step.make_train_step(experiment)
   x_sharding = sharding.batch_sharded(experiment.mesh)
 
   def host_batch(i):

@@ -145,10 +145,11 @@ def learning_curve(workdir: pathlib.Path) -> dict:
 
 
 def copy_images(out: pathlib.Path, workdir: pathlib.Path, name: str) -> None:
-  """The run's last sample and reconstruction grids, as OUT/images/<name>_{samples,recon}.png."""
+  """The run's last sample and reconstruction grids, as OUT/images/<name>_{samples,recon}.png
+  (from the workdir's images/, or the workdir itself for runs written before that folder)."""
   (out / "images").mkdir(exist_ok=True)
   for kind, short in (("samples", "samples"), ("reconstructions", "recon")):
-    grids = sorted(workdir.glob(f"{kind}_*.png"))
+    grids = sorted(workdir.glob(f"images/{kind}_*.png")) or sorted(workdir.glob(f"{kind}_*.png"))
     if grids:
       shutil.copyfile(grids[-1], out / "images" / f"{name}_{short}.png")
 

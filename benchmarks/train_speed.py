@@ -40,7 +40,8 @@ from absl import app, flags
 
 from benchmarks import timing
 from dvae_jax import data as data_lib
-from experiments import config_lib, sampler_monitor, sharding, train
+from experiments import config_lib, sampler_monitor, sharding, train_step
+from experiments import experiment as experiment_lib
 
 _STRUCTS = flags.DEFINE_list(
   "structs", ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"], "Structs."
@@ -82,9 +83,9 @@ def _timed_budget(struct: str, num_sweeps: int):
   config.num_sweeps = num_sweeps
   if _TRACKER_EVERY.value is not None:
     config.log_z_refresh_every = _TRACKER_EVERY.value
-  experiment, state = train.build(config)
+  experiment, state = experiment_lib.build(config)
   config = experiment.config
-  step = train.make_train_step(experiment)
+  step = train_step.make_train_step(experiment)
   x_sharding = sharding.batch_sharded(experiment.mesh)
   batches = [
     sharding.put_global(

@@ -1,6 +1,6 @@
 """Images of a run: model samples and reconstructions (jitted), tiled into PNG grids with pillow.
 
-``experiment`` is an ``experiments.train.Experiment``, ``state`` a ``TrainState``.
+``experiment`` is an ``experiments.experiment.Experiment``, ``state`` a ``TrainState``.
 """
 
 from __future__ import annotations

@@ -7,13 +7,14 @@ file of an interrupted-and-resumed run equals that of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -106,12 +107,20 @@ class Progress:
     stream: where to print (default stdout); the bar is used only when it is a terminal.
     enabled: False on non-primary processes.
     unit: what is counted ('step'; 'example' for experiments.evaluate).
+    label: what is being done, shown before the count (e.g. 'validation'); none by default.
   """
 
   def __init__(
-    self, total: int, start: int, *, stream=None, enabled: bool = True, unit: str = "step"
+    self,
+    total: int,
+    start: int,
+    *,
+    stream=None,
+    enabled: bool = True,
+    unit: str = "step",
+    label: str = "",
   ):
-    self._total, self._start, self._unit = total, start, unit
+    self._total, self._start, self._unit, self._label = total, start, unit, label
     self._stream = stream or sys.stdout
     self._enabled = enabled
     self._tty = enabled and hasattr(self._stream, "isatty") and self._stream.isatty()
@@ -137,8 +146,9 @@ class Progress:
     frac = step / self._total if self._total else 1.0
     eta = self.eta_seconds(step)
     eta_text = "?" if math.isinf(eta) else _format_seconds(eta)
+    label = f"{self._label}: " if self._label else ""
     status = (
-      f"{self._unit} {step}/{self._total} ({100 * frac:5.1f}%) "
+      f"{label}{self._unit} {step}/{self._total} ({100 * frac:5.1f}%) "
       f"{self.steps_per_second(step):.1f} {self._unit}s/s ETA {eta_text} {text}"
     )
     if self._tty:
@@ -153,6 +163,34 @@ class Progress:
     """Prints a line (after finishing the bar's line on a terminal)."""
     if self._enabled:
       self._stream.write(("\n" if self._tty else "") + text + "\n")
+      self._stream.flush()
+
+  def phase(self, label: str, total: int, unit: str = "example") -> Callable[[int], None]:
+    """``update(done)`` for one long phase of the run (a validation, the final test) counted in
+    ``unit``: its own bar on a terminal; otherwise a line at every tenth of ``total`` and at the
+    end, as ``experiments.evaluate`` prints."""
+    bar = Progress(total, 0, stream=self._stream, enabled=self._enabled, unit=unit, label=label)
+    last = [0]
+
+    def update(done: int) -> None:
+      tenth = total and done * 10 // total != last[0] * 10 // total
+      last[0] = done
+      bar.update(done, log_line=bool(tenth) or done == total)
+
+    return update
+
+  @contextlib.contextmanager
+  def timed(self, label: str):
+    """Reports a phase that cannot count its progress (one compiled call, e.g. AIS): its label
+    while it runs and its duration when it ends (one line)."""
+    if self._enabled and self._tty:
+      self._stream.write(f"\r{label} ...\033[K")
+      self._stream.flush()
+    t0 = time.perf_counter()
+    yield
+    if self._enabled:
+      line = f"{label}: {time.perf_counter() - t0:.1f} s"
+      self._stream.write((f"\r{line}\033[K\n" if self._tty else line + "\n"))
       self._stream.flush()
 
 

@@ -1,10 +1,12 @@
 """A trained run, read back from its workdir without changing it (for ``experiments.evaluate`` and
 ``experiments.sample``).
 
-The model is rebuilt from the workdir's ``config.json`` by ``train.build`` (the runner's own
-constructor) and the weights restored by ``checkpointing.Checkpointer`` in read-only mode, from
-``checkpoints_best/`` (the best validation step, as the runner's final evaluation does) or
-``checkpoints/`` (the latest steps; the runner saves ``(TrainState, record)`` there).
+The model is rebuilt from the workdir's ``config.json`` by the runner's own constructors
+(``experiments.experiment``) and the weights restored by ``checkpointing.Checkpointer`` in
+read-only mode, from ``checkpoints_best/`` (the best validation step, as the runner's final
+evaluation does: the model's weights only, so no optimiser or prior sampler is built) or
+``checkpoints/`` (the latest steps; the runner saves ``(TrainState, record)`` there, restored
+into a whole train state).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import NamedTuple
 
 from ml_collections import config_dict
 
-from experiments import checkpointing, train
+from experiments import checkpointing
+from experiments import experiment as experiment_lib
+from experiments.cli import UsageError, check_minimum, start_command  # noqa: F401 (the CLIs' names)
 
 LATEST_DIR = "checkpoints"  # the runner's folders, see experiments/train.py
 BEST_DIR = "checkpoints_best"
@@ -26,41 +30,20 @@ class RestoreError(ValueError):
   """The workdir holds no run, or not the checkpoint asked for; the message says what it found."""
 
 
-class UsageError(ValueError):
-  """A command-line value that ``experiments.evaluate`` / ``experiments.sample`` cannot use."""
-
-
-def check_minimum(flag, minimum: int) -> None:
-  """Refuses an integer flag below ``minimum`` (None means the run's default and passes)."""
-  if flag.value is not None and flag.value < minimum:
-    raise UsageError(f"invalid --{flag.name}={flag.value}: must be an integer >= {minimum}")
-
-
-def start_command(argv, workdir: str | None) -> None:
-  """Common start of the two commands: no stray arguments, a --workdir, quiet orbax."""
-  from absl import app, flags, logging
-
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not workdir:
-    raise app.UsageError("--workdir is required: the folder of a run of experiments.run")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only folder is read-only
-
-
 class Restored(NamedTuple):
   """A run's model at one checkpoint.
 
   Attributes:
-    experiment: ``train.Experiment`` built from the run's config (with any overrides).
-    state: ``train.TrainState``; its params and batch_stats are those of the checkpoint (its
-      optimiser and sampler state too when restored from ``checkpoints/``).
+    experiment: ``experiment.Experiment`` built from the run's config (with any overrides); with
+      its optimiser and prior sampler only when restored from ``checkpoints/``.
+    state: the checkpoint's ``experiment.Weights`` (params and batch_stats) from
+      ``checkpoints_best/``; the whole ``experiment.TrainState`` from ``checkpoints/``.
     step: the checkpoint's training step.
     which: 'best' or 'latest' (the folder it came from).
   """
 
-  experiment: train.Experiment
-  state: train.TrainState
+  experiment: experiment_lib.Experiment
+  state: experiment_lib.Weights | experiment_lib.TrainState
   step: int
   which: str
 
@@ -133,7 +116,8 @@ def choose_checkpoint(workdir: str | os.PathLike, step: str) -> tuple[str, int]:
 
 
 def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Restored:
-  """Builds the run's model (``train.build``) and restores checkpoint ``step`` into it.
+  """Builds the run's model (``experiment.build_model``; the whole train state for a latest
+  checkpoint) and restores checkpoint ``step`` into it.
 
   Args:
     workdir: the run's folder.
@@ -148,15 +132,17 @@ def restore(workdir: str | os.PathLike, step: str = "best", **overrides) -> Rest
   config = run_config(workdir, **overrides)
   which, number = choose_checkpoint(workdir, step)
   try:
-    experiment, state = train.build(config)
+    experiment, weights = experiment_lib.build_model(config)
+    if which == "latest":
+      experiment, state = experiment_lib.create_train_state(experiment, weights)
   except ValueError as err:  # an invalid size (e.g. a batch that does not split over the devices)
     raise UsageError(f"cannot rebuild the run with these settings: {err}") from err
   folder = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
   ckpt = checkpointing.Checkpointer(folder, 1, read_only=True)
   try:
     if which == "best":
-      weights = {"params": state.params, "batch_stats": state.batch_stats}
-      state = state._replace(**ckpt.restore(number, weights))
+      weights = experiment_lib.place_weights(experiment, weights)
+      state = experiment_lib.Weights(**ckpt.restore(number, weights._asdict()))
     else:
       state, _ = ckpt.restore(number, (state, checkpointing.make_record(experiment.mesh)))
   finally:
@@ -189,5 +175,5 @@ def split_examples(dataset, split: str, num_examples: int):
     raise UsageError(f"invalid --num_examples={num_examples}: the {split} split has {len(x)}")
   x = scoring.eval_subset(x, num_examples)
   if x.dtype != np.uint8:
-    x = data_lib._binarize_once(x, 0, 2)  # noqa: SLF001 (the loader's one-off binarization)
+    x = data_lib.binarize_once(x, 0, 2)  # the loader's one-off binarization
   return x

@@ -64,8 +64,8 @@ def main(argv):
   user_errors = (
     data_lib.DataNotFoundError,
     data_lib.DataFileError,
-    train.NonFiniteLossError,
-    train.WorkdirConfigError,
+    guards.NonFiniteLossError,
+    checkpointing.WorkdirConfigError,
     guards.DivergenceError,
     checkpointing.CheckpointRestoreError,
     checkpointing.CheckpointWriteError,

@@ -152,7 +152,12 @@ def main(argv):
     run = restore.restore(_WORKDIR.value, _STEP.value, **overrides)
     prior = run.state.params["prior"]
     machine = sampling.dimod_machine(prior) if sampler is not None else None
-  except (restore.UsageError, restore.RestoreError, data_lib.DataNotFoundError) as err:
+  except (
+    restore.UsageError,
+    restore.RestoreError,
+    sampling.DimodConfigError,
+    data_lib.DataNotFoundError,
+  ) as err:
     sys.exit(f"error: {err}")
   params = run.state.params
   print(restore.describe(_WORKDIR.value, run), flush=True)

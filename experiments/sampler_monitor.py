@@ -12,7 +12,8 @@
   re-anchored to it.
 
 Gradients never use the running log Z (MATH.md §2); the reported training terms (log_z, kl,
-neg_elbo) do. ``experiment`` is an ``experiments.train.Experiment``; ``state`` a ``TrainState``.
+neg_elbo) do. ``experiment`` is an ``experiments.experiment.Experiment``; ``state`` a
+``TrainState``.
 """
 
 from __future__ import annotations

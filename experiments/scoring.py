@@ -2,7 +2,7 @@
 and the evaluation's log Z, shared by the runner (``experiments.train``: validation and the final
 test) and ``experiments.evaluate`` (re-scoring a checkpoint).
 
-``experiment`` is an ``experiments.train.Experiment``; ``state`` anything with ``params`` and
+``experiment`` is an ``experiments.experiment.Experiment``; ``state`` anything with ``params`` and
 ``batch_stats`` (a ``TrainState``).
 """
 

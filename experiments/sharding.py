@@ -1,8 +1,8 @@
 """Data parallelism over all devices (every host): a 1-D mesh ``('data',)``.
 
 Batches are split along their first axis (``P('data')``), and so are the prior sampler's chains
-(``train.state_shardings``: sampling is 80–90 % of a step, so a replicated population would cap the
-speed-up of more devices near 1.1×); parameters, optimiser state and scalars are replicated
+(``experiment.state_shardings``: sampling is 80–90 % of a step, so a replicated population would
+cap the speed-up of more devices near 1.1×); parameters, optimiser state and scalars are replicated
 (``P()``). Every process builds the same global batch on the host and hands each of its devices its
 slice, so the computation (and its randomness: one PRNG key per global batch or population, with
 counters over the global shape) does not depend on the number of devices or hosts.

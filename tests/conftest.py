@@ -1,4 +1,4 @@
-"""Shared pytest set-up: a persistent XLA compilation cache and where the shared datasets are."""
+"""Shared pytest set-up: a persistent XLA compilation cache and where the whole datasets are."""
 
 import pathlib
 
@@ -13,8 +13,9 @@ jax.config.update("jax_compilation_cache_dir", str(REPO_ROOT / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-# The files of the whole datasets (as in ../shared/data); tests/data/subsets.npz holds a few hundred
-# real images of each split of each (tests/data/README.md).
+# The files of the whole datasets (found through $DVAE_JAX_DATA_DIR, which CI sets);
+# tests/data/subsets.npz holds a few hundred real images of each split of each (see
+# tests/data/README.md).
 FULL_DATA_FILES = (
   "binarized_mnist.npz",
   "omniglot_28x28_rebuilt.npz",
@@ -25,8 +26,8 @@ SUBSETS = REPO_ROOT / "tests" / "data" / "subsets.npz"
 
 def find_full_data_dir() -> pathlib.Path | None:
   """The first folder of the data search path that holds every whole dataset
-  (``dvae_jax.data.data_search_path``: $DVAE_JAX_DATA_DIR alone if set, else ../shared/data and
-  the download cache)."""
+  (``dvae_jax.data.data_search_path``: $DVAE_JAX_DATA_DIR alone if set, else the download cache
+  and TFDS's folder)."""
   from dvae_jax import data
 
   for folder, _ in data.data_search_path():
@@ -41,13 +42,12 @@ def full_data_reason() -> str:
   where = ", ".join(str(folder) for folder, _ in data.data_search_path())
   return (
     f"needs the whole datasets ({', '.join(FULL_DATA_FILES)}), not found in {where}; put them in "
-    "a folder and set DVAE_JAX_DATA_DIR=FOLDER (or place them in ../shared/data beside the "
-    "repository or in the cache folder)"
+    "a folder and set DVAE_JAX_DATA_DIR=FOLDER (or place them in the cache folder)"
   )
 
 
 def write_subsets(folder: pathlib.Path) -> pathlib.Path:
-  """Writes the committed subsets in the loader's formats (the layouts of ../shared/data)."""
+  """Writes the committed subsets in the loader's formats (the layouts of the whole datasets)."""
   import numpy as np
 
   folder.mkdir(parents=True, exist_ok=True)

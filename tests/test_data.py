@@ -1,4 +1,5 @@
-"""Tests of dvae_jax/data.py: splits, orientation, binarization, search path, download, batching."""
+"""Tests of the dvae_jax.data package: splits, orientation, binarization, search path, download,
+batching."""
 
 import hashlib
 import io
@@ -6,6 +7,7 @@ import os
 import pathlib
 import sys
 import urllib.error
+import urllib.request
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ def _no_network(monkeypatch):
   def forbidden(*args, **kwargs):
     raise AssertionError("a test tried to open a URL")
 
-  monkeypatch.setattr(data.urllib.request, "urlopen", forbidden)
+  monkeypatch.setattr(urllib.request, "urlopen", forbidden)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_mnist_splits_match_published_checksums(full_mnist):
   for split, count in data.MNIST_SPLITS.items():
     x = getattr(mnist, split)
     assert x.shape == (count, 784) and x.dtype == np.uint8
-    # The MD5 sums are those of shared/data/README.md (and of the original .amat files).
+    # The MD5 sums are those of the data folder's README.md (and of the original .amat files).
     assert hashlib.md5(x.tobytes()).hexdigest() == data.MNIST_MD5[split]
   np.testing.assert_allclose(mnist.train_mean, mnist.train.mean(0, dtype=np.float64), atol=1e-6)
 
@@ -61,6 +63,28 @@ def test_mnist_is_upright(mnist):
   # top row, and ink is spread over columns near the centre. Row-major order puts row 0 first.
   images = mnist.valid.reshape(-1, 28, 28)
   assert images[:, 0, :].mean() < 0.01 < images[:, 14, :].mean()
+
+
+def test_a_new_source_is_one_registration(monkeypatch):
+  """A kind of data addressed as PREFIX:ARGUMENT is a Source and one registration (the contract of
+  dvae_jax.data.base.Source): load_dataset hands it the folder and the options."""
+  calls = []
+
+  class ArraySource:
+    def __init__(self, argument):
+      self.name = f"arrays:{argument}"
+
+    def load(self, data_dir, *, allow_download, binarization_seed):
+      calls.append((self.name, data_dir, allow_download, binarization_seed))
+      x = np.zeros((2, 784), np.uint8)
+      return data.Dataset(self.name, x, x, x, False, "memory")
+
+  monkeypatch.setattr(data.registry, "_PREFIXES", dict(data.registry._PREFIXES))
+  data.register_prefix("arrays", ArraySource)
+  ds = data.load_dataset("arrays:a", "folder", binarization_seed=5)
+  assert ds.name == "arrays:a" and calls == [("arrays:a", "folder", None, 5)]
+  with pytest.raises(ValueError, match=r"unknown dataset 'other:a'; .*omniglot.*, arrays:\.\.\."):
+    data.load_dataset("other:a")
 
 
 def test_unknown_dataset_is_refused():
@@ -192,9 +216,10 @@ def test_search_path_order(monkeypatch, tmp_path):
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+  # Without a named folder: the download cache and TFDS's folder, nothing relative to the working
+  # directory or the repository.
   default = [p for p, _ in data.data_search_path()]
-  assert default[-2:] == [tmp_path / "xdg" / "dvae_jax", tmp_path / "tfds"]
-  assert pathlib.Path.cwd().parent / "shared" / "data" in default
+  assert default == [tmp_path / "xdg" / "dvae_jax", tmp_path / "tfds"]
   monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "env"))
   assert [p for p, _ in data.data_search_path()] == [tmp_path / "env"]
   assert [p for p, _ in data.data_search_path(tmp_path / "flag")] == [tmp_path / "flag"]
@@ -248,9 +273,9 @@ def fake_mnist_server(monkeypatch):
     s: (rng.random((n, 784)) < 0.3).astype(np.uint8)
     for s, n in zip(data.MNIST_SPLITS, (7, 3, 4), strict=True)
   }
-  monkeypatch.setattr(data, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
+  monkeypatch.setattr(data.mnist, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
   monkeypatch.setattr(
-    data, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
+    data.mnist, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
   )
   requested = []
 
@@ -259,7 +284,7 @@ def fake_mnist_server(monkeypatch):
     split = url.rsplit("_", 1)[1].removesuffix(".amat")
     return _FakeResponse(_amat(splits[split]))
 
-  monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+  monkeypatch.setattr(urllib.request, "urlopen", urlopen)
   return splits, requested
 
 
@@ -281,7 +306,7 @@ def test_download_writes_atomically_and_loads(tmp_path, fake_mnist_server):
 
 
 def test_download_checksum_mismatch_writes_nothing(tmp_path, fake_mnist_server, monkeypatch):
-  monkeypatch.setitem(data.MNIST_MD5, "test", "0" * 32)
+  monkeypatch.setitem(data.mnist.MNIST_MD5, "test", "0" * 32)
   with pytest.raises(ValueError, match="md5"):
     data.download_binarized_mnist(tmp_path)
   assert list(tmp_path.iterdir()) == []
@@ -291,7 +316,7 @@ def test_download_failure_is_a_clear_not_found_error(tmp_path, monkeypatch):
   def urlopen(url, timeout):
     raise urllib.error.URLError("no route to host")
 
-  monkeypatch.setattr(data.urllib.request, "urlopen", urlopen)
+  monkeypatch.setattr(urllib.request, "urlopen", urlopen)
   with pytest.raises(data.DataNotFoundError, match="download failed.*no route to host"):
     data.load_dataset("binarized_mnist", tmp_path, allow_download=True)
 
@@ -512,16 +537,14 @@ def test_tfds_prepared_binarized_mnist_is_read_without_tensorflow(tmp_path, monk
   monkeypatch.setattr(type(builder), "_generate_examples", generate_examples)
   builder.download_and_prepare()
   assert "tensorflow" not in sys.modules
-  monkeypatch.setattr(data, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
+  monkeypatch.setattr(data.mnist, "MNIST_SPLITS", {s: x.shape[0] for s, x in splits.items()})
   monkeypatch.setattr(
-    data, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
+    data.mnist, "MNIST_MD5", {s: hashlib.md5(x.tobytes()).hexdigest() for s, x in splits.items()}
   )
   # Found in its own folder on the search path ($TFDS_DATA_DIR, after the usual places).
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-  monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(data, "__file__", str(tmp_path / "repo" / "dvae_jax" / "data.py"))
   assert (tmp_path, "tensorflow-datasets folder") in data.data_search_path()
   ds = data.load_dataset("binarized_mnist", allow_download=False)
   for split, x in splits.items():
@@ -530,7 +553,7 @@ def test_tfds_prepared_binarized_mnist_is_read_without_tensorflow(tmp_path, monk
   assert data.provenance(ds)["data_source"] == "binarized_mnist/1.0.0 (TFDS)"
   assert "tensorflow" not in sys.modules
   # Pixels that differ from the published ones are refused, not used.
-  monkeypatch.setitem(data.MNIST_MD5, "test", "0" * 32)
+  monkeypatch.setitem(data.mnist.MNIST_MD5, "test", "0" * 32)
   with pytest.raises(ValueError, match="differs from Larochelle's test split"):
     data.load_dataset("binarized_mnist", tmp_path, allow_download=False)
 

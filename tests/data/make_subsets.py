@@ -1,6 +1,6 @@
 """Rebuilds ``subsets.npz``, the small real datasets of the default test suite (see README.md).
 
-  python tests/data/make_subsets.py /path/to/shared/data
+  python tests/data/make_subsets.py /path/to/data
 
 Rows are fixed uniform draws without replacement (seed 0, sorted, so the split order is kept) of
 each split of the full files. Binary pixels are stored bit-packed along the 784 pixels

@@ -59,6 +59,44 @@ def test_progress_bar_on_a_terminal():
   assert text.startswith("\r[############............] step 2/4") and "ETA" in text
 
 
+def test_a_phase_prints_a_line_at_every_tenth_when_not_a_terminal():
+  stream = io.StringIO()
+  update = metrics.Progress(total=10, start=0, stream=stream).phase("validation", 1000)
+  for done in range(100, 1001, 100):  # batches of 100: every batch ends a tenth
+    update(done)
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 10 and lines[0].startswith("validation: example 100/1000 ( 10.0%)")
+  assert lines[-1].startswith("validation: example 1000/1000 (100.0%)")
+  stream = io.StringIO()
+  update = metrics.Progress(total=10, start=0, stream=stream).phase("test", 1000)
+  for done in range(30, 1030, 30):  # 34 batches, the last one short: one line per tenth crossed
+    update(min(done, 1000))
+  assert len(stream.getvalue().splitlines()) == 10
+
+
+def test_a_phase_draws_its_own_bar_on_a_terminal():
+  stream = _Tty()
+  update = metrics.Progress(total=10, start=0, stream=stream).phase("test (5 samples)", 8)
+  update(4)
+  assert stream.getvalue().startswith("\r[############............] test (5 samples): example 4/8")
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_timed_phase_reports_its_duration(tty):
+  stream = _Tty() if tty else io.StringIO()
+  progress = metrics.Progress(total=10, start=0, stream=stream)
+  with progress.timed("validation: log Z (AIS)"):
+    pass
+  text = stream.getvalue()
+  assert text.endswith(" s\033[K\n" if tty else " s\n") and text.count("\n") == 1
+  assert "validation: log Z (AIS): 0.0 s" in text
+  assert ("validation: log Z (AIS) ..." in text) == tty  # shown while it runs, on a terminal
+  silent = io.StringIO()
+  with metrics.Progress(total=10, start=0, stream=silent, enabled=False).timed("x"):
+    pass
+  assert silent.getvalue() == ""
+
+
 def test_read_metrics_drops_an_incomplete_last_line(tmp_path):
   """A write cut off by a crash or a full disk leaves a partial last row: dropped, so that the
   resumed run can rewrite it; a damaged row elsewhere is an error."""

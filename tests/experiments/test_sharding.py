@@ -59,7 +59,8 @@ _FOUR_DEVICES = textwrap.dedent("""
 _SPLIT_POPULATION = textwrap.dedent("""
   import jax, jax.numpy as jnp, numpy as np
   from dvae_jax import rbm, samplers
-  from experiments import sharding, train
+  from experiments import experiment as experiment_lib
+  from experiments import sharding
   assert jax.device_count() == 4
   mesh = sharding.make_mesh()
   n1, n2 = 6, 5
@@ -69,17 +70,17 @@ _SPLIT_POPULATION = textwrap.dedent("""
   sampler = samplers.make_prior_sampler("pa", num_samples=64, num_sweeps=4)
 
   def state_of(sampler_state):
-    return train.TrainState(jnp.zeros((), jnp.int32), {"w": m0.w}, {}, (), sampler_state, k[2])
+    return experiment_lib.TrainState(jnp.zeros((), jnp.int32), {"w": m0.w}, {}, (), sampler_state, k[2])
 
   # 64 chains split 16 per device; 62 do not split: replicated.
   chains = sampler.init(k[2], m0)
-  shardings = train.state_shardings(state_of(chains), mesh)
+  shardings = experiment_lib.state_shardings(state_of(chains), mesh)
   split = sharding.batch_sharded(mesh)
   assert shardings.sampler_state.z1 == split and shardings.sampler_state.z2 == split
   assert shardings.sampler_state.log_z == sharding.replicated(mesh)
   assert shardings.params["w"] == shardings.key == sharding.replicated(mesh)
   odd = samplers.make_prior_sampler("pa", num_samples=62, num_sweeps=4).init(k[2], m0)
-  assert train.state_shardings(state_of(odd), mesh).sampler_state.z1 == sharding.replicated(mesh)
+  assert experiment_lib.state_shardings(state_of(odd), mesh).sampler_state.z1 == sharding.replicated(mesh)
 
   # One PA step of the population split over 4 devices draws the same chains as on one device
   # (PA's reweighting sums over chains: only their order of summation differs).

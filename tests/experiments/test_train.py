@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from dvae_jax import objectives
-from experiments import checkpointing, config_lib, guards, metrics, scoring, train
+from experiments import checkpointing, config_lib, guards, metrics, scoring, train, train_step
+from experiments import experiment as experiment_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Timing columns differ between runs by nature; every other column must match.
@@ -124,7 +125,7 @@ def assert_rows_close(rows_a, rows_b, rtol):
 
 
 def test_learning_rate_schedule_is_math_section_6():
-  schedule = train.learning_rate_schedule(3e-3, 1_000_000)
+  schedule = experiment_lib.learning_rate_schedule(3e-3, 1_000_000)
   # Steps just inside each piece of MATH.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3,
   # [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
   for step, expected in [
@@ -141,14 +142,14 @@ def test_learning_rate_schedule_is_math_section_6():
   ]:
     np.testing.assert_allclose(schedule(jnp.array(step)), expected, rtol=1e-6, err_msg=str(step))
   np.testing.assert_allclose(
-    train.learning_rate_schedule(1.0, 100)(jnp.array(70)), 1 / 3, rtol=1e-6
+    experiment_lib.learning_rate_schedule(1.0, 100)(jnp.array(70)), 1 / 3, rtol=1e-6
   )
 
 
 def test_kl_warmup():
   for step, expected in [(0, 0.0), (150, 0.5), (300, 1.0), (999, 1.0)]:
-    np.testing.assert_allclose(train.kl_warmup(jnp.array(step), 1000, 0.3), expected, rtol=1e-6)
-  assert train.kl_warmup(jnp.array(0), 1000, 0.0) == 1.0
+    np.testing.assert_allclose(train_step.kl_warmup(jnp.array(step), 1000, 0.3), expected, rtol=1e-6)
+  assert train_step.kl_warmup(jnp.array(0), 1000, 0.0) == 1.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
   assert checkpointing.Checkpointer(tmp_path / "checkpoints", 2).all_steps() == [2, 4]
   for step in (2, 4):
     for kind in ("samples", "reconstructions"):
-      with Image.open(tmp_path / f"{kind}_{step:08d}.png") as image:
+      with Image.open(tmp_path / train.IMAGES_DIR / f"{kind}_{step:08d}.png") as image:
         assert image.mode == "L" and min(image.size) > 28
   assert list((tmp_path / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
 
@@ -332,19 +333,19 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
   again = train.train_and_evaluate(config, tmp_path / "resumed")
   assert again["test_nll"] == pytest.approx(resumed["test_nll"])
   config.k = 2
-  with pytest.raises(train.WorkdirConfigError, match=r"k: 1 -> 2"):
+  with pytest.raises(checkpointing.WorkdirConfigError, match=r"k: 1 -> 2"):
     train.train_and_evaluate(config, tmp_path / "resumed")
 
 
 def test_nan_stops_training_naming_step_and_term_and_keeps_last_good_checkpoint(data_dir, tmp_path):
   config = tiny_config("dvae_pp_exp", data_dir, num_steps=8, eval_every=100, debug_nan_step=5)
   with pytest.raises(
-    train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
+    guards.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
   ):
     train.train_and_evaluate(config, tmp_path)
   ckpt = checkpointing.Checkpointer(tmp_path / "checkpoints", 2)
   assert ckpt.latest_step() == 4
-  experiment, template = train.build(config)
+  experiment, template = experiment_lib.build(config)
   state, record = ckpt.restore(4, (template, checkpointing.make_record(experiment.mesh)))
   ckpt.close()
   assert int(state.step) == 4 and int(record["best_step"]) == -1
@@ -375,7 +376,7 @@ def test_nan_between_host_syncs_is_reported_at_its_own_step(data_dir, tmp_path, 
 
   monkeypatch.setattr(guards, "check_pending", recording_check)
   with pytest.raises(
-    train.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
+    guards.NonFiniteLossError, match=r"non-finite value at training step 5: .*terms/recon=nan"
   ):
     train.train_and_evaluate(config, tmp_path)
   assert checked == [[1, 2, 3], [4], [5, 6]]  # one host sync per log / checkpoint step
@@ -572,5 +573,5 @@ def test_resume_accepts_a_key_added_later_only_at_its_default(tmp_path):
   checkpointing.check_resumable(tmp_path, config, train.RESUMABLE_DIFFERENCES)
   changed = config.as_configdict()
   changed.adam_eps_mode = "tf1"
-  with pytest.raises(train.WorkdirConfigError, match=r"adam_eps_mode: None -> 'tf1'"):
+  with pytest.raises(checkpointing.WorkdirConfigError, match=r"adam_eps_mode: None -> 'tf1'"):
     checkpointing.check_resumable(tmp_path, changed, train.RESUMABLE_DIFFERENCES)

@@ -9,7 +9,9 @@ import pytest
 from test_train import TIMING_KEYS, tiny_config
 
 from dvae_jax import rbm
-from experiments import config_lib, metrics, prior_sampling, train
+from dvae_jax.samplers import dimod_bridge
+from experiments import config_lib, metrics, train
+from experiments import experiment as experiment_lib
 
 pytest.importorskip("dwave.samplers", reason="sampler='dimod' needs the [dwave] extra")
 
@@ -70,14 +72,14 @@ def test_dimod_keys_must_go_together(data_dir, overrides, message):
 )
 def test_a_bad_dimod_sampler_is_refused_before_training(data_dir, overrides, message):
   with pytest.raises(config_lib.ConfigError, match=f"sampler='dimod': .*{message}"):
-    train.build(tiny_config("dvae_sharp", data_dir, **overrides))
+    experiment_lib.build(tiny_config("dvae_sharp", data_dir, **overrides))
 
 
 def test_the_zero_machine_is_drawn_uniformly_without_the_sampler(monkeypatch):
   # DropVariableSampler's reads are refused whenever it is called: here it must not be.
   monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent))
   prior = rbm.init_rbm(30, 20)
-  draw = prior_sampling.make_dimod_draw("dimod_test_samplers:DropVariableSampler", "", 4000, prior)
+  draw = dimod_bridge.make_dimod_draw("dimod_test_samplers:DropVariableSampler", "", 4000, prior)
   zero = rbm.RBM(*(np.asarray(x) for x in prior))
   reads = draw(7, zero)
   assert reads.shape == (4000, 50) and reads.dtype == np.uint8
@@ -85,5 +87,5 @@ def test_the_zero_machine_is_drawn_uniformly_without_the_sampler(monkeypatch):
   # Uniform: each unit's mean within 5 SE (0.5 / sqrt(4000)) of 1/2.
   assert np.max(np.abs(reads.mean(0) - 0.5)) < 5 * 0.5 / np.sqrt(4000)
   nonzero = zero._replace(b1=zero.b1 + 0.1)
-  with pytest.raises(prior_sampling.DimodSampleError, match="other variables"):
+  with pytest.raises(dimod_bridge.DimodSampleError, match="other variables"):
     draw(7, nonzero)

@@ -1,0 +1,113 @@
+"""The train step (MATH.md §2, §6): a pure jitted function ``(state, x) -> (state, metrics)`` over
+the whole :class:`~experiments.experiment.TrainState`, which it donates.
+
+The randomness of step ``t`` comes from ``fold_in(state.key, t)``: split into the prior sampler's,
+the loss's and the dynamic binarization's keys. One key drives the whole global batch, so the
+result does not depend on the number of devices. The step samples the prior with its persistent
+sampler, computes the loss and its gradient, applies Adam, and reports the loss's terms, the
+sampler's info and the divergence guard's flags (``experiments.guards``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from dvae_jax import data as data_lib
+from dvae_jax import objectives
+from dvae_jax import rbm as rbm_lib
+from experiments import guards, sharding
+from experiments.experiment import Experiment, TrainState
+
+
+def kl_warmup(step: jax.Array, num_steps: int, fraction: float) -> jax.Array:
+  """κ = min(t / (fraction · num_steps), 1) (MATH.md §6); 1 when ``fraction`` is 0."""
+  if fraction <= 0:
+    return jnp.ones((), jnp.float32)
+  return jnp.minimum(step.astype(jnp.float32) / (fraction * num_steps), 1.0)
+
+
+def weight_decay_penalty(coefficient: float, params: dict) -> jax.Array:
+  """``coefficient`` · ½‖w‖² on dense kernels, BN scales and the RBM couplings (MATH.md §2, §6)."""
+  return objectives.weight_decay(params["model"], params["prior"], coefficient=coefficient)
+
+
+def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array], tuple]:
+  """The jitted step ``(state, x [batch, 784]) -> (state, metrics)``; ``state`` is donated."""
+  config = experiment.config
+  graphdef, method, sampler = experiment.graphdef, experiment.method, experiment.sampler
+  dynamic = experiment.dataset.dynamic_binarization
+
+  def step_fn(state: TrainState, x: jax.Array):
+    key = jax.random.fold_in(state.key, state.step)
+    sampler_key, loss_key, data_key = jax.random.split(key, 3)
+    if dynamic:
+      x = data_lib.binarize(data_key, x)
+    if config.debug_nan_step > 0:  # test hook: poison the data of the step that ends at it
+      x = jnp.where(state.step + 1 == config.debug_nan_step, jnp.nan, x)
+    kappa = kl_warmup(state.step, config.num_steps, config.kl_warmup_fraction)
+    prior = state.params["prior"]
+    if sampler is not None:
+      sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
+      z1, z2 = rbm_lib.rao_blackwellize(
+        prior, sampler_state.z1, sampler_state.z2, config.rao_blackwell
+      )
+      prior_samples = (z1, z2, sampler_state.log_z)
+    else:
+      sampler_state, info, prior_samples = (), {}, None
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params["model"], state.batch_stats, copy=True)
+      loss, terms = objectives.loss_fn(
+        model, params["prior"], prior_samples, x, loss_key, method, config.k, kappa
+      )
+      penalty = weight_decay_penalty(config.weight_decay, params)
+      return loss + penalty, (loss, terms, penalty, nnx.state(model, nnx.BatchStat))
+
+    grads, (loss, terms, penalty, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = experiment.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    metrics = {
+      "loss": loss,
+      **{f"terms/{k}": v for k, v in terms.items()},
+      "weight_decay": penalty,
+      "grad_norm": grad_norm,
+      "lr": experiment.learning_rate(state.step),
+      "kappa": kappa,
+      **{f"sampler/{k}": jnp.mean(v) for k, v in _info_dict(info).items()},
+    }
+    metrics["finite"] = jnp.all(
+      jnp.array([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)])
+    )
+    metrics["guard"] = guards.step_flags(metrics, config)  # the divergence guard's flag bits
+    new_state = TrainState(
+      step=state.step + 1,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      sampler_state=sampler_state,
+      key=state.key,
+    )
+    return new_state, metrics
+
+  return jax.jit(
+    step_fn,
+    donate_argnums=(0,),
+    in_shardings=(experiment.state_sharding, sharding.batch_sharded(experiment.mesh)),
+    out_shardings=(experiment.state_sharding, sharding.replicated(experiment.mesh)),
+  )
+
+
+def _info_dict(info) -> dict:
+  """The numeric fields of a sampler's info (a NamedTuple such as ``PersistentInfo``), as float."""
+  items = info._asdict().items() if hasattr(info, "_asdict") else dict(info).items()
+  return {
+    k: jnp.asarray(v, jnp.float32)
+    for k, v in items
+    if isinstance(v, jax.Array) and jnp.issubdtype(v.dtype, jnp.number)
+  }
