@@ -15,7 +15,7 @@ from test_train import tiny_config
 
 from dvae_jax import posterior
 from experiments import experiment as experiment_lib
-from experiments import images
+from experiments import images, restore, train
 
 NUM = 4  # TINY's num_image_samples: a 2 × 2 grid of samples, 2 originals beside 2 reconstructions
 
@@ -50,31 +50,54 @@ def test_grids_hold_decoded_means(name, data_dir, tmp_path):
     params,
   )
   state = state._replace(params=params)
+  assert config.num_image_samples == NUM
   key = jax.random.key(5)
   writer = _Writer()
   images.write_images(experiment, images.make_image_fn(experiment), state, key, tmp_path, 3, writer)
-  samples_png = np.asarray(Image.open(tmp_path / "samples_00000003.png"))
-  recon_png = np.asarray(Image.open(tmp_path / "reconstructions_00000003.png"))
-  np.testing.assert_array_equal(writer.images["samples"][1], samples_png)
-  np.testing.assert_array_equal(writer.images["reconstructions"][1], recon_png)
+  for kind in ("samples", "reconstructions"):  # the PNG and TensorBoard's image are the same grid
+    np.testing.assert_array_equal(writer.images[kind][1], png(tmp_path, kind, 3))
+  assert_grids_hold_decoded_means(experiment, state, key, tmp_path, 3)
 
+
+def test_the_runs_grids_hold_decoded_means_of_its_saved_model(tiny_run):
+  """The grids a finished run wrote at its last step, against its checkpoint of that step (the
+  whole train state: weights and the sampler's chains) and the runner's image key."""
+  workdir, _ = tiny_run
+  run = restore.restore(workdir, "4")
+  assert run.which == "latest" and run.step == 4
+  config = run.experiment.config
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed + 1), 4), 2)
+  assert_grids_hold_decoded_means(run.experiment, run.state, key, workdir / train.IMAGES_DIR, 4)
+
+
+def png(folder, kind: str, step: int) -> np.ndarray:
+  with Image.open(folder / f"{kind}_{step:08d}.png") as image:
+    return np.asarray(image)
+
+
+def assert_grids_hold_decoded_means(experiment, state, key, folder, step):
+  """The samples and reconstructions PNGs of ``step`` in ``folder`` against ``decode_means``."""
+  num = experiment.config.num_image_samples
+  cols = max(1, int(np.sqrt(num)))
+  params, stats = state.params, state.batch_stats
   if experiment.sampler is not None:  # the population's first chains
-    z = jnp.concatenate([state.sampler_state.z1, state.sampler_state.z2], -1)[:NUM]
+    z = jnp.concatenate([state.sampler_state.z1, state.sampler_state.z2], -1)[:num]
   else:
     logits = params["prior"].logits
-    z = jax.random.bernoulli(jax.random.fold_in(key, 0), jax.nn.sigmoid(logits), (NUM, len(logits)))
+    z = jax.random.bernoulli(jax.random.fold_in(key, 0), jax.nn.sigmoid(logits), (num, len(logits)))
   want = np.asarray(images.decode_means(experiment, params, stats, z))
   # One grey level is 1/255; rounding to it leaves at most half of that.
-  np.testing.assert_allclose(cells(samples_png, NUM, 2), want, atol=0.5 / 255 + 1e-6)
-  assert want.std() > 0.05  # decoded means that differ from image to image, so the check has teeth
+  got = cells(png(folder, "samples", step), num, cols)
+  np.testing.assert_allclose(got, want, atol=0.5 / 255 + 1e-6)
+  assert want.std() > 0.01  # decoded means that differ between images, so the check has teeth
 
-  originals = experiment.dataset.valid[: NUM // 2].astype(np.float64)
+  originals = experiment.dataset.valid[: max(1, num // 2)].astype(np.float64)
   model = nnx.merge(experiment.eval_graphdef, params["model"], stats)
   x = jnp.asarray(originals, jnp.float32)
   post = posterior.sample_hierarchy(
     model, x, jax.random.fold_in(key, 1), 1, posterior.bernoulli_group, use_running_average=True
   )
   recon = np.asarray(images.decode_means(experiment, params, stats, post.zeta[0]))
-  got = cells(recon_png, NUM, 2)
+  got = cells(png(folder, "reconstructions", step), 2 * len(originals), 2 * max(1, cols // 2))
   np.testing.assert_array_equal(got[0::2], originals)
   np.testing.assert_allclose(got[1::2], recon, atol=0.5 / 255 + 1e-6)

@@ -156,10 +156,11 @@ def assert_step_matches(new_state, metrics, reference, lr):
     np.testing.assert_allclose(float(metrics[name]), expected[name], rtol=1e-6, err_msg=name)
   for name in ("loss", "weight_decay"):
     np.testing.assert_allclose(float(metrics[name]), expected[name], rtol=LOSS_RTOL, err_msg=name)
-  np.testing.assert_allclose(float(metrics["grad_norm"]), expected["grad_norm"], rtol=GRAD_NORM_RTOL)
-  got, want = jax.tree_util.tree_flatten_with_path(host(new_state.params))[0], jax.tree.leaves(
-    host(params)
+  np.testing.assert_allclose(
+    float(metrics["grad_norm"]), expected["grad_norm"], rtol=GRAD_NORM_RTOL, err_msg="grad_norm"
   )
+  got = jax.tree_util.tree_flatten_with_path(host(new_state.params))[0]
+  want = jax.tree.leaves(host(params))
   for (path, a), b in zip(got, want, strict=True):
     np.testing.assert_allclose(
       a, b, rtol=1e-5, atol=PARAM_ATOL_LR * lr, err_msg=jax.tree_util.keystr(path)
