@@ -196,6 +196,7 @@ def built(request, data_dir):
     return experiment_lib.create_train_state(model_experiment, jax.tree.map(jnp.copy, weights))
 
   experiment, _ = fresh_state()
+  assert not experiment.dataset.dynamic_binarization  # the reference feeds the batch unchanged
   return experiment, lambda: fresh_state()[1], train_step.make_train_step(experiment)
 
 
@@ -231,7 +232,9 @@ NLL_STEPS, NLL_EXAMPLES, NLL_IW_SAMPLES, NLL_Z = 300, 200, 20, 5.0
 
 
 def test_training_lowers_the_validation_nll(data_dir):
-  """The decrease of the validation NLL exceeds 5 standard errors of its paired mean."""
+  """The decrease of the validation NLL exceeds 5 standard errors of its paired mean (measured:
+  233 → 159 nats, a decrease of 74.0 ± 1.7 on binarized MNIST; 76.3 ± 1.6 on the committed
+  subsets)."""
   config = tiny_config("dvae_sharp_factorial", data_dir, num_steps=NLL_STEPS, batch_size=50)
   experiment, state = experiment_lib.build(config)
   step = train_step.make_train_step(experiment)
