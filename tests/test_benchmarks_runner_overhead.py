@@ -57,7 +57,6 @@ def test_runner_overhead_end_to_end(data_dir, tmp_path):
   assert (record["num_sweeps"], record["num_prior_samples"], record["k"]) == (1, 16, 1)
   rows = {r["variant"]: r for r in record["rows"]}
   assert list(rows) == ["step", "+batch", "+log Z", "runner"]
-  assert rows["step"]["vs_step"] == 1.0
-  for r in rows.values():
-    assert r["steps_per_second"] == pytest.approx(1e3 / r["ms_per_step"])
-    assert r["vs_step"] == pytest.approx(r["ms_per_step"] / rows["step"]["ms_per_step"])
+  # The columns' formulas are checked from known timings in test_benchmarks_train_speed_rows.py;
+  # the timings themselves vary from run to run, so here only that each was measured.
+  assert min(r["ms_per_step"] for r in rows.values()) > 0

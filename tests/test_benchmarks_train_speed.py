@@ -27,20 +27,14 @@ def test_sweep_budgets_are_timed_together_with_the_tracker_refresh(data_dir, tmp
   subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=900)
   rows = json.loads(out.read_text())["rows"]
   assert [(r["struct"], r["num_sweeps"]) for r in rows] == [("1-layer-lin", 4), ("1-layer-lin", 1)]
-  assert rows[0]["speedup"] == 1.0 and rows[0]["with_tracker_speedup"] == 1.0
+  # The derived columns' formulas are checked from known timings in
+  # test_benchmarks_train_speed_rows.py; here, that each timing was measured (timings themselves
+  # vary from run to run, so only their sign can be checked).
   for r in rows:
-    assert r["speedup"] == pytest.approx(r["steps_per_second"] / rows[0]["steps_per_second"])
     # The tracker's refresh is timed, not estimated: one refresh per repeat of 2 calls here.
     assert r["tracker_ms_per_step"] > 0
-    assert r["with_tracker_steps_per_second"] == pytest.approx(
-      1e3 / (r["step_ms"] + r["tracker_ms_per_step"])
-    )
     # So is the training log Z's AIS (once per log_every = 100 steps: one per repeat here).
     assert r["train_ais_ms_per_step"] > 0
-    assert r["with_log_z_steps_per_second"] == pytest.approx(
-      1e3 / (r["step_ms"] + r["tracker_ms_per_step"] + r["train_ais_ms_per_step"])
-    )
-  assert rows[0]["with_log_z_speedup"] == 1.0
 
 
 def test_amortised_seconds_per_step_spreads_each_refresh_over_its_period():

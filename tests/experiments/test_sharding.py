@@ -5,9 +5,11 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import numpy as np
+import pytest
 
 from experiments import sharding
 
@@ -19,16 +21,24 @@ def test_put_global_and_replicate_on_one_device():
   x = np.arange(12.0).reshape(4, 3)
   arr = sharding.put_global(x, sharding.batch_sharded(mesh))
   np.testing.assert_array_equal(sharding.to_host(arr), x)
+  # The shardings themselves (on one device every placement holds the whole array, so the values
+  # alone cannot tell a batch split from a replica): the leading axis over the mesh's 'data' axis.
+  assert arr.sharding.spec == jax.sharding.PartitionSpec(sharding.DATA_AXIS)
+  assert arr.sharding.mesh.axis_names == (sharding.DATA_AXIS,)
   tree = sharding.replicate({"a": np.ones(2), "key": jax.random.key(3)}, mesh)
   assert tree["a"].sharding == sharding.replicated(mesh)
+  assert tree["a"].sharding.spec == tree["key"].sharding.spec == jax.sharding.PartitionSpec()
   np.testing.assert_array_equal(
     jax.random.key_data(tree["key"]), jax.random.key_data(jax.random.key(3))
   )
 
 
 def test_divisibility_is_checked():
-  mesh = sharding.make_mesh()
-  sharding.check_divisible("batch_size", 7, mesh)  # one device divides everything
+  sharding.check_divisible("batch_size", 7, sharding.make_mesh())  # one device divides everything
+  four = types.SimpleNamespace(devices=np.empty((4,), object))  # a stand-in for a 4-device mesh
+  sharding.check_divisible("batch_size", 8, four)
+  with pytest.raises(ValueError, match=r"batch_size=6 must be divisible .* devices \(4\)"):
+    sharding.check_divisible("batch_size", 6, four)
 
 
 _FOUR_DEVICES = textwrap.dedent("""
