@@ -73,10 +73,10 @@ BETA_TABLE = {
 
 # Budgets. 'paper' is MATH.md §6. 'cpu' does the same work per step (batch 100, 1000 prior samples,
 # the same evaluation) except fewer Gibbs sweeps per step on the 1-layer structs: 10 instead of 40
-# (issue 10's sweep-budget study: there the population stays within 1.5× noise and the test NLL
+# (the sweep-budget study, docs/results.md: there the population stays within 1.5× noise and the test NLL
 # within the seed spread, at 2.4–3.0× the steps per second; on 2-layer-nonlin 10 sweeps lagged
 # (diagnostic 1.50–1.60) and only 40 stayed within, so the 400-unit priors of the deeper structs
-# keep 40; README "Sweeps per training step"). It trains for 20k steps instead of 1M,
+# keep 40). It trains for 20k steps instead of 1M,
 # validates every 5k steps and tests with 1000 instead of 4000 importance samples, so that the
 # default run finishes on a 2-core laptop CPU in minutes. The schedules (learning
 # rate, KL warm-up) are fractions of num_steps, so they scale with it. Only keys the user left at

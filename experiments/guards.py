@@ -16,7 +16,7 @@ reported a "test NLL" of 3.8e8). Three limits, each a config key:
 The per-step test runs on the device inside the jitted step (``step_flags``: one int32 of flag
 bits); the host reads it with the NaN guard's ``finite`` flag, only at the steps where it syncs
 anyway (log / checkpoint / evaluation), so the guard adds no host sync. The limits and the healthy
-values they were checked against are in BUILD_NOTES.md (issue 15).
+values they were checked against are in docs/reliability.md and benchmarks/healthy_ranges.py.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def main(argv):
   workdir = _WORKDIR.value or f"runs/{_config_name()}"
   print(f"workdir: {workdir}", flush=True)
   # Failures that are the user's to fix get one message and exit code 1, never a traceback
-  # (README "Reliability"); a signal exits with preemption.EXIT_CODE after checkpointing.
+  # (docs/reliability.md); a signal exits with preemption.EXIT_CODE after checkpointing.
   user_errors = (
     data_lib.DataNotFoundError,
     data_lib.DataFileError,

@@ -118,7 +118,7 @@ class WorkdirLock:
     return self
 
   def __exit__(self, *exc) -> None:
-    self.release()
+    self.unlock()
 
   def acquire(self) -> None:
     """Takes the lock or raises; on success the lock file names this process."""
@@ -146,7 +146,7 @@ class WorkdirLock:
           "the PID recorded in it",
           file=sys.stderr,
         )
-      # The file may have been removed (a finished holder's release, or by hand) between open and
+      # The file may have been removed (a finished holder's unlock, or by hand) between open and
       # flock: then the lock is on an orphan inode; start again with the file now at the path.
       try:
         same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
@@ -176,7 +176,7 @@ class WorkdirLock:
       raise _unwritable(self.workdir, err) from err
     self._fd = fd
 
-  def release(self) -> None:
+  def unlock(self) -> None:
     """Removes the lock file (if it is still ours) and drops the lock."""
     if self._fd is None:
       return
@@ -192,7 +192,7 @@ class WorkdirLock:
     who = describe(holder) if holder else "another process (it is starting up)"
     return (
       f"workdir {self.workdir} is in use by {who}: one run per workdir. Wait for it to end, or "
-      "choose another --workdir. The lock is released when that process ends; if you are sure no "
+      "choose another --workdir. The lock is freed when that process ends; if you are sure no "
       f"run uses the workdir (e.g. a host that died on a file system without flock), delete "
       f"{self.path}."
     )

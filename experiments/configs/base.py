@@ -63,13 +63,13 @@ def get_config() -> config_dict.ConfigDict:
   # population of log_z_tracker_replicas, moved along the same parameters by persistent PA with
   # log_z_tracker_sweeps sweeps, replaces the sampler's running log Z (which drifts low). 0: off,
   # the default since the training AIS below re-anchors that value at every logged step (the
-  # tracker was good to ± 0.6 nats; README "The training log Z"); 50 was the default before.
+  # tracker was good to ± 0.6 nats; docs/training.md "The training log Z"); 50 was the default before.
   c.log_z_refresh_every = 0
   c.log_z_tracker_replicas = 512
   # 200: 40 left the tracker −0.44 / −0.72 nats low at steps 2,500 / 5,000 of the default run.
   c.log_z_tracker_sweeps = 200
   # ESS fraction below which a refresh splits the parameter change into stages (0.99: ≈ 3× the
-  # stages of 0.9, spread 0.16 instead of 0.21–0.26 nats after 2,500 steps; BUILD_NOTES).
+  # stages of 0.9, spread 0.16 instead of 0.21–0.26 nats after 2,500 steps; docs/results.md).
   c.log_z_tracker_target_ess = 0.99
   # The reported training log Z at every logged step (and through it loss, kl, neg_elbo,
   # neg_iw_bound, log_prior): a fresh AIS of this many chains × temperatures for the step's prior
@@ -86,8 +86,8 @@ def get_config() -> config_dict.ConfigDict:
   c.eval_batch_size = 100  # Examples per evaluation batch.
   c.ais_num_chains = config_dict.placeholder(int)
   c.ais_num_temperatures = config_dict.placeholder(int)
-  # Sampler diagnostic at every evaluation (dvae_jax.samplers.diagnostics, README "How to read the
-  # sampler diagnostic"): the persistent population's moment error against two fresh population-
+  # Sampler diagnostic at every evaluation (dvae_jax.samplers.diagnostics, docs/training.md "Reading
+  # the sampler diagnostic"): the persistent population's moment error against two fresh population-
   # annealing runs of this many replicas × temperatures for its own parameters. 0 replicas: off.
   c.sampler_diagnostic_replicas = 2048
   c.sampler_diagnostic_temperatures = 1000
@@ -99,9 +99,9 @@ def get_config() -> config_dict.ConfigDict:
   c.max_checkpoints = 2  # Latest checkpoints kept (the best-validation one is kept too).
   c.num_image_samples = 64  # Model samples / reconstructions in each PNG grid.
 
-  # Divergence guard (experiments/guards.py; README "Reliability"): the run stops, naming the step,
+  # Divergence guard (experiments/guards.py; docs/reliability.md): the run stops, naming the step,
   # the term and its value, when a value leaves the range of healthy runs (largest seen: -ELBO 451,
-  # log Z 290, gradient norm 71; benchmarks/healthy_ranges.py, BUILD_NOTES.md issue 15). Each limit
+  # log Z 290, gradient norm 71; benchmarks/healthy_ranges.py). Each limit
   # may be inf (no check).
   c.guard_max_nats = 1e4  # |training loss / -ELBO| and validation NLL, nats per example.
   c.guard_max_log_z = 1e4  # |log Z| of the RBM prior (sampler's tracked value and AIS).
