@@ -43,24 +43,28 @@ from dvae_jax import data as data_lib
 from experiments import config_lib, sampler_monitor, sharding, train_step
 from experiments import experiment as experiment_lib
 
-_STRUCTS = flags.DEFINE_list(
-  "structs", ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"], "Structs."
-)
-_METHOD = flags.DEFINE_string("method", "dvae_sharp", "Config name.")
-_SWEEPS = flags.DEFINE_list("sweeps", ["40"], "Gibbs sweeps per step (the first is the baseline).")
-_TRACKER_EVERY = flags.DEFINE_integer(
-  "log_z_refresh_every", None, "The log Z tracker's period (default: the config's; 0: off)."
-)
-_STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per repeat.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Repeats (the median is reported).")
-_ISOLATE = flags.DEFINE_bool(
-  "isolate", True, "Measure each struct in its own process, so peak RSS is that struct's alone."
-)
-_OUT = flags.DEFINE_string(
-  "out",
-  str(pathlib.Path(__file__).resolve().parent / "results" / "train_speed.json"),
-  "Output JSON.",
-)
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (benchmarks.table1, which a test
+  process may import too, defines flags of the same names)."""
+  flags.DEFINE_list(
+    "structs", ["1-layer-lin", "1-layer-nonlin", "2-layer-nonlin", "4-layer-nonlin"], "Structs."
+  )
+  flags.DEFINE_string("method", "dvae_sharp", "Config name.")
+  flags.DEFINE_list("sweeps", ["40"], "Gibbs sweeps per step (the first is the baseline).")
+  flags.DEFINE_integer(
+    "log_z_refresh_every", None, "The log Z tracker's period (default: the config's; 0: off)."
+  )
+  flags.DEFINE_integer("steps", 100, "Timed steps per repeat.")
+  flags.DEFINE_integer("repeats", 5, "Repeats (the median is reported).")
+  flags.DEFINE_bool(
+    "isolate", True, "Measure each struct in its own process, so peak RSS is that struct's alone."
+  )
+  flags.DEFINE_string(
+    "out",
+    str(pathlib.Path(__file__).resolve().parent / "results" / "train_speed.json"),
+    "Output JSON.",
+  )
+
 
 PAPER_STEPS = 1_000_000
 
@@ -77,12 +81,12 @@ def _timed_budget(struct: str, num_sweeps: int):
   budget, warm. ``track_once(i)`` refreshes the log Z tracker when ``i % log_z_refresh_every == 0``
   and ``ais_once(i)`` runs the training log Z's AIS when ``i % log_every == 0`` (each ``None`` when
   off)."""
-  config = config_lib.load_config(_METHOD.value)
+  config = config_lib.load_config(flags.FLAGS.method)
   config.struct = struct
   config.protocol = "paper"  # 1000 samples × 40 sweeps, batch 100
   config.num_sweeps = num_sweeps
-  if _TRACKER_EVERY.value is not None:
-    config.log_z_refresh_every = _TRACKER_EVERY.value
+  if flags.FLAGS.log_z_refresh_every is not None:
+    config.log_z_refresh_every = flags.FLAGS.log_z_refresh_every
   experiment, state = experiment_lib.build(config)
   config = experiment.config
   step = train_step.make_train_step(experiment)
@@ -106,7 +110,7 @@ def _timed_budget(struct: str, num_sweeps: int):
   prior = jax.tree.map(jnp.copy, holder["state"].params["prior"])
   sampler_holder = {"state": jax.tree.map(jnp.copy, holder["state"].sampler_state)}
   # Split up front, so that the timed loop does no host-side key work.
-  keys = list(jax.random.split(jax.random.key(0), _STEPS.value))
+  keys = list(jax.random.split(jax.random.key(0), flags.FLAGS.steps))
 
   def sample_once(i):
     sampler_holder["state"], info = sampler_step(keys[i], sampler_holder["state"], prior)
@@ -153,14 +157,14 @@ def _no_tracker(i):
 
 
 def measure(struct: str) -> list[dict]:
-  budgets = [int(b) for b in _SWEEPS.value]
+  budgets = [int(b) for b in flags.FLAGS.sweeps]
   timed = [_timed_budget(struct, b) for b in budgets]
   fns = [
     f
     for train_once, sample_once, track_once, ais_once, _, _ in timed
     for f in (train_once, sample_once, track_once or _no_tracker, ais_once or _no_tracker)
   ]
-  medians = timing.interleaved_medians(fns, _STEPS.value, _REPEATS.value)
+  medians = timing.interleaved_medians(fns, flags.FLAGS.steps, flags.FLAGS.repeats)
   rows = []
   for (_, _, track_once, ais_once, config, compile_s), step_s, sampler_s, track_s, ais_s in zip(
     timed, medians[0::4], medians[1::4], medians[2::4], medians[3::4], strict=True
@@ -168,10 +172,10 @@ def measure(struct: str) -> list[dict]:
     tracker_s = ais_per_step_s = 0.0
     if track_once is not None:
       tracker_s = timing.amortised_seconds_per_step(
-        track_s, _STEPS.value, config.log_z_refresh_every
+        track_s, flags.FLAGS.steps, config.log_z_refresh_every
       )
     if ais_once is not None:
-      ais_per_step_s = timing.amortised_seconds_per_step(ais_s, _STEPS.value, config.log_every)
+      ais_per_step_s = timing.amortised_seconds_per_step(ais_s, flags.FLAGS.steps, config.log_every)
     rows.append(
       {
         "struct": struct,
@@ -202,17 +206,18 @@ def measure(struct: str) -> list[dict]:
 
 def measure_in_subprocess(struct: str) -> dict:
   """``measure(struct)`` in a fresh interpreter: ru_maxrss is per process and never goes down."""
-  args = [f"--structs={struct}", f"--method={_METHOD.value}", f"--steps={_STEPS.value}"]
-  args += [f"--repeats={_REPEATS.value}", f"--sweeps={','.join(_SWEEPS.value)}", "--noisolate"]
-  if _TRACKER_EVERY.value is not None:
-    args.append(f"--log_z_refresh_every={_TRACKER_EVERY.value}")
+  f = flags.FLAGS
+  args = [f"--structs={struct}", f"--method={f.method}", f"--steps={f.steps}"]
+  args += [f"--repeats={f.repeats}", f"--sweeps={','.join(f.sweeps)}", "--noisolate"]
+  if flags.FLAGS.log_z_refresh_every is not None:
+    args.append(f"--log_z_refresh_every={flags.FLAGS.log_z_refresh_every}")
   return timing.run_worker("benchmarks.train_speed", args)["rows"]
 
 
 def main(argv):
   del argv
-  structs = _STRUCTS.value
-  if _ISOLATE.value and len(structs) > 1:
+  structs = flags.FLAGS.structs
+  if flags.FLAGS.isolate and len(structs) > 1:
     rows = [r for s in structs for r in measure_in_subprocess(s)]
   else:
     rows = [r for s in structs for r in measure(s)]
@@ -224,7 +229,7 @@ def main(argv):
     "machine": platform.machine(),
     "rows": rows,
   }
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(flags.FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1))
   device_peak = any(r["device_peak_mib"] is not None for r in rows)
@@ -249,10 +254,12 @@ def main(argv):
       f"{r['peak_rss_mib']:.0f} | {device}{r['paper_protocol_train_hours']:.1f} |"
     )
   print(
-    f"{result['device']} × {result['device_count']}, {_METHOD.value}, batch 100, PA 1000 replicas"
+    f"{result['device']} × {result['device_count']}, {flags.FLAGS.method}, batch 100, PA 1000"
+    " replicas"
   )
   print("\n".join(lines))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -22,9 +22,8 @@ def test_rows_from_known_timings(monkeypatch):
     for sweeps in (4, 1)
   ]
   budgets = iter(configs)
-  monkeypatch.setattr(bench, "_SWEEPS", types.SimpleNamespace(value=["4", "1"]))
-  monkeypatch.setattr(bench, "_STEPS", types.SimpleNamespace(value=100))
-  monkeypatch.setattr(bench, "_REPEATS", types.SimpleNamespace(value=1))
+  fake_flags = types.SimpleNamespace(sweeps=["4", "1"], steps=100, repeats=1)
+  monkeypatch.setattr(bench, "flags", types.SimpleNamespace(FLAGS=fake_flags))
   monkeypatch.setattr(
     bench, "_timed_budget", lambda struct, b: (None, None, print, print, next(budgets), 7.0)
   )
