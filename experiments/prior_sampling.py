@@ -23,17 +23,9 @@ DIMOD_SAMPLERS = {
   "random": ("dimod", "RandomSampler"),
 }
 DWAVE_EXTRA = "pip install 'dvae_jax[dwave]' (from a checkout: pip install '.[dwave]')"
-# The diagnostic's numbers in the --npz / --json output (diagnostics.MomentError's fields). For a
-# graph prior z1 is the units' ratio, z1z2 the edges' and z2 is NaN (no second side).
-DIAGNOSTIC_KEYS = (
-  "z1",
-  "z2",
-  "z1z2",
-  "total",
-  "relative_bias",
-  "reference_log_z",
-  "reference_log_z_stderr",
-)
+# The diagnostic's numbers in the --npz / --json output besides the moment groups' ratios
+# (diagnostics.MomentError's other fields).
+DIAGNOSTIC_SCALARS = ("total", "relative_bias", "reference_log_z", "reference_log_z_stderr")
 
 
 class DimodSampleError(ValueError):
@@ -50,18 +42,18 @@ def prior_samples(key, prior, num: int, population: int, temperatures: int, swee
   import jax
   import jax.numpy as jnp
 
-  from dvae_jax import priors, samplers
+  from dvae_jax import samplers
 
   k_anneal, k_pick = jax.random.split(key)
-  if isinstance(prior, priors.FactorialBernoulli):
+  if not prior.needs_sampler:  # the factorial prior: independent units
     z = jax.random.bernoulli(k_anneal, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
     return z.astype(jnp.float32), "factorial prior: exact independent draws"
   replicas = whole_groups(max(num, population))
   result = samplers.pa_log_partition(
-    prior, k_anneal, num_replicas=replicas, num_temperatures=temperatures, num_sweeps=sweeps
+    k_anneal, prior, num_replicas=replicas, num_temperatures=temperatures, num_sweeps=sweeps
   )
   pick = jax.random.choice(k_pick, replicas, (num,), replace=False)
-  z = jnp.concatenate([result.z1, result.z2], axis=-1)[pick]
+  z = result.z[pick]
   message = (
     f"population annealing: {replicas} replicas, {temperatures} temperatures, {sweeps} sweep(s) "
     f"each; log Z = {float(result.log_z):.3f} ± {float(result.stderr):.3f}, "
@@ -151,16 +143,14 @@ def parse_dimod_kwargs(text: str | None) -> dict:
 
 
 def dimod_machine(prior):
-  """The prior as a graph machine for ``dimod_io`` (an RBM as ``graphs.from_rbm``: nodes
-  (z1; z2)); UsageError for a factorial prior."""
-  from dvae_jax import graphs, priors, rbm
-
-  if isinstance(prior, priors.FactorialBernoulli):
+  """The prior as a graph machine for ``dimod_io`` (``Prior.graph_machine``: an RBM's nodes are
+  (z1; z2)); UsageError for a prior without a sampler (the factorial prior)."""
+  if not prior.needs_sampler:
     raise restore.UsageError(
       "--dimod_sampler: the run's prior is factorial (independent units, no couplings), so there "
       "is nothing to sample with dimod; without --dimod_sampler it is sampled exactly"
     )
-  return graphs.from_rbm(prior) if isinstance(prior, rbm.RBM) else prior
+  return prior.graph_machine()
 
 
 def dimod_sample_kwargs(sampler, kwargs: dict, num: int, seed: int) -> dict:
@@ -222,7 +212,7 @@ def make_dimod_draw(spec: str, kwargs_text: str, num: int, prior):
   and the keyword names are checked now (UsageError)."""
   import numpy as np
 
-  from dvae_jax import graphs, rbm
+  from dvae_jax import priors
 
   sampler = make_dimod_sampler(spec)
   kwargs = parse_dimod_kwargs(kwargs_text)
@@ -230,8 +220,8 @@ def make_dimod_draw(spec: str, kwargs_text: str, num: int, prior):
   graph = dimod_machine(prior).graph
 
   def draw(seed: int, m):
-    if isinstance(m, rbm.RBM):
-      m = graphs.BoltzmannMachine(np.concatenate([m.b1, m.b2]), np.reshape(m.w, -1), graph)
+    if isinstance(m, priors.RBM):
+      m = priors.BoltzmannMachine(np.concatenate([m.b1, m.b2]), np.reshape(m.w, -1), graph)
     if not (np.any(m.b) or np.any(m.w)):
       return np.random.default_rng(seed).integers(0, 2, (num, m.num_nodes), dtype=np.uint8)
     call = dimod_sample_kwargs(sampler, kwargs, num, seed)
@@ -246,23 +236,21 @@ def dimod_moment_error(key, prior, reads, num_replicas: int, num_temperatures: i
   16) × num_temperatures."""
   import jax.numpy as jnp
 
-  from dvae_jax.samplers import diagnostics, machines
+  from dvae_jax.samplers import diagnostics
 
-  z = jnp.asarray(reads, machines.dtype(prior))
-  n1, _ = machines.chain_sizes(prior)
   return diagnostics.population_moment_error(
-    key, z[:, :n1], z[:, n1:], prior, num_replicas=num_replicas, num_temperatures=num_temperatures
+    key,
+    jnp.asarray(reads, prior.dtype),
+    prior,
+    num_replicas=num_replicas,
+    num_temperatures=num_temperatures,
   )
 
 
 def describe_moment_error(error, prior, num_reads: int, replicas: int, temperatures: int) -> str:
   """The diagnostic's lines for the terminal (replicas: of each reference, a multiple of 16)."""
-  from dvae_jax.samplers import machines
-
-  if machines.is_graph(prior):
-    groups = f"units {float(error.z1):.2f}, edges {float(error.z1z2):.2f}"
-  else:
-    groups = f"z1 {float(error.z1):.2f}, z2 {float(error.z2):.2f}, z1z2 {float(error.z1z2):.2f}"
+  ratios = error.groups._asdict().items()
+  groups = ", ".join(f"{name} {float(ratio):.2f}" for name, ratio in ratios)
   return (
     f"moment error of the {num_reads} reads against the trained prior (β = 1; two population-"
     f"annealing references of {replicas} replicas × {temperatures} temperatures), in units of the "
@@ -272,3 +260,10 @@ def describe_moment_error(error, prior, num_reads: int, replicas: int, temperatu
     f"{float(error.relative_bias):.4f} (0 within noise); reference log Z = "
     f"{float(error.reference_log_z):.3f} ± {float(error.reference_log_z_stderr):.3f}"
   )
+
+
+def diagnostic_values(error) -> dict[str, float]:
+  """The diagnostic's numbers by name: each moment group's ratio (an RBM: z1, z2, z1z2; a graph
+  prior: unit, edge), then ``DIAGNOSTIC_SCALARS``."""
+  values = {name: float(ratio) for name, ratio in error.groups._asdict().items()}
+  return {**values, **{k: float(getattr(error, k)) for k in DIAGNOSTIC_SCALARS}}
