@@ -202,7 +202,7 @@ def test_exact_test_sampler_draws_the_boltzmann_law():
   for vartype in ("BINARY", "SPIN"):
     z = dimod_io.sample(dimod_test_samplers.ExactSampler(), m, 1.0, vartype, num_reads=num, seed=1)
     i, j = g.edges[:, 0], g.edges[:, 1]
-    for got, want in ((z.mean(0), exact.z), ((z[:, i] * z[:, j]).mean(0), exact.zz)):
+    for got, want in ((z.mean(0), exact.unit), ((z[:, i] * z[:, j]).mean(0), exact.edge)):
       se = np.sqrt(np.asarray(want) * (1 - np.asarray(want)) / num)
       assert np.all(np.abs(np.asarray(got) - np.asarray(want)) < 5 * se + 1e-9), vartype
 

@@ -103,7 +103,7 @@ _SPLIT_POPULATION = textwrap.dedent("""
 _SPLIT_GRAPH_CHAINS = textwrap.dedent("""
   import re
   import jax, numpy as np
-  from dvae_jax import graphs
+  from dvae_jax import priors
   from dvae_jax.graphs import gibbs, topologies
   from experiments import sharding
   mesh = sharding.make_mesh()
