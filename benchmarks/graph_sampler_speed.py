@@ -31,7 +31,7 @@ E[z_i z_j] within 5 standard errors of exact enumeration (``peer_check``); a pee
 reported and not timed.
 All variants of one graph are timed in alternation (``timing.interleaved_medians``), so that they
 see the same load on a shared machine; slow peers run fewer sweeps per timed call.
-And, for the dense special case, K_{100,100} (an RBM as a graph machine, ``graphs.from_rbm``) next
+And, for the dense special case, K_{100,100} (an RBM as a graph machine, ``rbm.graph_machine``) next
 to ``samplers.gibbs.run`` on the same RBM.
 Writes benchmarks/results/graph_sampler_speed.{json,md}; the md ends with library ÷ fastest peer.
 """
@@ -54,9 +54,10 @@ import numpy as np
 from jax import lax
 
 from benchmarks import timing
-from dvae_jax import rbm
+from dvae_jax import priors
 from dvae_jax.graphs import dimod_io, machine
 from dvae_jax.graphs import gibbs as graph_gibbs
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import gibbs as rbm_gibbs
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -73,7 +74,7 @@ class Variant(NamedTuple):
 
 def random_machine(g, seed=0):
   rng = np.random.default_rng(seed)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, 0.5, g.num_nodes), jnp.float32),
     jnp.asarray(rng.normal(0, 1.0, g.num_edges), jnp.float32),
     g,
@@ -118,7 +119,7 @@ def check_machine():
   colour order is not node order: a peer returning its blocks in colour order would fail."""
   g = machine.Graph.from_edges(8, [(2 * i, 2 * j + 1) for i in range(4) for j in range(4)])
   rng = np.random.default_rng(3)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, 0.5, g.num_nodes), jnp.float32),
     jnp.asarray(rng.normal(0, 1.5, g.num_edges), jnp.float32),
     g,
@@ -136,12 +137,12 @@ def peer_check(m, z_mean, zz_mean, num_chains=CHECK_CHAINS):
   """Largest |estimate − exact| / standard error over all E[z_i] and E[z_i z_j] (exact by
   enumeration in float64). With ≤ 24 statistics, > 5 happens by chance with probability < 1e-5."""
   with jax.enable_x64(True):
-    m64 = machine.BoltzmannMachine(
+    m64 = priors.BoltzmannMachine(
       jnp.asarray(m.b, jnp.float64), jnp.asarray(m.w, jnp.float64), m.graph
     )
     exact = machine.exact_moments(m64)
   worst = 0.0
-  for est, ref in ((z_mean, exact.z), (zz_mean, exact.zz)):
+  for est, ref in ((z_mean, exact.unit), (zz_mean, exact.edge)):
     ref = np.asarray(ref)
     se = np.sqrt(np.maximum(ref * (1 - ref), 1e-4) / num_chains)
     worst = max(worst, float(np.max(np.abs(np.asarray(est) - ref) / se)))
@@ -324,7 +325,7 @@ def rbm_case(num_sweeps):
     jnp.asarray(rng.normal(0, 0.5, 100), jnp.float32),
     jnp.asarray(rng.normal(0, 0.1, (100, 100)), jnp.float32),
   )
-  m = machine.from_rbm(r)
+  m = rbm.graph_machine(r)
   variants = library_variants(m, num_sweeps)
   state = rbm_gibbs.init(jax.random.key(0), r, NUM_CHAINS)
   run = jax.jit(rbm_gibbs.run, static_argnums=3)

@@ -57,8 +57,7 @@ def time_one(struct: str, name: str, batch: int, k: int, repeats: int) -> dict:
   spec = net.spec
   prior = priors.init_prior("rbm", spec)
   samples = (
-    jnp.asarray(rng.uniform(size=(1000, spec.n1)) < 0.5, jnp.float32),
-    jnp.asarray(rng.uniform(size=(1000, spec.n2)) < 0.5, jnp.float32),
+    jnp.asarray(rng.uniform(size=(1000, spec.num_latent)) < 0.5, jnp.float32),
     jnp.float32(spec.num_latent * np.log(2.0)),
   )
   method = objectives.get_method(name, BETAS[name])
@@ -68,7 +67,7 @@ def time_one(struct: str, name: str, batch: int, k: int, repeats: int) -> dict:
   def loss_and_grad(params, prior, key):
     def f(params, prior):
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      return objectives.loss_fn(model, prior, samples, x, key, method, k, 1.0)
+      return objectives.loss_fn(key, model, prior, samples, x, method, k, 1.0)
 
     return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
 

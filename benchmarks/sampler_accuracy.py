@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import ais, pcd, persistent, persistent_pa, tempering
 from dvae_jax.samplers import population_annealing as pa
 

@@ -35,10 +35,10 @@ SHAPE = (100, 200)
 
 def make_fns(s, sampler):
   def forward(key, logits):
-    return sampler(s, key, logits)
+    return sampler(key, s, logits)
 
   def forward_backward(key, logits):
-    return jax.value_and_grad(lambda lg: jnp.sum(sampler(s, key, lg)))(logits)
+    return jax.value_and_grad(lambda lg: jnp.sum(sampler(key, s, lg)))(logits)
 
   return {"fwd": jax.jit(forward), "fwd+bwd": jax.jit(forward_backward)}
 

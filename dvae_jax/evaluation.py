@@ -1,9 +1,9 @@
 """Evaluation of the discrete model: negative ELBO and importance-weighted NLL (MATH.md §4, §6).
 
 At evaluation every method is the same discrete model: the Bernoulli posterior
-q(z|x) = Π_i Bernoulli(z_i; σ(l_i(x, z_<i))) with the encoder fed binary z, the prior p(z) (the
-RBM with a log Z from AIS, or the factorial prior), and the decoder p(x|z) on binary z. BatchNorm
-uses its running statistics. With log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x):
+q(z|x) = Π_i Bernoulli(z_i; σ(l_i(x, z_<i))) with the encoder fed binary z, the prior p(z) (with a
+log Z from AIS, or normalised), and the decoder p(x|z) on binary z. BatchNorm uses its running
+statistics. With log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x), z_k ~ q(z|x):
 
   neg_elbo = −(1/K) Σ_k log w_k,   nll = −log (1/K) Σ_k w_k   (the IWAE bound, ≥ −log p(x) in
   expectation, tight as K → ∞).
@@ -37,22 +37,21 @@ _MAX_ENUMERATED_LATENTS = 20
 
 
 def discrete_log_weights(
+  key: Array,
   model: models.DVAENet,
   prior: priors_lib.Prior,
   log_z: Array | None,
   x: Array,
-  key: Array,
   num_samples: int,
 ) -> Array:
   """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for K binary posterior samples (MATH.md §4).
 
   Args:
-    model: the network (evaluated with BatchNorm running statistics whatever its mode).
-    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``priors.FactorialBernoulli``.
-    log_z: scalar log Z of the Boltzmann prior (AIS at evaluation; ignored for the factorial
-      prior).
-    x: [batch, pixels] binary data.
     key: PRNG key.
+    model: the network (evaluated with BatchNorm running statistics whatever its mode).
+    prior: the prior (``priors.base.Prior``).
+    log_z: scalar log Z of the prior (AIS at evaluation; ignored by a prior without a sampler).
+    x: [batch, pixels] binary data.
     num_samples: K.
 
   Returns:
@@ -61,22 +60,22 @@ def discrete_log_weights(
   spec = model.spec
   k, batch = num_samples, x.shape[0]
   post = posterior_lib.sample_hierarchy(
-    model, x, key, k, posterior_lib.bernoulli_group, use_running_average=True
+    key, model, x, k, posterior_lib.bernoulli_group, use_running_average=True
   )
   z = post.zeta.reshape(k * batch, spec.num_latent)
   x_rep = jnp.broadcast_to(x, (k, batch, spec.num_pixels)).reshape(k * batch, spec.num_pixels)
-  log_pz = priors_lib.discrete_log_prob(prior, z, log_z)
+  log_pz = prior.log_prob(z, log_z)
   x_logits = model.decode(z, use_running_average=True)
   log_px = jnp.sum(priors_lib.bernoulli_log_prob(x_rep, x_logits), -1)
   return (log_px + log_pz).reshape(k, batch) - post.log_q
 
 
 def evaluate(
+  key: Array,
   model: models.DVAENet,
   prior: priors_lib.Prior,
   log_z: Array | None,
   x: Array,
-  key: Array,
   num_samples: int,
   *,
   sample_chunk: int = DEFAULT_SAMPLE_CHUNK,
@@ -84,12 +83,12 @@ def evaluate(
   """Importance-weighted NLL and negative ELBO of the discrete model, per example (MATH.md §6).
 
   Args:
-    model: the network (BatchNorm running statistics are used).
-    prior: ``rbm.RBM``, ``graphs.BoltzmannMachine`` or ``priors.FactorialBernoulli``.
-    log_z: scalar log Z of the RBM or graph machine, e.g. ``samplers.ais_log_partition(...).log_z``
-      (ignored for the factorial prior).
-    x: [batch, pixels] binary data.
     key: PRNG key; chunk c uses ``fold_in(key, c)``.
+    model: the network (BatchNorm running statistics are used).
+    prior: the prior (``priors.base.Prior``).
+    log_z: scalar log Z of the prior, e.g. ``samplers.ais_log_partition(...).log_z`` (ignored by a
+      prior without a sampler).
+    x: [batch, pixels] binary data.
     num_samples: K importance samples per example (100 for validation, 4000 for test in §6).
     sample_chunk: samples drawn at once; K need not be a multiple (the last chunk is masked).
 
@@ -102,9 +101,9 @@ def evaluate(
     raise ValueError(f"sample_chunk must be >= 1, got {sample_chunk}")
   if x.ndim != 2 or x.shape[1] != model.spec.num_pixels:
     raise ValueError(f"x must have shape [batch, {model.spec.num_pixels}], got {x.shape}")
-  if priors_lib.num_units(prior) != model.spec.num_latent:
+  if prior.num_units != model.spec.num_latent:
     raise ValueError(
-      f"prior has {priors_lib.num_units(prior)} units, the model {model.spec.num_latent} latents"
+      f"prior has {prior.num_units} units, the model {model.spec.num_latent} latents"
     )
   x = jnp.asarray(x, jnp.float32)
   chunk = min(sample_chunk, num_samples)
@@ -113,7 +112,7 @@ def evaluate(
 
   def body(carry, c):
     running_lse, running_sum = carry
-    log_w = discrete_log_weights(model, prior, log_z, x, jax.random.fold_in(key, c), chunk)
+    log_w = discrete_log_weights(jax.random.fold_in(key, c), model, prior, log_z, x, chunk)
     valid = (c * chunk + jnp.arange(chunk))[:, None] < num_samples
     chunk_lse = jax.nn.logsumexp(jnp.where(valid, log_w, -jnp.inf), axis=0)
     running_sum = running_sum + jnp.sum(jnp.where(valid, log_w, 0.0), axis=0)
@@ -154,9 +153,9 @@ def exact_log_likelihood(
     return posterior_lib.GroupSample(z, encoding.logits, log_q, None)
 
   post = posterior_lib.sample_hierarchy(
-    model, x_rep, None, 1, given_states, use_running_average=True
+    None, model, x_rep, 1, given_states, use_running_average=True
   )
-  log_pz = priors_lib.discrete_log_prob(prior, z_rep, log_z)
+  log_pz = prior.log_prob(z_rep, log_z)
   x_logits = model.decode(z_rep, use_running_average=True)
   log_joint = jnp.sum(priors_lib.bernoulli_log_prob(x_rep, x_logits), -1) + log_pz
   log_joint = log_joint.reshape(num_states, batch)

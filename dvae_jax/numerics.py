@@ -6,6 +6,8 @@
   population-annealing groups).
 * ``log1mexp``: log(1 − e^t) for t < 0 (tails of the smoothings' CDFs, MATH.md §1; the shifted
   Gaussian mixture of the Gaussian integral, MATH.md §4).
+* ``chunk_states``: a chunk of the binary states 0 … 2^n − 1 (exact enumeration of small Boltzmann
+  machines, MATH.md §2).
 * ``kahan_add``: one step of compensated summation (the running log weights of AIS and the running
   log Z of population annealing and of the persistent samplers, MATH.md §3).
 
@@ -86,3 +88,9 @@ def kahan_add(total: Array, compensation: Array, x: Array) -> tuple[Array, Array
   y = x - compensation
   t = total + y
   return t, (t - total) - y
+
+
+def chunk_states(chunk_index: Array, chunk_size: int, n: int, dtype) -> Array:
+  """[chunk_size, n] states: the bits of the integers chunk_index·chunk_size + [0, chunk_size)."""
+  idx = chunk_index * chunk_size + jnp.arange(chunk_size, dtype=jnp.int32)
+  return ((idx[:, None] >> jnp.arange(n, dtype=jnp.int32)) & 1).astype(dtype)

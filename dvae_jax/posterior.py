@@ -66,9 +66,9 @@ SampleGroup = Callable[[Array | None, int, models.GroupEncoding], GroupSample]
 
 
 def sample_hierarchy(
+  key: Array | None,
   model: models.DVAENet,
   x: Array,
-  key: Array | None,
   num_samples: int,
   sample_group: SampleGroup,
   *,
@@ -81,10 +81,10 @@ def sample_hierarchy(
   [x, samples of groups < i].
 
   Args:
-    model: the network.
-    x: [batch, pixels] data.
     key: one PRNG key for the whole batch, split into one key per group; ``None`` for a
       ``sample_group`` that draws nothing.
+    model: the network.
+    x: [batch, pixels] data.
     num_samples: K.
     sample_group: draws one group (``SampleGroup``), e.g. ``bernoulli_group``.
     use_running_average: BatchNorm mode of the encoders (``None``: the module's train/eval mode).

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -56,8 +57,7 @@ def _is_empty(leaf) -> bool:
 
 def _flatten(tree: Any) -> tuple[dict[str, jax.Array], Any]:
   """{path name: leaf} of the tree, without its zero-size leaves (orbax refuses them; they hold
-  no data, e.g. the empty z2 [S, 0] of a graph prior's sampler state, and come from the template
-  on restore)."""
+  no data and come from the template on restore)."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   flat = {}
   names = set()
@@ -86,6 +86,29 @@ def _unflatten(template: Any, flat: dict[str, jax.Array]) -> Any:
       value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
     out.append(value)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _sharding_of(leaf):
+  return leaf.sharding if isinstance(leaf, jax.Array) else None
+
+
+def _two_part_chains(step_dir: pathlib.Path, flat: dict) -> dict[str, list]:
+  """{name of a chains leaf ``….z`` of ``flat``: [(saved part name, shape), ...]} for a checkpoint
+  that holds the chains as ``….z1`` and ``….z2`` (the layout before one chain array; a graph
+  prior's empty ``z2`` was not saved), whose parts are concatenated along the units on restore."""
+  if not any(name.endswith(".z") for name in flat):
+    return {}
+  try:
+    saved = ocp.StandardCheckpointer().metadata(step_dir / "default").item_metadata
+  except Exception:  # no readable metadata: let the restore itself report the problem
+    return {}
+  legacy = {}
+  for name in flat:
+    prefix = name[: -len(".z")]
+    if name.endswith(".z") and name not in saved and f"{prefix}.z1" in saved:
+      parts = [p for p in (f"{prefix}.z1", f"{prefix}.z2") if p in saved]
+      legacy[name] = [(p, tuple(saved[p].shape)) for p in parts]
+  return legacy
 
 
 def _abstract(leaf):
@@ -147,10 +170,22 @@ class Checkpointer:
       ) from err
 
   def restore(self, step: int, template: Any) -> Any:
-    """The tree saved at ``step``, with the structure, dtypes and shardings of ``template``."""
+    """The tree saved at ``step``, with the structure, dtypes and shardings of ``template``.
+
+    A sampler state saved with two-part chains (``z1`` [S, n1], ``z2`` [S, n2], or ``z1`` alone
+    for a graph prior) restores into the one array ``z`` [S, n] of today's states.
+    """
     flat, _ = _flatten(template)
     abstract = jax.tree.map(_abstract, flat)
+    legacy = _two_part_chains(self.step_path(step), flat)
+    for name, parts in legacy.items():
+      leaf = abstract.pop(name)
+      for part, shape in parts:
+        abstract[part] = jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=leaf.sharding)
     restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    for name, parts in legacy.items():
+      chains = jnp.concatenate([restored.pop(part) for part, _ in parts], axis=-1)
+      restored[name] = jax.device_put(chains, _sharding_of(flat[name]))
     return _unflatten(template, restored)
 
   def restore_newest(

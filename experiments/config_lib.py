@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ml_collections import config_dict
 
-from dvae_jax import data, models, objectives, optim, rbm, samplers
+from dvae_jax import data, models, objectives, optim, priors, samplers
 from dvae_jax.graphs import topologies
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
@@ -158,7 +158,7 @@ _CHOICES = {
   "sampler": SAMPLERS,
   "relaxed_sampler": objectives.RELAXED_SAMPLERS,
   "adam_eps_mode": optim.EPS_MODES,
-  "rao_blackwell": rbm.RAO_BLACKWELL_MODES,
+  "rao_blackwell": priors.RAO_BLACKWELL_MODES,
 }
 
 

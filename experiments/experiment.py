@@ -26,7 +26,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from dvae_jax import data as data_lib
-from dvae_jax import graphs, models, objectives, optim, priors
+from dvae_jax import models, objectives, optim, priors
 from dvae_jax import samplers as samplers_lib
 from dvae_jax.graphs import topologies
 from dvae_jax.samplers import dimod_bridge
@@ -186,7 +186,7 @@ def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
 def make_prior_sampler(config, prior, mesh):
   """The training-time prior sampler of the config (``samplers.make_prior_sampler``, or the dimod
   sampler named by ``config.dimod_sampler``, checked now); None for the factorial prior."""
-  if config.prior == "factorial":
+  if not prior.needs_sampler:
     return None
   if config.sampler != "dimod":
     return samplers_lib.make_prior_sampler(
@@ -210,14 +210,14 @@ def init_prior(config, spec: models.StructSpec) -> priors.Prior:
   quantum-annealer graph whose node k is latent unit k (``graphs.topologies.latent_graph``)."""
   if config.prior in topologies.TOPOLOGIES:
     graph = topologies.latent_graph(config.prior, spec.num_latent, config.topology)
-    return graphs.init_machine(graph)
+    return priors.graph.init_machine(graph)
   return priors.init_prior(config.prior, spec)
 
 
 def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
   """Where each leaf of the train state lives: a TrainState of NamedShardings.
 
-  The prior sampler's chains (z1 [S, n1], z2 [S, n2]) are split over the devices along S, so
+  The prior sampler's chains z [S, n] are split over the devices along S, so
   that each device runs S / num_devices of them (their updates are independent; PA's reweighting
   and resampling, over the whole population, become collectives). Everything else is replicated.
   When S does not divide evenly the chains are replicated too, with a warning: correct, but every
@@ -225,9 +225,9 @@ def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
   """
   shardings = jax.tree.map(lambda _: sharding.replicated(mesh), state)
   chains = state.sampler_state
-  if not (hasattr(chains, "z1") and hasattr(chains, "z2")):
-    return shardings  # the factorial prior has no sampler state
-  num_chains, num_devices = chains.z1.shape[0], mesh.devices.size
+  if not chains:
+    return shardings  # a prior without a sampler has no sampler state, ()
+  num_chains, num_devices = chains.z.shape[0], mesh.devices.size
   if num_chains % num_devices:
     logging.warning(
       "num_prior_samples=%d is not divisible by the %d devices: every device samples all chains",
@@ -236,7 +236,7 @@ def state_shardings(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
     )
     return shardings
   split = sharding.batch_sharded(mesh)
-  return shardings._replace(sampler_state=shardings.sampler_state._replace(z1=split, z2=split))
+  return shardings._replace(sampler_state=shardings.sampler_state._replace(z=split))
 
 
 def _needs_gaussian_integral(method: objectives.Method) -> bool:

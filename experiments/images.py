@@ -76,7 +76,7 @@ def model_samples(experiment, params, batch_stats, sampler_state, key, num: int)
   ``num``) for the RBM, fresh draws for the factorial prior."""
   prior = params["prior"]
   if experiment.sampler is not None:
-    z = jnp.concatenate([sampler_state.z1, sampler_state.z2], axis=-1)[:num]
+    z = sampler_state.z[:num]
   else:
     z = jax.random.bernoulli(key, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
   return decode_means(experiment, params, batch_stats, z)
@@ -92,7 +92,7 @@ def reconstructions(experiment, params, batch_stats, key, x: jax.Array) -> jax.A
   """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
   model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
   post = posterior.sample_hierarchy(
-    model, x, key, 1, posterior.bernoulli_group, use_running_average=True
+    key, model, x, 1, posterior.bernoulli_group, use_running_average=True
   )
   return jax.nn.sigmoid(model.decode(post.zeta[0], use_running_average=True))
 

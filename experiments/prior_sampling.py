@@ -24,17 +24,9 @@ from dvae_jax.samplers.dimod_bridge import (  # noqa: F401
 )
 
 PA_GROUPS = 16  # PA's independent sub-populations (they give log Z its standard error)
-# The diagnostic's numbers in the --npz / --json output (diagnostics.MomentError's fields). For a
-# graph prior z1 is the units' ratio, z1z2 the edges' and z2 is NaN (no second side).
-DIAGNOSTIC_KEYS = (
-  "z1",
-  "z2",
-  "z1z2",
-  "total",
-  "relative_bias",
-  "reference_log_z",
-  "reference_log_z_stderr",
-)
+# The diagnostic's numbers in the --npz / --json output besides the moment groups' ratios
+# (diagnostics.MomentError's other fields).
+DIAGNOSTIC_SCALARS = ("total", "relative_bias", "reference_log_z", "reference_log_z_stderr")
 
 
 def whole_groups(replicas: int) -> int:
@@ -47,18 +39,18 @@ def prior_samples(key, prior, num: int, population: int, temperatures: int, swee
   import jax
   import jax.numpy as jnp
 
-  from dvae_jax import priors, samplers
+  from dvae_jax import samplers
 
   k_anneal, k_pick = jax.random.split(key)
-  if isinstance(prior, priors.FactorialBernoulli):
+  if not prior.needs_sampler:  # the factorial prior: independent units
     z = jax.random.bernoulli(k_anneal, jax.nn.sigmoid(prior.logits), (num, prior.logits.shape[0]))
     return z.astype(jnp.float32), "factorial prior: exact independent draws"
   replicas = whole_groups(max(num, population))
   result = samplers.pa_log_partition(
-    prior, k_anneal, num_replicas=replicas, num_temperatures=temperatures, num_sweeps=sweeps
+    k_anneal, prior, num_replicas=replicas, num_temperatures=temperatures, num_sweeps=sweeps
   )
   pick = jax.random.choice(k_pick, replicas, (num,), replace=False)
-  z = jnp.concatenate([result.z1, result.z2], axis=-1)[pick]
+  z = result.z[pick]
   message = (
     f"population annealing: {replicas} replicas, {temperatures} temperatures, {sweeps} sweep(s) "
     f"each; log Z = {float(result.log_z):.3f} ± {float(result.stderr):.3f}, "
@@ -73,23 +65,21 @@ def dimod_moment_error(key, prior, reads, num_replicas: int, num_temperatures: i
   16) × num_temperatures."""
   import jax.numpy as jnp
 
-  from dvae_jax.samplers import diagnostics, machines
+  from dvae_jax.samplers import diagnostics
 
-  z = jnp.asarray(reads, machines.dtype(prior))
-  n1, _ = machines.chain_sizes(prior)
   return diagnostics.population_moment_error(
-    key, z[:, :n1], z[:, n1:], prior, num_replicas=num_replicas, num_temperatures=num_temperatures
+    key,
+    jnp.asarray(reads, prior.dtype),
+    prior,
+    num_replicas=num_replicas,
+    num_temperatures=num_temperatures,
   )
 
 
 def describe_moment_error(error, prior, num_reads: int, replicas: int, temperatures: int) -> str:
   """The diagnostic's lines for the terminal (replicas: of each reference, a multiple of 16)."""
-  from dvae_jax.samplers import machines
-
-  if machines.is_graph(prior):
-    groups = f"units {float(error.z1):.2f}, edges {float(error.z1z2):.2f}"
-  else:
-    groups = f"z1 {float(error.z1):.2f}, z2 {float(error.z2):.2f}, z1z2 {float(error.z1z2):.2f}"
+  ratios = error.groups._asdict().items()
+  groups = ", ".join(f"{name} {float(ratio):.2f}" for name, ratio in ratios)
   return (
     f"moment error of the {num_reads} reads against the trained prior (β = 1; two population-"
     f"annealing references of {replicas} replicas × {temperatures} temperatures), in units of the "
@@ -99,3 +89,10 @@ def describe_moment_error(error, prior, num_reads: int, replicas: int, temperatu
     f"{float(error.relative_bias):.4f} (0 within noise); reference log Z = "
     f"{float(error.reference_log_z):.3f} ± {float(error.reference_log_z_stderr):.3f}"
   )
+
+
+def diagnostic_values(error) -> dict[str, float]:
+  """The diagnostic's numbers by name: each moment group's ratio (an RBM: z1, z2, z1z2; a graph
+  prior: unit, edge), then ``DIAGNOSTIC_SCALARS``."""
+  values = {name: float(ratio) for name, ratio in error.groups._asdict().items()}
+  return {**values, **{k: float(getattr(error, k)) for k in DIAGNOSTIC_SCALARS}}

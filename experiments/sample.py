@@ -16,7 +16,7 @@ exactly. Each z is decoded to the Bernoulli means of p(x|z), or to one binary dr
 with ``--binary``.
 
 With ``--dimod_sampler`` the latents come instead from any ``dimod.Sampler`` (Ocean's simulated
-annealing, tabu, a QPU wrapper of the user's): the prior (an RBM as ``graphs.from_rbm``, the
+annealing, tabu, a QPU wrapper of the user's): the prior (``Prior.graph_machine``: an RBM as the
 complete bipartite graph with nodes (z1; z2)) is exported by ``graphs.dimod_io.to_bqm`` at inverse
 temperature ``--dimod_beta`` (``bqm.energy = β E(z)`` exactly, so a Boltzmann sampler at unit
 temperature draws p_β), ``--dimod_kwargs`` go to ``.sample`` (``num_reads`` defaults to
@@ -30,7 +30,7 @@ would give), so that heuristic samplers and annealers can be judged before their
 Writes a PNG grid (ink black on white) to ``--out`` and, with ``--npz``, ``z`` [num, latents]
 uint8 and ``x`` [num, 784] (float32 means, or uint8 with ``--binary``); with ``--dimod_sampler``
 also ``reads`` [S, latents] uint8 (every read, node order) and the diagnostic's numbers
-(``prior_sampling.DIAGNOSTIC_KEYS``, as ``diagnostic_<key>``), which ``--json`` writes too. The
+(``prior_sampling.diagnostic_values``, as ``diagnostic_<key>``), which ``--json`` writes too. The
 workdir is only read.
 """
 
@@ -213,7 +213,7 @@ def main(argv):
         sampling.describe_moment_error(error, prior, reads.shape[0], replicas, temperatures),
         flush=True,
       )
-      values = {k: float(getattr(error, k)) for k in sampling.DIAGNOSTIC_KEYS}
+      values = sampling.diagnostic_values(error)
       arrays.update({f"diagnostic_{k}": np.float64(v) for k, v in values.items()})
       record["diagnostic"] = {
         "replicas": replicas,

@@ -35,9 +35,10 @@ _REFRESH_NAMES = ("refresh_drift", "refreshed", "refresh_stderr", "refresh_stage
 
 
 def sampler_diagnostic(experiment, sampler_state, key) -> dict[str, float]:
-  """``val/sampler_*`` metrics: the persistent population's moment errors (z1, z2, z1z2, pooled; for
-  a graph prior unit, edge and pooled) in
-  units of the noise of as many independent samples, against two fresh anneals for the population's
+  """``val/sampler_*`` metrics: the persistent population's moment errors (one per moment group of
+  the prior, ``<group>_error``: z1, z2, z1z2 for an RBM, unit and edge for a graph prior; pooled:
+  ``error``) in units of the noise of as many independent samples, against two fresh anneals for
+  the population's
   own parameters (``samplers.diagnostics``), the implied relative bias of the log-Z gradient, the
   anneals' log Z and the seconds taken. Empty without an RBM sampler or with
   ``sampler_diagnostic_replicas = 0``."""
@@ -51,15 +52,13 @@ def sampler_diagnostic(experiment, sampler_state, key) -> dict[str, float]:
     num_replicas=config.sampler_diagnostic_replicas,
     num_temperatures=config.sampler_diagnostic_temperatures,
   )
-  out = {k: float(sharding.to_host(v)) for k, v in out._asdict().items()}
-  if sampler_state.z2.shape[-1]:
-    names = {"z1": "z1_error", "z2": "z2_error", "z1z2": "z1z2_error", "total": "error"}
-  else:  # a graph prior: E[z_i] and the edge moments E[z_i z_j]; there is no second side
-    names = {"z1": "unit_error", "z2": None, "z1z2": "edge_error", "total": "error"}
-  names["relative_bias"] = "grad_relative_bias"
-  metrics = {
-    SAMPLER_DIAGNOSTIC_PREFIX + names.get(k, k): v for k, v in out.items() if names.get(k, k)
-  }
+  out = jax.tree.map(lambda v: float(sharding.to_host(v)), out)
+  values = {f"{group}_error": v for group, v in out.groups._asdict().items()}
+  values["error"] = out.total
+  values["grad_relative_bias"] = out.relative_bias
+  values["reference_log_z"] = out.reference_log_z
+  values["reference_log_z_stderr"] = out.reference_log_z_stderr
+  metrics = {SAMPLER_DIAGNOSTIC_PREFIX + k: v for k, v in values.items()}
   metrics[SAMPLER_DIAGNOSTIC_PREFIX + "diagnostic_seconds"] = time.perf_counter() - t0
   return metrics
 
@@ -221,8 +220,8 @@ class TrainLogZ:
   def estimate(self, step: int, prior):
     """The AIS estimate (``samplers.AISResult``, on device) of ``prior``'s log Z at ``step``."""
     return samplers_lib.ais_log_partition(
-      prior,
       jax.random.fold_in(self._root, step),
+      prior,
       num_chains=self._chains,
       num_temperatures=self._temperatures,
     )

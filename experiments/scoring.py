@@ -30,7 +30,7 @@ def make_eval_fn(experiment, num_samples: int):
   def eval_fn(params, batch_stats, log_z, x, mask, key):
     model = nnx.merge(graphdef, params["model"], batch_stats)
     out = evaluation.evaluate(
-      model, params["prior"], log_z, x, key, num_samples, sample_chunk=chunk
+      key, model, params["prior"], log_z, x, num_samples, sample_chunk=chunk
     )
     nll = out["nll"] * mask
     return jnp.sum(nll), jnp.sum(out["neg_elbo"] * mask), jnp.sum(nll * nll)
@@ -45,14 +45,14 @@ def make_eval_fn(experiment, num_samples: int):
 
 
 def eval_log_partition(experiment, prior, key) -> tuple[float, float]:
-  """The evaluation's (log Z, its standard error): AIS for the RBM (MATH.md §3) with
-  ``ais_num_chains`` × ``ais_num_temperatures``, exact (0, 0) for the factorial prior, whose
-  log-probabilities are normalised."""
+  """The evaluation's (log Z, its standard error): AIS for a prior with a sampler (MATH.md §3)
+  with ``ais_num_chains`` × ``ais_num_temperatures``, exact (0, 0) for one without (the factorial
+  prior), whose log-probabilities are normalised."""
   config = experiment.config
-  if config.prior == "factorial":
+  if not prior.needs_sampler:
     return 0.0, 0.0
   result = samplers_lib.ais_log_partition(
-    prior, key, num_chains=config.ais_num_chains, num_temperatures=config.ais_num_temperatures
+    key, prior, num_chains=config.ais_num_chains, num_temperatures=config.ais_num_temperatures
   )
   return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
 

@@ -19,7 +19,6 @@ from flax import nnx
 
 from dvae_jax import data as data_lib
 from dvae_jax import objectives
-from dvae_jax import rbm as rbm_lib
 from experiments import guards, sharding
 from experiments.experiment import Experiment, TrainState
 
@@ -53,17 +52,15 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     prior = state.params["prior"]
     if sampler is not None:
       sampler_state, info = sampler.step(sampler_key, state.sampler_state, prior)
-      z1, z2 = rbm_lib.rao_blackwellize(
-        prior, sampler_state.z1, sampler_state.z2, config.rao_blackwell
-      )
-      prior_samples = (z1, z2, sampler_state.log_z)
+      z = prior.rao_blackwellize(sampler_state.z, config.rao_blackwell)
+      prior_samples = (z, sampler_state.log_z)
     else:
       sampler_state, info, prior_samples = (), {}, None
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params["model"], state.batch_stats, copy=True)
       loss, terms = objectives.loss_fn(
-        model, params["prior"], prior_samples, x, loss_key, method, config.k, kappa
+        loss_key, model, params["prior"], prior_samples, x, method, config.k, kappa
       )
       penalty = weight_decay_penalty(config.weight_decay, params)
       return loss + penalty, (loss, terms, penalty, nnx.state(model, nnx.BatchStat))

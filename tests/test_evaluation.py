@@ -15,8 +15,9 @@ import pytest
 from flax import nnx
 from scipy.special import logsumexp
 
-from dvae_jax import evaluation, models, priors, rbm
+from dvae_jax import evaluation, models, priors
 from dvae_jax.graphs import machine
+from dvae_jax.priors import rbm
 
 SPEC = models.StructSpec(
   "tiny", num_groups=2, units_per_group=4, encoder_hidden=(6,), decoder_hidden=(5,), num_pixels=10
@@ -64,7 +65,7 @@ def _np_reference(net, prior, x):
   x = x.astype(np.float64)
   mean_x = np.asarray(net.mean_x[...], np.float64)
   states = np.array(list(itertools.product([0.0, 1.0], repeat=8)))
-  if isinstance(prior, machine.BoltzmannMachine):
+  if isinstance(prior, priors.BoltzmannMachine):
     e = prior.graph.edges
     neg_e = states @ np.asarray(prior.b, np.float64) + (
       states[:, e[:, 0]] * states[:, e[:, 1]]
@@ -109,7 +110,7 @@ def test_graph_prior_exact_log_likelihood_matches_numpy_enumeration():
   g = machine.Graph.from_edges(8, edges)
   assert g.num_colours >= 3
   rng = np.random.default_rng(5)
-  prior = machine.BoltzmannMachine(
+  prior = priors.BoltzmannMachine(
     jnp.asarray(0.5 * rng.normal(size=8), jnp.float32),
     jnp.asarray(rng.normal(size=g.num_edges), jnp.float32),
     g,
@@ -150,7 +151,7 @@ def test_iw_estimate_converges_to_exact_log_likelihood_from_below():
   # `reps` independent replicates per example: the batch holds each example `reps` times.
   for k, reps, key in [(1, 4000, 0), (10, 400, 1), (1000, 200, 2)]:
     xs = jnp.asarray(np.repeat(x, reps, axis=0))
-    out = evaluation.evaluate(net, prior, log_z, xs, jax.random.key(key), k)
+    out = evaluation.evaluate(jax.random.key(key), net, prior, log_z, xs, k)
     est = -np.asarray(out["nll"], np.float64).reshape(3, reps)
     mean, se = est.mean(1), est.std(1, ddof=1) / math.sqrt(reps)
     means[k] = (mean, se)
@@ -184,10 +185,10 @@ def test_chunked_accumulation_matches_direct_computation():
   log_z = rbm.exact_log_partition(prior)
   key = jax.random.key(5)
   k, chunk = 10, 4  # 3 chunks, the last one half masked
-  out = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, k, sample_chunk=chunk)
+  out = evaluation.evaluate(key, net, prior, log_z, jnp.asarray(x), k, sample_chunk=chunk)
   parts = [
     evaluation.discrete_log_weights(
-      net, prior, log_z, jnp.asarray(x), jax.random.fold_in(key, c), chunk
+      jax.random.fold_in(key, c), net, prior, log_z, jnp.asarray(x), chunk
     )
     for c in range(3)
   ]
@@ -201,8 +202,8 @@ def test_large_log_weights_are_accumulated_stably():
   # An arbitrary log Z offset shifts every log weight by −1000; the NLL shifts by +1000 exactly.
   log_z = rbm.exact_log_partition(prior)
   key = jax.random.key(0)
-  a = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, 50, sample_chunk=10)
-  b = evaluation.evaluate(net, prior, log_z + 1000.0, jnp.asarray(x), key, 50, sample_chunk=10)
+  a = evaluation.evaluate(key, net, prior, log_z, jnp.asarray(x), 50, sample_chunk=10)
+  b = evaluation.evaluate(key, net, prior, log_z + 1000.0, jnp.asarray(x), 50, sample_chunk=10)
   np.testing.assert_allclose(b["nll"] - 1000.0, a["nll"], atol=2e-3)
   chex.assert_tree_all_finite(b)
 
@@ -213,10 +214,10 @@ def test_evaluation_uses_running_statistics_and_ignores_gi_head():
   key = jax.random.key(1)
   stats_before = jax.tree.map(np.asarray, nnx.state(net, nnx.BatchStat))
   net.train()
-  a = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, 20)
+  a = evaluation.evaluate(key, net, prior, log_z, jnp.asarray(x), 20)
   chex.assert_trees_all_equal(stats_before, jax.tree.map(np.asarray, nnx.state(net, nnx.BatchStat)))
   net.eval()
-  b = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, 20)
+  b = evaluation.evaluate(key, net, prior, log_z, jnp.asarray(x), 20)
   chex.assert_trees_all_close(a, b)
   log_joint, _ = _np_reference(net, prior, x)
   np.testing.assert_allclose(
@@ -234,13 +235,12 @@ def test_evaluate_under_jit_with_split_state():
 
   @jax.jit
   def run(params, stats, prior, log_z, x, key):
-    return evaluation.evaluate(
-      nnx.merge(graphdef, params, stats), prior, log_z, x, key, 30, sample_chunk=8
-    )
+    model = nnx.merge(graphdef, params, stats)
+    return evaluation.evaluate(key, model, prior, log_z, x, 30, sample_chunk=8)
 
   key = jax.random.key(3)
   got = run(params, stats, prior, log_z, jnp.asarray(x), key)
-  want = evaluation.evaluate(net, prior, log_z, jnp.asarray(x), key, 30, sample_chunk=8)
+  want = evaluation.evaluate(key, net, prior, log_z, jnp.asarray(x), 30, sample_chunk=8)
   chex.assert_trees_all_close(got, want, rtol=1e-5)
 
 
@@ -248,13 +248,13 @@ def test_bad_inputs():
   net, prior, x = _tiny_model(7)
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="num_samples"):
-    evaluation.evaluate(net, prior, 0.0, jnp.asarray(x), key, 0)
+    evaluation.evaluate(key, net, prior, 0.0, jnp.asarray(x), 0)
   with pytest.raises(ValueError, match="x must have shape"):
-    evaluation.evaluate(net, prior, 0.0, jnp.zeros((2, 11)), key, 5)
+    evaluation.evaluate(key, net, prior, 0.0, jnp.zeros((2, 11)), 5)
   with pytest.raises(ValueError, match="units"):
-    evaluation.evaluate(net, rbm.init_rbm(3, 3), 0.0, jnp.asarray(x), key, 5)
+    evaluation.evaluate(key, net, rbm.init_rbm(3, 3), 0.0, jnp.asarray(x), 5)
   with pytest.raises(ValueError, match="log_z"):
-    evaluation.evaluate(net, prior, None, jnp.asarray(x), key, 5)
+    evaluation.evaluate(key, net, prior, None, jnp.asarray(x), 5)
   big = models.DVAENet(
     models.StructSpec("big", 1, 22, (), (), num_pixels=4), np.full(4, 0.5), rngs=nnx.Rngs(0)
   )

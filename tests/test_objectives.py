@@ -19,8 +19,9 @@ from jax import lax
 from scipy import stats
 from scipy.special import expit, logsumexp
 
-from dvae_jax import evaluation, models, objectives, posterior, priors, rbm, smoothing
+from dvae_jax import evaluation, models, objectives, posterior, priors, smoothing
 from dvae_jax.graphs import machine
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import ais_log_partition, make_prior_sampler
 
 # ---- float64 NumPy references (from the table of MATH.md §1) -------------------------------------
@@ -92,16 +93,16 @@ def test_mean_field_is_a_lower_bound_on_exact_log_z_zeta(name):
   exact = logsumexp(_np_neg_energy(m, z)[:, None] + log_r.sum(-1), axis=0)
   zeta32 = jnp.asarray(zeta, jnp.float32)
   np.testing.assert_allclose(
-    priors.relaxed_log_partition_exact(m, s, zeta32), exact, rtol=1e-5, atol=1e-4
+    m.relaxed_log_prob(s, zeta32, 0.0, exact=True), exact, rtol=1e-5, atol=1e-4
   )
-  mean_field = np.asarray(priors.relaxed_log_partition(m, s, zeta32), np.float64)
+  mean_field = np.asarray(m.relaxed_log_prob(s, zeta32, 0.0), np.float64)
   assert np.all(mean_field <= exact + 1e-4), mean_field - exact
   assert np.all(np.isfinite(mean_field))
   # Without couplings the mean-field solution is exact (a factorial distribution).
   m0 = m._replace(w=jnp.zeros_like(m.w))
   exact0 = logsumexp(_np_neg_energy(m0, z)[:, None] + log_r.sum(-1), axis=0)
   np.testing.assert_allclose(
-    priors.relaxed_log_partition(m0, s, zeta32), exact0, rtol=1e-5, atol=1e-4
+    m0.relaxed_log_prob(s, zeta32, 0.0), exact0, rtol=1e-5, atol=1e-4
   )
 
 
@@ -139,7 +140,7 @@ def test_relaxed_marginal_integrates_to_one(name, beta):
     zeta, w = _nodes_1d(name, beta)
     grid = np.stack(np.meshgrid(zeta, zeta, indexing="ij"), -1).reshape(-1, 2)
     weights = np.outer(w, w).reshape(-1)
-    log_p = priors.relaxed_log_prob(m, s, jnp.asarray(grid), log_z, exact=True)
+    log_p = m.relaxed_log_prob(s, jnp.asarray(grid), log_z, exact=True)
     total = float(np.sum(weights * np.exp(np.asarray(log_p))))
   assert abs(total - 1.0) < 1e-6, total
 
@@ -158,7 +159,7 @@ def test_factorial_relaxed_marginal_is_the_per_unit_mixture():
       ),
       -1,
     )
-    got = priors.relaxed_log_prob(prior, cls(beta=beta), jnp.asarray(zeta, jnp.float32))
+    got = prior.relaxed_log_prob(cls(beta=beta), jnp.asarray(zeta, jnp.float32))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
@@ -175,7 +176,7 @@ def test_gaussian_integral_log_prob_is_the_augmented_mixture(n1, n2, scale, beta
   n = n1 + n2
   w = np.asarray(m.w, np.float64)
   lam = max(np.linalg.norm(w, 2) + 5.0, beta)
-  np.testing.assert_allclose(priors.gaussian_integral_lambda(m, beta), lam, rtol=1e-5)
+  np.testing.assert_allclose(m.gaussian_integral_lambda(beta), lam, rtol=1e-5)
   a_mat = lam * np.eye(n)
   a_mat[:n1, n1:] = w
   a_mat[n1:, :n1] = w.T
@@ -194,9 +195,8 @@ def test_gaussian_integral_log_prob_is_the_augmented_mixture(n1, n2, scale, beta
       for zt in zeta
     ]
   )
-  got = priors.gaussian_integral_log_prob(
-    m, jnp.asarray(zeta, jnp.float32), beta, jnp.float32(_np_log_z(m))
-  )
+  zeta32, log_z32 = jnp.asarray(zeta, jnp.float32), jnp.float32(_np_log_z(m))
+  got = m.gaussian_integral_log_prob(zeta32, beta, log_z32)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-4)
 
 
@@ -208,11 +208,8 @@ def test_gaussian_integral_factorial_prior():
   p = expit(logits)
   sd = 1 / math.sqrt(beta)
   want = np.sum(np.log((1 - p) * stats.norm.pdf(zeta, 0, sd) + p * stats.norm.pdf(zeta, 1, sd)), -1)
-  got = priors.gaussian_integral_log_prob(
-    priors.FactorialBernoulli(jnp.asarray(logits, jnp.float32)),
-    jnp.asarray(zeta, jnp.float32),
-    beta,
-  )
+  prior = priors.FactorialBernoulli(jnp.asarray(logits, jnp.float32))
+  got = prior.gaussian_integral_log_prob(jnp.asarray(zeta, jnp.float32), beta)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
@@ -230,7 +227,9 @@ def test_dvae_pp_kl_equals_exact_kl_for_one_group():
   log_p = (_np_neg_energy(m, z) - log_z)[:, None]
   want = np.sum(np.exp(log_q) * (log_q - log_p), 0)
   lg = jnp.asarray(logits, jnp.float32)
-  ce = objectives.dvae_pp_cross_entropy(m, lg, jax.nn.sigmoid(lg[:, :3]), jnp.float32(log_z))
+  mu = jax.nn.sigmoid(lg)
+  product = lambda w, rows, cols: jnp.sum((mu[..., rows] @ w) * mu[..., cols], -1)  # noqa: E731
+  ce = -m.expected_neg_energy(mu, 1, product) + jnp.float32(log_z)
   got = ce - jnp.sum(priors.bernoulli_entropy(lg), -1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
   # The same through discrete_kl with a one-group posterior (b(ζ) = 0 for both DVAE and DVAE++).
@@ -312,7 +311,7 @@ def test_rolfe_surrogate_gradient_is_unbiased():
       zeta1 = smoothing.inverse_cdf(s, rho, q1)
       z1 = (rho > 1.0 - q1).astype(rho.dtype)
       mu2 = jax.nn.sigmoid(c + cmat @ zeta1)
-      return objectives.dvae_cross_term(rbm.RBM(jnp.zeros(2), jnp.zeros(2), w), z1, a, mu2)
+      return objectives.rolfe_cross_term(w, z1, a, mu2)
 
     rho = jax.random.uniform(jax.random.key(0), (num, 2), jnp.float64)
     values = np.asarray(jax.jit(jax.vmap(one_sample, (None, 0)))(theta, rho))
@@ -340,12 +339,13 @@ def test_dvae_pp_nu_cross_term_gradient_is_unbiased():
 
     def one_sample(theta, key):
       a, c, cmat, w = theta
-      zeta1 = smoothing.sample(s, key, a)
+      zeta1 = smoothing.sample(key, s, a)
       nu1 = jax.nn.sigmoid(a + smoothing.log_ratio(s, zeta1))
       m = rbm.RBM(jnp.zeros(2), jnp.zeros(2), w)
       logits = jnp.concatenate([a, c + cmat @ zeta1])
-      # −CE + log Z with zero biases is exactly ν1ᵀ W μ2.
-      return -objectives.dvae_pp_cross_entropy(m, logits, nu1, 0.0)
+      mu = jax.nn.sigmoid(logits)
+      # E_q[−E] with zero biases and ν1 for the earlier side is exactly ν1ᵀ W μ2.
+      return m.expected_neg_energy(mu, 2, lambda w, rows, cols: jnp.sum((nu1 @ w) * mu[cols], -1))
 
     keys = jax.random.split(jax.random.key(1), num)
     values = np.asarray(jax.jit(jax.vmap(one_sample, (None, 0)))(theta, keys))
@@ -440,29 +440,21 @@ def _tiny_setup(kind, seed=0):
   rng = np.random.default_rng(seed)
   mean_x = rng.uniform(0.2, 0.8, TINY.num_pixels)
   net = models.DVAENet(TINY, mean_x, gaussian_integral=True, rngs=nnx.Rngs(seed))
-  prior = machine.init_machine(TINY_GRAPH) if kind == "graph" else priors.init_prior(kind, TINY)
+  if kind == "graph":
+    prior = priors.graph.init_machine(TINY_GRAPH)
+  else:
+    prior = priors.init_prior(kind, TINY)
   prior = jax.tree.map(lambda a: jnp.asarray(0.5 * rng.normal(size=a.shape), a.dtype), prior)
   x = jnp.asarray(rng.uniform(size=(6, TINY.num_pixels)) < mean_x, jnp.float32)
-  samples = (
-    jnp.asarray(rng.uniform(size=(16, 3)) < 0.5, jnp.float32),
-    jnp.asarray(rng.uniform(size=(16, 3)) < 0.5, jnp.float32),
-    jnp.float32(4.0),
+  # Two draws of 16 × 3 (the RBM's former sides), so the samples of every kind are the same.
+  z = jnp.concatenate(
+    [jnp.asarray(rng.uniform(size=(16, 3)) < 0.5, jnp.float32) for _ in range(2)], -1
   )
-  if kind == "graph":
-    samples = _as_graph_samples(samples)
-  return net, prior, x, samples
-
-
-def _as_graph_samples(samples):
-  """RBM samples (z1, z2, log_z) in a graph machine's layout (z [S, n], an empty [S, 0], log_z)."""
-  z1, z2, log_z = samples
-  return jnp.concatenate([z1, z2], -1), jnp.zeros((z1.shape[0], 0), z1.dtype), log_z
+  return net, prior, x, (z, jnp.float32(4.0))
 
 
 def _exact_log_z(prior):
-  if isinstance(prior, machine.BoltzmannMachine):
-    return machine.exact_log_partition(prior)
-  return rbm.exact_log_partition(prior)
+  return prior.exact_log_partition()
 
 
 def _loss_and_grads(net, prior, samples, x, key, method, k, kappa):
@@ -472,7 +464,7 @@ def _loss_and_grads(net, prior, samples, x, key, method, k, kappa):
   def run(params, prior):
     def f(params, prior):
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      return objectives.loss_fn(model, prior, samples, x, key, method, k, kappa)
+      return objectives.loss_fn(key, model, prior, samples, x, method, k, kappa)
 
     return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
 
@@ -528,12 +520,12 @@ def test_iw_loss_gradient_is_the_gradient_of_log_mean_exp(name):
 
   def via_loss(params, prior):
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    return objectives.loss_fn(model, prior, samples, x, key, method, k, kappa)[0]
+    return objectives.loss_fn(key, model, prior, samples, x, method, k, kappa)[0]
 
   def via_log_mean_exp(params, prior):
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
     log_z = objectives.training_log_partition(prior, samples)
-    t = objectives.relaxed_terms(model, prior, log_z, x, key, method, k)
+    t = objectives.relaxed_terms(key, model, prior, log_z, x, method, k)
     log_w = kappa * (t.log_prior - t.log_q) + t.log_px
     return -jnp.mean(jax.nn.logsumexp(log_w, axis=0) - math.log(k))
 
@@ -550,7 +542,7 @@ def test_iw_gradient_does_not_depend_on_the_value_of_the_training_log_z(name, ki
   # The training log Z's value shifts every log weight of an example by the same constant; the
   # importance weights are computed without it, so the gradient is the same bit for bit (with the
   # softmax taken of the shifted weights, the rounding of the shift moved every K > 1 run).
-  net, prior, x, (z1, z2, _) = _tiny_setup(kind, seed=2)
+  net, prior, x, (z, _) = _tiny_setup(kind, seed=2)
   method = objectives.get_method(name, 10.0)
   graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
 
@@ -558,8 +550,8 @@ def test_iw_gradient_does_not_depend_on_the_value_of_the_training_log_z(name, ki
   def grads(params, prior, log_z):
     def f(params, prior):
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      samples = (z1, z2, log_z)
-      return objectives.loss_fn(model, prior, samples, x, jax.random.key(5), method, 5, 0.7)
+      samples = (z, log_z)
+      return objectives.loss_fn(jax.random.key(5), model, prior, samples, x, method, 5, 0.7)
 
     return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
 
@@ -580,7 +572,7 @@ def test_iw_gradient_does_not_depend_on_the_value_of_the_training_log_z(name, ki
 def test_log_z_sensitivity_is_how_every_reported_value_moves_with_log_z(name, kind):
   # Recompute the step with another log Z: every output must move by exactly sensitivity × Δ, and
   # the listed keys must be the only ones that move (a new log-Z-dependent term fails here).
-  net, prior, x, (z1, z2, _) = _tiny_setup(kind, seed=4)
+  net, prior, x, (z, _) = _tiny_setup(kind, seed=4)
   method = objectives.get_method(name, 8.0)
   graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
   kappa, delta = 0.6, 3.25
@@ -590,7 +582,7 @@ def test_log_z_sensitivity_is_how_every_reported_value_moves_with_log_z(name, ki
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
     k = 1 if name.startswith("dvae_pp") else 3
     loss, terms = objectives.loss_fn(
-      model, prior, (z1, z2, log_z), x, jax.random.key(6), method, k, kappa
+      jax.random.key(6), model, prior, (z, log_z), x, method, k, kappa
     )
     return {"loss": loss, **terms}
 
@@ -622,7 +614,7 @@ def test_hierarchical_posterior_log_q_and_binary_states():
   # DVAE#: log q(ζ|x) = Σ_g log q(ζ_g | x, ζ_<g), with each group's logits recomputed here from the
   # sampled earlier groups.
   method = objectives.get_method("dvae_sharp_exp", 20.0)
-  post = objectives.sample_posterior(net, x, key, method, k)
+  post = objectives.sample_posterior(key, net, x, method, k)
   chex.assert_shape([post.zeta, post.logits], (k, 6, 6))
   zeta = post.zeta.reshape(k * 6, 6)
   xr = jnp.tile(x, (k, 1))
@@ -639,7 +631,7 @@ def test_hierarchical_posterior_log_q_and_binary_states():
   assert float(jnp.max(jnp.abs(post.zeta[0] - post.zeta[1]))) > 0
   np.testing.assert_allclose(post.logits[0, :, :3], post.logits[2, :, :3])
   # DVAE: z is the branch of the spike-and-exp inverse CDF, ζ = 0 exactly when z = 0.
-  post = objectives.sample_posterior(net, x, key, objectives.get_method("dvae", 5.0), 200)
+  post = objectives.sample_posterior(key, net, x, objectives.get_method("dvae", 5.0), 200)
   z, zeta = np.asarray(post.z), np.asarray(post.zeta)
   assert np.all(zeta[z == 0] == 0) and np.all(zeta[z == 1] >= 0)
   np.testing.assert_allclose(z.mean(0), np.asarray(jax.nn.sigmoid(post.logits)).mean(0), atol=0.15)
@@ -680,14 +672,14 @@ def test_bad_inputs():
   net, prior, x, samples = _tiny_setup("rbm")
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="prior_samples"):
-    objectives.loss_fn(net, prior, None, x, key, objectives.get_method("dvae", 5.0))
+    objectives.loss_fn(key, net, prior, None, x, objectives.get_method("dvae", 5.0))
   with pytest.raises(ValueError, match="units"):
-    objectives.loss_fn(net, rbm.init_rbm(2, 2), samples, x, key, objectives.get_method("dvae", 5.0))
+    objectives.loss_fn(key, net, rbm.init_rbm(2, 2), samples, x, objectives.get_method("dvae", 5.0))
   with pytest.raises(ValueError, match="x must have shape"):
-    objectives.loss_fn(net, prior, samples, x[:, :5], key, objectives.get_method("dvae", 5.0))
+    objectives.loss_fn(key, net, prior, samples, x[:, :5], objectives.get_method("dvae", 5.0))
   plain = models.DVAENet(TINY, np.full(8, 0.5), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="gaussian_integral=True"):
-    objectives.loss_fn(plain, prior, samples, x, key, objectives.get_method("dvae_sharp_gi", 5.0))
+    objectives.loss_fn(key, plain, prior, samples, x, objectives.get_method("dvae_sharp_gi", 5.0))
   with pytest.raises(ValueError, match="discrete KL"):
     objectives.relaxed_log_prior(prior, jnp.zeros((1, 6)), 0.0, objectives.get_method("dvae", 5.0))
 
@@ -732,7 +724,7 @@ def _trainer(struct, name, kind, mean_x, *, num_samples, num_chains, num_sweeps,
       params, prior = trainable
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
       loss, terms = objectives.loss_fn(
-        model, prior, chains, x, key_loss, method, num_samples, kappa
+        key_loss, model, prior, chains, x, method, num_samples, kappa
       )
       loss = loss + objectives.weight_decay(params, prior)
       return loss, (terms, nnx.state(model, nnx.BatchStat))
@@ -787,9 +779,9 @@ def test_short_training_improves_validation_nll(name, struct, data_dir):
 
   def nll(state, key):
     params, batch_stats, prior = state[:3]
-    ais = ais_log_partition(prior, key, num_chains=256, num_temperatures=300)
+    ais = ais_log_partition(key, prior, num_chains=256, num_temperatures=300)
     out = jax.jit(
-      lambda p, b, pr, lz, x: evaluation.evaluate(nnx.merge(graphdef, p, b), pr, lz, x, key, 50)
+      lambda p, b, pr, lz, x: evaluation.evaluate(key, nnx.merge(graphdef, p, b), pr, lz, x, 50)
     )(params, batch_stats, prior, ais.log_z, jnp.asarray(valid))
     return float(jnp.mean(out["nll"])), float(jnp.mean(out["neg_elbo"]))
 
@@ -826,7 +818,7 @@ def test_ancestral_and_inverse_cdf_samplers_agree_in_expectation():
   def per_key(method):
     def f(params, prior, key):
       model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      return objectives.loss_fn(model, prior, samples, x, key, method, 1, 1.0)[0]
+      return objectives.loss_fn(key, model, prior, samples, x, method, 1, 1.0)[0]
 
     grad = jax.value_and_grad(f, argnums=(0, 1))
     return jax.jit(jax.vmap(grad, in_axes=(None, None, 0)))(params, prior, keys)
@@ -881,7 +873,7 @@ def test_gumbolt_terms_tend_to_the_discrete_elbo_by_enumeration(kind):
   log_z = _exact_log_z(prior)
   k = 4000
   method = objectives.get_method("gumbolt", 1e-4)
-  t = objectives.relaxed_terms(net, prior, log_z, x, jax.random.key(8), method, k)
+  t = objectives.relaxed_terms(jax.random.key(8), net, prior, log_z, x, method, k)
   elbo = np.asarray(t.log_px + t.log_prior - t.log_q, np.float64)
   mc, se = elbo.mean(0), elbo.std(0) / math.sqrt(k)
 
@@ -893,7 +885,7 @@ def test_gumbolt_terms_tend_to_the_discrete_elbo_by_enumeration(kind):
   l1 = net.encode_group(1, x_rep, z_rep[:, :units])[0]
   log_q = jnp.sum(priors.bernoulli_log_prob(z_rep, jnp.concatenate([l0, l1], -1)), -1)
   log_px = objectives.reconstruction_log_prob(net, z_rep[None], x_rep)[0]
-  log_p = priors.discrete_log_prob(prior, z_rep, log_z)
+  log_p = prior.log_prob(z_rep, log_z)
   q = np.exp(np.asarray(log_q, np.float64)).reshape(batch, len(z))
   np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
   exact = np.sum(q * np.asarray(log_px + log_p - log_q, np.float64).reshape(batch, len(z)), 1)
@@ -903,12 +895,9 @@ def test_gumbolt_terms_tend_to_the_discrete_elbo_by_enumeration(kind):
 def test_gumbolt_is_bernoulli_log_prob_at_the_relaxed_sample_and_beta_is_the_temperature():
   net, prior, x, _ = _tiny_setup("rbm", seed=5)
   net.eval()
-  hot = objectives.sample_posterior(
-    net, x, jax.random.key(1), objectives.get_method("gumbolt", 5.0)
-  )
-  cold = objectives.sample_posterior(
-    net, x, jax.random.key(1), objectives.get_method("gumbolt", 0.05)
-  )
+  gumbolt = objectives.get_method("gumbolt", 5.0)
+  hot = objectives.sample_posterior(jax.random.key(1), net, x, gumbolt)
+  cold = objectives.sample_posterior(jax.random.key(1), net, x, gumbolt._replace(beta=0.05))
   want = jnp.sum(priors.bernoulli_log_prob(hot.zeta, hot.logits), -1)
   np.testing.assert_allclose(hot.log_q, want, rtol=1e-6)
   # Same noise: the lower temperature pushes every unit further from ½, on the same side.
@@ -917,7 +906,7 @@ def test_gumbolt_is_bernoulli_log_prob_at_the_relaxed_sample_and_beta_is_the_tem
   prior_term = objectives.relaxed_log_prior(
     prior, hot.zeta, 2.0, objectives.get_method("gumbolt", 5.0)
   )
-  z1, z2 = priors.split_sides(prior, hot.zeta)
+  z1, z2 = hot.zeta[..., :3], hot.zeta[..., 3:]
   np.testing.assert_allclose(prior_term, -rbm.energy(prior, z1, z2) - 2.0, rtol=1e-6)
 
 
@@ -926,15 +915,15 @@ def test_gumbolt_is_bernoulli_log_prob_at_the_relaxed_sample_and_beta_is_the_tem
 
 @pytest.mark.parametrize("name", objectives.METHODS)
 def test_from_rbm_prior_gives_the_rbm_losses_and_gradients(name):
-  """``graphs.from_rbm(r)`` as the prior (samples in the graph layout) gives the RBM prior's loss,
+  """``rbm.graph_machine(r)`` as the prior (samples in the graph layout) gives the RBM prior's loss,
   diagnostics and gradients (network and prior, the prior's mapped to (b1; b2), W row-major)."""
   net, r, x, samples = _tiny_setup("rbm", seed=6)
-  gm = machine.from_rbm(r)
+  gm = rbm.graph_machine(r)
   method = objectives.get_method(name, BETAS[name])
   key, k, kappa = jax.random.key(7), 2, 0.7
   (loss_r, terms_r), (gp_r, gprior_r) = _loss_and_grads(net, r, samples, x, key, method, k, kappa)
   (loss_g, terms_g), (gp_g, gprior_g) = _loss_and_grads(
-    net, gm, _as_graph_samples(samples), x, key, method, k, kappa
+    net, gm, samples, x, key, method, k, kappa
   )
   np.testing.assert_allclose(loss_g, loss_r, rtol=1e-5)
   chex.assert_trees_all_close(terms_g, terms_r, rtol=1e-5, atol=1e-5)
@@ -949,7 +938,7 @@ def test_graph_prior_kl_equals_exact_kl_for_one_group():
   # One group: q factorises, so every edge's term is μ_i μ_j and the KL is exact (no sampling);
   # against Σ_z q(z)[log q(z) − log p(z)] over the 64 states with the exact log Z of TINY_GRAPH.
   rng = np.random.default_rng(12)
-  m = machine.BoltzmannMachine(
+  m = priors.BoltzmannMachine(
     jnp.asarray(rng.normal(size=6), jnp.float32),
     jnp.asarray(1.5 * rng.normal(size=TINY_GRAPH.num_edges), jnp.float32),
     TINY_GRAPH,
@@ -977,7 +966,7 @@ def _toy_graph_kl(theta, r1, nodes_weights):
   cancel) for the toy posterior q(z1_i) = σ(a_i), ζ1_i ~ r(·|z1_i), q(z2_j | ζ1) = σ(c_j + (C ζ1)_j)
   and the graph prior (b, w) on _TOY_GRAPH: quadrature over ζ1 (``r1``), enumeration over z."""
   a, c, cmat, b, w = theta
-  m = machine.BoltzmannMachine(b, w, _TOY_GRAPH)
+  m = priors.BoltzmannMachine(b, w, _TOY_GRAPH)
   log_z = machine.exact_log_partition(m)
   z2s = jnp.asarray(_states(2))
   total = 0.0
@@ -1030,13 +1019,13 @@ def test_graph_prior_two_group_kl_value_and_gradient_are_unbiased(name):
 
     def one_sample(theta, key):
       a, c, cmat, b, w = theta
-      m = machine.BoltzmannMachine(b, w, _TOY_GRAPH)
+      m = priors.BoltzmannMachine(b, w, _TOY_GRAPH)
       if name == "dvae":
         rho = jax.random.uniform(key, (2,), jnp.float64)
         zeta1 = smoothing.inverse_cdf(s, rho, jax.nn.sigmoid(a))
         z1 = (rho > 1.0 - lax.stop_gradient(jax.nn.sigmoid(a))).astype(rho.dtype)
       else:
-        zeta1 = smoothing.sample(s, key, a)
+        zeta1 = smoothing.sample(key, s, a)
         z1 = jnp.zeros(2)  # unused by DVAE++
       logits = jnp.concatenate([a, c + cmat @ zeta1])
       # The second group's ζ and z are never read (no edge leaves the last group for a later one).
@@ -1063,23 +1052,24 @@ def test_graph_prior_weight_decay_training_log_z_and_rao_blackwell():
   params = nnx.state(net, nnx.Param)
   r = _random_rbm(np.random.default_rng(14), 3, 3)
   np.testing.assert_allclose(
-    objectives.weight_decay(params, machine.from_rbm(r)), objectives.weight_decay(params, r)
+    objectives.weight_decay(params, rbm.graph_machine(r)), objectives.weight_decay(params, r)
   )
   _, gm, _, samples = _tiny_setup("graph", seed=8)
-  z, empty, log_z = samples
+  z, log_z = samples
 
   def via_objectives(gm):
     return objectives.training_log_partition(gm, samples)
 
   def direct(gm):
-    return machine.log_partition_surrogate(gm, z, log_z)
+    # The surrogate written out: sg(log Z) + mean(−E(z)) − sg(mean(−E(z))).
+    neg_e = jnp.mean(-machine.energy(gm, z))
+    return log_z + neg_e - jax.lax.stop_gradient(neg_e)
 
   np.testing.assert_allclose(via_objectives(gm), log_z)
   chex.assert_trees_all_close(jax.grad(via_objectives)(gm), jax.grad(direct)(gm))
-  with pytest.raises(ValueError, match="empty"):
-    objectives.training_log_partition(gm, (z[:, :3], z[:, 3:], log_z))
+  with pytest.raises(ValueError, match="trailing dimension of 6"):
+    objectives.training_log_partition(gm, (z[:, :3], log_z))
   # Rao-Blackwellisation needs the RBM's two sides: 'none' passes a graph's samples through.
-  z_out, empty_out = rbm.rao_blackwellize(gm, z, empty, "none")
-  assert z_out is z and empty_out is empty
+  assert gm.rao_blackwellize(z, "none") is z
   with pytest.raises(ValueError, match="needs an RBM prior"):
-    rbm.rao_blackwellize(gm, z, empty, "z2")
+    gm.rao_blackwellize(z, "z2")

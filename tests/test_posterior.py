@@ -33,7 +33,7 @@ def test_bernoulli_hierarchy_matches_a_direct_recomputation():
   net, x = _net()
   k = 5
   post = posterior.sample_hierarchy(
-    net, x, jax.random.key(1), k, posterior.bernoulli_group, use_running_average=True
+    jax.random.key(1), net, x, k, posterior.bernoulli_group, use_running_average=True
   )
   chex.assert_shape([post.zeta, post.logits], (k, 4, 6))
   chex.assert_shape(post.log_q, (k, 4))
@@ -69,7 +69,7 @@ def test_given_states_without_a_key_and_the_gaussian_integral_encoding():
     z = states[:, 2 * group : 2 * group + 2]
     return posterior.GroupSample(z, encoding.logits, None, z)
 
-  post = posterior.sample_hierarchy(net, x, None, 1, given, use_running_average=True)
+  post = posterior.sample_hierarchy(None, net, x, 1, given, use_running_average=True)
   assert seen == [(g, (4, 2), (4, 2)) for g in range(3)]
   np.testing.assert_array_equal(post.zeta[0], states)
   np.testing.assert_array_equal(post.z[0], states)
@@ -79,6 +79,6 @@ def test_given_states_without_a_key_and_the_gaussian_integral_encoding():
 def test_bad_inputs_raise_clear_errors():
   net, x = _net()
   with pytest.raises(ValueError, match="x must have shape"):
-    posterior.sample_hierarchy(net, x[:, :5], jax.random.key(0), 1, posterior.bernoulli_group)
+    posterior.sample_hierarchy(jax.random.key(0), net, x[:, :5], 1, posterior.bernoulli_group)
   with pytest.raises(ValueError, match="num_samples must be >= 1"):
-    posterior.sample_hierarchy(net, x, jax.random.key(0), 0, posterior.bernoulli_group)
+    posterior.sample_hierarchy(jax.random.key(0), net, x, 0, posterior.bernoulli_group)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 
 
 def random_rbm(seed, n1, n2, w_std, b_std=0.5):
@@ -30,6 +30,11 @@ def states(n):
 
 def np_params(m):
   return [np.asarray(x, np.float64) for x in m]
+
+
+def surrogate(m, z1, z2, log_z):
+  """The training log Z of samples given as their sides: RBM.training_log_partition of [z1, z2]."""
+  return m.training_log_partition(jnp.concatenate([z1, z2], -1), log_z)
 
 
 def np_energy(m, z1, z2):
@@ -170,14 +175,14 @@ def test_surrogate_value_and_exact_sample_gradient():
   z1 = jnp.asarray(rng.integers(0, 2, (50, 5)), jnp.float32)
   z2 = jnp.asarray(rng.integers(0, 2, (50, 7)), jnp.float32)
   log_z = jnp.float32(3.25)
-  value, grad = jax.value_and_grad(rbm.log_partition_surrogate)(m, z1, z2, log_z)
+  value, grad = jax.value_and_grad(surrogate)(m, z1, z2, log_z)
   assert float(value) == pytest.approx(3.25, abs=1e-5)
   # ∂(−E)/∂θ = (z1, z2, z1 z2ᵀ): the gradient is the sample average of the sufficient statistics.
   np.testing.assert_allclose(grad.b1, z1.mean(0), atol=1e-6)
   np.testing.assert_allclose(grad.b2, z2.mean(0), atol=1e-6)
   np.testing.assert_allclose(grad.w, z1.T @ z2 / 50, atol=1e-6)
   # No gradient leaks into log_z or the samples.
-  g_logz = jax.grad(rbm.log_partition_surrogate, argnums=(1, 2, 3))(m, z1, z2, log_z)
+  g_logz = jax.grad(surrogate, argnums=(1, 2, 3))(m, z1, z2, log_z)
   for g in g_logz:
     np.testing.assert_array_equal(g, 0.0)
 
@@ -198,7 +203,7 @@ def test_surrogate_gradient_is_the_gradient_of_log_z_in_expectation():
   m = random_rbm(9, 6, 5, 1.5)
   num = 20000
   z1, z2 = exact_samples(jax.random.key(0), m, num)
-  grad = jax.grad(rbm.log_partition_surrogate)(m, z1, z2, jnp.float32(0.0))
+  grad = jax.grad(surrogate)(m, z1, z2, jnp.float32(0.0))
   exact = jax.grad(rbm.exact_log_partition)(m)
   # Each gradient entry is the mean of num independent Bernoulli variables with mean p = the exact
   # entry, so its standard error is sqrt(p(1-p)/num); 5 stderr over 41 entries has a false-alarm
@@ -215,7 +220,7 @@ def gradient_contributions(m, mode, z1, z2):
 
   def one(a, b):
     za, zb = rbm.rao_blackwellize(m, a[None], b[None], mode)
-    g = jax.grad(rbm.log_partition_surrogate)(m, za, zb, jnp.float32(0.0))
+    g = jax.grad(surrogate)(m, za, zb, jnp.float32(0.0))
     return jnp.concatenate([g.b1, g.b2, g.w.reshape(-1)])
 
   return np.asarray(jax.vmap(one)(z1, z2), np.float64)
@@ -252,7 +257,7 @@ def test_rao_blackwellised_gradient_is_unbiased_with_lower_variance(mode, w_std)
   num = 20000
   z1, z2 = exact_samples(jax.random.key(1), m, num)
   za, zb = rbm.rao_blackwellize(m, z1, z2, mode)
-  g = jax.grad(rbm.log_partition_surrogate)(m, za, zb, jnp.float32(0.0))
+  g = jax.grad(surrogate)(m, za, zb, jnp.float32(0.0))
   g = np.concatenate([np.asarray(x).reshape(-1) for x in g])
   se = np.sqrt(np.maximum(var, 1e-12) / num)
   # 5 se over 55 components: false-alarm rate below 1e-4 for normal errors.
@@ -289,8 +294,10 @@ def test_bad_shapes_raise():
     rbm.exact_log_partition(rbm.init_rbm(31, 40))
   with pytest.raises(ValueError, match="n1 >= 1"):
     rbm.init_rbm(0, 3)
-  with pytest.raises(ValueError, match="same S"):
-    rbm.log_partition_surrogate(m, jnp.zeros((2, 3)), jnp.zeros((3, 4)), 0.0)
+  with pytest.raises(ValueError, match="trailing dimension of 7"):
+    m.training_log_partition(jnp.zeros((2, 6)), 0.0)
+  with pytest.raises(ValueError, match="expected samples z \\[S, n\\]"):
+    m.training_log_partition(jnp.zeros((7,)), 0.0)
 
 
 @pytest.mark.slow

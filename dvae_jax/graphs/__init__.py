@@ -1,28 +1,23 @@
-"""Boltzmann machines on sparse graphs (quantum-annealer topologies), their chromatic Gibbs sampler
-and D-Wave (dimod) interop. ``topologies`` and ``dimod_io`` need the optional ``[dwave]`` extra."""
+"""Sparse graphs (quantum-annealer topologies) for Boltzmann machines, their chromatic Gibbs sweep
+and D-Wave (dimod) interop. The machine itself, a prior, is ``dvae_jax.priors.graph``.
+``topologies`` and ``dimod_io`` need the optional ``[dwave]`` extra."""
 
 from dvae_jax.graphs.machine import (
-  BoltzmannMachine,
   Graph,
   Moments,
   coupling_matrix,
   energy,
   exact_log_partition,
   exact_moments,
-  from_rbm,
-  init_machine,
   local_fields,
 )
 
 __all__ = [
-  "BoltzmannMachine",
   "Graph",
   "Moments",
   "coupling_matrix",
   "energy",
   "exact_log_partition",
   "exact_moments",
-  "from_rbm",
-  "init_machine",
   "local_fields",
 ]

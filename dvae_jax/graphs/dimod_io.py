@@ -25,8 +25,9 @@ import numpy as np
 
 from dvae_jax.graphs import machine as machine_lib
 from dvae_jax.graphs import topologies
+from dvae_jax.priors import graph as graph_prior
 
-BoltzmannMachine = machine_lib.BoltzmannMachine
+BoltzmannMachine = graph_prior.BoltzmannMachine
 VARTYPES = ("BINARY", "SPIN")
 
 
@@ -119,7 +120,7 @@ def from_bqm(bqm, graph: machine_lib.Graph | None = None, beta: float = 1.0, dty
     if key not in edge_index:
       raise ValueError(f"BQM interaction ({u!r}, {v!r}) is not an edge of the graph")
     w[edge_index[key]] = -q / beta
-  m = machine_lib.BoltzmannMachine(jnp.asarray(b, dtype), jnp.asarray(w, dtype), graph)
+  m = graph_prior.BoltzmannMachine(jnp.asarray(b, dtype), jnp.asarray(w, dtype), graph)
   return m, float(binary.offset)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ from dvae_jax.graphs import machine as machine_lib
 from dvae_jax.samplers import gibbs as rbm_gibbs
 
 Array = jax.Array
-BoltzmannMachine = machine_lib.BoltzmannMachine
+BoltzmannMachine = Any  # priors.graph.BoltzmannMachine (b [n], w [E], graph)
 
 
 # With layout='auto', a colour whose largest degree exceeds this fraction of n uses the dense block.
@@ -284,10 +285,10 @@ def run_with_energy(
 ) -> tuple[Array, Array]:
   """num_sweeps (≥ 1) sweeps as ``run``, returning the final chains [S, n] and E(z) [S] at β = 1.
 
-  The annealing samplers' move step (``samplers.machines.run_with_energy``): the colour operators
-  and the sorted layout are built once per call, outside the sweep loop, and the energy is that of
-  the final state only, computed in the sorted layout with the same operators (the cost of one
-  sweep's fields without the random draws). No input checks (the callers validate once, outside
+  The annealing samplers' move step (``priors.graph.BoltzmannMachine.run_with_energy``): the colour
+  operators and the sorted layout are built once per call, outside the sweep loop, and the energy is
+  that of the final state only, computed in the sorted layout with the same operators (the cost of
+  one sweep's fields without the random draws). No input checks (the callers validate once, outside
   their loops), as ``samplers.gibbs.run_with_energy``.
   """
   ops = _colour_operators(m, layout)

@@ -1,4 +1,6 @@
-"""A Boltzmann machine on an arbitrary sparse graph: energy, local fields, exact log Z and moments.
+"""A Boltzmann machine on an arbitrary sparse graph: the graph, energy, local fields, exact
+log Z and moments. The machine's parameters are ``priors.graph.BoltzmannMachine`` (b, w and its
+``Graph``); the functions here take any object with those three fields.
 
 Over z ∈ {0,1}^n with biases b [n] and one coupling w_e per edge e = (i, j), i < j:
 
@@ -6,7 +8,7 @@ Over z ∈ {0,1}^n with biases b [n] and one coupling w_e per edge e = (i, j), i
 
 This is MATH.md §2's convention with the sign of every term kept: the RBM energy
 −b1ᵀz1 − b2ᵀz2 − z1ᵀWz2 is the complete bipartite graph K_{n1,n2} with nodes ordered (z1; z2),
-edge (i, n1 + j) carrying W_ij (``from_rbm``). Positive w favours both ends on.
+edge (i, n1 + j) carrying W_ij (``priors.rbm.graph_machine``). Positive w favours both ends on.
 
 The parameters (b, w) are the pytree leaves of ``BoltzmannMachine``; the ``Graph`` (node count, the
 edge list, a proper colouring, node labels) is static aux data, hashable, so jit caches per graph
@@ -20,21 +22,21 @@ the 2^(n − n_max) states of the other classes in chunks.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax import lax
 
-from dvae_jax import rbm as rbm_lib
+from dvae_jax import numerics
 from dvae_jax.graphs import colouring as colouring_lib
 
 Array = jax.Array
+BoltzmannMachine = Any  # priors.graph.BoltzmannMachine: b [n], w [E], graph
 
 # Beyond 2^30 enumerated states: hours, and int32 state indices overflow (as for the RBM).
-MAX_ENUMERATED_UNITS = rbm_lib.MAX_ENUMERATED_UNITS
+MAX_ENUMERATED_UNITS = 30
 
 
 class Graph:
@@ -149,22 +151,6 @@ class Graph:
     )
 
 
-@struct.dataclass
-class BoltzmannMachine:
-  """Parameters of a Boltzmann machine on ``graph``: b [n], w [E] (edge order of ``graph.edges``).
-
-  A pytree whose leaves are (b, w); ``graph`` is static. E(z) = −bᵀz − Σ_e w_e z_i z_j.
-  """
-
-  b: Array
-  w: Array
-  graph: Graph = struct.field(pytree_node=False)
-
-  @property
-  def num_nodes(self) -> int:
-    return self.graph.num_nodes
-
-
 def check_machine(m: BoltzmannMachine) -> None:
   """Raises ValueError unless b is [n] and w is [E] for the machine's graph."""
   g = m.graph
@@ -175,34 +161,10 @@ def check_machine(m: BoltzmannMachine) -> None:
     )
 
 
-def init_machine(graph: Graph, dtype=jnp.float32) -> BoltzmannMachine:
-  """All-zero parameters (uniform p, log Z = n log 2), as ``rbm.init_rbm``."""
-  return BoltzmannMachine(
-    jnp.zeros((graph.num_nodes,), dtype), jnp.zeros((graph.num_edges,), dtype), graph
-  )
-
-
-def from_rbm(m: rbm_lib.RBM) -> BoltzmannMachine:
-  """The RBM as a machine on K_{n1,n2}: nodes (z1; z2), edge (i, n1 + j) ↦ W_ij (row-major).
-
-  z2 is colour 0 and z1 colour 1, so a pass over the colours in order updates z2 then z1, as the
-  RBM's block Gibbs sweep (``samplers.gibbs``) and its mean field
-  (``priors.mean_field_log_partition``) do; the graph mean field of a ``from_rbm`` prior then
-  equals the RBM's iterate for iterate.
-  """
-  rbm_lib.check_rbm(m)
-  n1, n2 = m.n1, m.n2
-  i, j = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
-  edges = np.stack([i.ravel(), n1 + j.ravel()], axis=1)
-  colours = np.concatenate([np.ones(n1, np.int32), np.zeros(n2, np.int32)])
-  graph = Graph(n1 + n2, edges, colours)
-  return BoltzmannMachine(jnp.concatenate([m.b1, m.b2]), m.w.reshape(-1), graph)
-
-
 def _check_states(m: BoltzmannMachine, z: Array) -> None:
   check_machine(m)
-  if z.shape[-1:] != (m.num_nodes,):
-    raise ValueError(f"z must have trailing dimension n={m.num_nodes}, got shape {z.shape}")
+  if z.shape[-1:] != (m.graph.num_nodes,):
+    raise ValueError(f"z must have trailing dimension n={m.graph.num_nodes}, got shape {z.shape}")
 
 
 def energy(m: BoltzmannMachine, z: Array) -> Array:
@@ -218,7 +180,7 @@ def coupling_matrix(m: BoltzmannMachine) -> Array:
   differentiable in w."""
   check_machine(m)
   i, j = m.graph.edges[:, 0], m.graph.edges[:, 1]
-  n = m.num_nodes
+  n = m.graph.num_nodes
   return jnp.zeros((n, n), m.w.dtype).at[i, j].set(m.w).at[j, i].set(m.w)
 
 
@@ -236,21 +198,11 @@ def local_fields(m: BoltzmannMachine, z: Array) -> Array:
   return m.b + jnp.sum(zp[..., g.neighbours] * wp[g.edge_ids], axis=-1)
 
 
-def log_partition_surrogate(m: BoltzmannMachine, z: Array, log_z: Array) -> Array:
-  """The training log Z of MATH.md §2 (value log_z, gradient the sample mean of (z, z_i z_j)).
-
-  As ``rbm.log_partition_surrogate``: sg(log_z) + mean_s(−E(z_s)) − sg(mean_s(−E(z_s))), z [S, n].
-  """
-  _check_states(m, z)
-  neg_e = jnp.mean(-energy(m, lax.stop_gradient(z)))
-  return lax.stop_gradient(log_z) + neg_e - lax.stop_gradient(neg_e)
-
-
 class Moments(NamedTuple):
-  """E[z] [n] and E[z_i z_j] per edge [E]: the gradient of log Z with respect to (b, w)."""
+  """E[z_i] per unit [n] and E[z_i z_j] per edge [E]: the gradient of log Z for (b, w)."""
 
-  z: Array
-  zz: Array
+  unit: Array
+  edge: Array
 
 
 class _Plan(NamedTuple):
@@ -278,8 +230,8 @@ def _enumeration_plan(g: Graph, chunk_bits: int) -> _Plan:
 def _chunk_full_states(m: BoltzmannMachine, plan: _Plan, c: Array) -> Array:
   """[chunk, n] states: chunk c of the enumerated units' assignments, summed units at 0."""
   dtype = m.b.dtype
-  part = rbm_lib.chunk_states(c, plan.chunk_size, len(plan.enumerated), dtype)
-  z = jnp.zeros((plan.chunk_size, m.num_nodes), dtype)
+  part = numerics.chunk_states(c, plan.chunk_size, len(plan.enumerated), dtype)
+  z = jnp.zeros((plan.chunk_size, m.graph.num_nodes), dtype)
   return z.at[:, plan.enumerated].set(part)
 
 

@@ -1,11 +1,12 @@
 """Samplers and partition-function estimators for Boltzmann machines, replacing QuPA (MATH.md §3).
 
-Every sampler below takes either an `rbm.RBM` or a graph `graphs.BoltzmannMachine`; `machines`
-dispatches on the type and states the chains' z1/z2 layout for both (a graph machine's units are
-all in z1, z2 is [S, 0]).
+Every sampler below takes a prior that follows ``priors.base.Prior`` (an RBM, a graph machine, a
+new kind) and calls its methods (``init_chains``, ``run``, ``run_with_energy``, ``energy``,
+``sample_moments``); chains are one array z [S, n] for every prior (`chains`).
 
-Modules: `machines` (the two machine types behind one interface), `gibbs` (block Gibbs sweeps of
-an RBM), `ais` (annealed importance sampling), `population_annealing`
+Modules: `chains` (checks and log Z_0), `gibbs` (the RBM prior's two-sided block Gibbs kernels and
+the random bits every sweep draws from), `ais` (annealed importance sampling),
+`population_annealing`
 (PA kernels `init` / `step(key, state, m, next_beta)` and the log Z estimators built on them),
 `tempering` (schedules and the one adaptive tempering rule), `resampling` (systematic / residual /
 multinomial, effective sample size); the persistent training-time samplers `persistent` (their
@@ -13,17 +14,17 @@ shared state and `PriorSampler`), `pcd` and `persistent_pa`, each with its `prio
 and `external` (states drawn by a host function: a dimod sampler, a QPU);
 `prior_sampler` (`make_prior_sampler`: one of them by name); `diagnostics` (is a population in
 equilibrium?) and `log_z_tracking` (an independent population that keeps the training log Z
-honest). All are pure functions over NamedTuple states; kernels take `(key, state, m, ...)`, the
-PRNG key first, except the two estimators below, which take the machine first.
+honest). All are pure functions over NamedTuple states; kernels take `(key, state, m, ...)` and
+the estimators `(key, m, ...)`: the PRNG key first.
 """
 
 from dvae_jax.samplers import (
   ais,
+  chains,
   diagnostics,
   external,
   gibbs,
   log_z_tracking,
-  machines,
   pcd,
   persistent,
   persistent_pa,
@@ -32,14 +33,12 @@ from dvae_jax.samplers import (
   tempering,
 )
 from dvae_jax.samplers.ais import AISResult, ais_log_partition
-from dvae_jax.samplers.gibbs import GibbsState
 from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
 from dvae_jax.samplers.population_annealing import PAInfo, PAResult, PAState, pa_log_partition
 from dvae_jax.samplers.prior_sampler import make_prior_sampler
 
 __all__ = [
   "AISResult",
-  "GibbsState",
   "PAInfo",
   "PAResult",
   "PAState",
@@ -48,11 +47,11 @@ __all__ = [
   "PriorSampler",
   "ais",
   "ais_log_partition",
+  "chains",
   "diagnostics",
   "external",
   "gibbs",
   "log_z_tracking",
-  "machines",
   "make_prior_sampler",
   "pa_log_partition",
   "pcd",

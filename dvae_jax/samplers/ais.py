@@ -1,6 +1,6 @@
 """Annealed importance sampling (AIS) of a Boltzmann machine's log partition function (§3).
 
-The machine is an RBM or a graph machine (`machines`, which also fixes the chains' z1/z2 layout).
+The machine is any prior with a sampler (`chains`: an RBM, a graph machine, ...).
 Independent chains start from the uniform distribution (β = 0, Z_0 = 2^n) and follow inverse
 temperatures 0 = β_0 < β_1 < … < β_{T−1} = 1. Chain s accumulates the log weight
 
@@ -18,24 +18,24 @@ effective sample size ESS = (Σw)²/Σw² diagnoses (the calibration is tested).
 
 Per chain, log weights are summed with Kahan compensation (`numerics.kahan_add`): with 1000
 increments of ≈0.1 onto sums of order |log Z| ≈ 100, plain float32 summation would drift by
-1e-4–1e-3 nats. The schedule and its checks are `tempering`'s, the sweeps
-`machines.run_with_energy`.
+1e-4–1e-3 nats. The schedule and its checks are `tempering`'s, the sweeps the prior's
+`run_with_energy`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax.samplers import machines, resampling, tempering
+from dvae_jax.samplers import chains, resampling, tempering
 
 Array = jax.Array
-Machine = machines.Machine
+Machine = Any  # a prior (priors.base.Prior)
 
 
 class AISResult(NamedTuple):
@@ -47,16 +47,14 @@ class AISResult(NamedTuple):
       single chain, which has no error bar).
     log_weights: [S] per-chain log importance weights (without log Z_0).
     ess: scalar effective sample size of the weights, in chains (S at best).
-    z1: [S, n1] final states of the chains (a weighted sample of p, weights log_weights).
-    z2: [S, n2] (for a graph machine z1 [S, n] and z2 [S, 0], see `machines`).
+    z: [S, n] final states of the chains (a weighted sample of p, weights log_weights).
   """
 
   log_z: Array
   stderr: Array
   log_weights: Array
   ess: Array
-  z1: Array
-  z2: Array
+  z: Array
 
 
 def run(key: Array, m: Machine, betas: Array, num_chains: int, num_sweeps: int = 1) -> AISResult:
@@ -64,7 +62,7 @@ def run(key: Array, m: Machine, betas: Array, num_chains: int, num_sweeps: int =
 
   Args:
     key: PRNG key.
-    m: the RBM or graph machine.
+    m: the prior (an RBM, a graph machine, ...).
     betas: [T] increasing inverse temperatures with betas[0] = 0 (the chains start uniform) and
       betas[-1] = 1 (log Z of m itself).
     num_chains: S independent chains.
@@ -75,32 +73,32 @@ def run(key: Array, m: Machine, betas: Array, num_chains: int, num_sweeps: int =
   """
   tempering.check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
-  state = machines.init_chains(k_init, m, num_chains)
-  e = machines.energy(m, state)
-  zeros = jnp.zeros((num_chains,), machines.dtype(m))
-  betas = betas.astype(machines.dtype(m))
+  state = m.init_chains(k_init, num_chains)
+  e = m.energy(state)
+  zeros = jnp.zeros((num_chains,), m.dtype)
+  betas = betas.astype(m.dtype)
 
   def step(carry, inputs):
     state, e, log_w, comp = carry
     k, beta_prev, beta = inputs
     log_w, comp = numerics.kahan_add(log_w, comp, -(beta - beta_prev) * e)
-    state, e = machines.run_with_energy(k, state, m, num_sweeps, beta)
+    state, e = m.run_with_energy(k, state, num_sweeps, beta)
     return (state, e, log_w, comp), None
 
   num_steps = betas.shape[0] - 1
   inputs = (jax.random.split(k_run, num_steps), betas[:-1], betas[1:])
   (state, _, log_w, _), _ = lax.scan(step, (state, e, zeros, zeros), inputs)
   log_mean, stderr = numerics.log_mean_exp_stderr(log_w)
-  log_z0 = machines.uniform_log_partition(m)
+  log_z0 = chains.uniform_log_partition(m)
   ess = resampling.effective_sample_size(log_w)
-  return AISResult(log_z0 + log_mean, stderr, log_w, ess, state.z1, state.z2)
+  return AISResult(log_z0 + log_mean, stderr, log_w, ess, state)
 
 
 @functools.partial(jax.jit, static_argnames=("num_chains", "num_temperatures", "num_sweeps"))
 def ais_log_partition(
-  m: Machine, key: Array, num_chains: int = 1024, num_temperatures: int = 1000, num_sweeps: int = 1
+  key: Array, m: Machine, num_chains: int = 1024, num_temperatures: int = 1000, num_sweeps: int = 1
 ) -> AISResult:
-  """log Z of `m` by AIS with the evaluation defaults of MATH.md §3 (note: `m` first, key second).
+  """log Z of `m` by AIS with the evaluation defaults of MATH.md §3.
 
   Uniform base (log Z_0 = n log 2), `num_temperatures` linearly spaced β from 0 to 1,
   `num_chains` chains, `num_sweeps` block Gibbs sweep(s) per temperature.
@@ -108,5 +106,5 @@ def ais_log_partition(
   Returns:
     AISResult with .log_z, .stderr, .ess, .log_weights [S], and the final chains.
   """
-  betas = tempering.linear_schedule(num_temperatures, machines.dtype(m))
+  betas = tempering.linear_schedule(num_temperatures, m.dtype)
   return run(key, m, betas, num_chains, num_sweeps)

@@ -1,7 +1,9 @@
 """Is the training sampler's population in equilibrium? Moment errors in units of sampling noise.
 
-The gradient of log Z is the model expectation of the sufficient statistics s(z) = (z1, z2, z1 z2ᵀ)
-(MATH.md §2), and training estimates it by the mean s̄ over the persistent population's S samples.
+The gradient of log Z is the model expectation of the sufficient statistics s(z) (MATH.md §2; for
+an RBM (z1, z2, z1 z2ᵀ), for a graph machine (z_i, z_i z_j per edge): the prior's
+``sample_moments``, a NamedTuple of moment groups), and training estimates it by the mean s̄ over
+the persistent population's S samples.
 `moment_error` compares s̄ with two fresh, independent population-annealing runs (references A and
 B) for the population's own parameters, and expresses the error in units of the noise that S
 independent exact samples would show:
@@ -13,8 +15,9 @@ subtracted term removes the references' own noise: for independent references of
 E[((r_A − r_B)/2)²] = var(r̄), and if s̄ were S exact samples E[(s̄ − r̄)²] = v/S + var(r̄), so an
 exact population reads E[ratio²] = 1 whatever the size of the references (and whatever the
 correlations that resampling leaves inside a reference). A population that lags its parameters
-reads 1 + ‖bias‖²/(Σ v/S). The sums pool the components of each group (z1, z2, z1z2), so units that
-are frozen at 0 or 1 (v ≈ 0) neither inflate nor dilute the ratio. `ratio` is the square root
+reads 1 + ‖bias‖²/(Σ v/S). The sums pool the components of each moment group (the fields of the
+prior's moments: z1, z2, z1z2 for an RBM; unit, edge for a graph machine), so units that are frozen
+at 0 or 1 (v ≈ 0) neither inflate nor dilute the ratio. `ratio` is the square root
 (clipped at 0). Limits: the references must be accurate (a bias they share is not seen), and the
 statistic has sampling noise: its sd is ≈ √(2/n_eff) · (1 + S var(r̄)/v) for n_eff effectively
 independent components (tested in tests/samplers/test_diagnostics.py).
@@ -24,32 +27,28 @@ the gradient itself,
 
   relative_bias = √max(Σ_k [(s̄_k − r̄_k)² − ((r_A,k − r_B,k)/2)² − v_k/S], 0) / ‖r̄‖,
 
-over all components of (b1, b2, W): 0 within noise, 0.01 for a systematic error of 1% of ‖∇log Z‖.
+over all components of the parameters: 0 within noise, 0.01 for a systematic error of 1% of
+‖∇log Z‖.
 
 In training the parameters are updated after the sampler's step, so the saved prior is one
 optimiser step ahead of the population; one Adam step moved E[z1] by 2× the noise of 1000 samples on
 the default run. Always diagnose against the sampler state's own `params` (`population_moment_error`
 does).
-
-Graph machines (`machines`): the statistics are E[z_i] [n] and the edge moments E[z_i z_j] [E]
-(`machines.sample_moments`: they fill the z1 and z1z2 groups, z2 is empty), so `MomentError.z1` is
-the units' ratio, `z1z2` the edges', `total` pools both, and `z2` is NaN (0/0: no second side).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from dvae_jax import rbm as rbm_lib
-from dvae_jax.samplers import gibbs, machines, population_annealing
+from dvae_jax.samplers import chains, population_annealing
 
 Array = jax.Array
-Machine = machines.Machine
-Moments = rbm_lib.Moments
+Machine = Any  # a prior (priors.base.Prior)
+Moments = Any  # a prior's moments: a NamedTuple of arrays (``Prior.sample_moments``)
 
 # Independent groups of each reference anneal (its log Z standard error); replicas must divide.
 NUM_GROUPS = 16
@@ -59,30 +58,23 @@ class MomentError(NamedTuple):
   """Population moment errors in units of the noise of as many independent exact samples.
 
   Attributes:
-    z1, z2, z1z2: scalar ratio for E[z1], E[z2] and E[z1 z2ᵀ] (≈ 1 in equilibrium).
-    total: scalar ratio pooled over all three groups.
+    groups: the scalar ratio of each moment group (≈ 1 in equilibrium), as the prior's moments
+      NamedTuple (an RBM's fields z1, z2, z1z2; a graph machine's unit, edge).
+    total: scalar ratio pooled over all groups.
     relative_bias: scalar implied ‖bias of the log-Z gradient‖ / ‖∇ log Z‖ (0 within noise).
     reference_log_z: scalar log Z of the parameters: the mean of the two references' estimates.
     reference_log_z_stderr: scalar standard error of reference_log_z.
   """
 
-  z1: Array
-  z2: Array
-  z1z2: Array
+  groups: Moments
   total: Array
   relative_bias: Array
   reference_log_z: Array
   reference_log_z_stderr: Array
 
 
-def sample_moments(z1: Array, z2: Array) -> Moments:
-  """Means over the samples of (z1, z2, z1 z2ᵀ) for RBM chains z1 [S, n1], z2 [S, n2]: a Moments
-  of [n1], [n2], [n1, n2] (`machines.sample_moments` for either machine)."""
-  return machines.rbm_sample_moments(z1, z2)
-
-
 def _group_terms(population: Moments, reference_a: Moments, reference_b: Moments, num: int):
-  """Per group (z1, z2, z1z2) and pooled: (Σ (s̄ − r̄)² − Σ e², Σ v / S, Σ r̄²), e = (r_A − r_B)/2."""
+  """Per moment group and pooled: (Σ (s̄ − r̄)² − Σ e², Σ v / S, Σ r̄²), e = (r_A − r_B)/2."""
   terms = []
   for pop, ref_a, ref_b in zip(population, reference_a, reference_b, strict=True):
     mean = 0.5 * (ref_a + ref_b)
@@ -94,9 +86,10 @@ def _group_terms(population: Moments, reference_a: Moments, reference_b: Moments
 
 def squared_ratios(
   population: Moments, num_samples: int, reference_a: Moments, reference_b: Moments
-) -> tuple[Array, Array, Array, Array]:
-  """Unclipped ratio² of (z1, z2, z1z2, pooled): unbiased for 1 on an exact population (each can
-  be negative by chance; `moment_error` reports the clipped square roots). Arguments as there."""
+) -> tuple[Array, ...]:
+  """Unclipped ratio² of each moment group, then pooled: unbiased for 1 on an exact population
+  (each can be negative by chance; `moment_error` reports the clipped square roots). Arguments as
+  there."""
   terms = _group_terms(population, reference_a, reference_b, num_samples)
   return tuple(err2 / noise2 for err2, noise2, _ in terms)
 
@@ -112,7 +105,7 @@ def moment_error(
   """The estimator of the module docstring from precomputed moments.
 
   Args:
-    population: sample means of the population being diagnosed (`sample_moments`).
+    population: sample means of the population being diagnosed (the prior's `sample_moments`).
     num_samples: S, the number of samples behind `population` (the noise unit is that of S
       independent exact samples).
     reference_a, reference_b: sample means of two independent reference samplers of the same law
@@ -126,7 +119,8 @@ def moment_error(
   ratios = [jnp.sqrt(jnp.maximum(err2, 0.0) / noise2) for err2, noise2, _ in terms]
   err2, noise2, norm2 = terms[-1]
   return MomentError(
-    *ratios,
+    groups=type(population)(*ratios[:-1]),
+    total=ratios[-1],
     relative_bias=jnp.sqrt(jnp.maximum(err2 - noise2, 0.0) / norm2),
     reference_log_z=jnp.asarray(reference_log_z),
     reference_log_z_stderr=jnp.asarray(reference_log_z_stderr),
@@ -136,15 +130,13 @@ def moment_error(
 @functools.partial(jax.jit, static_argnames=("num_replicas", "num_temperatures", "num_groups"))
 def population_moment_error(
   key: Array,
-  z1: Array,
-  z2: Array,
+  z: Array,
   m: Machine,
   num_replicas: int = 2048,
   num_temperatures: int = 1000,
   num_groups: int = NUM_GROUPS,
 ) -> MomentError:
-  """Moment error of the population (z1 [S, n1], z2 [S, n2]; a graph machine's z1 [S, n], z2
-  [S, 0], see `machines`) against two fresh anneals for m.
+  """Moment error of the population z [S, n] against two fresh anneals for the prior m.
 
   The references are two independent `population_annealing.pa_log_partition` runs (linear
   schedule, one sweep per temperature) of `num_replicas` replicas each; their log Z estimates are
@@ -154,7 +146,7 @@ def population_moment_error(
 
   Args:
     key: PRNG key.
-    z1, z2: the population, e.g. a `PersistentState`'s z1 and z2.
+    z: the population, e.g. a `PersistentState`'s z.
     m: the parameters the population is meant to sample: the sampler state's `params`, not the
       optimiser's prior (which is one update ahead during training).
     num_replicas: replicas of each reference anneal (a multiple of num_groups).
@@ -164,11 +156,11 @@ def population_moment_error(
   Returns:
     MomentError.
   """
-  machines.check_chains(gibbs.GibbsState(z1, z2), m, "the population z1, z2")
+  chains.check_chains(z, m, "the population z")
   key_a, key_b = jax.random.split(key)
   anneal = functools.partial(
     population_annealing.pa_log_partition,
-    m,
+    m=m,
     num_replicas=num_replicas,
     num_temperatures=num_temperatures,
     num_groups=num_groups,
@@ -176,18 +168,16 @@ def population_moment_error(
   a, b = anneal(key_a), anneal(key_b)
   log_z = jnp.logaddexp(a.log_z, b.log_z) - jnp.log(2.0)
   stderr = 0.5 * jnp.sqrt(jnp.square(a.stderr) + jnp.square(b.stderr))
-  dtype = machines.dtype(m)
-  population = gibbs.GibbsState(z1.astype(dtype), z2.astype(dtype))
   return moment_error(
-    machines.sample_moments(m, population),
-    z1.shape[0],
-    machines.sample_moments(m, gibbs.GibbsState(a.z1, a.z2)),
-    machines.sample_moments(m, gibbs.GibbsState(b.z1, b.z2)),
+    m.sample_moments(z.astype(m.dtype)),
+    z.shape[0],
+    m.sample_moments(a.z),
+    m.sample_moments(b.z),
     log_z,
     stderr,
   )
 
 
 def state_moment_error(key: Array, state, **options) -> MomentError:
-  """`population_moment_error` of a persistent sampler state (z1, z2 and its own params)."""
-  return population_moment_error(key, state.z1, state.z2, state.params, **options)
+  """`population_moment_error` of a persistent sampler state (z and its own params)."""
+  return population_moment_error(key, state.z, state.params, **options)

@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 
-from dvae_jax import priors, rbm
+from dvae_jax import priors
 from dvae_jax.graphs import dimod_io
-from dvae_jax.graphs import machine as graph_lib
 from dvae_jax.samplers import external
 from dvae_jax.samplers.persistent import PriorSampler
 
@@ -122,14 +121,14 @@ def parse_dimod_kwargs(text: str | None) -> dict:
 
 
 def dimod_machine(prior):
-  """The prior as a graph machine for ``dimod_io`` (an RBM as ``graphs.from_rbm``: nodes
-  (z1; z2)); UsageError for a factorial prior."""
-  if isinstance(prior, priors.FactorialBernoulli):
+  """The prior as a graph machine for ``dimod_io`` (``Prior.graph_machine``: an RBM's nodes are
+  (z1; z2)); DimodConfigError for a prior without a sampler (the factorial prior)."""
+  if not prior.needs_sampler:
     raise DimodConfigError(
       "--dimod_sampler: the run's prior is factorial (independent units, no couplings), so there "
       "is nothing to sample with dimod; without --dimod_sampler it is sampled exactly"
     )
-  return graph_lib.from_rbm(prior) if isinstance(prior, rbm.RBM) else prior
+  return prior.graph_machine()
 
 
 def dimod_sample_kwargs(sampler, kwargs: dict, num: int, seed: int) -> dict:
@@ -191,8 +190,8 @@ def make_dimod_draw(spec: str, kwargs_text: str, num: int, prior):
   graph = dimod_machine(prior).graph
 
   def draw(seed: int, m):
-    if isinstance(m, rbm.RBM):
-      m = graph_lib.BoltzmannMachine(np.concatenate([m.b1, m.b2]), np.reshape(m.w, -1), graph)
+    if isinstance(m, priors.RBM):
+      m = priors.BoltzmannMachine(np.concatenate([m.b1, m.b2]), np.reshape(m.w, -1), graph)
     if not (np.any(m.b) or np.any(m.w)):
       return np.random.default_rng(seed).integers(0, 2, (num, m.num_nodes), dtype=np.uint8)
     call = dimod_sample_kwargs(sampler, kwargs, num, seed)

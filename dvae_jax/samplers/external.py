@@ -1,7 +1,7 @@
 """A training-time prior sampler whose samples come from outside JAX: a dimod sampler, a quantum
 annealer, any function of the machine's parameters that returns states (MATH.md §2–§3).
 
-  sampler = external.prior_sampler(1000, draw)   # draw(seed, m) -> [S, n1 + n2] states in {0, 1}
+  sampler = external.prior_sampler(1000, draw)   # draw(seed, m) -> [S, n] states in {0, 1}
   state = sampler.init(key, m)                   # PersistentState, as `pcd` and `persistent_pa`
   state, info = sampler.step(key, state, m)      # inside jit: draw runs on the host
 
@@ -20,7 +20,7 @@ of a step"; PCD's decorrelation sweeps have no counterpart here), which the trac
 Along a path fixed in advance (tests) the increments are unbiased.
 
 The state is the same pytree as the other kinds' (checkpoints are interchangeable); there are no
-sweeps. `draw` must return at least S states, in the machine's unit order (an RBM: z1 then z2; a
+sweeps. `draw` must return at least S states, in the prior's unit order (an RBM: z1 then z2; a
 graph machine: its node order); the first S are used. One device only: the callback draws the
 whole population.
 """
@@ -34,11 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dvae_jax.samplers import machines, persistent
-from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
+from dvae_jax.samplers import persistent
+from dvae_jax.samplers.persistent import Machine, PersistentInfo, PersistentState, PriorSampler
 
 Array = jax.Array
-Machine = machines.Machine
 Draw = Callable[[int, Machine], np.ndarray]
 
 
@@ -70,26 +69,25 @@ def step(
 
   Args:
     key: PRNG key (the draw's seed is ``jax.random.randint(key, (), 0, 2**31 - 1)``).
-    state: PersistentState with z1 [S, n1], z2 [S, n2].
-    m: the new parameters (RBM or graph machine).
-    draw: host function ``(seed: int, m with NumPy leaves) -> [>= S, n1 + n2]`` states in {0, 1}.
+    state: PersistentState with z [S, n].
+    m: the new parameters (a prior: an RBM, a graph machine, ...).
+    draw: host function ``(seed: int, m with NumPy leaves) -> [>= S, n]`` states in {0, 1}.
 
   Returns:
     (new PersistentState with params = m and the fresh states, PersistentInfo of the reweighting).
   """
   persistent.check_state(state, m)
   state, info = persistent.reweight(state, m)
-  num, (n1, n2) = state.z1.shape[0], machines.chain_sizes(m)
+  num, n = state.z.shape[0], m.num_units
   seed = jax.random.randint(key, (), 0, 2**31 - 1)
   states = jax.pure_callback(
-    functools.partial(_host_draw, draw, num, n1 + n2),
-    jax.ShapeDtypeStruct((num, n1 + n2), jnp.uint8),
+    functools.partial(_host_draw, draw, num, n),
+    jax.ShapeDtypeStruct((num, n), jnp.uint8),
     seed,
     m,
     vmap_method="sequential",
   )
-  states = states.astype(state.z1.dtype)
-  return state._replace(z1=states[:, :n1], z2=states[:, n1:]), info
+  return state._replace(z=states.astype(state.z.dtype)), info
 
 
 def prior_sampler(num_samples: int, draw: Draw) -> PriorSampler:

@@ -1,11 +1,14 @@
-"""Block Gibbs sampling of an RBM at inverse temperature β (MATH.md §2–§3).
+"""Block Gibbs sampling of an RBM at inverse temperature β (MATH.md §2–§3): the RBM prior's sweep.
 
 One sweep updates the two sides in turn from their exact conditionals,
 
   z2 ~ Bernoulli(σ(β (b2 + Wᵀ z1))),   then   z1 ~ Bernoulli(σ(β (b1 + W z2))),
 
 for all chains at once (two [S, n1] × [n1, n2] matmuls per sweep). It leaves p_β(z) ∝ exp(−β E(z))
-invariant. States are 0/1 arrays in the dtype of the parameters, chains along the leading axis.
+invariant. States are 0/1 arrays in the dtype of the parameters, chains along the leading axis,
+held as the two sides `GibbsState(z1, z2)`; ``priors.rbm.RBM`` runs these kernels on the sides of
+its chains z [S, n] (the samplers see only z). The machine ``m`` is any object with the RBM's
+fields b1 [n1], b2 [n2], w [n1, n2] and a ``check()``.
 
 Random bits: with a threefry key (JAX's default) each Threefry-2x32 hash yields two words and both
 are used (counters over half of the last axis; the two outputs fill its two halves). JAX's
@@ -22,17 +25,15 @@ one compare instead of building a float.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend.random import threefry2x32_p
 
-from dvae_jax import rbm as rbm_lib
-
 Array = jax.Array
-RBM = rbm_lib.RBM
+RBM = Any  # priors.rbm.RBM (not imported: the RBM prior imports this module)
 
 UNIFORM_BITS = 24
 UNIFORM_SCALE = float(2**UNIFORM_BITS)
@@ -74,9 +75,9 @@ def check_beta(beta) -> None:
 
 
 def _check_chains(state: GibbsState, m: RBM) -> None:
-  if isinstance(state, RBM) or isinstance(m, GibbsState):
+  if isinstance(m, GibbsState):
     raise TypeError("Gibbs kernels take (key, state, m, ...): the state comes before the RBM")
-  rbm_lib.check_rbm(m)
+  m.check()
   z1, z2 = state.z1, state.z2
   if z1.ndim != 2 or z1.shape[1] != m.n1:
     raise ValueError(f"z1 must have shape [num_chains, n1={m.n1}], got {z1.shape}")
@@ -95,7 +96,7 @@ def init(key: Array, m: RBM, num_chains: int) -> GibbsState:
   Returns:
     GibbsState with z1 [S, n1], z2 [S, n2].
   """
-  rbm_lib.check_rbm(m)
+  m.check()
   if num_chains < 1:
     raise ValueError(f"num_chains must be >= 1, got {num_chains}")
   k1, k2 = jax.random.split(key)

@@ -49,17 +49,17 @@ def seed(key: Array, state: PersistentState, num_replicas: int = 512) -> Persist
 
   Args:
     key: PRNG key.
-    state: the training sampler's PersistentState (z1 [S, n1], z2 [S, n2]).
+    state: the training sampler's PersistentState (z [S, n]).
     num_replicas: R.
 
   Returns:
-    PersistentState with z1 [R, n1], z2 [R, n2].
+    PersistentState with z [R, n].
   """
   if num_replicas < 1:
     raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-  num = state.z1.shape[0]
+  num = state.z.shape[0]
   idx = jax.random.choice(key, num, (num_replicas,), replace=num_replicas > num)
-  return state._replace(z1=state.z1[idx], z2=state.z2[idx])
+  return state._replace(z=state.z[idx])
 
 
 def refresh(

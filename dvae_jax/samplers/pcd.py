@@ -1,9 +1,9 @@
 """Persistent contrastive divergence (PCD) prior sampler with a tracked log Z (MATH.md §3).
 
-S persistent chains of an RBM or a graph machine (`machines`) and k Gibbs sweeps per training
-step (MATH.md §3 and §6: S = 1000, k = 40). Of the k sweeps, `decorrelation_sweeps` (default
-k // 2) run under the previous parameters before the log Z reweighting and the rest under the new
-ones (see `persistent` for why).
+S persistent chains z [S, n] of a prior (an RBM, a graph machine, ...) and k Gibbs sweeps per
+training step (MATH.md §3 and §6: S = 1000, k = 40). Of the k sweeps, `decorrelation_sweeps`
+(default k // 2) run under the previous parameters before the log Z reweighting and the rest under
+the new ones (see `persistent` for why).
 
 log Z tracking (for reporting the training objective; it does not affect any gradient): when the
 parameters move from θ_old (those the chains were swept under) to θ_new, the chains are treated as
@@ -26,11 +26,10 @@ import functools
 import jax
 from jax import lax
 
-from dvae_jax.samplers import gibbs, machines, persistent
-from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
+from dvae_jax.samplers import persistent
+from dvae_jax.samplers.persistent import Machine, PersistentInfo, PersistentState, PriorSampler
 
 Array = jax.Array
-Machine = machines.Machine
 
 
 def step(
@@ -44,7 +43,7 @@ def step(
 
   Args:
     key: PRNG key.
-    state: PersistentState with chains z1 [S, n1], z2 [S, n2].
+    state: PersistentState with chains z [S, n].
     m: the new parameters.
     num_sweeps: k, block Gibbs sweeps per step in total (≥ 1).
     decorrelation_sweeps: how many of them run under the old parameters before the reweighting
@@ -58,8 +57,7 @@ def step(
   k_before, k_after = jax.random.split(key)
   state = persistent.decorrelate(k_before, state, before)
   state, info = persistent.reweight(state, m)
-  chains = machines.run(k_after, gibbs.GibbsState(state.z1, state.z2), m, after)
-  return state._replace(z1=chains.z1, z2=chains.z2), info
+  return state._replace(z=m.run(k_after, state.z, after)), info
 
 
 def prior_sampler(
@@ -105,5 +103,5 @@ def run(
     k, m = inputs
     return kernel(k, s, m)
 
-  num = params_sequence.w.shape[0]
+  num = jax.tree.leaves(params_sequence)[0].shape[0]
   return lax.scan(body, state, (jax.random.split(key, num), params_sequence))

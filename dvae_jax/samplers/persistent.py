@@ -8,8 +8,8 @@ at, and a running estimate of log Z that is updated by importance reweighting wh
 parameters change. The running estimate starts exact: the initial state belongs to the all-zero
 machine (uniform distribution, log Z = n log 2, uniform samples are exact), and the first `step`
 moves it to the caller's parameters. Both kinds use the same pytrees, so checkpoints do not depend
-on the kind. The machine is an RBM or a graph machine (`machines`, which also fixes the chains'
-z1/z2 layout: for a graph machine z1 [S, n] holds every unit and z2 is [S, 0]).
+on the kind. The machine is any prior with a sampler (an RBM, a graph machine, ...), its chains
+one array z [S, n] (`chains`).
 
 Order of a step, and why. In training the new parameters are computed from the very samples held
 in the state (the surrogate gradient of MATH.md §2), and the update lowers the model probability of
@@ -24,24 +24,23 @@ With 5 + 5 sweeps the same run ended at −0.02 ± 0.03 nats (tests/samplers/tes
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from dvae_jax import numerics
-from dvae_jax.samplers import gibbs, machines, resampling
+from dvae_jax.samplers import chains, resampling
 
 Array = jax.Array
-Machine = machines.Machine
+Machine = Any  # a prior (priors.base.Prior)
 
 
 class PersistentState(NamedTuple):
   """Persistent population (a pytree of arrays: jittable, donatable, checkpointable).
 
   Attributes:
-    z1: [S, n1] samples of the model with parameters `params`.
-    z2: [S, n2].
+    z: [S, n] samples of the model with parameters `params`.
     log_z: scalar running estimate of log Z(params).
     log_z_compensation: scalar Kahan compensation of the running sum (increments of 1e-3 onto
       |log Z| ≈ 100 over 10^6 steps would otherwise lose precision in float32).
@@ -53,8 +52,7 @@ class PersistentState(NamedTuple):
       parameters change).
   """
 
-  z1: Array
-  z2: Array
+  z: Array
   log_z: Array
   log_z_compensation: Array
   log_z_variance: Array
@@ -91,12 +89,12 @@ class PriorSampler(NamedTuple):
 
 def zero_state(key: Array, m: Machine, num_samples: int) -> PersistentState:
   """Exact state of the all-zero machine shaped like `m`: uniform samples, log Z = n log 2."""
-  machines.check(m)
-  chains = machines.init_chains(key, m, num_samples)
-  log_z = jnp.asarray(machines.uniform_log_partition(m), machines.dtype(m))
+  chains.check(m)
+  z = m.init_chains(key, num_samples)
+  log_z = jnp.asarray(chains.uniform_log_partition(m), m.dtype)
   zero = jax.tree.map(jnp.zeros_like, m)
   zeros = jnp.zeros_like(log_z)
-  return PersistentState(chains.z1, chains.z2, log_z, zeros, zeros, zero)
+  return PersistentState(z, log_z, zeros, zeros, zero)
 
 
 def init_fn(step: Callable, num_samples: int) -> Callable:
@@ -136,8 +134,7 @@ def decorrelate(key: Array, state: PersistentState, num_sweeps: int) -> Persiste
   """num_sweeps Gibbs sweeps under state.params (the parameters the chains belong to)."""
   if num_sweeps == 0:
     return state
-  chains = machines.run(key, gibbs.GibbsState(state.z1, state.z2), state.params, num_sweeps)
-  return state._replace(z1=chains.z1, z2=chains.z2)
+  return state._replace(z=state.params.run(key, state.z, num_sweeps))
 
 
 def incremental_variance(ess: Array, num: int) -> Array:
@@ -160,28 +157,24 @@ def reweight(state: PersistentState, m: Machine) -> tuple[PersistentState, Persi
     (state with the new log Z, compensation, variance and params = m; PersistentInfo of one stage).
   """
   delta = jax.tree.map(jnp.subtract, m, state.params)
-  log_w = -machines.energy(delta, gibbs.GibbsState(state.z1, state.z2))
+  log_w = -delta.energy(state.z)
   increment = numerics.log_mean_exp(log_w)
   ess = resampling.effective_sample_size(log_w)
   log_z, comp = numerics.kahan_add(state.log_z, state.log_z_compensation, increment)
   variance = state.log_z_variance + incremental_variance(ess, log_w.shape[0])
   info = PersistentInfo(log_z, ess, jnp.ones((), jnp.int32), increment, jnp.sqrt(variance))
-  return PersistentState(state.z1, state.z2, log_z, comp, variance, m), info
+  return PersistentState(state.z, log_z, comp, variance, m), info
 
 
 def check_state(state: PersistentState, m: Machine) -> None:
-  """Raises ValueError unless the state's chains and params fit the machine m (TypeError unless m
-  is an RBM or a graph machine)."""
-  machines.check_chains(gibbs.GibbsState(state.z1, state.z2), m, "sampler state chains")
-  if type(state.params) is not type(m):
+  """Raises ValueError unless the state's chains and params fit the prior m (TypeError unless m
+  is a prior): a state belongs to one prior structure (kind, sizes, graph)."""
+  chains.check_chains(state.z, m, "sampler state chains")
+  old, new = jax.tree.structure(state.params), jax.tree.structure(m)
+  if old != new:
     raise ValueError(
-      f"sampler state params are a {type(state.params).__name__}, the new parameters a "
-      f"{type(m).__name__}: a state belongs to one kind of machine"
-    )
-  if machines.is_graph(m) and state.params.graph != m.graph:
-    raise ValueError(
-      f"sampler state params are on {state.params.graph}, the new parameters on {m.graph}: "
-      "a state belongs to one graph"
+      f"sampler state params have the structure {old}, the new parameters {new}: a state "
+      "belongs to one kind of prior (and one graph)"
     )
 
 

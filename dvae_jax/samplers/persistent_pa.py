@@ -1,6 +1,6 @@
 """Persistent population annealing: the reference training-time prior sampler (MATH.md §3, §6).
 
-A population of S replicas of the current machine (an RBM or a graph machine, `machines`), kept
+A population of S replicas z [S, n] of the current prior (an RBM, a graph machine, ...), kept
 across training steps with a running log Z (`persistent.PersistentState`). When the parameters
 move from θ_old (stored in the state) to θ_new, `step` anneals in parameter space along
 θ_α = θ_old + α (θ_new − θ_old), α: 0 → 1, where E_α = E_old + α ΔE with ΔE = E_new − E_old.
@@ -25,12 +25,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax.samplers import gibbs, machines, persistent, resampling, tempering
-from dvae_jax.samplers.persistent import PersistentInfo, PersistentState, PriorSampler
+from dvae_jax.samplers import persistent, resampling, tempering
+from dvae_jax.samplers.persistent import Machine, PersistentInfo, PersistentState, PriorSampler
 from dvae_jax.samplers.population_annealing import ResampleFn, reweight_resample
 
 Array = jax.Array
-Machine = machines.Machine
 
 
 def step(
@@ -48,8 +47,8 @@ def step(
 
   Args:
     key: PRNG key.
-    state: PersistentState (z1 [S, n1], z2 [S, n2], log_z, params; layout in `machines`).
-    m: the new parameters (the same kind of machine as state.params).
+    state: PersistentState (z [S, n], log_z, params).
+    m: the new parameters (the same kind of prior as state.params).
     num_sweeps: block Gibbs sweeps per step in total: `decorrelation_sweeps` of them (default
       num_sweeps // 2) under state.params before the reweighting (see `persistent` for why), the
       rest under m after the re-annealing.
@@ -66,8 +65,8 @@ def step(
   persistent.check_state(state, m)
   before, after = persistent.split_sweeps(num_sweeps, decorrelation_sweeps)
   _check_options(target_ess, max_stages, num_intermediate_sweeps, resample_fn)
-  dtype = machines.dtype(m)
-  num = state.z1.shape[0]
+  dtype = m.dtype
+  num = state.z.shape[0]
   k_before, key = jax.random.split(key)
   state = persistent.decorrelate(k_before, state, before)
   delta = jax.tree.map(jnp.subtract, m, state.params)
@@ -79,7 +78,7 @@ def step(
   def body(carry):
     stage, alpha, chains, log_z, comp, variance, ess_min, key = carry
     key, k_res, k_sweep = jax.random.split(key, 3)
-    de = machines.energy(delta, chains)[None]  # [1, S]: one group; E is linear in θ
+    de = delta.energy(chains)[None]  # [1, S]: one group; E is linear in θ
     alpha_next = tempering.next_beta(alpha, stage, max_stages, de, target)
     inc, ess, chains = reweight_resample(k_res, -(alpha_next - alpha) * de, chains, resample_fn)
     log_z, comp = numerics.kahan_add(log_z, comp, inc[0])
@@ -88,7 +87,7 @@ def step(
     def intermediate(chains):
       m_alpha = jax.tree.map(lambda a, d: a + alpha_next * d, state.params, delta)
       # β = 1: the path interpolates the parameters, not the temperature.
-      return machines.run(k_sweep, chains, m_alpha, num_intermediate_sweeps)
+      return m_alpha.run(k_sweep, chains, num_intermediate_sweeps)
 
     # Intermediate stages sweep under θ_α; the final sweeps under m follow the loop.
     chains = lax.cond(alpha_next < 1.0, intermediate, lambda c: c, chains)
@@ -98,7 +97,7 @@ def step(
   carry = (
     jnp.zeros((), jnp.int32),
     jnp.zeros((), dtype),
-    gibbs.GibbsState(state.z1, state.z2),
+    state.z,
     state.log_z,
     state.log_z_compensation,
     state.log_z_variance,
@@ -106,8 +105,8 @@ def step(
     key,
   )
   stages, _, chains, log_z, comp, variance, ess_min, key = lax.while_loop(cond, body, carry)
-  chains = machines.run(key, chains, m, after)
-  new_state = PersistentState(chains.z1, chains.z2, log_z, comp, variance, m)
+  chains = m.run(key, chains, after)
+  new_state = PersistentState(chains, log_z, comp, variance, m)
   info = PersistentInfo(log_z, ess_min, stages, log_z - state.log_z, jnp.sqrt(variance))
   return new_state, info
 

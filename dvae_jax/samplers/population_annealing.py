@@ -1,6 +1,6 @@
 """Population annealing (PA) of a Boltzmann machine: log Z with error bars and exact-in-the-limit
-samples (MATH.md §3). The machine is an RBM or a graph machine (`machines`, which also fixes the
-replicas' z1/z2 layout).
+samples (MATH.md §3). The machine is any prior with a sampler (`chains`: an RBM, a graph machine,
+...); the replicas are z [S, n].
 
 A population of S replicas starts uniform (β = 0, exact; log Z_0 = n log 2). For each step β → β'
 of the schedule:
@@ -43,17 +43,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from dvae_jax import numerics
-from dvae_jax.samplers import gibbs, machines, resampling, tempering
+from dvae_jax.samplers import chains, resampling, tempering
 
 Array = jax.Array
-Machine = machines.Machine
+Machine = Any  # a prior (priors.base.Prior)
 ResampleFn = Callable[[Array, Array], Array]
 
 SCHEDULES = ("linear", "geometric", "adaptive")
@@ -63,16 +63,14 @@ class PAState(NamedTuple):
   """A population annealing population at inverse temperature `beta`.
 
   Attributes:
-    z1: [S, n1] replicas; replica s is in group s // (S/G).
-    z2: [S, n2] (graph machine: z1 [S, n], z2 [S, 0]; see `machines`).
-    energy: [S] energy E(z1, z2) at β = 1 of each replica (the next reweighting needs it).
+    z: [S, n] replicas; replica s is in group s // (S/G).
+    energy: [S] energy E(z) at β = 1 of each replica (the next reweighting needs it).
     beta: scalar inverse temperature the population is equilibrated at.
     log_z_ratio: [G] running estimate of log(Z_β / Z_0) of each independent group.
     log_z_compensation: [G] Kahan compensation of log_z_ratio (`numerics.kahan_add`).
   """
 
-  z1: Array
-  z2: Array
+  z: Array
   energy: Array
   beta: Array
   log_z_ratio: Array
@@ -103,8 +101,7 @@ class PAResult(NamedTuple):
     betas: [num_temperatures] the schedule used, padded with 1.0 after the last step.
     ess: [num_temperatures − 1] mean over groups of ESS/(S/G) at each step, NaN after the last step.
     ess_min: scalar, the smallest entry of ess.
-    z1: [S, n1] final population (equally weighted samples of p); replica s is in group s // (S/G).
-    z2: [S, n2] (graph machine: z1 [S, n], z2 [S, 0]; see `machines`).
+    z: [S, n] final population (equally weighted samples of p); replica s is in group s // (S/G).
   """
 
   log_z: Array
@@ -114,8 +111,7 @@ class PAResult(NamedTuple):
   betas: Array
   ess: Array
   ess_min: Array
-  z1: Array
-  z2: Array
+  z: Array
 
 
 def reweight_resample(
@@ -126,7 +122,7 @@ def reweight_resample(
   Args:
     key: PRNG key (split once per group).
     log_weights: [G, P] incremental log weights; group g holds replicas g·P … (g + 1)·P − 1.
-    particles: a pytree of arrays with leading axis S = G·P (e.g. a `gibbs.GibbsState`).
+    particles: a pytree of arrays with leading axis S = G·P (e.g. the chains z [S, n]).
     resample_fn: (key, log_weights [P]) -> ancestor indices [P], e.g. `resampling.systematic`.
 
   Returns:
@@ -153,7 +149,7 @@ def init(key: Array, m: Machine, num_replicas: int, num_groups: int = 16) -> PAS
 
   Args:
     key: PRNG key.
-    m: the RBM or graph machine (sets the chains' shapes, the dtype and the energies).
+    m: the prior (sets the chains' shapes, the dtype and the energies).
     num_replicas: S, a positive multiple of num_groups.
     num_groups: G independent groups (for the standard error).
 
@@ -164,11 +160,11 @@ def init(key: Array, m: Machine, num_replicas: int, num_groups: int = 16) -> PAS
     raise ValueError(
       f"num_replicas={num_replicas} must be a positive multiple of num_groups={num_groups}"
     )
-  chains = machines.init_chains(key, m, num_replicas)
-  energy = machines.energy(m, chains)
-  dtype = machines.dtype(m)
+  z = m.init_chains(key, num_replicas)
+  energy = m.energy(z)
+  dtype = m.dtype
   zeros = jnp.zeros((num_groups,), dtype)
-  return PAState(chains.z1, chains.z2, energy, jnp.zeros((), dtype), zeros, zeros)
+  return PAState(z, energy, jnp.zeros((), dtype), zeros, zeros)
 
 
 def step(
@@ -184,7 +180,7 @@ def step(
   Args:
     key: PRNG key.
     state: PAState at β = state.beta.
-    m: the RBM or graph machine (`machines`).
+    m: the prior (an RBM, a graph machine, ...).
     next_beta: scalar next inverse temperature (may be traced).
     num_sweeps: block Gibbs sweeps at next_beta after the resampling.
     resample_fn: (key, log_weights [P]) -> ancestor indices [P] (`resampling`).
@@ -194,16 +190,15 @@ def step(
   """
   k_res, k_sweep = jax.random.split(key)
   log_w = -(next_beta - state.beta) * group_energies(state)
-  chains = gibbs.GibbsState(state.z1, state.z2)
-  increments, ess, chains = reweight_resample(k_res, log_w, chains, resample_fn)
+  increments, ess, z = reweight_resample(k_res, log_w, state.z, resample_fn)
   log_z, comp = numerics.kahan_add(state.log_z_ratio, state.log_z_compensation, increments)
-  chains, energy = machines.run_with_energy(k_sweep, chains, m, num_sweeps, next_beta)
-  return PAState(chains.z1, chains.z2, energy, next_beta, log_z, comp), PAInfo(ess, increments)
+  z, energy = m.run_with_energy(k_sweep, z, num_sweeps, next_beta)
+  return PAState(z, energy, next_beta, log_z, comp), PAInfo(ess, increments)
 
 
 def result(m: Machine, state: PAState, num_steps, betas: Array, ess: Array) -> PAResult:
   """The PAResult of a population annealed to β = 1 (log Z_0 added; stderr from the groups)."""
-  log_z0 = machines.uniform_log_partition(m)
+  log_z0 = chains.uniform_log_partition(m)
   log_mean, stderr = numerics.log_mean_exp_stderr(state.log_z_ratio)
   return PAResult(
     log_z=log_z0 + log_mean,
@@ -213,8 +208,7 @@ def result(m: Machine, state: PAState, num_steps, betas: Array, ess: Array) -> P
     betas=betas,
     ess=ess,
     ess_min=jnp.nanmin(ess),
-    z1=state.z1,
-    z2=state.z2,
+    z=state.z,
   )
 
 
@@ -231,7 +225,7 @@ def anneal(
 
   Args:
     key: PRNG key.
-    m: the RBM or graph machine (`machines`).
+    m: the prior (an RBM, a graph machine, ...).
     betas: [T] increasing, betas[0] = 0 (uniform start), betas[-1] = 1.
     num_replicas: S, a multiple of num_groups.
     num_groups: G independent sub-populations (for the standard error).
@@ -244,7 +238,7 @@ def anneal(
   tempering.check_schedule(m, betas, num_sweeps)
   k_init, k_run = jax.random.split(key)
   state = init(k_init, m, num_replicas, num_groups)
-  betas = betas.astype(machines.dtype(m))
+  betas = betas.astype(m.dtype)
   kernel = functools.partial(step, m=m, num_sweeps=num_sweeps, resample_fn=resample_fn)
 
   def body(state, inputs):
@@ -272,7 +266,7 @@ def anneal_adaptive(
 
   Args:
     key: PRNG key.
-    m: the RBM or graph machine (`machines`).
+    m: the prior (an RBM, a graph machine, ...).
     num_replicas: S, a multiple of num_groups.
     max_temperatures: bound on the number of temperatures including β = 0 (so at most
       max_temperatures − 1 steps; no step is shorter than the rest of the path divided by the
@@ -283,13 +277,13 @@ def anneal_adaptive(
   Returns:
     PAResult; result.betas[:result.num_steps + 1] is the schedule that was chosen.
   """
-  machines.check(m)
+  chains.check(m)
   if max_temperatures < 2:
     raise ValueError(f"max_temperatures must be >= 2, got {max_temperatures}")
   tempering.check_target_ess(target_ess)
   if num_sweeps < 1:
     raise ValueError(f"num_sweeps must be >= 1, got {num_sweeps}")
-  dtype = machines.dtype(m)
+  dtype = m.dtype
   k_init, k_run = jax.random.split(key)
   state = init(k_init, m, num_replicas, num_groups)
   max_steps = max_temperatures - 1
@@ -330,8 +324,8 @@ def anneal_adaptive(
   ),
 )
 def pa_log_partition(
-  m: Machine,
   key: Array,
+  m: Machine,
   num_replicas: int = 1024,
   num_temperatures: int = 1000,
   schedule: str = "linear",
@@ -341,11 +335,11 @@ def pa_log_partition(
   beta_min: float = 1e-3,
   resampling_scheme: str = "systematic",
 ) -> PAResult:
-  """log Z of `m` by population annealing (note: `m` first, key second).
+  """log Z of `m` by population annealing.
 
   Args:
-    m: the RBM or graph machine.
     key: PRNG key.
+    m: the prior (an RBM, a graph machine, ...).
     num_replicas: population size S (a multiple of num_groups).
     num_temperatures: T, temperatures including β = 0 and β = 1 (the maximum for 'adaptive').
     schedule: 'linear', 'geometric' (with beta_min) or 'adaptive' (with target_ess).
@@ -364,9 +358,9 @@ def pa_log_partition(
       key, m, num_replicas, num_temperatures, target_ess, num_groups, num_sweeps, resample_fn
     )
   if schedule == "linear":
-    betas = tempering.linear_schedule(num_temperatures, machines.dtype(m))
+    betas = tempering.linear_schedule(num_temperatures, m.dtype)
   elif schedule == "geometric":
-    betas = tempering.geometric_schedule(num_temperatures, beta_min, machines.dtype(m))
+    betas = tempering.geometric_schedule(num_temperatures, beta_min, m.dtype)
   else:
     raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
   return anneal(key, m, betas, num_replicas, num_groups, num_sweeps, resample_fn)

@@ -1,9 +1,9 @@
 """Training-time prior sampler by name: persistent PA (the default) or PCD (MATH.md §3, §6).
 
   sampler = make_prior_sampler("pa", num_samples=1000, num_sweeps=40)
-  state = sampler.init(key, rbm_params)               # PersistentState: z1, z2, log_z, ...
-  state, info = sampler.step(key, state, rbm_params)  # every training step, inside jit
-  log_z_train = rbm.log_partition_surrogate(rbm_params, state.z1, state.z2, state.log_z)
+  state = sampler.init(key, prior)                # PersistentState: z [S, n], log_z, ...
+  state, info = sampler.step(key, state, prior)   # every training step, inside jit
+  log_z_train = prior.training_log_partition(state.z, state.log_z)
 
 Both kinds are pure, jittable, with static shapes; the state is a pytree of arrays (donatable and
 checkpointable) of the same structure for both kinds; `info` is a `PersistentInfo` of scalars

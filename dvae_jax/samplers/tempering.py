@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dvae_jax.samplers import machines, resampling
+from dvae_jax.samplers import chains, resampling
 
 Array = jax.Array
 
@@ -49,13 +49,12 @@ def geometric_schedule(num_temperatures: int, beta_min: float = 1e-3, dtype=jnp.
   return jnp.concatenate([jnp.zeros((1,), dtype), tail.at[-1].set(1.0)])
 
 
-def check_schedule(m: machines.Machine, betas: Array, num_sweeps: int) -> None:
+def check_schedule(m, betas: Array, num_sweeps: int) -> None:
   """Validates an annealing schedule [T] (betas[0] = 0 … betas[-1] = 1) and the sweeps per step.
 
-  The end points are checked when betas is concrete (a traced schedule passes); m is either
-  machine (`machines`).
+  The end points are checked when betas is concrete (a traced schedule passes); m is the prior.
   """
-  machines.check(m)
+  chains.check(m)
   if betas.ndim != 1 or betas.shape[0] < 2:
     raise ValueError(
       f"betas must be a 1-D schedule with at least 2 entries, got shape {betas.shape}"

@@ -5,7 +5,7 @@ mixture is q(ζ) = (1 − q) r(ζ|0) + q r(ζ|1), with CDF F(ζ) = (1 − q) R0(
 
 Every family (one module each: ``spike_and_exp``, ``exponential``, ``power_function``,
 ``gaussian``) is a small frozen ``flax.struct`` dataclass that satisfies the ``Smoothing`` protocol.
-The public functions below (``log_r0(s, ζ)``, ``inverse_cdf(s, ρ, q)``, ``sample(s, key, l)``, …)
+The public functions below (``log_r0(s, ζ)``, ``inverse_cdf(s, ρ, q)``, ``sample(key, s, l)``, …)
 validate the smoothing and its β and then call the protocol's methods; they are what users and the
 rest of the library call.
 
@@ -248,7 +248,7 @@ def _check_logits(logits) -> Array:
   return logits
 
 
-def sample(s: Smoothing, key: Array, logits: Array) -> Array:
+def sample(key: Array, s: Smoothing, logits: Array) -> Array:
   """Reparameterised relaxed sample ζ = F^{-1}(ρ; σ(l)), ρ ~ U(0, 1), shape = ``logits.shape``.
 
   Gradients flow to the logits (and to β) through the inverse CDF (MATH.md §1).
@@ -259,7 +259,7 @@ def sample(s: Smoothing, key: Array, logits: Array) -> Array:
   return inverse_cdf(s, rho, jax.nn.sigmoid(logits))
 
 
-def sample_ancestral(s: Smoothing, key: Array, logits: Array) -> Array:
+def sample_ancestral(key: Array, s: Smoothing, logits: Array) -> Array:
   """Ancestral relaxed sample: z ~ Bernoulli(σ(l)) (no gradient), ζ ~ r(·|z) (MATH.md §1).
 
   The implicit gradient is attached by the surrogate ζ_out = ζ + (sg(dζ/dq)·q − sg(sg(dζ/dq)·q)),

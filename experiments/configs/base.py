@@ -55,7 +55,7 @@ def get_config() -> config_dict.ConfigDict:
   c.dimod_kwargs = ""
   c.num_prior_samples = config_dict.placeholder(int)
   c.num_sweeps = config_dict.placeholder(int)
-  # Gradient of log Z from the samples (rbm.rao_blackwellize): 'none' (sampled z1, z2: MATH.md §2),
+  # Gradient of log Z from the samples (RBM.rao_blackwellize): 'none' (sampled z1, z2: MATH.md §2),
   # 'z2' (E[z2|z1] for z2) or 'symmetric' (both conditional means, averaged): same expectation,
   # lower variance (1.9x per sample on the default prior); not the default: changes the trajectory.
   c.rao_blackwell = "none"

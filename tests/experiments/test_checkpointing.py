@@ -50,6 +50,32 @@ def test_roundtrip_is_exact_and_keeps_structure(tmp_path):
   )
 
 
+class _TwoPartChains(NamedTuple):
+  z1: jax.Array
+  z2: jax.Array
+  log_z: jax.Array
+
+
+class _Chains(NamedTuple):
+  z: jax.Array
+  log_z: jax.Array
+
+
+@pytest.mark.parametrize("n2", [3, 0])
+def test_two_part_chains_restore_as_one_array(tmp_path, n2):
+  """A sampler state saved with chains (z1 [S, n1], z2 [S, n2]) (a graph prior's empty z2 is not
+  saved) restores into today's one chain array z = [z1, z2]."""
+  ckpt = checkpointing.Checkpointer(tmp_path / "c", max_to_keep=2)
+  z1 = jnp.arange(20.0).reshape(4, 5)
+  z2 = -jnp.arange(4.0 * n2).reshape(4, n2)
+  ckpt.save(7, {"sampler_state": _TwoPartChains(z1, z2, jnp.float32(2.5))})
+  template = {"sampler_state": _Chains(jnp.zeros((4, 5 + n2)), jnp.float32(0.0))}
+  restored = ckpt.restore(7, template)
+  np.testing.assert_array_equal(restored["sampler_state"].z, jnp.concatenate([z1, z2], -1))
+  assert float(restored["sampler_state"].log_z) == 2.5
+  ckpt.close()
+
+
 def test_keeps_latest_and_takes_template_sharding(tmp_path):
   mesh = sharding.make_mesh()
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)

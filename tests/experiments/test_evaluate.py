@@ -167,7 +167,7 @@ def test_evaluate_split_standard_error_matches_per_example_scores(tiny_run):
     batch = np.zeros((8, 784), np.float32)
     batch[: len(x[start : start + 8])] = x[start : start + 8]
     out = evaluation.evaluate(
-      model, state.params["prior"], 1.5, batch, jax.random.fold_in(key, b), 5, sample_chunk=5
+      jax.random.fold_in(key, b), model, state.params["prior"], 1.5, batch, 5, sample_chunk=5
     )
     per_example.extend(np.asarray(out["nll"], np.float64)[: len(x[start : start + 8])])
   per_example = np.array(per_example)

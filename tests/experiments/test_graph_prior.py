@@ -11,7 +11,7 @@ import pytest
 from test_evaluate import run_module
 from test_train import SimulatedCrash, cli_overrides, tiny_config
 
-from dvae_jax import graphs
+from dvae_jax import priors
 from dvae_jax.graphs import topologies
 from experiments import metrics, restore, train
 
@@ -46,7 +46,7 @@ def test_chimera_dvae_sharp_from_the_command_line(data_dir, tmp_path):
 
   run = restore.restore(workdir, "best")
   prior = run.state.params["prior"]
-  assert isinstance(prior, graphs.BoltzmannMachine)
+  assert isinstance(prior, priors.BoltzmannMachine)
   assert prior.graph == topologies.latent_graph("chimera", 200, "5,5,4")
   assert prior.w.shape == (560,) and bool(np.any(np.asarray(prior.w) != 0))  # it trained
 

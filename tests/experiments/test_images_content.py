@@ -81,7 +81,7 @@ def assert_grids_hold_decoded_means(experiment, state, key, folder, step):
   cols = max(1, int(np.sqrt(num)))
   params, stats = state.params, state.batch_stats
   if experiment.sampler is not None:  # the population's first chains
-    z = jnp.concatenate([state.sampler_state.z1, state.sampler_state.z2], -1)[:num]
+    z = state.sampler_state.z[:num]
   else:
     logits = params["prior"].logits
     z = jax.random.bernoulli(jax.random.fold_in(key, 0), jax.nn.sigmoid(logits), (num, len(logits)))
@@ -95,7 +95,7 @@ def assert_grids_hold_decoded_means(experiment, state, key, folder, step):
   model = nnx.merge(experiment.eval_graphdef, params["model"], stats)
   x = jnp.asarray(originals, jnp.float32)
   post = posterior.sample_hierarchy(
-    model, x, jax.random.fold_in(key, 1), 1, posterior.bernoulli_group, use_running_average=True
+    jax.random.fold_in(key, 1), model, x, 1, posterior.bernoulli_group, use_running_average=True
   )
   recon = np.asarray(images.decode_means(experiment, params, stats, post.zeta[0]))
   got = cells(png(folder, "reconstructions", step), 2 * len(originals), 2 * max(1, cols // 2))

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 from test_evaluate import checksums, run_module
 
-from dvae_jax import graphs, priors, rbm
+from dvae_jax import graphs, priors
+from dvae_jax.priors import rbm
 from experiments import checkpointing, images, restore
 from experiments import prior_sampling as sample_lib
 
@@ -49,9 +50,7 @@ def test_sample_writes_grid_and_npz_of_fresh_prior_samples(tiny_run, tmp_path):
   means = images.decode_means(run.experiment, run.state.params, run.state.batch_stats, z)
   np.testing.assert_allclose(x, np.asarray(means), atol=1e-6)
   # A fresh anneal, not the training population (16 chains of 200 bits: a repeat is implausible).
-  population = np.concatenate(
-    [np.asarray(run.state.sampler_state.z1), np.asarray(run.state.sampler_state.z2)], axis=-1
-  )
+  population = np.asarray(run.state.sampler_state.z)
   assert not any((population == row).all(1).any() for row in z)
   # Grid: round(√6) = 2 columns of 28-pixel images with 1-pixel borders; ink black on white.
   assert grid.shape == (3 * 29 + 1, 2 * 29 + 1) and grid.dtype == np.uint8
@@ -120,7 +119,7 @@ def component_rbm(seed: int) -> rbm.RBM:
   return rbm.RBM(*(jnp.asarray(a, jnp.float32) for a in (b1, b2, w)))
 
 
-def component_chimera(seed: int) -> graphs.BoltzmannMachine:
+def component_chimera(seed: int) -> priors.BoltzmannMachine:
   """The Chimera C(5, 5, 4) prior of a 200-latent run with couplings N(0, 2²) only inside the
   first 5 unit cells (nodes 8c … 8c + 7: K_{4,4} components), biases N(0, 1.5²)."""
   from dvae_jax.graphs import topologies
@@ -131,7 +130,7 @@ def component_chimera(seed: int) -> graphs.BoltzmannMachine:
   inside = (e[:, 0] // 8 == e[:, 1] // 8) & (e[:, 0] < 40)
   w = np.where(inside, rng.normal(0, 2, g.num_edges), 0.0)
   b = rng.normal(0, 1.5, g.num_nodes)
-  return graphs.BoltzmannMachine(jnp.asarray(b, jnp.float32), jnp.asarray(w, jnp.float32), g)
+  return priors.BoltzmannMachine(jnp.asarray(b, jnp.float32), jnp.asarray(w, jnp.float32), g)
 
 
 def workdir_with_prior(source, dest, machine, **config):
@@ -195,7 +194,7 @@ def test_exact_test_sampler_draws_the_boltzmann_law():
 
   g = topologies.zephyr(1, 1)
   rng = np.random.default_rng(3)
-  m = graphs.BoltzmannMachine(
+  m = priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, 1, g.num_nodes)), jnp.asarray(rng.normal(0, 1.5, g.num_edges)), g
   )
   exact = graphs.exact_moments(m)
@@ -203,7 +202,7 @@ def test_exact_test_sampler_draws_the_boltzmann_law():
   for vartype in ("BINARY", "SPIN"):
     z = dimod_io.sample(dimod_test_samplers.ExactSampler(), m, 1.0, vartype, num_reads=num, seed=1)
     i, j = g.edges[:, 0], g.edges[:, 1]
-    for got, want in ((z.mean(0), exact.z), ((z[:, i] * z[:, j]).mean(0), exact.zz)):
+    for got, want in ((z.mean(0), exact.unit), ((z[:, i] * z[:, j]).mean(0), exact.edge)):
       se = np.sqrt(np.asarray(want) * (1 - np.asarray(want)) / num)
       assert np.all(np.abs(np.asarray(got) - np.asarray(want)) < 5 * se + 1e-9), vartype
 
@@ -224,7 +223,7 @@ def test_dimod_reads_of_the_prior_law_read_one_and_uniform_reads_do_not(
     "--seed=3",
   )
   assert f"ExactSampler(num_reads={NUM_READS}, seed=3): {NUM_READS} reads" in text
-  groups = "units" if prior == "chimera" else "z1"
+  groups = "unit" if prior == "chimera" else "z1"
   assert f"in units of the noise of {NUM_READS} independent exact samples" in text
   assert f": {groups} " in text and "implied relative bias of the log-Z gradient" in text
   reads, z, x = arrays["reads"], arrays["z"], arrays["x"]
@@ -236,12 +235,12 @@ def test_dimod_reads_of_the_prior_law_read_one_and_uniform_reads_do_not(
   diagnostic = record["diagnostic"]
   assert (record["num_reads"], record["dimod_beta"], record["prior"]) == (NUM_READS, 1.0, prior)
   assert (diagnostic["replicas"], diagnostic["temperatures"]) == (REPLICAS, TEMPERATURES)
-  for key in sample_lib.DIAGNOSTIC_KEYS:
+  moment_groups = ("unit", "edge") if prior == "chimera" else ("z1", "z2", "z1z2")
+  for key in moment_groups + sample_lib.DIAGNOSTIC_SCALARS:
     value = float(arrays[f"diagnostic_{key}"])
     assert (diagnostic[key] is None) if np.isnan(value) else diagnostic[key] == value
-  assert (diagnostic["z2"] is None) == (prior == "chimera")
   assert abs(diagnostic["total"] - 1) < 0.5, diagnostic
-  assert all(diagnostic[k] < 2 for k in ("z1", "z2", "z1z2") if diagnostic[k] is not None)
+  assert all(diagnostic[k] < 2 for k in moment_groups), diagnostic
   assert diagnostic["relative_bias"] < 0.025, diagnostic
   # The PA references' log Z is the prior's (exact: a sum over its components).
   import dimod_test_samplers

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dvae_jax import objectives, rbm
+from dvae_jax import objectives
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import persistent
 from experiments import sampler_monitor
 

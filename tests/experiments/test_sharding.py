@@ -68,7 +68,8 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 _SPLIT_POPULATION = textwrap.dedent("""
   import jax, jax.numpy as jnp, numpy as np
-  from dvae_jax import rbm, samplers
+  from dvae_jax import samplers
+  from dvae_jax.priors import rbm
   from experiments import experiment as experiment_lib
   from experiments import sharding
   assert jax.device_count() == 4
@@ -86,22 +87,21 @@ _SPLIT_POPULATION = textwrap.dedent("""
   chains = sampler.init(k[2], m0)
   shardings = experiment_lib.state_shardings(state_of(chains), mesh)
   split = sharding.batch_sharded(mesh)
-  assert shardings.sampler_state.z1 == split and shardings.sampler_state.z2 == split
+  assert shardings.sampler_state.z == split
   assert shardings.sampler_state.log_z == sharding.replicated(mesh)
   assert shardings.params["w"] == shardings.key == sharding.replicated(mesh)
   odd = samplers.make_prior_sampler("pa", num_samples=62, num_sweeps=4).init(k[2], m0)
-  assert experiment_lib.state_shardings(state_of(odd), mesh).sampler_state.z1 == sharding.replicated(mesh)
+  assert experiment_lib.state_shardings(state_of(odd), mesh).sampler_state.z == sharding.replicated(mesh)
 
   # One PA step of the population split over 4 devices draws the same chains as on one device
   # (PA's reweighting sums over chains: only their order of summation differs).
   placed = sharding.place(chains, shardings.sampler_state)
-  assert [s.data.shape for s in placed.z1.addressable_shards] == [(16, n1)] * 4
+  assert [s.data.shape for s in placed.z.addressable_shards] == [(16, n1 + n2)] * 4
   step = jax.jit(sampler.step, out_shardings=(shardings.sampler_state, sharding.replicated(mesh)))
   split_state, split_info = step(k[1], placed, sharding.replicate(m1, mesh))
   one_state, one_info = jax.jit(sampler.step)(k[1], chains, m1)
-  assert [s.data.shape for s in split_state.z1.addressable_shards] == [(16, n1)] * 4
-  np.testing.assert_array_equal(np.asarray(split_state.z1), np.asarray(one_state.z1))
-  np.testing.assert_array_equal(np.asarray(split_state.z2), np.asarray(one_state.z2))
+  assert [s.data.shape for s in split_state.z.addressable_shards] == [(16, n1 + n2)] * 4
+  np.testing.assert_array_equal(np.asarray(split_state.z), np.asarray(one_state.z))
   np.testing.assert_allclose(float(split_state.log_z), float(one_state.log_z), rtol=1e-6)
   assert int(split_info.num_stages) == int(one_info.num_stages)
   print("ok")
@@ -114,12 +114,12 @@ _SPLIT_POPULATION = textwrap.dedent("""
 _SPLIT_GRAPH_CHAINS = textwrap.dedent("""
   import re
   import jax, numpy as np
-  from dvae_jax import graphs
+  from dvae_jax import priors
   from dvae_jax.graphs import gibbs, topologies
   from experiments import sharding
   mesh = sharding.make_mesh()
   for g in (topologies.chimera(2, 2, 4), topologies.pegasus(2), topologies.zephyr(1, 2)):
-    m = graphs.init_machine(g)
+    m = priors.graph.init_machine(g)
     m = m.replace(w=0.5 * jax.random.normal(jax.random.key(0), m.w.shape))
     z = gibbs.init(jax.random.key(1), m, 64)
     run = jax.jit(lambda k, z, m: gibbs.run(k, z, m, 5), out_shardings=sharding.batch_sharded(mesh))

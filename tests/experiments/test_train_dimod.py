@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_train import TIMING_KEYS, tiny_config
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import dimod_bridge
 from experiments import config_lib, metrics, train
 from experiments import experiment as experiment_lib
@@ -45,7 +45,7 @@ def test_a_chimera_prior_trains_on_annealed_reads(data_dir, tmp_path):
   config = tiny_config("dvae_sharp", data_dir, prior="chimera", **dict(SA, dimod_kwargs=anneal))
   results = train.train_and_evaluate(config, tmp_path / "run")
   assert np.isfinite(results["test_nll"])
-  # A graph prior's reads are all in z1: the diagnostic judges units and edges.
+  # A graph prior's moment groups: the diagnostic judges units and edges.
   assert any("val/sampler_edge_error" in row for row in metrics.read_metrics(tmp_path / "run"))
 
 

@@ -98,12 +98,12 @@ class Reference:
       sampler_state, samples = (), None
     else:  # the prior's persistent sampler moves to the current prior first (MATH.md §3.4)
       sampler_state, _ = exp.sampler.step(sampler_key, state.sampler_state, state.params["prior"])
-      samples = (sampler_state.z1, sampler_state.z2, sampler_state.log_z)
+      samples = (sampler_state.z, sampler_state.log_z)
 
     def objective(params):
       model = nnx.merge(exp.graphdef, params["model"], state.batch_stats, copy=True)
       loss, _ = objectives.loss_fn(
-        model, params["prior"], samples, x, loss_key, exp.method, config.k, k
+        loss_key, model, params["prior"], samples, x, exp.method, config.k, k
       )
       penalty = 0.5 * config.weight_decay * decayed_sum_of_squares(params)
       return loss + penalty, (loss, penalty, nnx.state(model, nnx.BatchStat))
@@ -178,7 +178,7 @@ def assert_step_matches(new_state, metrics, reference, lr):
     strict=True,
   ):
     name = jax.tree_util.keystr(path)
-    if name in (".z1", ".z2"):
+    if name == ".z":
       np.testing.assert_array_equal(a, b, err_msg=name)
     else:
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-4, err_msg=name)
@@ -245,7 +245,7 @@ def test_training_lowers_the_validation_nll(data_dir):
   @jax.jit
   def per_example_nll(params, batch_stats):
     model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
-    return evaluation.evaluate(model, params["prior"], None, valid, key, NLL_IW_SAMPLES)["nll"]
+    return evaluation.evaluate(key, model, params["prior"], None, valid, NLL_IW_SAMPLES)["nll"]
 
   before = np.asarray(per_example_nll(state.params, state.batch_stats), np.float64)
   batches = len(train) // config.batch_size

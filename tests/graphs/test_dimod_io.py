@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dvae_jax import priors
 from dvae_jax.graphs import machine
 
 dimod = pytest.importorskip("dimod", reason="the [dwave] extra is not installed")
@@ -14,7 +15,7 @@ from dvae_jax.graphs import dimod_io, topologies  # noqa: E402
 
 def random_machine(g, seed, dtype=jnp.float64):
   rng = np.random.default_rng(seed)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, 1, g.num_nodes), dtype),
     jnp.asarray(rng.normal(0, 1, g.num_edges), dtype),
     g,
@@ -59,7 +60,7 @@ def test_bqm_energy_is_beta_times_machine_energy(vartype, beta):
 
 def test_bqm_refusals():
   g = topologies.chimera(1, 1, 2)
-  m = machine.init_machine(g)
+  m = priors.graph.init_machine(g)
   with pytest.raises(ValueError, match="vartype"):
     dimod_io.to_bqm(m, "QUBO")
   with pytest.raises(ValueError, match="beta"):
@@ -87,7 +88,7 @@ def test_simulated_annealing_finds_the_ground_state_in_node_order():
   g = topologies.pegasus(2)
   # Uncoupled units with biases of alternating sign: the ground state is b > 0, column by column.
   b = jnp.where(jnp.arange(g.num_nodes) % 3 == 0, 2.0, -2.0)
-  m = machine.BoltzmannMachine(b, jnp.zeros(g.num_edges), g)
+  m = priors.BoltzmannMachine(b, jnp.zeros(g.num_edges), g)
   for vartype in ("BINARY", "SPIN"):
     z = dimod_io.sample(samplers.SimulatedAnnealingSampler(), m, 1.0, vartype, num_reads=4, seed=5)
     assert z.shape == (4, g.num_nodes) and z.dtype == m.b.dtype

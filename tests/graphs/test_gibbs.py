@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.extend.random import threefry2x32_p
 
+from dvae_jax import priors
 from dvae_jax.graphs import colouring, machine, topologies
 from dvae_jax.graphs import gibbs as graph_gibbs
 from dvae_jax.samplers import gibbs as rbm_gibbs
@@ -38,7 +39,7 @@ def test_hand_built_chimera_cell_is_dwave_networkx_s():
 
 def strong_machine(g, seed, w_std=1.5, b_std=0.5):
   rng = np.random.default_rng(seed)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, b_std, g.num_nodes), jnp.float32),
     jnp.asarray(rng.normal(0, w_std, g.num_edges), jnp.float32),
     g,
@@ -64,7 +65,7 @@ def test_stationary_moments_match_enumeration(make_graph, colours, beta, layout)
   assert g.num_colours >= 2 and colouring.is_proper(g.edges, g.colours)
   m = strong_machine(g, seed=3)
   with jax.enable_x64(True):
-    m64 = machine.BoltzmannMachine(
+    m64 = priors.BoltzmannMachine(
       jnp.asarray(m.b, jnp.float64) * beta, jnp.asarray(m.w, jnp.float64) * beta, g
     )
     exact = machine.exact_moments(m64)
@@ -75,7 +76,7 @@ def test_stationary_moments_match_enumeration(make_graph, colours, beta, layout)
   z = run(key_run, z, m, 200, beta, layout=layout)
   z = np.asarray(z, np.float64)
   e = g.edges
-  for est, ref in ((z.mean(0), exact.z), ((z[:, e[:, 0]] * z[:, e[:, 1]]).mean(0), exact.zz)):
+  for est, ref in ((z.mean(0), exact.unit), ((z[:, e[:, 0]] * z[:, e[:, 1]]).mean(0), exact.edge)):
     ref = np.asarray(ref)
     se = np.sqrt(np.maximum(ref * (1 - ref), 1e-4) / num_chains)
     assert np.all(np.abs(est - ref) < 5 * se), np.max(np.abs(est - ref) / se)
@@ -96,7 +97,7 @@ def test_run_is_repeated_sweeps_and_keeps_node_order():
     assert graph_gibbs.sweep(key, z0, m, layout=layout).dtype == jnp.float32
   # A unit with a huge bias and no effective coupling sits in its own column: order is preserved.
   b = jnp.where(jnp.arange(g.num_nodes) % 3 == 0, 50.0, -50.0)
-  ordered = machine.BoltzmannMachine(b, jnp.zeros(g.num_edges), g)
+  ordered = priors.BoltzmannMachine(b, jnp.zeros(g.num_edges), g)
   z = sweep(key, z0, ordered)
   np.testing.assert_array_equal(z, jnp.broadcast_to(b > 0, z.shape).astype(z.dtype))
   np.testing.assert_array_equal(graph_gibbs.run(key, z0, ordered, 0), z0)
@@ -138,7 +139,7 @@ def test_dense_and_sparse_couplings_draw_the_same_states():
   )
   assert g.num_colours >= 3
   rng = np.random.default_rng(4)
-  m = machine.BoltzmannMachine(
+  m = priors.BoltzmannMachine(
     jnp.asarray(rng.integers(-4, 5, g.num_nodes) / 4, jnp.float32),
     jnp.asarray(rng.integers(-8, 9, g.num_edges) / 4, jnp.float32),
     g,

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from dvae_jax import rbm
+from dvae_jax import priors
 from dvae_jax.graphs import machine
+from dvae_jax.priors import rbm
 
 # A 3-cycle with a pendant and an isolated node: not bipartite, two components, degree 0 node.
 TRIANGLE_PLUS = (6, [(0, 1), (1, 2), (0, 2), (2, 3), (3, 4)])
@@ -22,7 +23,7 @@ def random_graph(seed, n, p):
 
 def random_machine(seed, g, w_std=1.0, b_std=0.5, dtype=jnp.float64):
   rng = np.random.default_rng(seed)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, b_std, g.num_nodes), dtype),
     jnp.asarray(rng.normal(0, w_std, g.num_edges), dtype),
     g,
@@ -64,7 +65,7 @@ def test_graph_validation():
   assert hash(g) == hash(machine.Graph.from_edges(*TRIANGLE_PLUS))
   assert g == machine.Graph.from_edges(*TRIANGLE_PLUS) and g != random_graph(0, 6, 0.5)
   with pytest.raises(ValueError, match=r"b \[n=6\] and w \[E=5\]"):
-    machine.energy(machine.BoltzmannMachine(jnp.zeros(6), jnp.zeros(4), g), jnp.zeros(6))
+    machine.energy(priors.BoltzmannMachine(jnp.zeros(6), jnp.zeros(4), g), jnp.zeros(6))
 
 
 def test_neighbour_tables_list_every_edge_twice():
@@ -107,8 +108,8 @@ def test_exact_log_partition_and_moments_match_brute_force(graph, chunk_bits):
     log_z, mz, mzz = np_exact(m)
     np.testing.assert_allclose(machine.exact_log_partition(m, chunk_bits), log_z, rtol=1e-12)
     mom = machine.exact_moments(m, chunk_bits)
-    np.testing.assert_allclose(mom.z, mz, atol=1e-12)
-    np.testing.assert_allclose(mom.zz, mzz, atol=1e-12)
+    np.testing.assert_allclose(mom.unit, mz, atol=1e-12)
+    np.testing.assert_allclose(mom.edge, mzz, atol=1e-12)
     # The moments are ∇ log Z.
     grad = jax.grad(lambda mm: machine.exact_log_partition(mm, chunk_bits))(m)
     np.testing.assert_allclose(grad.b, mz, atol=1e-10)
@@ -119,7 +120,7 @@ def test_complete_bipartite_graph_is_the_rbm():
   rng = np.random.default_rng(0)
   with jax.enable_x64(True):
     r = rbm.RBM(*(jnp.asarray(rng.normal(0, 1, s)) for s in [(5,), (7,), (5, 7)]))
-    m = machine.from_rbm(r)
+    m = rbm.graph_machine(r)
     assert m.graph.num_colours == 2 and m.graph.num_edges == 35
     z = jnp.asarray(rng.integers(0, 2, (64, 12)), jnp.float64)
     np.testing.assert_allclose(machine.energy(m, z), rbm.energy(r, z[:, :5], z[:, 5:]), rtol=1e-13)
@@ -127,8 +128,8 @@ def test_complete_bipartite_graph_is_the_rbm():
       machine.exact_log_partition(m), rbm.exact_log_partition(r), rtol=1e-13
     )
     mom, ref = machine.exact_moments(m), rbm.exact_moments(r)
-    np.testing.assert_allclose(mom.z, np.concatenate([ref.z1, ref.z2]), atol=1e-13)
-    np.testing.assert_allclose(mom.zz, np.asarray(ref.z1z2).ravel(), atol=1e-13)
+    np.testing.assert_allclose(mom.unit, np.concatenate([ref.z1, ref.z2]), atol=1e-13)
+    np.testing.assert_allclose(mom.edge, np.asarray(ref.z1z2).ravel(), atol=1e-13)
 
 
 def test_log_partition_surrogate_value_and_gradient():
@@ -136,7 +137,7 @@ def test_log_partition_surrogate_value_and_gradient():
     g = random_graph(2, 6, 0.5)
     m = random_machine(2, g)
     z = jnp.asarray(np.random.default_rng(0).integers(0, 2, (10, 6)), jnp.float64)
-    value, grad = jax.value_and_grad(lambda mm: machine.log_partition_surrogate(mm, z, 3.5))(m)
+    value, grad = jax.value_and_grad(lambda mm: mm.training_log_partition(z, 3.5))(m)
     assert value == 3.5
     e = g.edges
     np.testing.assert_allclose(grad.b, z.mean(0), atol=1e-14)
@@ -146,4 +147,4 @@ def test_log_partition_surrogate_value_and_gradient():
 def test_enumeration_refuses_large_machines():
   g = machine.Graph.from_edges(70, [(i, i + 1) for i in range(69)] + [(0, 2)])
   with pytest.raises(ValueError, match="exact enumeration"):
-    machine.exact_log_partition(machine.init_machine(g))
+    machine.exact_log_partition(priors.graph.init_machine(g))

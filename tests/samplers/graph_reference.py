@@ -9,6 +9,7 @@ import pytest
 import rbm_reference as ref
 from scipy.special import logsumexp
 
+from dvae_jax import priors
 from dvae_jax.graphs import machine
 
 
@@ -38,7 +39,7 @@ GRAPHS = {"chimera_1x1x4": chimera_cell, "zephyr_1_1": zephyr_cell, "odd_cycles_
 def random_machine(g: machine.Graph, seed: int, w_std: float = 2.0, b_std: float = 0.5):
   """float32 machine with N(0, b_std²) biases and N(0, w_std²) couplings."""
   rng = np.random.default_rng(seed)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, b_std, g.num_nodes), jnp.float32),
     jnp.asarray(rng.normal(0, w_std, g.num_edges), jnp.float32),
     g,

@@ -7,7 +7,7 @@ MATH.md §2 with NumPy/SciPy in float64.
 import numpy as np
 from scipy.special import expit, logsumexp
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 
 
 def random_rbm(seed: int, n1: int, n2: int, w_std: float, b_std: float = 0.5) -> rbm.RBM:
@@ -81,7 +81,7 @@ def parameter_path(seed: int, n: int, num_steps: int, w_std: float = 1.0):
 
 
 def exact_samples(key, m, num):
-  """Exact samples (z1 [num, n1], z2 [num, n2]) of p: z1 from its enumerated marginal, z2 | z1."""
+  """Exact samples z [num, n1 + n2] of p: z1 from its enumerated marginal, z2 | z1."""
   import jax
   import jax.numpy as jnp
 
@@ -92,4 +92,4 @@ def exact_samples(key, m, num):
   idx = jax.random.categorical(k1, jnp.asarray(log_p, jnp.float32), shape=(num,))
   z1 = jnp.asarray(z, jnp.float32)[idx]
   z2 = jax.random.bernoulli(k2, jax.nn.sigmoid(m.b2 + z1 @ m.w)).astype(jnp.float32)
-  return z1, z2
+  return jnp.concatenate([z1, z2], axis=-1)

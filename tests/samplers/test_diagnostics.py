@@ -8,19 +8,15 @@ import numpy as np
 import pytest
 import rbm_reference as ref
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import diagnostics
-
-
-def _moments_of(z1, z2):
-  return diagnostics.sample_moments(z1, z2)
 
 
 def _exact_draws(seed, m, sizes):
   """Independent exact sample sets of the given sizes (one enumeration, one categorical draw)."""
-  z1, z2 = ref.exact_samples(jax.random.key(seed), m, sum(sizes))
+  z = ref.exact_samples(jax.random.key(seed), m, sum(sizes))
   bounds = np.cumsum((0,) + tuple(sizes))
-  return [(z1[a:b], z2[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+  return [z[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def test_exact_population_reads_one_and_the_reference_noise_is_removed():
@@ -32,7 +28,7 @@ def test_exact_population_reads_one_and_the_reference_noise_is_removed():
   sets = _exact_draws(0, m, [num, num_ref, num_ref] * reps)
   squared, naive = [], []
   for r in range(reps):
-    pop, a, b = (_moments_of(*s) for s in sets[3 * r : 3 * r + 3])
+    pop, a, b = (m.sample_moments(s) for s in sets[3 * r : 3 * r + 3])
     squared.append([float(x) for x in diagnostics.squared_ratios(pop, num, a, b)])
     mean = [0.5 * (x + y) for x, y in zip(a, b, strict=True)]
     err2 = sum(float(jnp.sum((p - q) ** 2)) for p, q in zip(pop, mean, strict=True))
@@ -54,14 +50,15 @@ def test_exact_population_reads_one_against_fresh_anneals():
   num, reps = 1000, 8
   sets = _exact_draws(1, m, [num] * reps)
   squared = []
-  for r, (z1, z2) in enumerate(sets):
+  for r, z in enumerate(sets):
     out = diagnostics.population_moment_error(
-      jax.random.key(100 + r), z1, z2, m, num_replicas=1024, num_temperatures=300
+      jax.random.key(100 + r), z, m, num_replicas=1024, num_temperatures=300
     )
     assert np.isfinite(float(out.reference_log_z_stderr))
     # The references' log Z agrees with enumeration.
     assert abs(float(out.reference_log_z) - ref.log_z(m)) < 4 * float(out.reference_log_z_stderr)
-    squared.append([float(out.total) ** 2, float(out.z1z2) ** 2])
+    assert out.groups._fields == ("z1", "z2", "z1z2")
+    squared.append([float(out.total) ** 2, float(out.groups.z1z2) ** 2])
   squared = np.array(squared)
   mean, se = squared.mean(0), squared.std(0, ddof=1) / np.sqrt(reps)
   assert np.all(np.abs(mean - 1.0) < 4 * se + 0.02), (mean, se)
@@ -89,10 +86,10 @@ def test_a_population_one_optimiser_step_behind_is_detected():
   expected = 1 + bias2 / noise2
   assert expected > 2.5, expected  # the lag is worth detecting: > 1.5 × noise
 
-  ((z1, z2),) = _exact_draws(2, old, [num])
+  (z,) = _exact_draws(2, old, [num])
   key = jax.random.key(9)
-  lagging = diagnostics.population_moment_error(key, z1, z2, new, 2048, 300)
-  in_step = diagnostics.population_moment_error(key, z1, z2, old, 2048, 300)
+  lagging = diagnostics.population_moment_error(key, z, new, 2048, 300)
+  in_step = diagnostics.population_moment_error(key, z, old, 2048, 300)
   # The pooled ratio² has sd ≈ √(2/n_eff)·(1 + bias terms); with 168 components 4 sd < 1.
   assert float(in_step.total) < 1.4, in_step
   assert float(lagging.total) > 1.5, lagging
@@ -108,7 +105,5 @@ def test_a_population_one_optimiser_step_behind_is_detected():
 
 def test_shape_errors_name_the_problem():
   m = rbm.init_rbm(3, 4)
-  with pytest.raises(ValueError, match="population z1"):
-    diagnostics.population_moment_error(
-      jax.random.key(0), jnp.zeros((8, 4)), jnp.zeros((8, 4)), m, 16, 10
-    )
+  with pytest.raises(ValueError, match="population z have shape"):
+    diagnostics.population_moment_error(jax.random.key(0), jnp.zeros((8, 4)), m, 16, 10)

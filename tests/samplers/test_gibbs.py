@@ -9,7 +9,7 @@ import rbm_reference as ref
 from scipy import stats
 from scipy.special import expit
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import gibbs
 
 

@@ -11,7 +11,7 @@ import pytest
 import rbm_reference as ref
 from scipy import stats
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import log_z_tracking, make_prior_sampler, persistent
 
 
@@ -22,7 +22,7 @@ def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05)
   without refreshes (its increments summed; the parameters do not depend on log Z), the exact log Z
   of the sampler's parameters, and the reported stderr."""
   teacher = ref.random_rbm(30, n, n, 1.5)
-  data_z1, data_z2 = ref.exact_samples(jax.random.key(0), teacher, 4096)
+  data_z = ref.exact_samples(jax.random.key(0), teacher, 4096)
   sampler = make_prior_sampler("pa", num_samples=1000, num_sweeps=num_sweeps)
   optimizer = optax.adam(lr)
 
@@ -32,8 +32,8 @@ def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05)
     state, info = sampler.step(k_sampler, state, params)
 
     def nll(p):
-      log_z = rbm.log_partition_surrogate(p, state.z1, state.z2, state.log_z)
-      return jnp.mean(rbm.energy(p, data_z1, data_z2)) + log_z
+      log_z = p.training_log_partition(state.z, state.log_z)
+      return jnp.mean(p.energy(data_z)) + log_z
 
     updates, opt_state = optimizer.update(jax.grad(nll)(params), opt_state)
     reported = (state.log_z, info.log_z_increment, jnp.sqrt(state.log_z_variance), state.params)
@@ -51,7 +51,7 @@ def train_and_report(num_sweeps, refresh_every=25, num_steps=600, n=16, lr=0.05)
   params = rbm.init_rbm(n, n)
   state = sampler.init(jax.random.key(1), params)
   tracker = log_z_tracking.seed(jax.random.key(3), state, 512)
-  chex.assert_shape((tracker.z1, tracker.z2), ((512, n), (512, n)))
+  chex.assert_shape(tracker.z, (512, 2 * n))
   carry = (params, optimizer.init(params), state, tracker, jnp.zeros((), jnp.int32))
   keys = jax.random.split(jax.random.key(2), num_steps)
   run = jax.jit(lambda c, k: jax.lax.scan(step, c, k))
@@ -127,8 +127,8 @@ def test_seed_and_refresh_contract():
   state = sampler.init(jax.random.key(0), m)
   tracker = log_z_tracking.seed(jax.random.key(1), state, 32)
   # Replicas come from the population, the rest of the state is the sampler's.
-  rows = {tuple(r) for r in np.concatenate([state.z1, state.z2], 1).tolist()}
-  assert all(tuple(r) in rows for r in np.concatenate([tracker.z1, tracker.z2], 1).tolist())
+  rows = {tuple(r) for r in np.asarray(state.z).tolist()}
+  assert all(tuple(r) in rows for r in np.asarray(tracker.z).tolist())
   chex.assert_trees_all_equal(
     (tracker.log_z, tracker.log_z_variance, tracker.params),
     (state.log_z, state.log_z_variance, state.params),
@@ -140,10 +140,10 @@ def test_seed_and_refresh_contract():
   )
   assert int(info.num_stages) >= 1 and 0 < float(info.ess) <= 32
   chex.assert_trees_all_equal(tracker.params, moved)
-  chex.assert_trees_all_equal((refreshed.z1, refreshed.params), (state.z1, state.params))
+  chex.assert_trees_all_equal((refreshed.z, refreshed.params), (state.z, state.params))
   np.testing.assert_allclose(refreshed.log_z, tracker.log_z)
   np.testing.assert_allclose(drift, state.log_z - tracker.log_z)
   # A larger tracker than the population draws with replacement.
-  assert log_z_tracking.seed(jax.random.key(4), state, 100).z1.shape == (100, 5)
+  assert log_z_tracking.seed(jax.random.key(4), state, 100).z.shape[0] == 100
   with pytest.raises(ValueError, match="num_replicas"):
     log_z_tracking.seed(jax.random.key(4), state, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rbm_reference as ref
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import pcd, persistent
 
 
@@ -20,8 +20,9 @@ def test_pcd_chains_give_exact_moments(w_std):
   chex.assert_shape(info.log_z, (4,))
   np.testing.assert_array_equal(info.log_z_increment, 0.0)  # unchanged parameters
   exact = ref.moments(m)
-  est = [np.asarray(x, np.float64) for x in (state.z1.mean(0), state.z2.mean(0))]
-  est.append(np.asarray(state.z1.T @ state.z2, np.float64) / num)
+  z1, z2 = state.z[:, : m.n1], state.z[:, m.n1 :]
+  est = [np.asarray(x, np.float64) for x in (z1.mean(0), z2.mean(0))]
+  est.append(np.asarray(z1.T @ z2, np.float64) / num)
   # Independent chains after 200 sweeps: each moment is a mean of `num` independent Bernoulli(p)
   # draws, stderr sqrt(p(1-p)/num). 5 sd over 119 entries: false alarm < 1e-4.
   se = [ref.binomial_stderr(p, num) for p in exact]
@@ -47,10 +48,10 @@ def test_pcd_step_shapes_and_errors():
   m = ref.random_rbm(1, 5, 6, 1.0)
   state = persistent.zero_state(jax.random.key(0), m, 32)
   new, info = pcd.step(jax.random.key(1), state, m, num_sweeps=2)
-  chex.assert_shape((new.z1, new.z2), ((32, 5), (32, 6)))
+  chex.assert_shape(new.z, (32, 11))
   chex.assert_shape((info.log_z, info.ess, info.log_z_stderr), ((), (), ()))
   assert 1.0 <= float(info.ess) <= 32.0
   with pytest.raises(ValueError, match="num_sweeps"):
     pcd.step(jax.random.key(1), state, m, num_sweeps=0)
-  with pytest.raises(ValueError, match="do not match"):
+  with pytest.raises(ValueError, match="does not match"):
     pcd.step(jax.random.key(1), state, rbm.init_rbm(6, 6))

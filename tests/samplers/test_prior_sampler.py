@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rbm_reference as ref
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import PersistentInfo, PersistentState, make_prior_sampler
 
 KINDS = ["pa", "pcd"]
@@ -21,7 +21,7 @@ def test_prior_sampler_in_a_jitted_donating_training_loop(kind):
   m = rbm.init_rbm(n1, n2)
   state = jax.jit(sampler.init)(jax.random.key(0), m)
   assert isinstance(state, PersistentState)
-  chex.assert_shape((state.z1, state.z2, state.log_z), ((num, n1), (num, n2), ()))
+  chex.assert_shape((state.z, state.log_z), ((num, n1 + n2), ()))
   np.testing.assert_allclose(state.log_z, 11 * np.log(2.0), rtol=1e-7)
   assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
 
@@ -32,7 +32,7 @@ def test_prior_sampler_in_a_jitted_donating_training_loop(kind):
   def train_step(key, state, m):
     state, info = sampler.step(key, state, m)
     # What a training loop does with it: the surrogate log Z (value = the running estimate).
-    log_z_train = rbm.log_partition_surrogate(m, state.z1, state.z2, state.log_z)
+    log_z_train = m.training_log_partition(state.z, state.log_z)
     return state, info, log_z_train
 
   donating = jax.jit(train_step, donate_argnums=1)
@@ -108,7 +108,7 @@ def train_and_track(kind, decorrelation_sweeps, num_steps, lr=0.1):
   """
   n = 12
   teacher = ref.random_rbm(30, n, n, 1.0)
-  data_z1, data_z2 = ref.exact_samples(jax.random.key(0), teacher, 4096)
+  data_z = ref.exact_samples(jax.random.key(0), teacher, 4096)
   sampler = make_prior_sampler(
     kind, num_samples=1000, num_sweeps=10, decorrelation_sweeps=decorrelation_sweeps
   )
@@ -118,8 +118,8 @@ def train_and_track(kind, decorrelation_sweeps, num_steps, lr=0.1):
     state, info = sampler.step(key, state, params)
 
     def nll(p):
-      log_z = rbm.log_partition_surrogate(p, state.z1, state.z2, state.log_z)
-      return jnp.mean(rbm.energy(p, data_z1, data_z2)) + log_z
+      log_z = p.training_log_partition(state.z, state.log_z)
+      return jnp.mean(p.energy(data_z)) + log_z
 
     grads = jax.grad(nll)(params)
     return (jax.tree.map(lambda p, g: p - lr * g, params, grads), state), None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from dvae_jax import rbm
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import tempering
 
 

@@ -43,7 +43,7 @@ def test_nonpositive_array_beta_is_rejected_on_use(name, beta):
   with pytest.raises(ValueError, match="beta must be > 0"):
     sm.inverse_cdf(s, 0.5, 0.5)
   with pytest.raises(ValueError, match="beta must be > 0"):
-    sm.sample(s, jax.random.key(0), jnp.zeros(2))
+    sm.sample(jax.random.key(0), s, jnp.zeros(2))
 
 
 @pytest.mark.parametrize("eps", [-0.1, 1.0, 1.5])
@@ -140,7 +140,7 @@ def ks_window(name):
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _draw(name, ancestral, key, logits, beta):
   fn = sm.sample_ancestral if ancestral else sm.sample
-  return fn(CLASSES[name](beta), key, logits)
+  return fn(key, CLASSES[name](beta), logits)
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -170,13 +170,13 @@ def test_sample_shapes_and_dtype_errors():
   keys = jax.random.split(jax.random.key(1), 2)
   for raw in (sm.sample, sm.sample_ancestral):
     fn = jax.jit(raw)
-    out = fn(s, jax.random.key(0), jnp.zeros((2, 3, 4)))
+    out = fn(jax.random.key(0), s, jnp.zeros((2, 3, 4)))
     chex.assert_shape(out, (2, 3, 4))
     # vmap over keys: row i equals the call with key i.
-    batched = jax.jit(jax.vmap(raw, in_axes=(None, 0, 0)))(s, keys, jnp.zeros((2, 3, 4)))
-    np.testing.assert_allclose(batched[1], fn(s, keys[1], jnp.zeros((3, 4))), rtol=1e-5)
+    batched = jax.jit(jax.vmap(raw, in_axes=(0, None, 0)))(keys, s, jnp.zeros((2, 3, 4)))
+    np.testing.assert_allclose(batched[1], fn(keys[1], s, jnp.zeros((3, 4))), rtol=1e-5)
     with pytest.raises(ValueError, match="floating"):
-      fn(s, jax.random.key(0), jnp.zeros((2,), jnp.int32))
+      fn(jax.random.key(0), s, jnp.zeros((2,), jnp.int32))
 
 
 def test_open_uniform_never_hits_zero_or_one():
@@ -216,7 +216,7 @@ def _per_sample_grads(name, ancestral, key, logits, beta):
 
   def total(lg, b):
     fn = sm.sample_ancestral if ancestral else sm.sample
-    return jnp.sum(smooth_fn(fn(CLASSES[name](b), key, lg)))
+    return jnp.sum(smooth_fn(fn(key, CLASSES[name](b), lg)))
 
   return jax.grad(total, argnums=(0, 1))(logits, beta)
 
@@ -263,8 +263,8 @@ def test_ancestral_surrogate_gradient_equals_implicit_formula():
   for name, beta in (("power", 30.0), ("gauss", 25.0), ("unexp", 16.0), ("exp", 10.0)):
     s = CLASSES[name](beta)
     key = jax.random.key(5)
-    zeta = sm.sample_ancestral(s, key, logits)
-    g = jax.grad(lambda lg, s=s, key=key: jnp.sum(sm.sample_ancestral(s, key, lg)))(logits)
+    zeta = sm.sample_ancestral(key, s, logits)
+    g = jax.grad(lambda lg, s=s, key=key: jnp.sum(sm.sample_ancestral(key, s, lg)))(logits)
     z64, q = f32(zeta), special.expit(f32(logits))
     cdf0, sf0, pdf0 = ref_components(name, beta)
     density = (1 - q) * pdf0(z64) + q * pdf0(1 - z64)

@@ -1,4 +1,4 @@
-"""Tests of dvae_jax.samplers.machines and of every sampler on graph Boltzmann machines through it:
+"""Tests of every sampler on graph Boltzmann machines through the prior contract:
 AIS and population annealing (linear, adaptive, persistent), PCD, the diagnostics and the log Z
 tracker against brute-force enumeration on small graphs with strong couplings (|w| up to ≈ 5)."""
 
@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import rbm_reference as ref
 
-from dvae_jax import rbm
+from dvae_jax import priors
 from dvae_jax.graphs import gibbs as graph_gibbs
 from dvae_jax.graphs import machine
+from dvae_jax.priors import rbm
 from dvae_jax.samplers import (
   ais_log_partition,
+  chains,
   diagnostics,
   gibbs,
   log_z_tracking,
-  machines,
   make_prior_sampler,
   pa_log_partition,
   pcd,
@@ -37,100 +38,94 @@ def strong(request):
   return request.param, m, gref.log_z(m)
 
 
-# --- the dispatch module -------------------------------------------------------------------------
+# --- the prior contract as the samplers use it ---------------------------------------------------
 
 
-def test_graph_chains_are_all_units_in_z1_and_an_empty_z2():
+def test_graph_chains_are_one_array_of_every_unit():
   m = gref.random_machine(gref.odd_cycles_12(), seed=0)
-  chains = machines.init_chains(jax.random.key(0), m, 5)
-  chex.assert_shape((chains.z1, chains.z2), ((5, 12), (5, 0)))
-  assert chains.z2.dtype == chains.z1.dtype == jnp.float32
-  np.testing.assert_array_equal(machines.energy(m, chains), machine.energy(m, chains.z1))
-  assert machines.num_units(m) == 12 and machines.chain_sizes(m) == (12, 0)
-  assert machines.uniform_log_partition(m) == pytest.approx(12 * np.log(2.0))
-  assert machines.uniform_log_partition(rbm.init_rbm(3, 4)) == pytest.approx(7 * np.log(2.0))
+  z = m.init_chains(jax.random.key(0), 5)
+  chex.assert_shape(z, (5, 12))
+  assert z.dtype == jnp.float32
+  np.testing.assert_array_equal(m.energy(z), machine.energy(m, z))
+  assert m.num_units == 12
+  assert chains.uniform_log_partition(m) == pytest.approx(12 * np.log(2.0))
+  assert chains.uniform_log_partition(rbm.init_rbm(3, 4)) == pytest.approx(7 * np.log(2.0))
   key = jax.random.key(1)
-  out = machines.run(key, chains, m, 3, 0.7)
-  np.testing.assert_array_equal(out.z1, graph_gibbs.run(key, chains.z1, m, 3, 0.7))
-  assert out.z2.shape == (5, 0)
-  assert machines.run(key, chains, m, 0) is chains
+  np.testing.assert_array_equal(m.run(key, z, 3, 0.7), graph_gibbs.run(key, z, m, 3, 0.7))
+  assert m.run(key, z, 0) is z
 
 
-def test_machines_run_with_energy_is_the_graph_kernel_on_z1():
+def test_run_with_energy_is_the_graph_kernel():
   m = gref.random_machine(gref.odd_cycles_12(), seed=2)
   z0 = graph_gibbs.init(jax.random.key(0), m, 64)
   key = jax.random.key(1)
   z, e = graph_gibbs.run_with_energy(key, z0, m, 4, 0.8)
-  chains, e2 = machines.run_with_energy(key, gibbs.GibbsState(z0, z0[:, :0]), m, 4, 0.8)
-  np.testing.assert_array_equal(chains.z1, z)
+  z2, e2 = m.run_with_energy(key, z0, 4, 0.8)
+  np.testing.assert_array_equal(z2, z)
   np.testing.assert_array_equal(e2, e)
-  assert chains.z2.shape == (64, 0)
 
 
-def test_rbm_branch_calls_the_rbm_gibbs_kernels():
-  """The RBM path is the pre-dispatch one (same functions, same keys: bit-identical results)."""
+def test_rbm_prior_runs_the_two_sided_gibbs_kernels_on_its_sides():
+  """The RBM's methods are the two-sided kernels of samplers.gibbs on the sides of z [S, n] (same
+  functions, same keys: bit-identical results)."""
   m = ref.random_rbm(0, 5, 6, 1.0)
   key = jax.random.key(3)
-  chains = machines.init_chains(key, m, 7)
-  chex.assert_trees_all_equal(chains, gibbs.init(key, m, 7))
-  chex.assert_trees_all_equal(
-    machines.run(key, chains, m, 2, 0.5), gibbs.run(key, chains, m, 2, 0.5)
+  z = m.init_chains(key, 7)
+  sides = gibbs.init(key, m, 7)
+  np.testing.assert_array_equal(z, jnp.concatenate(sides, -1))
+  np.testing.assert_array_equal(
+    m.run(key, z, 2, 0.5), jnp.concatenate(gibbs.run(key, sides, m, 2, 0.5), -1)
   )
-  chex.assert_trees_all_equal(
-    machines.run_with_energy(key, chains, m, 2, 0.5), gibbs.run_with_energy(key, chains, m, 2, 0.5)
-  )
-  np.testing.assert_array_equal(machines.energy(m, chains), rbm.energy(m, chains.z1, chains.z2))
-  chex.assert_trees_all_equal(
-    machines.sample_moments(m, chains), diagnostics.sample_moments(chains.z1, chains.z2)
-  )
+  out, e = m.run_with_energy(key, z, 2, 0.5)
+  out_sides, e_sides = gibbs.run_with_energy(key, sides, m, 2, 0.5)
+  np.testing.assert_array_equal(out, jnp.concatenate(out_sides, -1))
+  np.testing.assert_array_equal(e, e_sides)
+  np.testing.assert_array_equal(m.energy(z), rbm.energy(m, *sides))
+  mom = m.sample_moments(z)
+  np.testing.assert_allclose(mom.z1z2, sides.z1.T @ sides.z2 / 7, rtol=1e-6)
 
 
 def test_graph_sample_and_exact_moments_layout():
   m = gref.random_machine(gref.chimera_cell(), seed=4)
   z = gref.exact_samples(jax.random.key(0), m, 50)
-  mom = machines.sample_moments(m, gibbs.GibbsState(z, z[:, :0]))
+  mom = m.sample_moments(z)
   e = m.graph.edges
-  np.testing.assert_allclose(mom.z1, z.mean(0))
-  np.testing.assert_allclose(mom.z1z2, (z[:, e[:, 0]] * z[:, e[:, 1]]).mean(0))
-  assert mom.z2.shape == (0,)
-  exact = machines.exact_moments(m)
+  np.testing.assert_allclose(mom.unit, z.mean(0))
+  np.testing.assert_allclose(mom.edge, (z[:, e[:, 0]] * z[:, e[:, 1]]).mean(0))
+  exact = m.exact_moments()
   mz, mzz = gref.moments(m)
-  np.testing.assert_allclose(exact.z1, mz, atol=1e-5)
-  np.testing.assert_allclose(exact.z1z2, mzz, atol=1e-5)
-  assert exact.z2.shape == (0,)
-  assert float(machines.exact_log_partition(m)) == pytest.approx(gref.log_z(m), abs=1e-4)
+  np.testing.assert_allclose(exact.unit, mz, atol=1e-5)
+  np.testing.assert_allclose(exact.edge, mzz, atol=1e-5)
+  assert float(m.exact_log_partition()) == pytest.approx(gref.log_z(m), abs=1e-4)
 
 
 def test_bad_input_names_the_problem():
   g = gref.odd_cycles_12()
   m = gref.random_machine(g, seed=0)
-  with pytest.raises(TypeError, match="rbm.RBM or a graphs.BoltzmannMachine"):
-    machines.check({"b": m.b})
-  with pytest.raises(TypeError, match="state comes before the machine"):
-    machines.check(gibbs.GibbsState(m.b, m.b))
-  with pytest.raises(TypeError, match="rbm.RBM or a graphs.BoltzmannMachine"):
-    pa_log_partition(m.b, jax.random.key(0))
+  with pytest.raises(TypeError, match="expected a prior"):
+    chains.check({"b": m.b})
+  with pytest.raises(TypeError, match="the state before the prior"):
+    chains.check(persistent.zero_state(jax.random.key(0), m, 4))
+  with pytest.raises(TypeError, match="expected a prior"):
+    pa_log_partition(jax.random.key(0), m.b)
   # An RBM's chains given to a graph machine, and the other way round.
-  rbm_state = persistent.zero_state(jax.random.key(0), rbm.init_rbm(6, 6), 8)
-  with pytest.raises(ValueError, match=r"do not match a graph machine with n=12 nodes"):
+  rbm_state = persistent.zero_state(jax.random.key(0), rbm.init_rbm(6, 7), 8)
+  with pytest.raises(ValueError, match=r"\(8, 13\), which does not match the prior's 12 units"):
     ppa.step(jax.random.key(0), rbm_state, m)
   graph_state = persistent.zero_state(jax.random.key(0), m, 8)
-  with pytest.raises(ValueError, match=r"do not match an RBM with n1=6, n2=6"):
-    pcd.step(jax.random.key(0), graph_state, rbm.init_rbm(6, 6))
-  # Same chain widths, another graph: refused by name rather than by a pytree error.
+  with pytest.raises(ValueError, match=r"\(8, 12\), which does not match the prior's 13 units"):
+    pcd.step(jax.random.key(0), graph_state, rbm.init_rbm(6, 7))
+  # Same chain widths, another graph or another kind: refused by name rather than by a pytree error.
   other = gref.random_machine(machine.Graph.from_edges(12, [(0, 1)]), seed=0)
-  with pytest.raises(ValueError, match="a state belongs to one graph"):
+  with pytest.raises(ValueError, match="belongs to one kind of prior \\(and one graph\\)"):
     ppa.step(jax.random.key(0), graph_state, other)
-  with pytest.raises(ValueError, match="a state belongs to one kind of machine"):
-    ppa.step(
-      jax.random.key(0), graph_state._replace(params=rbm.RBM(m.b, m.b[:0], m.b[:, None][:, :0])), m
-    )
-  with pytest.raises(ValueError, match=r"population z1, z2 hold z1 \(8, 11\)"):
-    diagnostics.population_moment_error(
-      jax.random.key(0), jnp.zeros((8, 11)), jnp.zeros((8, 0)), m, 16, 10
-    )
+  with pytest.raises(ValueError, match="belongs to one kind of prior"):
+    params = rbm.RBM(m.b[:6], m.b[6:], jnp.zeros((6, 6)))
+    ppa.step(jax.random.key(0), graph_state._replace(params=params), m)
+  with pytest.raises(ValueError, match=r"population z have shape \(8, 11\)"):
+    diagnostics.population_moment_error(jax.random.key(0), jnp.zeros((8, 11)), m, 16, 10)
   with pytest.raises(ValueError, match="b \\[n=12\\] and w"):
-    tempering.check_schedule(machine.BoltzmannMachine(m.b[:3], m.w, g), jnp.array([0.0, 1.0]), 1)
+    tempering.check_schedule(priors.BoltzmannMachine(m.b[:3], m.w, g), jnp.array([0.0, 1.0]), 1)
 
 
 # --- annealed estimators against enumeration -----------------------------------------------------
@@ -147,9 +142,9 @@ def _check_estimate(res, exact, bound=4.5):
 
 def test_ais_log_z_matches_enumeration(strong):
   _, m, exact = strong
-  res = ais_log_partition(m, jax.random.key(0), num_chains=1024, num_temperatures=500)
+  res = ais_log_partition(jax.random.key(0), m, num_chains=1024, num_temperatures=500)
   _check_estimate(res, exact)
-  chex.assert_shape((res.z1, res.z2, res.log_weights), ((1024, m.num_nodes), (1024, 0), (1024,)))
+  chex.assert_shape((res.z, res.log_weights), ((1024, m.num_nodes), (1024,)))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "adaptive"])
@@ -162,8 +157,8 @@ def test_pa_log_z_and_moments_match_enumeration(strong, schedule):
   _, m, exact = strong
   num, num_groups = 2048, 32
   res = pa_log_partition(
-    m,
     jax.random.key(1),
+    m,
     num_replicas=num,
     num_temperatures=500,
     schedule=schedule,
@@ -173,8 +168,8 @@ def test_pa_log_z_and_moments_match_enumeration(strong, schedule):
   _check_estimate(res, exact)
   if schedule == "adaptive":
     assert 1 <= int(res.num_steps) < 499
-  chex.assert_shape((res.z1, res.z2), ((num, m.num_nodes), (num, 0)))
-  z = np.asarray(res.z1, np.float64).reshape(num_groups, -1, m.num_nodes)
+  chex.assert_shape(res.z, (num, m.num_nodes))
+  z = np.asarray(res.z, np.float64).reshape(num_groups, -1, m.num_nodes)
   e = m.graph.edges
   group_means = [z.mean(1), (z[..., e[:, 0]] * z[..., e[:, 1]]).mean(1)]
   exact_moments = gref.moments(m)
@@ -184,20 +179,20 @@ def test_pa_log_z_and_moments_match_enumeration(strong, schedule):
 
 
 def test_rbm_as_a_graph_machine_gives_the_rbm_log_z():
-  """`graphs.machine.from_rbm` on K_{8,8}: the graph path and the RBM path agree within their
+  """`rbm.graph_machine` on K_{8,8}: the graph path and the RBM path agree within their
   errors and with enumeration (not bit-identical: the chains use the keys differently)."""
   m = ref.random_rbm(4, 8, 8, 1.5)
   exact = ref.log_z(m)
-  g = machine.from_rbm(m)
+  g = rbm.graph_machine(m)
   opts = dict(num_replicas=1024, num_temperatures=300)
   a, b = (
-    pa_log_partition(m, jax.random.key(0), **opts),
-    pa_log_partition(g, jax.random.key(0), **opts),
+    pa_log_partition(jax.random.key(0), m, **opts),
+    pa_log_partition(jax.random.key(0), g, **opts),
   )
   joint = float(np.hypot(a.stderr, b.stderr))
   assert abs(float(a.log_z) - float(b.log_z)) < 4.5 * joint, (a.log_z, b.log_z, joint)
   _check_estimate(b, exact)
-  c = ais_log_partition(g, jax.random.key(1), num_chains=1024, num_temperatures=300)
+  c = ais_log_partition(jax.random.key(1), g, num_chains=1024, num_temperatures=300)
   _check_estimate(c, exact)
 
 
@@ -229,9 +224,9 @@ def test_persistent_samplers_track_log_z_on_a_graph(kind):
   steps = 30
   seq, exact = graph_parameter_path(g, 20, steps)
   sampler = make_prior_sampler(kind, num_samples=1000, num_sweeps=10)
-  state = sampler.init(jax.random.key(0), machine.init_machine(g))
+  state = sampler.init(jax.random.key(0), priors.graph.init_machine(g))
   np.testing.assert_allclose(state.log_z, 12 * np.log(2.0), rtol=1e-7)  # exact start
-  chex.assert_shape((state.z1, state.z2), ((1000, 12), (1000, 0)))
+  chex.assert_shape(state.z, (1000, 12))
 
   @jax.jit
   def track(key, state):
@@ -247,7 +242,7 @@ def test_persistent_samplers_track_log_z_on_a_graph(kind):
   final = at_step(seq, -1)
   chex.assert_trees_all_close(state.params, final)
   mz, _ = gref.moments(final)
-  assert np.all(np.abs(np.mean(state.z1, 0) - mz) < 5 * ref.binomial_stderr(mz, 1000) + 0.02)
+  assert np.all(np.abs(np.mean(state.z, 0) - mz) < 5 * ref.binomial_stderr(mz, 1000) + 0.02)
 
 
 def test_persistent_pa_init_far_from_zero_on_zephyr():
@@ -268,7 +263,7 @@ def test_log_z_tracking_refreshes_a_graph_sampler():
   sampler = make_prior_sampler("pa", num_samples=512, num_sweeps=10)
   state = sampler.init(jax.random.key(0), m0)
   tracker = log_z_tracking.seed(jax.random.key(1), state, 256)
-  chex.assert_shape((tracker.z1, tracker.z2), ((256, 8), (256, 0)))
+  chex.assert_shape(tracker.z, (256, 8))
   state, _ = sampler.step(jax.random.key(2), state, m1)
   shifted = state._replace(log_z=state.log_z + 1.0)
   tracker, fixed, drift, info = log_z_tracking.refresh(jax.random.key(3), tracker, shifted, 10)
@@ -292,32 +287,35 @@ def test_diagnostics_on_a_graph_reads_one_when_exact_and_detects_a_lag():
   for r in range(reps):
     z = gref.exact_samples(jax.random.key(10 + r), m, num)
     out = diagnostics.population_moment_error(
-      jax.random.key(100 + r), z, z[:, :0], m, num_replicas=1024, num_temperatures=300
+      jax.random.key(100 + r), z, m, num_replicas=1024, num_temperatures=300
     )
-    assert np.isnan(float(out.z2))  # no second side
+    assert out.groups._fields == ("unit", "edge")
     assert abs(float(out.reference_log_z) - gref.log_z(m)) < 4 * float(out.reference_log_z_stderr)
-    squared.append([float(out.total) ** 2, float(out.z1) ** 2, float(out.z1z2) ** 2])
+    ratios = (out.total, out.groups.unit, out.groups.edge)
+    squared.append([float(r) ** 2 for r in ratios])
   squared = np.array(squared)
   mean, se = squared.mean(0), squared.std(0, ddof=1) / np.sqrt(reps)
   assert np.all(np.abs(mean - 1.0) < 4 * se + 0.02), (mean, se)
 
   lr = 0.08
   other = gref.random_machine(g, seed=8, w_std=1.0)
-  target, current = machines.exact_moments(other), machines.exact_moments(m)
-  new = machine.BoltzmannMachine(
-    m.b - lr * jnp.sign(current.z1 - target.z1), m.w - lr * jnp.sign(current.z1z2 - target.z1z2), g
+  target, current = other.exact_moments(), m.exact_moments()
+  new = priors.BoltzmannMachine(
+    m.b - lr * jnp.sign(current.unit - target.unit),
+    m.w - lr * jnp.sign(current.edge - target.edge),
+    g,
   )
-  exact_new = machines.exact_moments(new)
+  exact_new = new.exact_moments()
   bias2 = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(current, exact_new, strict=True))
   noise2 = sum(float(jnp.sum(b * (1 - b))) for b in exact_new) / num
   expected = 1 + bias2 / noise2
   assert expected > 2.5, expected
   z = gref.exact_samples(jax.random.key(50), m, num)
-  lagging = diagnostics.population_moment_error(jax.random.key(9), z, z[:, :0], new, 2048, 300)
+  lagging = diagnostics.population_moment_error(jax.random.key(9), z, new, 2048, 300)
   assert abs(float(lagging.total) ** 2 - expected) < 0.45 * expected, (lagging.total, expected)
   in_step = diagnostics.state_moment_error(
     jax.random.key(9),
-    persistent.PersistentState(z, z[:, :0], 0.0, 0.0, 0.0, m),
+    persistent.PersistentState(z, 0.0, 0.0, 0.0, m),
     num_replicas=2048,
     num_temperatures=300,
   )

@@ -1,8 +1,8 @@
-"""Tests of dvae_jax/priors.py with a graph Boltzmann machine prior (MATH.md §2, §4).
+"""Tests of dvae_jax.priors.graph, the graph Boltzmann machine prior (MATH.md §2, §4).
 
 References are float64 NumPy enumerations of all 2^n states, SciPy's multivariate normal, central
-finite differences, and the RBM implementation itself for ``graphs.from_rbm`` (the bipartite case
-must give the RBM's numbers, iterate for iterate). The RBM-only tests of priors.py are in
+finite differences, and the RBM implementation itself for ``rbm.graph_machine`` (the bipartite case
+must give the RBM's numbers, iterate for iterate). The RBM prior's relaxations are tested in
 tests/test_objectives.py.
 """
 
@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import logsumexp
 
-from dvae_jax import priors, rbm, smoothing
+from dvae_jax import priors, smoothing
 from dvae_jax.graphs import machine
+from dvae_jax.priors import rbm
 
 # A triangle (0, 1, 2) and a 5-cycle 2-3-4-5-6 with a chord: odd cycles, 3 colours.
 ODD_CYCLES_7 = (7, [(0, 1), (1, 2), (0, 2), (2, 3), (3, 4), (4, 5), (5, 6), (2, 6), (1, 5)])
@@ -40,7 +41,7 @@ GRAPHS = {"odd_cycles_7": odd_cycles_graph, "chimera_1x1x4": chimera_cell}
 
 def random_machine(g, seed, w_std=1.0, b_std=0.5, dtype=jnp.float32):
   rng = np.random.default_rng(seed)
-  return machine.BoltzmannMachine(
+  return priors.BoltzmannMachine(
     jnp.asarray(rng.normal(0, b_std, g.num_nodes), dtype),
     jnp.asarray(rng.normal(0, w_std, g.num_edges), dtype),
     g,
@@ -82,13 +83,13 @@ def test_graph_mean_field_is_a_lower_bound_tight_without_couplings(graph, w_std)
     a = np.random.default_rng(10 + seed).normal(0, 1.5, (8, g.num_nodes))
     exact = np_log_partition(m, a)
     for k in (1, 5, 30):
-      mf = np.asarray(priors.graph_mean_field_log_partition(m, jnp.asarray(a, jnp.float32), k))
+      mf = np.asarray(m.mean_field_log_partition(jnp.asarray(a, jnp.float32), k))
       assert np.all(np.isfinite(mf))
       assert np.all(mf <= exact + 1e-4), (graph, seed, k, mf - exact)
     # Without couplings q = p is factorial: the bound is the exact value after one pass.
     m0 = m.replace(w=jnp.zeros_like(m.w))
     np.testing.assert_allclose(
-      priors.graph_mean_field_log_partition(m0, jnp.asarray(a, jnp.float32), 1),
+      m0.mean_field_log_partition(jnp.asarray(a, jnp.float32), 1),
       np_log_partition(m0, a),
       rtol=1e-6,
       atol=1e-5,
@@ -111,7 +112,7 @@ def test_graph_mean_field_is_a_lower_bound_on_random_graphs(n, edge_prob, w_std,
   g = machine.Graph.from_edges(n, np.stack([i[keep], j[keep]], 1))
   m = random_machine(g, seed, w_std)
   a = rng.normal(0, 1.5, (4, n))
-  mf = np.asarray(priors.graph_mean_field_log_partition(m, jnp.asarray(a, jnp.float32), passes))
+  mf = np.asarray(m.mean_field_log_partition(jnp.asarray(a, jnp.float32), passes))
   exact = np_log_partition(m, a)
   # float32 rounding of a sum of O(n + E) terms: 1e-5 relative.
   assert np.all(mf <= exact + 1e-5 * (1.0 + np.abs(exact))), mf - exact
@@ -133,16 +134,16 @@ def test_relaxed_log_partition_of_a_graph_prior(graph):
     log_r = np.where(z[:, None, :] > 0, log_r1[None], log_r0[None])  # [2^n, 6, n]
     exact = logsumexp(np_neg_energy(m, z)[:, None] + log_r.sum(-1), axis=0)
     np.testing.assert_allclose(
-      priors.relaxed_log_partition_exact(m, s, zeta32), exact, rtol=1e-5, atol=2e-4
+      m.relaxed_log_prob(s, zeta32, 0.0, exact=True), exact, rtol=1e-5, atol=2e-4
     )
-    mf = np.asarray(priors.relaxed_log_partition(m, s, zeta32), np.float64)
+    mf = np.asarray(m.relaxed_log_prob(s, zeta32, 0.0), np.float64)
     assert np.all(mf <= exact + 2e-4), mf - exact
     log_z = np_log_partition(m, np.zeros((1, g.num_nodes)))[0]
     np.testing.assert_allclose(
-      priors.relaxed_log_prob(m, s, zeta32, jnp.float32(log_z)), mf - log_z, rtol=1e-5, atol=1e-4
+      m.relaxed_log_prob(s, zeta32, jnp.float32(log_z)), mf - log_z, rtol=1e-5, atol=1e-4
     )
     np.testing.assert_allclose(
-      priors.relaxed_log_prob(m, s, zeta32, jnp.float32(log_z), exact=True),
+      m.relaxed_log_prob(s, zeta32, jnp.float32(log_z), exact=True),
       exact - log_z,
       rtol=1e-5,
       atol=2e-4,
@@ -159,7 +160,7 @@ def test_graph_mean_field_gradient_at_the_fixed_point_is_the_total_derivative():
     a = jnp.asarray(np.random.default_rng(6).normal(0, 1.0, (2, g.num_nodes)))
 
     def value(b, w):
-      return jnp.sum(priors.graph_mean_field_log_partition(m.replace(b=b, w=w), a, 200))
+      return jnp.sum(m.replace(b=b, w=w).mean_field_log_partition(a, 200))
 
     grad_b, grad_w = jax.grad(value, argnums=(0, 1))(m.b, m.w)
     eps = 1e-6
@@ -179,32 +180,32 @@ def test_graph_mean_field_gradient_at_the_fixed_point_is_the_total_derivative():
 
 
 def _prior_terms(prior, zeta, gauss, z, log_z):
-  """Every prior function of priors.py at fixed inputs, by name (RBM or graph machine)."""
+  """Every prior method at fixed inputs, by name (RBM or graph machine)."""
   s = smoothing.PowerFunction(beta=40.0)
-  out = {f"mean_field_{k}": priors.relaxed_log_partition(prior, s, zeta, k) for k in (1, 2, 5)}
-  out["exact"] = priors.relaxed_log_partition_exact(prior, s, zeta)
-  out["relaxed_log_prob"] = priors.relaxed_log_prob(prior, s, zeta, log_z)
-  out["discrete_log_prob"] = priors.discrete_log_prob(prior, z, log_z)
+  out = {f"mean_field_{k}": prior.relaxed_log_prob(s, zeta, 0.0, k) for k in (1, 2, 5)}
+  out["exact"] = prior.relaxed_log_prob(s, zeta, 0.0, exact=True)
+  out["relaxed_log_prob"] = prior.relaxed_log_prob(s, zeta, log_z)
+  out["discrete_log_prob"] = prior.log_prob(z, log_z)
   for beta in (6.0, 40.0):  # λ = σ_max + 5 and λ = β
-    out[f"lambda_{beta}"] = priors.gaussian_integral_lambda(prior, beta)
-    out[f"gaussian_{beta}"] = priors.gaussian_integral_log_prob(prior, gauss, beta, log_z)
+    out[f"lambda_{beta}"] = prior.gaussian_integral_lambda(beta)
+    out[f"gaussian_{beta}"] = prior.gaussian_integral_log_prob(gauss, beta, log_z)
   return out
 
 
 @pytest.mark.parametrize("n1,n2", [(3, 4), (4, 2)])
-def test_from_rbm_prior_equals_the_rbm_prior(n1, n2):
+def test_rbm_graph_machine_equals_the_rbm_prior(n1, n2):
   """Every prior function and its gradient with respect to the prior (the RBM's mapped to (b1; b2)
-  and W row-major) agree for r and from_rbm(r), strong couplings (W ~ N(0, 2²))."""
+  and W row-major) agree for r and graph_machine(r), strong couplings (W ~ N(0, 2²))."""
   rng = np.random.default_rng(7)
   r = random_rbm(rng, n1, n2, scale=2.0)
-  gm = machine.from_rbm(r)
+  gm = rbm.graph_machine(r)
   n = n1 + n2
   zeta = jnp.asarray(rng.uniform(0.02, 0.98, (5, n)), jnp.float32)
   gauss = jnp.asarray(rng.normal(0.5, 0.6, (5, n)), jnp.float32)
   z = jnp.asarray(states(n), jnp.float32)
   log_z = rbm.exact_log_partition(r)
   np.testing.assert_allclose(machine.exact_log_partition(gm), log_z, rtol=1e-6)
-  assert priors.num_units(gm) == priors.num_units(r) == n
+  assert gm.num_units == r.num_units == n
 
   @jax.jit
   def values_and_grads(prior):
@@ -229,14 +230,14 @@ def test_from_rbm_prior_equals_the_rbm_prior(n1, n2):
   a = jnp.asarray(rng.normal(0, 1.5, (5, n)), jnp.float32)
   swapped = gm.replace(graph=machine.Graph(n, gm.graph.edges, colours=1 - gm.graph.colours))
   np.testing.assert_allclose(
-    priors.graph_mean_field_log_partition(gm, a, 1),
-    priors.mean_field_log_partition(r, a[:, :n1], a[:, n1:], 1),
+    gm.mean_field_log_partition(a, 1),
+    rbm.mean_field_log_partition(r, a[:, :n1], a[:, n1:], 1),
     rtol=1e-6,
     atol=1e-5,
   )
-  other = priors.graph_mean_field_log_partition(swapped, a, 1)
+  other = swapped.mean_field_log_partition(a, 1)
   assert (
-    float(jnp.max(jnp.abs(other - priors.mean_field_log_partition(r, a[:, :n1], a[:, n1:], 1))))
+    float(jnp.max(jnp.abs(other - rbm.mean_field_log_partition(r, a[:, :n1], a[:, n1:], 1))))
     > 1e-2
   )
 
@@ -256,7 +257,7 @@ def test_graph_gaussian_integral_is_the_augmented_mixture(w_std, beta):
   w_f += w_f.T
   np.testing.assert_allclose(machine.coupling_matrix(m), w_f, rtol=1e-7)
   lam = max(np.max(np.abs(np.linalg.eigvalsh(w_f))) + 5.0, beta)
-  np.testing.assert_allclose(priors.gaussian_integral_lambda(m, beta), lam, rtol=1e-5)
+  np.testing.assert_allclose(m.gaussian_integral_lambda(beta), lam, rtol=1e-5)
   cov = np.linalg.inv(w_f + lam * np.eye(n))
   z = states(n)
   neg_e = np_neg_energy(m, z)
@@ -269,9 +270,7 @@ def test_graph_gaussian_integral_is_the_augmented_mixture(w_std, beta):
       for zt in zeta
     ]
   )
-  got = priors.gaussian_integral_log_prob(
-    m, jnp.asarray(zeta, jnp.float32), beta, jnp.float32(log_z)
-  )
+  got = m.gaussian_integral_log_prob(jnp.asarray(zeta, jnp.float32), beta, jnp.float32(log_z))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-4)
 
 
@@ -280,16 +279,16 @@ def test_graph_discrete_log_prob_is_normalised_and_bad_inputs():
   m = random_machine(g, 11, 1.5)
   log_z = machine.exact_log_partition(m)
   z = jnp.asarray(states(g.num_nodes), jnp.float32)
-  lp = priors.discrete_log_prob(m, z, log_z)
+  lp = m.log_prob(z, log_z)
   np.testing.assert_allclose(lp, np_neg_energy(m, np.asarray(z)) - float(log_z), atol=1e-5)
   np.testing.assert_allclose(jnp.sum(jnp.exp(lp)), 1.0, rtol=1e-5)
   with pytest.raises(ValueError, match="needs log_z"):
-    priors.discrete_log_prob(m, z)
+    m.log_prob(z, None)
   with pytest.raises(ValueError, match="needs log_z"):
-    priors.relaxed_log_prob(m, smoothing.Exponential(beta=5.0), z * 0.5)
-  with pytest.raises(ValueError, match="no sides"):
-    priors.split_sides(m, z)
+    m.relaxed_log_prob(smoothing.Exponential(beta=5.0), z * 0.5, None)
+  with pytest.raises(ValueError, match="only 'none'|needs an RBM prior"):
+    m.rao_blackwellize(z, "z2")
   with pytest.raises(ValueError, match="trailing dimension of 7"):
-    priors.graph_mean_field_log_partition(m, z[:, :5])
+    m.mean_field_log_partition(z[:, :5])
   with pytest.raises(ValueError, match="num_iterations"):
-    priors.graph_mean_field_log_partition(m, z, 0)
+    m.mean_field_log_partition(z, 0)
