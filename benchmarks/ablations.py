@@ -2,7 +2,7 @@ r"""Variants of a method against a reference run, paired by seed (the ablations 
 
 Each ``--dirs`` folder is a ``benchmarks.table1`` output (``DIR/json/<run>.json``).
 A run's *variant* is its config name plus the keys in which it departs from that method's defaults
-(β off the MATH.md §6 table, ``adam_eps_mode``, a graph ``prior``, ``num_sweeps``), so
+(β off the math.md §6 table, ``adam_eps_mode``, a graph ``prior``, ``num_sweeps``), so
 ``dvae_sharp`` with ``--override=beta=20`` is "dvae_sharp β=20". Every variant is paired with the
 reference variant (default: plain ``dvae_sharp``) of the same struct, K, seed and number of steps
 (same initialisation key and batch order), and with its own method at the defaults; the report

@@ -4,10 +4,10 @@ For each device count: steps/s of the runner's jitted train step (``dvae_sharp``
 with 1000 samples × 40 sweeps) with the state laid out as the runner does it
 (``experiment.state_shardings``: the sampler's chains split over the devices) and, in the same
 process and timed in alternation, with every leaf replicated (each device samples the whole
-population: the layout before 2026-11-25). Each device count runs in its own process; on the CPU the devices
-are forced host devices (``--xla_force_host_platform_device_count``), so on a machine with C cores
-they share those C cores, and each step is waited for, as the runner does there (XLA's CPU
-collectives deadlocked with many steps in flight).
+population). Each device count runs in its own process; on the CPU the devices are forced host
+devices (``--xla_force_host_platform_device_count``), so on a machine with C cores they share
+those C cores, and each step is waited for, as the runner does there (XLA's CPU collectives
+deadlocked with many steps in flight).
 
   python -m benchmarks.multi_device [--struct=1-layer-lin] [--cpu_devices=1,2]
 

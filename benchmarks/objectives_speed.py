@@ -1,4 +1,4 @@
-r"""Time of one jitted loss + gradient evaluation of every method (MATH.md §4), per struct.
+r"""Time of one jitted loss + gradient evaluation of every method (math.md §4), per struct.
 
 The prior samples are fixed random states (the sampler's cost is measured in its own benchmark), so
 the numbers are the objectives' and networks' cost alone: forward and backward through the
@@ -45,7 +45,7 @@ BETAS = {
   "dvae_sharp_exp": 12.0,
   "dvae_sharp_unexp": 40.0,
   "dvae_sharp": 40.0,
-}  # MATH.md §6 (1-layer-lin column)
+}  # math.md §6 (1-layer-lin column)
 
 
 def time_one(struct: str, name: str, batch: int, k: int, repeats: int) -> dict:

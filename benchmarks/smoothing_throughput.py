@@ -1,4 +1,4 @@
-"""Relaxed-sample throughput of dvae_jax.smoothing (MATH.md §1).
+"""Relaxed-sample throughput of dvae_jax.smoothing (math.md §1).
 
 For every smoothing at a paper β, on a [100, 200] batch of logits (the 1-layer structs' latent
 shape): ``sample`` (inverse CDF: analytic for spike-and-exp / exponential, safeguarded Newton for

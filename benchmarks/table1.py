@@ -36,7 +36,7 @@ from experiments import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-ALL_METHODS = config_lib.PAPER_METHODS  # the eight methods of MATH.md §4, in the §6 table order
+ALL_METHODS = config_lib.PAPER_METHODS  # the eight methods of math.md §4, in the §6 table order
 ALL_STRUCTS = tuple(models.STRUCTS)
 
 # (configs, structs, Ks) of each preset. 'dvae_sharp_factorial' is the factorial-Bernoulli baseline.

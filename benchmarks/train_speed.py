@@ -1,7 +1,7 @@
 r"""Training speed per struct with the paper's sampler settings, and where the time goes.
 
 For each struct: steps/s of the runner's jitted train step (batch 100, PA with 1000 samples × 40
-sweeps, MATH.md §6), the time of the prior-sampler step alone (the same jitted ``sampler.step``),
+sweeps, math.md §6), the time of the prior-sampler step alone (the same jitted ``sampler.step``),
 hence the share of the step spent sampling (the two timed in alternation, so under the same load);
 the peak resident memory of a process that measures that struct alone (each struct runs in its own
 interpreter unless ``--noisolate``) and, on accelerators, the device's peak memory in use; and the

@@ -1,4 +1,4 @@
-"""Evaluation of the discrete model: negative ELBO and importance-weighted NLL (MATH.md §4, §6).
+"""Evaluation of the discrete model: negative ELBO and importance-weighted NLL (math.md §4, §6).
 
 At evaluation every method is the same discrete model: the Bernoulli posterior
 q(z|x) = Π_i Bernoulli(z_i; σ(l_i(x, z_<i))) with the encoder fed binary z, the prior p(z) (with a
@@ -44,7 +44,7 @@ def discrete_log_weights(
   x: Array,
   num_samples: int,
 ) -> Array:
-  """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for K binary posterior samples (MATH.md §4).
+  """log w_k = log p(x|z_k) + log p(z_k) − log q(z_k|x) for K binary posterior samples (math.md §4).
 
   Args:
     key: PRNG key.
@@ -80,7 +80,7 @@ def evaluate(
   *,
   sample_chunk: int = DEFAULT_SAMPLE_CHUNK,
 ) -> dict[str, Array]:
-  """Importance-weighted NLL and negative ELBO of the discrete model, per example (MATH.md §6).
+  """Importance-weighted NLL and negative ELBO of the discrete model, per example (math.md §6).
 
   Args:
     key: PRNG key; chunk c uses ``fold_in(key, c)``.

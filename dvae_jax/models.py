@@ -1,10 +1,10 @@
-"""Encoder/decoder networks of the discrete VAEs (MATH.md §5), as thin Flax NNX modules.
+"""Encoder/decoder networks of the discrete VAEs (math.md §5), as thin Flax NNX modules.
 
 A *struct* names an architecture: the number of latent groups of the hierarchical posterior, the
 units per group, and the hidden widths of each group's encoder and of the decoder. The latent vector
 is the concatenation of the groups, ``zeta = [group_1, ..., group_G]`` of width ``num_latent``; the
 RBM prior sees its first half as ``z1`` and its second half as ``z2``
-(``n1 = n2 = num_latent / 2``), which is MATH.md §5's "group 1 ‖ group 2" for two groups and
+(``n1 = n2 = num_latent / 2``), which is math.md §5's "group 1 ‖ group 2" for two groups and
 "groups 1–2 ‖ 3–4" for four.
 
 The modules only hold parameters and compute logits; sampling and the hierarchy over groups are
@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Batch normalisation of the hidden layers (MATH.md §5). Flax's convention matches the reference:
+# Batch normalisation of the hidden layers (math.md §5). Flax's convention matches the reference:
 # running = momentum * running + (1 - momentum) * batch statistic.
 BN_MOMENTUM = 0.8
 BN_EPSILON = 1e-2
-# The decoder's fixed logit offset is logit(clip(mean_x, MEAN_CLIP, 1 - MEAN_CLIP)) (MATH.md §5).
+# The decoder's fixed logit offset is logit(clip(mean_x, MEAN_CLIP, 1 - MEAN_CLIP)) (math.md §5).
 MEAN_CLIP = 1e-3
-# Gaussian-integral posterior (MATH.md §4): s = |S_SCALE * s_var| + S_FLOOR, shift = SHIFT_SCALE *
+# Gaussian-integral posterior (math.md §4): s = |S_SCALE * s_var| + S_FLOOR, shift = SHIFT_SCALE *
 # (sigmoid(l') - 0.5).
 S_SCALE = 0.2
 S_FLOOR = 0.05
@@ -40,7 +40,7 @@ SHIFT_SCALE = 0.5
 
 
 class StructSpec(NamedTuple):
-  """An architecture (MATH.md §5).
+  """An architecture (math.md §5).
 
   Attributes:
     name: a label.
@@ -98,7 +98,7 @@ STRUCTS: dict[str, StructSpec] = {
 
 
 def get_struct(struct: str | StructSpec) -> StructSpec:
-  """Looks a struct up by name (MATH.md §5) or validates a custom ``StructSpec``."""
+  """Looks a struct up by name (math.md §5) or validates a custom ``StructSpec``."""
   if isinstance(struct, StructSpec):
     return struct.validate()
   if struct not in STRUCTS:
@@ -107,7 +107,7 @@ def get_struct(struct: str | StructSpec) -> StructSpec:
 
 
 class GroupEncoding(NamedTuple):
-  """One group's encoder output, q(z_i | x, ζ_<i) (MATH.md §4, §5).
+  """One group's encoder output, q(z_i | x, ζ_<i) (math.md §4, §5).
 
   Attributes:
     logits: [batch, units_per_group] Bernoulli logits l_i.
@@ -128,7 +128,7 @@ class DataStat(nnx.BatchStat):
 
 
 class MLP(nnx.Module):
-  """Dense → BatchNorm → tanh hidden layers, then a plain Dense output (MATH.md §5).
+  """Dense → BatchNorm → tanh hidden layers, then a plain Dense output (math.md §5).
 
   With ``second_head`` a second output Dense reads the same last hidden layer (the shift head of the
   Gaussian-integral posterior). Kernels He-normal, biases zero.
@@ -169,14 +169,14 @@ class MLP(nnx.Module):
 
 
 class DVAENet(nnx.Module):
-  """Hierarchical encoder and decoder of a discrete VAE (MATH.md §5).
+  """Hierarchical encoder and decoder of a discrete VAE (math.md §5).
 
   Args:
     struct: a name in ``STRUCTS`` or a custom ``StructSpec``.
     mean_x: ``[num_pixels]`` training-set pixel means; the encoder sees ``x - mean_x`` and the
       decoder logits get the offset ``logit(clip(mean_x, 1e-3, 1 - 1e-3))``.
     gaussian_integral: add the second encoder head and the per-unit ``s_var`` of the DVAE# Gaussian-
-      integral posterior (MATH.md §4).
+      integral posterior (math.md §4).
     rngs: parameter initialisation.
 
   Train/eval mode: ``model.train()`` / ``model.eval()`` switch the BatchNorm layers; every call also
@@ -224,7 +224,7 @@ class DVAENet(nnx.Module):
     *,
     use_running_average: bool | None = None,
   ) -> GroupEncoding:
-    """Logits of group ``group`` of the hierarchical posterior, q(z_i | x, ζ_<i) (MATH.md §4).
+    """Logits of group ``group`` of the hierarchical posterior, q(z_i | x, ζ_<i) (math.md §4).
 
     Args:
       group: group index in ``[0, num_groups)`` (a Python int).
@@ -257,12 +257,12 @@ class DVAENet(nnx.Module):
     return logits + self.logit_offset[...]
 
   def gaussian_scale(self) -> jax.Array:
-    """Per-unit standard deviation s = |0.2 s_var| + 0.05, ``[num_latent]`` (MATH.md §4)."""
+    """Per-unit standard deviation s = |0.2 s_var| + 0.05, ``[num_latent]`` (math.md §4)."""
     if self.s_var is None:
       raise ValueError("gaussian_scale needs a model built with gaussian_integral=True")
     return jnp.abs(S_SCALE * self.s_var[...]) + S_FLOOR
 
 
 def gaussian_shift(shift_logits: jax.Array) -> jax.Array:
-  """Posterior shift Δμ = 0.5 (σ(l') - 0.5) of the Gaussian-integral posterior (MATH.md §4)."""
+  """Posterior shift Δμ = 0.5 (σ(l') - 0.5) of the Gaussian-integral posterior (math.md §4)."""
   return SHIFT_SCALE * (jax.nn.sigmoid(shift_logits) - 0.5)

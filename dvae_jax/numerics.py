@@ -1,15 +1,15 @@
 """Small numerically careful helpers shared across the library.
 
 * ``log_mean_exp``: log (1/S) Σ_s e^{a_s}, the log of an importance-sampling mean (the IW bound of
-  MATH.md §4, the log-Z increments of MATH.md §3).
-* ``log_mean_exp_stderr``: the same with its delta-method standard error (MATH.md §3: AIS and the
+  math.md §4, the log-Z increments of math.md §3).
+* ``log_mean_exp_stderr``: the same with its delta-method standard error (math.md §3: AIS and the
   population-annealing groups).
-* ``log1mexp``: log(1 − e^t) for t < 0 (tails of the smoothings' CDFs, MATH.md §1; the shifted
-  Gaussian mixture of the Gaussian integral, MATH.md §4).
+* ``log1mexp``: log(1 − e^t) for t < 0 (tails of the smoothings' CDFs, math.md §1; the shifted
+  Gaussian mixture of the Gaussian integral, math.md §4).
 * ``chunk_states``: a chunk of the binary states 0 … 2^n − 1 (exact enumeration of small Boltzmann
-  machines, MATH.md §2).
+  machines, math.md §2).
 * ``kahan_add``: one step of compensated summation (the running log weights of AIS and the running
-  log Z of population annealing and of the persistent samplers, MATH.md §3).
+  log Z of population annealing and of the persistent samplers, math.md §3).
 
 All functions are elementwise or reduce along one axis, shape-polymorphic and jit/vmap/grad-safe.
 """
@@ -43,7 +43,7 @@ def log_mean_exp(log_w: Array, axis: int = 0) -> Array:
 
 
 def log_mean_exp_stderr(log_w: Array, axis: int = -1) -> tuple[Array, Array]:
-  """(log mean_s w_s, its delta-method standard error) along ``axis`` (MATH.md §3).
+  """(log mean_s w_s, its delta-method standard error) along ``axis`` (math.md §3).
 
   With w̄ the mean of the S weights w_s = exp(log_w_s), stderr(log w̄) ≈ std_s(w)/(√S w̄), std with
   S − 1 degrees of freedom, computed from the ratios w_s / w̄ (never from e^{log_w} itself, which

@@ -1,4 +1,4 @@
-"""Optimiser pieces in optax's (init, update) form (MATH.md §6).
+"""Optimiser pieces in optax's (init, update) form (math.md §6).
 
 The papers' reference code trained with TensorFlow 1's ``tf.train.AdamOptimizer``, which folds both
 bias corrections into the step size and adds ε to the *uncorrected* √v:

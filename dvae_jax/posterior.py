@@ -1,4 +1,4 @@
-"""The hierarchical posterior q(·|x) = Π_i q(·_i | x, ·_<i), sampled group by group (MATH.md §4).
+"""The hierarchical posterior q(·|x) = Π_i q(·_i | x, ·_<i), sampled group by group (math.md §4).
 
 One loop serves training, evaluation and the image grids, as Flax's examples/vae has one
 encode → reparameterise path for train and eval: ``sample_hierarchy`` runs each group's encoder on
@@ -74,7 +74,7 @@ def sample_hierarchy(
   *,
   use_running_average: bool | None = None,
 ) -> PosteriorSample:
-  """K samples of the hierarchical posterior, group by group (MATH.md §4).
+  """K samples of the hierarchical posterior, group by group (math.md §4).
 
   Group 0 sees x only: its encoder runs once on [batch] rows and its output is repeated K times
   (identical batch statistics, K times less work); group i > 0 runs on the K·batch rows
@@ -123,7 +123,7 @@ def sample_hierarchy(
 
 
 def bernoulli_group(key: Array, group: int, encoding: models.GroupEncoding) -> GroupSample:
-  """Binary z ~ Bernoulli(σ(l)) of one group with log q(z|·) (the discrete posterior, MATH.md §4).
+  """Binary z ~ Bernoulli(σ(l)) of one group with log q(z|·) (the discrete posterior, math.md §4).
 
   A ``SampleGroup`` for evaluation and reconstructions; ``group`` is unused and the shift head of
   the Gaussian-integral posterior is ignored (the discrete model has none).

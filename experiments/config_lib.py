@@ -1,8 +1,8 @@
-"""Named configs, command-line overrides, validation and the protocol defaults (MATH.md §6).
+"""Named configs, command-line overrides, validation and the protocol defaults (math.md §6).
 
 ``--config=NAME`` names a file ``experiments/configs/NAME.py`` (:func:`expand_config_argv` rewrites
 it to the path that ``ml_collections.config_flags`` loads); ``--config.KEY=VALUE`` overrides keys.
-:func:`resolve_config` fills the keys left at ``None`` (β from the MATH.md §6 table, the budget from
+:func:`resolve_config` fills the keys left at ``None`` (β from the math.md §6 table, the budget from
 the protocol) and refuses unknown or invalid values with a message that lists the valid ones.
 """
 
@@ -22,7 +22,7 @@ CONFIG_NAMES = tuple(
   sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "base"))
 )
 
-# The objectives of MATH.md §4 in the column order of the §6 β table.
+# The objectives of math.md §4 in the column order of the §6 β table.
 PAPER_METHODS = (
   "dvae",
   "dvae_pp_exp",
@@ -54,7 +54,7 @@ _OMNIGLOT_BETAS = {
   "2-layer-nonlin": (4, 10, 30, 25, 25, 8, 16, 20),
   "4-layer-nonlin": (4, 10, 30, 25, 25, 8, 16, 20),
 }
-# BETA_TABLE[dataset][struct][method] (MATH.md §6). The papers give no Caltech-101 values for these
+# BETA_TABLE[dataset][struct][method] (math.md §6). The papers give no Caltech-101 values for these
 # methods; Caltech uses the MNIST column (both are fixed-binarization 28×28 sets).
 BETA_TABLE = {
   dataset: {
@@ -71,12 +71,12 @@ BETA_TABLE = {
   )
 }
 
-# Budgets. 'paper' is MATH.md §6. 'cpu' does the same work per step (batch 100, 1000 prior samples,
+# Budgets. 'paper' is math.md §6. 'cpu' does the same work per step (batch 100, 1000 prior samples,
 # the same evaluation) except fewer Gibbs sweeps per step on the 1-layer structs: 10 instead of 40
-# (the sweep-budget study, docs/results.md: there the population stays within 1.5× noise and the test NLL
-# within the seed spread, at 2.4–3.0× the steps per second; on 2-layer-nonlin 10 sweeps lagged
-# (diagnostic 1.50–1.60) and only 40 stayed within, so the 400-unit priors of the deeper structs
-# keep 40). It trains for 20k steps instead of 1M,
+# (the sweep-budget study, docs/results.md: there the population stays within 1.5× noise and the
+# test NLL within the seed spread, at 2.4–3.0× the steps per second; on 2-layer-nonlin 10 sweeps
+# lagged (diagnostic 1.50–1.60) and only 40 stayed within, so the 400-unit priors of the deeper
+# structs keep 40). It trains for 20k steps instead of 1M,
 # validates every 5k steps and tests with 1000 instead of 4000 importance samples, so that the
 # default run finishes on a 2-core laptop CPU in minutes. The schedules (learning
 # rate, KL warm-up) are fractions of num_steps, so they scale with it. Only keys the user left at
@@ -252,7 +252,7 @@ def resolve_config(
     c.beta = BETA_TABLE[c.dataset][c.struct][c.method]
   elif not c.beta > 0:
     raise ConfigError(
-      f"invalid beta {c.beta}: must be > 0 (or -1 / unset for the MATH.md §6 table)"
+      f"invalid beta {c.beta}: must be > 0 (or -1 / unset for the math.md §6 table)"
     )
   for key, minimum in _MINIMUM.items():
     if not isinstance(c[key], int) or c[key] < minimum:

@@ -6,7 +6,7 @@ r"""Re-scores a trained run: importance-weighted NLL, −ELBO and AIS log Z of o
 
 Every size defaults to the run's own config (``eval_iw_samples``, ``ais_num_chains``,
 ``ais_num_temperatures``, ``eval_num_examples``, ``eval_batch_size``), so that with no flags it
-repeats the run's final test evaluation (MATH.md §6) with fresh random numbers: the same examples
+repeats the run's final test evaluation (math.md §6) with fresh random numbers: the same examples
 (``scoring.eval_subset``), the same estimators (``scoring.make_eval_fn``,
 ``scoring.eval_log_partition``), independent keys. Memory is bounded by one batch
 (``--batch_size`` examples × at most 100 importance samples at a time), whatever ``--iw_samples``

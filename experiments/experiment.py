@@ -1,4 +1,4 @@
-"""Building a run (MATH.md §5–§6): its static parts (:class:`Experiment`) and its state.
+"""Building a run (math.md §5–§6): its static parts (:class:`Experiment`) and its state.
 
 Two levels, so that a reader of a trained run builds only what it needs:
 
@@ -32,7 +32,7 @@ from dvae_jax.graphs import topologies
 from dvae_jax.samplers import dimod_bridge
 from experiments import config_lib, sharding
 
-# Piecewise-constant learning rate of MATH.md §6 as multiples of the base rate 3e-3:
+# Piecewise-constant learning rate of math.md §6 as multiples of the base rate 3e-3:
 # [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3, [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
 LR_BOUNDARIES = (0.02, 0.60, 0.75, 0.95)
 LR_MULTIPLIERS = (0.1, 1.0, 1.0 / 3.0, 0.1, 9.1e-5 / 3e-3)
@@ -88,7 +88,7 @@ class Experiment:
 
 
 def learning_rate_schedule(base: float, num_steps: int) -> optax.Schedule:
-  """The piecewise-constant schedule of MATH.md §6, scaled by ``base`` (3e-3 in the paper).
+  """The piecewise-constant schedule of math.md §6, scaled by ``base`` (3e-3 in the paper).
 
   Constant pieces joined at the boundaries, not ``optax.piecewise_constant_schedule``: its product
   of scale factors puts the last piece one float32 ulp off (9.100001e-5), enough to change a run.

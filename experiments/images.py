@@ -89,7 +89,7 @@ def decode_means(experiment, params, batch_stats, z: jax.Array) -> jax.Array:
 
 
 def reconstructions(experiment, params, batch_stats, key, x: jax.Array) -> jax.Array:
-  """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (MATH.md §5)."""
+  """[n, 784] decoder means of binary z ~ q(z|x) through the encoder hierarchy (math.md §5)."""
   model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
   post = posterior.sample_hierarchy(
     key, model, x, 1, posterior.bernoulli_group, use_running_average=True

@@ -163,7 +163,7 @@ def split_examples(dataset, split: str, num_examples: int):
   """[n, 784] binary examples of ``split``: ``scoring.eval_subset`` of it, the runner's choice.
 
   A dynamically binarized training split (OMNIGLOT) is binarized once with a fixed seed, as the
-  loader does for validation and test (MATH.md §6).
+  loader does for validation and test (math.md §6).
   """
   import numpy as np
 

@@ -10,7 +10,7 @@ r"""Fresh samples of a trained model's prior, decoded to images.
 For an RBM or a graph (chimera / pegasus / zephyr) prior the latents come from a new population-
 annealing run (``samplers.pa_log_partition``: a population of ``--population`` replicas annealed
 from the uniform distribution over ``--temperatures`` linearly spaced β with ``--sweeps`` block
-Gibbs sweeps each, MATH.md §3), not from the training sampler's persistent population; ``--num``
+Gibbs sweeps each, math.md §3), not from the training sampler's persistent population; ``--num``
 of the equally weighted final replicas are drawn without replacement. A factorial prior is sampled
 exactly. Each z is decoded to the Bernoulli means of p(x|z), or to one binary draw x ~ p(x|z)
 with ``--binary``.

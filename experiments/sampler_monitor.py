@@ -1,8 +1,8 @@
 """The runner's view of the persistent prior sampler: its diagnostic and its tracked log Z.
 
 * ``sampler_diagnostic``: at every evaluation, the persistent population's moment errors against
-  fresh population-annealing runs for its own parameters (``dvae_jax.samplers.diagnostics``; README
-  "How to read the sampler diagnostic"), logged as ``val/sampler_*``.
+  fresh population-annealing runs for its own parameters (``dvae_jax.samplers.diagnostics``;
+  docs/training.md "Reading the sampler diagnostic"), logged as ``val/sampler_*``.
 * ``anchor_log_z``: at every evaluation, the sampler's running log Z replaced by an independent
   estimate for its parameters (``samplers.persistent.reset_log_z``), logging the drift removed.
 * ``LogZTracker``: between evaluations, every ``log_z_refresh_every`` steps, the running log Z
@@ -11,7 +11,7 @@
   values are re-expressed with it (``objectives.log_z_sensitivity``) and the running log Z
   re-anchored to it.
 
-Gradients never use the running log Z (MATH.md §2); the reported training terms (log_z, kl,
+Gradients never use the running log Z (math.md §2); the reported training terms (log_z, kl,
 neg_elbo) do. ``experiment`` is an ``experiments.experiment.Experiment``; ``state`` a
 ``TrainState``.
 """
@@ -197,7 +197,7 @@ class TrainLogZ:
   accumulated since its last anchor: ± 0.6 nats between evaluations with the tracker, several
   nats without. A fresh AIS carries no history: each logged value is an independent estimate
   with its own standard error (``terms/log_z_stderr``), for every sweep budget alike, at the
-  cost of one AIS per ``log_every`` steps (README "The training log Z").
+  cost of one AIS per ``log_every`` steps (docs/training.md "The training log Z").
 
   The estimate is for ``sampler_state.params``, the parameters the step's loss used (the train
   step updates the prior after sampling). ``anchor`` re-expresses the row (``shift_log_z``), adds

@@ -1,4 +1,4 @@
-"""Scoring a trained model (MATH.md §6): the importance-weighted NLL and −ELBO of a set of examples
+"""Scoring a trained model (math.md §6): the importance-weighted NLL and −ELBO of a set of examples
 and the evaluation's log Z, shared by the runner (``experiments.train``: validation and the final
 test) and ``experiments.evaluate`` (re-scoring a checkpoint).
 
@@ -23,7 +23,7 @@ from experiments import sharding
 
 def make_eval_fn(experiment, num_samples: int):
   """Jitted ``(params, batch_stats, log_z, x [B, 784], mask [B], key) -> (Σ nll, Σ −ELBO, Σ nll²)``
-  of the discrete model with ``num_samples`` importance samples (MATH.md §6)."""
+  of the discrete model with ``num_samples`` importance samples (math.md §6)."""
   graphdef = experiment.eval_graphdef
   chunk = min(num_samples, 100)
 
@@ -45,7 +45,7 @@ def make_eval_fn(experiment, num_samples: int):
 
 
 def eval_log_partition(experiment, prior, key) -> tuple[float, float]:
-  """The evaluation's (log Z, its standard error): AIS for a prior with a sampler (MATH.md §3)
+  """The evaluation's (log Z, its standard error): AIS for a prior with a sampler (math.md §3)
   with ``ais_num_chains`` × ``ais_num_temperatures``, exact (0, 0) for one without (the factorial
   prior), whose log-probabilities are normalised."""
   config = experiment.config

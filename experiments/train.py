@@ -1,4 +1,4 @@
-"""Training and evaluation loop: ``train_and_evaluate(config, workdir)`` (MATH.md §6).
+"""Training and evaluation loop: ``train_and_evaluate(config, workdir)`` (math.md §6).
 
 The runner in three rooms, as Flax's examples: ``experiments.experiment`` builds the run and its
 state (``build``), ``experiments.train_step`` makes the jitted train step, and this module runs the

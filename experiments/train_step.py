@@ -1,4 +1,4 @@
-"""The train step (MATH.md §2, §6): a pure jitted function ``(state, x) -> (state, metrics)`` over
+"""The train step (math.md §2, §6): a pure jitted function ``(state, x) -> (state, metrics)`` over
 the whole :class:`~experiments.experiment.TrainState`, which it donates.
 
 The randomness of step ``t`` comes from ``fold_in(state.key, t)``: split into the prior sampler's,
@@ -24,14 +24,14 @@ from experiments.experiment import Experiment, TrainState
 
 
 def kl_warmup(step: jax.Array, num_steps: int, fraction: float) -> jax.Array:
-  """κ = min(t / (fraction · num_steps), 1) (MATH.md §6); 1 when ``fraction`` is 0."""
+  """κ = min(t / (fraction · num_steps), 1) (math.md §6); 1 when ``fraction`` is 0."""
   if fraction <= 0:
     return jnp.ones((), jnp.float32)
   return jnp.minimum(step.astype(jnp.float32) / (fraction * num_steps), 1.0)
 
 
 def weight_decay_penalty(coefficient: float, params: dict) -> jax.Array:
-  """``coefficient`` · ½‖w‖² on dense kernels, BN scales and the RBM couplings (MATH.md §2, §6)."""
+  """``coefficient`` · ½‖w‖² on dense kernels, BN scales and the RBM couplings (math.md §2, §6)."""
   return objectives.weight_decay(params["model"], params["prior"], coefficient=coefficient)
 
 

@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/models.py: the architectures of MATH.md §5 against a NumPy forward pass."""
+"""Tests of dvae_jax/models.py: the architectures of math.md §5 against a NumPy forward pass."""
 
 import math
 
@@ -26,7 +26,7 @@ def _kernel_shapes(mlp):
   return shapes + [tuple(mlp.out.kernel.shape)]
 
 
-# MATH.md §5, written out by hand.
+# math.md §5, written out by hand.
 EXPECTED_SHAPES = {
   "1-layer-lin": ([[(784, 200)]], [(200, 784)]),
   "1-layer-nonlin": ([[(784, 200), (200, 200), (200, 200)]], [(200, 200), (200, 200), (200, 784)]),

@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/objectives.py and dvae_jax/priors.py (MATH.md §2, §4, §6).
+"""Tests of dvae_jax/objectives.py and dvae_jax/priors.py (math.md §2, §4, §6).
 
 Every formula is checked against an independent computation: float64 NumPy/SciPy enumeration of the
 binary states, Gauss–Legendre quadrature, or the expectation of a Monte-Carlo gradient against the
@@ -24,7 +24,7 @@ from dvae_jax.graphs import machine
 from dvae_jax.priors import rbm
 from dvae_jax.samplers import ais_log_partition, make_prior_sampler
 
-# ---- float64 NumPy references (from the table of MATH.md §1) -------------------------------------
+# ---- float64 NumPy references (from the table of math.md §1) -------------------------------------
 
 
 def _np_log_r0(name, beta, zeta, eps=0.05):
@@ -74,7 +74,7 @@ def _np_log_z(m):
   return logsumexp(_np_neg_energy(m, _states(m.n1 + m.n2)))
 
 
-# ---- DVAE# relaxed marginal (MATH.md §4) ---------------------------------------------------------
+# ---- DVAE# relaxed marginal (math.md §4) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(SMOOTHINGS))
@@ -163,7 +163,7 @@ def test_factorial_relaxed_marginal_is_the_per_unit_mixture():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-# ---- Gaussian integral (MATH.md §4) --------------------------------------------------------------
+# ---- Gaussian integral (math.md §4) --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n1,n2,scale,beta", [(3, 2, 3.0, 6.0), (2, 3, 0.5, 30.0)])
@@ -213,7 +213,7 @@ def test_gaussian_integral_factorial_prior():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-# ---- DVAE/DVAE++ KL (MATH.md §4) -----------------------------------------------------------------
+# ---- DVAE/DVAE++ KL (math.md §4) -----------------------------------------------------------------
 
 
 def test_dvae_pp_kl_equals_exact_kl_for_one_group():
@@ -289,7 +289,7 @@ def _toy_theta(seed):
 
 
 def test_rolfe_surrogate_gradient_is_unbiased():
-  # DVAE with two groups (MATH.md §4; Rolfe 2017 eqs. 11–12): the expected gradient of
+  # DVAE with two groups (math.md §4; Rolfe 2017 eqs. 11–12): the expected gradient of
   # dvae_cross_term with respect to (a, c, C, W) equals the gradient of E[z1ᵀ W z2].
   beta, num = 4.0, 40000
   with jax.enable_x64(True):
@@ -696,7 +696,7 @@ BETAS = {
   "dvae_sharp_unexp": 40.0,
   "dvae_sharp": 40.0,
   "gumbolt": 0.5,  # the concrete temperature τ (config_lib.GUMBOLT_TEMPERATURE)
-}  # MATH.md §6, 1-layer-lin
+}  # math.md §6, 1-layer-lin
 
 
 def _trainer(struct, name, kind, mean_x, *, num_samples, num_chains, num_sweeps, lr=3e-3):
@@ -796,7 +796,7 @@ def test_short_training_improves_validation_nll(name, struct, data_dir):
   assert after <= after_elbo
 
 
-# ---- the two relaxed samplers give the same loss and gradient in expectation (MATH.md §1) --------
+# ---- the two relaxed samplers give the same loss and gradient in expectation (math.md §1) --------
 
 
 def test_ancestral_and_inverse_cdf_samplers_agree_in_expectation():

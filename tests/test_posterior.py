@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/posterior.py: the group-by-group hierarchy (MATH.md §4, §5).
+"""Tests of dvae_jax/posterior.py: the group-by-group hierarchy (math.md §4, §5).
 
 The relaxed samplers through the hierarchy are tested in test_objectives.py, the Bernoulli one
 against exact enumeration in test_evaluation.py; here the loop itself: what each group's encoder

@@ -1,4 +1,4 @@
-"""Tests of dvae_jax.rbm against float64 NumPy brute force (MATH.md §2)."""
+"""Tests of dvae_jax.rbm against float64 NumPy brute force (math.md §2)."""
 
 import math
 

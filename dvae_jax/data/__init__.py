@@ -1,6 +1,6 @@
 """Datasets of the DVAE papers: binarized MNIST, OMNIGLOT (28×28) and Caltech-101 Silhouettes.
 
-Splits and binarization follow MATH.md §6 (each dataset's module says how: ``mnist``, ``omniglot``,
+Splits and binarization follow math.md §6 (each dataset's module says how: ``mnist``, ``omniglot``,
 ``caltech``). All images are returned as rows of 784 pixels in row-major 28×28 order.
 
   ds = load_dataset("binarized_mnist", data_dir=None)   # a Dataset: train / valid / test arrays

@@ -1,5 +1,5 @@
 """What every dataset source gives and what its failures are: :class:`Dataset`, the two errors, and
-the :class:`Source` contract that ``load_dataset`` calls (MATH.md §6)."""
+the :class:`Source` contract that ``load_dataset`` calls (math.md §6)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Dataset(NamedTuple):
 
   @property
   def train_mean(self) -> np.ndarray:
-    """[784] float32 training-set pixel means (the ``mean_x`` of MATH.md §5)."""
+    """[784] float32 training-set pixel means (the ``mean_x`` of math.md §5)."""
     return self.train.astype(np.float64).mean(axis=0).astype(np.float32)
 
 

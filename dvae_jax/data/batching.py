@@ -1,4 +1,4 @@
-"""Batching and binarization (MATH.md §6). The data order is a pure function of (seed, step), so an
+"""Batching and binarization (math.md §6). The data order is a pure function of (seed, step), so an
 interrupted run resumes it exactly."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def train_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> np.n
 
 
 def binarize(key: jax.Array, probs: jax.Array) -> jax.Array:
-  """Dynamic binarization x ~ Bernoulli(probs) (MATH.md §6); same shape and dtype as ``probs``.
+  """Dynamic binarization x ~ Bernoulli(probs) (math.md §6); same shape and dtype as ``probs``.
 
   Use one key for the whole global batch: with JAX's partitionable threefry (the default) the
   draw does not depend on how the batch is sharded across devices.
@@ -52,7 +52,7 @@ def binarize(key: jax.Array, probs: jax.Array) -> jax.Array:
 
 
 def binarize_once(probs: np.ndarray, seed: int, stream: int) -> np.ndarray:
-  """Fixed Bernoulli draw of grey images (OMNIGLOT validation / test, MATH.md §6): the same
+  """Fixed Bernoulli draw of grey images (OMNIGLOT validation / test, math.md §6): the same
   [n, 784] uint8 for the same ``(seed, stream)``."""
   rng = np.random.default_rng([seed, stream])
   return (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.uint8)

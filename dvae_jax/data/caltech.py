@@ -1,4 +1,4 @@
-"""Caltech-101 Silhouettes (28×28), Marlin et al.'s split 1 (MATH.md §6): stored column-major with
+"""Caltech-101 Silhouettes (28×28), Marlin et al.'s split 1 (math.md §6): stored column-major with
 the object 0 on a background of 1; returned upright with the object as 1 (``1 - x``, as most
 papers do)."""
 

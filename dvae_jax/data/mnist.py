@@ -1,4 +1,4 @@
-"""Binarized MNIST: Larochelle & Murray's fixed binarization, 50k / 10k / 10k (MATH.md §6).
+"""Binarized MNIST: Larochelle & Murray's fixed binarization, 50k / 10k / 10k (math.md §6).
 
 Read from ``binarized_mnist.npz`` (arrays train / valid / test), the three original ``.amat`` files,
 or a TFDS-prepared ``binarized_mnist`` in ArrayRecord format (``tfds build binarized_mnist

@@ -1,4 +1,4 @@
-"""OMNIGLOT (28×28), MATH.md §6: grey training images, binarized dynamically each batch
+"""OMNIGLOT (28×28), math.md §6: grey training images, binarized dynamically each batch
 (``batching.binarize``); validation and test images binarized once with a fixed seed.
 
 1,345 training images are the validation set: the last ones of Burda's ``chardata.mat``, a fixed
@@ -19,14 +19,14 @@ from dvae_jax.data.files import FileSource
 from dvae_jax.data.images import columns_to_rows
 
 NAME = "omniglot"
-OMNIGLOT_NUM_VALID = 1_345  # MATH.md §6: the last 1,345 training images.
+OMNIGLOT_NUM_VALID = 1_345  # math.md §6: the last 1,345 training images.
 OMNIGLOT_SPLIT_SEED = 0  # the rebuilt stand-in's validation draw: one split for every run and user
 
 
 def omniglot_validation_rows(num_train: int, from_chardata: bool) -> np.ndarray:
   """Sorted indices of the 1,345 OMNIGLOT training images held out for validation.
 
-  For Burda's ``chardata.mat`` the last 1,345 (MATH.md §6). The rebuilt stand-in stores its
+  For Burda's ``chardata.mat`` the last 1,345 (math.md §6). The rebuilt stand-in stores its
   training images sorted by alphabet, character and drawer, so its last 1,345 would be three
   alphabets only, none of them left in training (its validation NLL came out ≈ 11 nats below the
   test NLL): there the validation rows are a fixed uniform draw without replacement (seed

@@ -57,7 +57,7 @@ def load_dataset(
   allow_download: bool | None = None,
   binarization_seed: int = 0,
 ) -> Dataset:
-  """Loads a dataset's train / validation / test splits (MATH.md §6).
+  """Loads a dataset's train / validation / test splits (math.md §6).
 
   Args:
     name: one of :data:`DATASETS` (or a registered ``PREFIX:ARGUMENT``).

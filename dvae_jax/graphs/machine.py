@@ -6,7 +6,7 @@ Over z ∈ {0,1}^n with biases b [n] and one coupling w_e per edge e = (i, j), i
 
   E(z) = −bᵀz − Σ_{e=(i,j)} w_e z_i z_j,      p_β(z) = exp(−β E(z)) / Z_β.
 
-This is MATH.md §2's convention with the sign of every term kept: the RBM energy
+This is math.md §2's convention with the sign of every term kept: the RBM energy
 −b1ᵀz1 − b2ᵀz2 − z1ᵀWz2 is the complete bipartite graph K_{n1,n2} with nodes ordered (z1; z2),
 edge (i, n1 + j) carrying W_ij (``priors.rbm.graph_machine``). Positive w favours both ends on.
 

@@ -1,4 +1,4 @@
-"""Training objectives of DVAE, DVAE++, DVAE# and GumBolt (MATH.md §4), one entry per method.
+"""Training objectives of DVAE, DVAE++, DVAE# and GumBolt (math.md §4), one entry per method.
 
 Modules, by concern: ``methods`` (the registry: ``get_method``, the families, the method table),
 ``relaxations`` (each method's relaxed posterior and its sampler), ``kl`` (the discrete KL of DVAE

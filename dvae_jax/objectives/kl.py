@@ -1,4 +1,4 @@
-"""The discrete KL of DVAE and DVAE++ (MATH.md §4): KL(q(z|x) ‖ p(z)) = CE − H from one posterior
+"""The discrete KL of DVAE and DVAE++ (math.md §4): KL(q(z|x) ‖ p(z)) = CE − H from one posterior
 sample per row. The prior gives the method-independent pieces (``Prior.expected_neg_energy``: its
 linear term, the couplings inside a group and, through a function passed in, those across groups);
 this module gives the methods' estimates of E_q[z_i z_j] across groups: DVAE++'s ν and DVAE's Rolfe
@@ -19,7 +19,7 @@ from dvae_jax.objectives.methods import FAMILY_DVAE, Method
 Array = jax.Array
 
 def rolfe_cross_term(w: Array, z1: Array, logits1: Array, mu2: Array) -> Array:
-  """E_q[z1ᵀ W z2] of a hierarchical spike-and-exp posterior: Rolfe (2017) eqs. 11–12 (MATH.md §4).
+  """E_q[z1ᵀ W z2] of a hierarchical spike-and-exp posterior: Rolfe (2017) eqs. 11–12 (math.md §4).
 
   For a coupling block w [n1, n2] whose rows are units of groups no later than its columns' (zero
   entries are fine), q_j (a column) depends on ζ_i (a row) but not the other way round. With ρ_i
@@ -92,7 +92,7 @@ def discrete_kl(
   method: Method,
   num_groups: int,
 ) -> Array:
-  """KL(q(z|x) ‖ p(z)) for DVAE and DVAE++ from one posterior sample per row (MATH.md §4).
+  """KL(q(z|x) ‖ p(z)) for DVAE and DVAE++ from one posterior sample per row (math.md §4).
 
   KL = CE − H, H = Σ_i H_Bernoulli(q_i) over all groups (conditionals given the earlier relaxed
   samples), CE = −E_q[−E(z)] + log Z with E_q[−E(z)] estimated by the prior's

@@ -1,8 +1,8 @@
-"""The training loss of each method (MATH.md §4) and the weight decay (MATH.md §2, §6).
+"""The training loss of each method (math.md §4) and the weight decay (math.md §2, §6).
 
 ``loss_fn`` is a pure function of the model (a merged NNX module), the prior pytree, the prior
 sampler's samples and a PRNG key; the runner differentiates it with respect to the model's
-``nnx.Param`` state and the prior. ``weight_decay`` is added by the runner (MATH.md §6).
+``nnx.Param`` state and the prior. ``weight_decay`` is added by the runner (math.md §6).
 DVAE and DVAE++ use the discrete KL (``kl``), DVAE# and GumBolt the importance-weighted bound on
 relaxed samples with the relaxed prior (``relaxed_prior``).
 """
@@ -24,7 +24,7 @@ Array = jax.Array
 
 
 def iw_loss(log_w: Array, weight_log_w: Array | None = None) -> Array:
-  """−mean_x Σ_k sg(softmax_k(log w)) log w_k, ``log_w`` [K, batch] (MATH.md §4).
+  """−mean_x Σ_k sg(softmax_k(log w)) log w_k, ``log_w`` [K, batch] (math.md §4).
 
   Its gradient equals that of −mean_x log (1/K) Σ_k w_k (the IWAE gradient); with K = 1 it is the
   negative ELBO.
@@ -44,7 +44,7 @@ def iw_loss(log_w: Array, weight_log_w: Array | None = None) -> Array:
 
 
 def training_log_partition(prior: priors_lib.Prior, prior_samples) -> Array:
-  """The training log Z of MATH.md §2 from the sampler's samples (``Prior.training_log_partition``:
+  """The training log Z of math.md §2 from the sampler's samples (``Prior.training_log_partition``:
   value log_z, gradient the samples' mean sufficient statistics; analytic for a prior without a
   sampler).
 
@@ -63,7 +63,7 @@ def training_log_partition(prior: priors_lib.Prior, prior_samples) -> Array:
 def log_z_sensitivity(kappa: float) -> dict[str, float]:
   """d(value)/d(log Z) of each output of ``loss_fn`` that depends on the training log Z's value.
 
-  Every one is linear in it (MATH.md §2, §4): ``log_z``, ``kl``, ``neg_elbo`` and ``neg_iw_bound``
+  Every one is linear in it (math.md §2, §4): ``log_z``, ``kl``, ``neg_elbo`` and ``neg_iw_bound``
   move by Δlog Z, ``log_prior`` by −Δlog Z and the loss by κ Δlog Z (in the DVAE# family the
   importance weights are computed without log Z and sum to 1). So a caller holding a better
   estimate of log Z for the same prior re-expresses a step's reported values exactly, without
@@ -90,7 +90,7 @@ def loss_fn(
   num_samples: int = 1,
   kappa: Array | float = 1.0,
 ) -> tuple[Array, dict[str, Array]]:
-  """The training loss of ``method`` on a batch (MATH.md §4).
+  """The training loss of ``method`` on a batch (math.md §4).
 
   DVAE, DVAE++: mean over the K samples and the batch of −log p(x|ζ) + κ·KL. DVAE#, GumBolt: the
   importance-weighted bound with log w_k = κ[log p(ζ_k) − log q(ζ_k|x)] + log p(x|ζ_k) (the relaxed
@@ -148,7 +148,7 @@ def loss_fn(
 
 
 # --------------------------------------------------------------------------------------------------
-# Weight decay (MATH.md §2, §6).
+# Weight decay (math.md §2, §6).
 
 
 def _is_decayed(path) -> bool:
@@ -167,7 +167,7 @@ def weight_decay(
       of every Dense layer and ``scale`` of every BatchNorm (``norm``) layer.
     prior: the prior (its ``coupling_sum_of_squares``: an RBM's W, a graph machine's edge
       couplings w, each edge once, nothing for the factorial prior) or ``None`` (nothing).
-    coefficient: 1e-4 in MATH.md §6.
+    coefficient: 1e-4 in math.md §6.
 
   Returns:
     Scalar penalty to add to the loss.

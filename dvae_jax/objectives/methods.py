@@ -1,4 +1,4 @@
-"""The registry of training methods: DVAE, DVAE++, DVAE#, GumBolt (MATH.md §4, §6).
+"""The registry of training methods: DVAE, DVAE++, DVAE#, GumBolt (math.md §4, §6).
 
 | name             | family        | posterior relaxation     | prior term                        |
 |------------------|---------------|--------------------------|-----------------------------------|
@@ -26,10 +26,10 @@ FAMILY_DVAE_PP = "dvae_pp"
 FAMILY_DVAE_SHARP = "dvae_sharp"
 FAMILY_DVAE_SHARP_GI = "dvae_sharp_gi"
 FAMILY_GUMBOLT = "gumbolt"
-# The families trained with the importance-weighted bound on relaxed samples (MATH.md §4).
+# The families trained with the importance-weighted bound on relaxed samples (math.md §4).
 _RELAXED_FAMILIES = (FAMILY_DVAE_SHARP, FAMILY_DVAE_SHARP_GI, FAMILY_GUMBOLT)
 
-# Weight decay coefficient of MATH.md §2 and §6: 1e-4 · ½‖w‖².
+# Weight decay coefficient of math.md §2 and §6: 1e-4 · ½‖w‖².
 WEIGHT_DECAY = 1e-4
 
 _METHOD_TABLE: dict[str, tuple[str, Any]] = {
@@ -47,7 +47,7 @@ METHODS: tuple[str, ...] = tuple(_METHOD_TABLE)
 
 
 class Method(NamedTuple):
-  """A training objective (MATH.md §4).
+  """A training objective (math.md §4).
 
   Attributes:
     name: one of ``METHODS``.
@@ -55,12 +55,12 @@ class Method(NamedTuple):
     smoothing: the smoothing of ``dvae_jax.smoothing`` (``None`` for the Gaussian integral, whose
       posterior is the shifted Gaussian mixture of this module, and for GumBolt, whose relaxation
       is the binary concrete of ``sample_binary_concrete``).
-    beta: the method's β of MATH.md §6: the sharpness of the smoothing (not an inverse
+    beta: the method's β of math.md §6: the sharpness of the smoothing (not an inverse
       temperature), or for ``dvae_sharp_gi`` the floor λ_min of the Gaussian integral's shift
-      λ = max(σ_max(W) + 5, β) (MATH.md §4), or for ``gumbolt`` the concrete temperature τ
+      λ = max(σ_max(W) + 5, β) (math.md §4), or for ``gumbolt`` the concrete temperature τ
       (smaller is closer to discrete: the opposite direction to a smoothing's sharpness).
     mean_field_iterations: iterations of the mean-field log Z_ζ (DVAE# overlapping smoothings).
-    relaxed_sampler: how relaxed samples of the overlapping smoothings are drawn (MATH.md §1):
+    relaxed_sampler: how relaxed samples of the overlapping smoothings are drawn (math.md §1):
       ``'ancestral'`` (z ~ Bern(q), ζ ~ r(·|z), implicit-gradient surrogate) or ``'inverse_cdf'``
       (ζ = F⁻¹(ρ; q) by the numerical solver with the implicit-gradient custom JVP). Both give the
       same joint law of (ζ, dζ/dq) — the implicit gradient is a function of (ζ, q) only — so the
@@ -87,7 +87,7 @@ def get_method(
   relaxed_sampler: str = "ancestral",
 ) -> Method:
   """The method called ``name`` with its β (``Method.beta``: smoothing sharpness, λ_min for
-  ``dvae_sharp_gi``, the concrete temperature τ for ``gumbolt``; MATH.md §4, §6 for the values)."""
+  ``dvae_sharp_gi``, the concrete temperature τ for ``gumbolt``; math.md §4, §6 for the values)."""
   if name not in _METHOD_TABLE:
     raise ValueError(f"unknown method {name!r}; valid names: {', '.join(METHODS)}")
   if not beta > 0:

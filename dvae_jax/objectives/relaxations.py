@@ -1,4 +1,4 @@
-"""The relaxed hierarchical posterior of each method (MATH.md §1, §4): the shifted Gaussian mixture
+"""The relaxed hierarchical posterior of each method (math.md §1, §4): the shifted Gaussian mixture
 of the Gaussian integral, GumBolt's binary concrete, the smoothings' samplers, and the walk over the
 groups (``posterior.sample_hierarchy``, the same loop as evaluation's) with one group drawn by
 ``relaxed_group_sampler``. Shapes: x [batch, pixels]; K posterior samples per example; ζ
@@ -30,7 +30,7 @@ Array = jax.Array
 
 
 # --------------------------------------------------------------------------------------------------
-# The shifted Gaussian mixture posterior of the Gaussian integral (MATH.md §4, §1).
+# The shifted Gaussian mixture posterior of the Gaussian integral (math.md §4, §1).
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -38,7 +38,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 def shifted_gaussian_mixture_log_prob(
   zeta: Array, logits: Array, shift: Array, scale: Array
 ) -> Array:
-  """log[(1 − q) N(ζ; Δμ, s²) + q N(ζ; 1 + Δμ, s²)] elementwise, q = σ(logits) (MATH.md §4)."""
+  """log[(1 − q) N(ζ; Δμ, s²) + q N(ζ; 1 + Δμ, s²)] elementwise, q = σ(logits) (math.md §4)."""
   u0 = (zeta - shift) / scale
   u1 = u0 - 1.0 / scale
   mix = jnp.logaddexp(
@@ -59,7 +59,7 @@ def _log_ndtr_diff(a: Array, b: Array) -> Array:
 def shifted_gaussian_mixture_dzeta_dq(
   zeta: Array, logits: Array, shift: Array, scale: Array
 ) -> Array:
-  """Implicit derivative dζ/dq = (R0(ζ) − R1(ζ)) / q(ζ) of the shifted mixture (MATH.md §1).
+  """Implicit derivative dζ/dq = (R0(ζ) − R1(ζ)) / q(ζ) of the shifted mixture (math.md §1).
 
   R0, R1 are the component CDFs Φ((ζ − Δμ)/s), Φ((ζ − 1 − Δμ)/s) and q(ζ) the mixture density;
   computed in log space, so it stays finite wherever the density is positive.
@@ -72,7 +72,7 @@ def shifted_gaussian_mixture_dzeta_dq(
 def sample_shifted_gaussian_mixture(key: Array, logits: Array, shift: Array, scale: Array) -> Array:
   """ζ = z + Δμ + s·ε, z ~ Bernoulli(σ(logits)), ε ~ N(0, 1), with the implicit q-gradient.
 
-  Ancestral form of MATH.md §1: z carries no gradient; the surrogate
+  Ancestral form of math.md §1: z carries no gradient; the surrogate
   ζ + sg(dζ/dq)·q − sg(sg(dζ/dq)·q) attaches the implicit gradient with respect to q, while Δμ and s
   get their pathwise gradients (dζ/dΔμ = 1, dζ/ds = ε), which are unbiased for the implicit ones.
 
@@ -114,7 +114,7 @@ def gumbolt_log_q(zeta: Array, logits: Array) -> Array:
 
 
 # --------------------------------------------------------------------------------------------------
-# The relaxed hierarchical posterior (MATH.md §4).
+# The relaxed hierarchical posterior (math.md §4).
 
 
 def _sample_relaxed_group(
@@ -132,7 +132,7 @@ def _sample_relaxed_group(
     return posterior_lib.GroupSample(zeta, logits, log_q, None)
   s = method.smoothing
   if method.family == FAMILY_DVAE:
-    # Spike-and-exp: z = 1 exactly when ρ > 1 − q, the branch of the inverse CDF (MATH.md §1).
+    # Spike-and-exp: z = 1 exactly when ρ > 1 − q, the branch of the inverse CDF (math.md §1).
     rho = jax.random.uniform(key, logits.shape, logits.dtype)
     q = jax.nn.sigmoid(logits)
     zeta = smoothing_lib.inverse_cdf(s, rho, q)
@@ -149,7 +149,7 @@ def _sample_relaxed_group(
 
 
 def relaxed_group_sampler(method: Method, model: models.DVAENet) -> posterior_lib.SampleGroup:
-  """The training ``sample_group`` of ``method`` for ``posterior.sample_hierarchy`` (MATH.md §4).
+  """The training ``sample_group`` of ``method`` for ``posterior.sample_hierarchy`` (math.md §4).
 
   Relaxed samples of the method's smoothing (``method.relaxed_sampler``: ancestral or numerical
   inverse CDF, both with the implicit gradient); the Gaussian integral always uses its ancestral
@@ -172,7 +172,7 @@ def relaxed_group_sampler(method: Method, model: models.DVAENet) -> posterior_li
 def sample_posterior(
   key: Array, model: models.DVAENet, x: Array, method: Method, num_samples: int = 1
 ) -> posterior_lib.PosteriorSample:
-  """K relaxed samples of the hierarchical posterior (MATH.md §4): ``posterior.sample_hierarchy``
+  """K relaxed samples of the hierarchical posterior (math.md §4): ``posterior.sample_hierarchy``
   with ``relaxed_group_sampler(method, model)``.
 
   Args:

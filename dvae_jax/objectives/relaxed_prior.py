@@ -1,4 +1,4 @@
-"""The relaxed prior of DVAE# and GumBolt and the per-sample terms of their bound (MATH.md §4)."""
+"""The relaxed prior of DVAE# and GumBolt and the per-sample terms of their bound (math.md §4)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ Array = jax.Array
 
 
 def relaxed_log_prior(prior: priors_lib.Prior, zeta: Array, log_z: Array, method: Method) -> Array:
-  """log p(ζ) of the relaxed prior for ``method`` (MATH.md §4), [..., n] → [...].
+  """log p(ζ) of the relaxed prior for ``method`` (math.md §4), [..., n] → [...].
 
   DVAE#: the marginal of the augmented machine of the method's overlapping smoothing
   (``Prior.relaxed_log_prob``, mean-field log Z_ζ) or of the Gaussian integral
@@ -41,7 +41,7 @@ def relaxed_log_prior(prior: priors_lib.Prior, zeta: Array, log_z: Array, method
 
 
 class RelaxedTerms(NamedTuple):
-  """Per-sample terms of the DVAE# objective, each [K, batch] (MATH.md §4)."""
+  """Per-sample terms of the DVAE# objective, each [K, batch] (math.md §4)."""
 
   log_px: Array
   log_prior: Array

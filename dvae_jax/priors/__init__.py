@@ -1,4 +1,4 @@
-"""Priors over the binary latents and their relaxed marginals (MATH.md §2–§4).
+"""Priors over the binary latents and their relaxed marginals (math.md §2–§4).
 
 ``base.Prior`` is the contract (energy and log-probability of z [..., n], the training log Z
 surrogate, exact log Z and moments for small ones, the block Gibbs sweep with its colouring, the
@@ -42,7 +42,7 @@ KINDS = tuple(_INITIALISERS)
 
 
 def init_prior(kind: str, struct_spec) -> Prior:
-  """All-zero prior for a struct (MATH.md §2: the RBM starts at 0).
+  """All-zero prior for a struct (math.md §2: the RBM starts at 0).
 
   Args:
     kind: ``'rbm'`` (sides ``struct_spec.n1``, ``struct_spec.n2``) or ``'factorial'``.

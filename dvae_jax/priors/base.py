@@ -1,4 +1,4 @@
-"""The prior contract: what objectives, samplers and evaluation ask of a prior (MATH.md §2–§4).
+"""The prior contract: what objectives, samplers and evaluation ask of a prior (math.md §2–§4).
 
 A prior is a pytree of its parameters (differentiated, jitted, vmapped and checkpointed like any
 array tree) with the methods of ``Prior`` below. Every prior lives on the latent vector z ∈ {0,1}^n
@@ -34,10 +34,10 @@ from dvae_jax import smoothing as smoothing_lib
 
 Array = jax.Array
 
-# Mean-field iterations for log Z_ζ (MATH.md §4).
+# Mean-field iterations for log Z_ζ (math.md §4).
 MEAN_FIELD_ITERATIONS = 5
 # Gaussian integral: λ = max(σ_max(W) + GI_EIGEN_MARGIN, β) keeps A = W_f + λI positive definite,
-# with its smallest eigenvalue at least GI_EIGEN_MARGIN (MATH.md §4).
+# with its smallest eigenvalue at least GI_EIGEN_MARGIN (math.md §4).
 GI_EIGEN_MARGIN = 5.0
 # Enumeration beyond 2^30 states would take hours and overflows int32 state indices.
 MAX_ENUMERATED_UNITS = 30
@@ -70,7 +70,7 @@ class Prior(Protocol):
   def check(self) -> None:
     """Raises ValueError for inconsistent parameter shapes."""
 
-  # ---- the discrete model (MATH.md §2)
+  # ---- the discrete model (math.md §2)
   def energy(self, z: Array) -> Array:
     """E(z): [..., n] → [...]; p(z) = e^{−E(z)} / Z. Defined for relaxed ζ ∈ [0, 1]^n too."""
 
@@ -78,7 +78,7 @@ class Prior(Protocol):
     """log p(z) = −E(z) − log Z: [..., n] → [...]."""
 
   def training_log_partition(self, z: Array | None, log_z: Array | None) -> Array:
-    """The training log Z of MATH.md §2 from model samples z [S, n]: value log_z, gradient the
+    """The training log Z of math.md §2 from model samples z [S, n]: value log_z, gradient the
     samples' mean sufficient statistics (analytic for a normalised prior)."""
 
   def rao_blackwellize(self, z: Array, mode: str) -> Array:
@@ -94,7 +94,7 @@ class Prior(Protocol):
   def sample_moments(self, z: Array):
     """Sample means of the sufficient statistics of chains z [S, n], as ``exact_moments``."""
 
-  # ---- sampling (MATH.md §3)
+  # ---- sampling (math.md §3)
   def colour_classes(self) -> tuple[np.ndarray, ...]:
     """The blocks of the Gibbs sweep, in sweep order: index arrays of units that share no
     coupling (a proper colouring)."""
@@ -108,7 +108,7 @@ class Prior(Protocol):
   def run_with_energy(self, key: Array, z: Array, num_sweeps: int, beta=1.0):
     """num_sweeps (≥ 1) sweeps at β: (chains [S, n], E(chains) [S] at β = 1). No input checks."""
 
-  # ---- relaxations (MATH.md §4)
+  # ---- relaxations (math.md §4)
   def mean_field_log_partition(self, a: Array, num_iterations: int) -> Array:
     """Mean-field lower bound on log Σ_z exp(−E(z) + a·z), a [..., n] → [...]."""
 
@@ -132,7 +132,7 @@ class Prior(Protocol):
     ``across`` for the couplings from an earlier group to a later one. [...]."""
 
   def coupling_sum_of_squares(self) -> Array:
-    """Σ w² over the couplings (the prior's share of the weight decay, MATH.md §2); 0 without."""
+    """Σ w² over the couplings (the prior's share of the weight decay, math.md §2); 0 without."""
 
   def graph_machine(self):
     """The prior as a ``graph.BoltzmannMachine`` (for dimod export); ValueError if it has none."""
@@ -196,7 +196,7 @@ def boltzmann_log_prob(prior: Prior, z: Array, log_z: Array | None) -> Array:
 
 
 def log_partition_surrogate(prior: Prior, z: Array, log_z: Array) -> Array:
-  """The training log Z of MATH.md §2: value log_z, gradient the model expectation from samples.
+  """The training log Z of math.md §2: value log_z, gradient the model expectation from samples.
 
     logZ_train = sg(log_z) + mean_s(−E(z_s)) − sg(mean_s(−E(z_s))).
 
@@ -226,7 +226,7 @@ def rao_blackwell_none_only(z: Array, mode: str, kind: str) -> Array:
 
 
 def relaxed_fields(smoothing, zeta: Array) -> tuple[Array, Array]:
-  """b(ζ) = log r(ζ|1) − log r(ζ|0) [..., n] and Σ_i log r(ζ_i|0) [...] (MATH.md §4)."""
+  """b(ζ) = log r(ζ|1) − log r(ζ|0) [..., n] and Σ_i log r(ζ_i|0) [...] (math.md §4)."""
   b = smoothing_lib.log_ratio(smoothing, zeta)
   return b, jnp.sum(smoothing_lib.log_r0(smoothing, zeta), axis=-1)
 
@@ -234,7 +234,7 @@ def relaxed_fields(smoothing, zeta: Array) -> tuple[Array, Array]:
 def boltzmann_relaxed_log_prob(
   prior: Prior, smoothing, zeta: Array, log_z: Array | None, num_iterations: int, exact: bool
 ) -> Array:
-  """log p(ζ) = log Z_ζ − log Z of the augmented machine of an overlapping smoothing (MATH.md §4).
+  """log p(ζ) = log Z_ζ − log Z of the augmented machine of an overlapping smoothing (math.md §4).
 
   p(z, ζ) = e^{−E(z)} Π_i r(ζ_i|z_i) / Z, so Z_ζ = Σ_z exp(−E(z) + b(ζ)·z) Π_i r(ζ_i|0): log Z_ζ is
   the machine's log-partition with the extra fields b(ζ) (mean field, a lower bound; or
@@ -265,7 +265,7 @@ def dense_energy(b: Array, w_f: Array, z: Array) -> Array:
 def colour_mean_field_log_partition(
   b: Array, w_f: Array, classes: Sequence[np.ndarray], a: Array, num_iterations: int
 ) -> Array:
-  """Mean-field lower bound on log Σ_z exp(−E(z) + a·z) over a proper colouring (MATH.md §4).
+  """Mean-field lower bound on log Σ_z exp(−E(z) + a·z) over a proper colouring (math.md §4).
 
   The magnetisations start at 0.5; one iteration is one pass over the colour classes in order,
   each colour updated at once from the newest values of the others,
@@ -307,7 +307,7 @@ def dense_gaussian_integral_lambda(w_f: Array, beta: float) -> Array:
   """λ = max(σ_max(W_f) + GI_EIGEN_MARGIN, β) under stop-gradient (σ_max: largest |eigenvalue|).
 
   λ is a parameter of the relaxation, not of the discrete model: p(z) is the same for every λ, so
-  it is held fixed when differentiating (MATH.md §4).
+  it is held fixed when differentiating (math.md §4).
   """
   eigenvalues = jnp.linalg.eigvalsh(lax.stop_gradient(w_f))
   return jnp.maximum(jnp.max(jnp.abs(eigenvalues)) + GI_EIGEN_MARGIN, beta)
@@ -316,7 +316,7 @@ def dense_gaussian_integral_lambda(w_f: Array, beta: float) -> Array:
 def dense_gaussian_integral_log_prob(
   b: Array, w_f: Array, zeta: Array, beta: float, log_z: Array | None
 ) -> Array:
-  """log p(ζ) of the Gaussian-integral relaxation of a dense machine (MATH.md §4).
+  """log p(ζ) of the Gaussian-integral relaxation of a dense machine (math.md §4).
 
   With A = W_f + λI (positive definite since λ > σ_max(W_f)) and p(z, ζ) = p(z) N(ζ; z, A⁻¹), the
   quadratic zᵀW_f z cancels (zᵀz = Σ z_i for binary z) and the sum over z factorises:

@@ -1,4 +1,4 @@
-"""The factorial Bernoulli prior: independent units, p(z_i = 1) = σ(logits_i) (MATH.md §2, §4).
+"""The factorial Bernoulli prior: independent units, p(z_i = 1) = σ(logits_i) (math.md §2, §4).
 
 A baseline without couplings. Its log-partition is analytic, log Z = Σ_i softplus(l_i), so it
 needs no sampler (``needs_sampler`` is False) and ignores every ``log_z`` argument; its relaxed
@@ -135,7 +135,7 @@ class FactorialBernoulli(NamedTuple):
   def gaussian_integral_log_prob(
     self, zeta: Array, beta: float, log_z: Array | None = None
   ) -> Array:
-    """The per-unit mixture (1 − p_i) N(ζ_i; 0, 1/λ) + p_i N(ζ_i; 1, 1/λ) (MATH.md §4, W = 0 in
+    """The per-unit mixture (1 − p_i) N(ζ_i; 0, 1/λ) + p_i N(ζ_i; 1, 1/λ) (math.md §4, W = 0 in
     ``rbm.RBM.gaussian_integral_log_prob``'s derivation); ``log_z`` ignored."""
     base.check_width(self, zeta, "zeta")
     lam = self.gaussian_integral_lambda(beta)

@@ -1,5 +1,5 @@
 """The graph prior: a Boltzmann machine on any graph, e.g. a quantum annealer's Chimera / Pegasus /
-Zephyr (MATH.md §2–§4; ``dvae_jax.graphs`` holds the graph, its colouring and the sweep).
+Zephyr (math.md §2–§4; ``dvae_jax.graphs`` holds the graph, its colouring and the sweep).
 
 Over z ∈ {0,1}^n with biases b [n] and one coupling w_e per edge e = (i, j), i < j:
 
@@ -58,7 +58,7 @@ class BoltzmannMachine:
   def check(self) -> None:
     machine_lib.check_machine(self)
 
-  # ---- the discrete model (MATH.md §2)
+  # ---- the discrete model (math.md §2)
   def energy(self, z: Array) -> Array:
     """E(z): z [..., n] → [...] (``graphs.machine.energy``)."""
     return machine_lib.energy(self, z)
@@ -87,7 +87,7 @@ class BoltzmannMachine:
   def coupling_matrix(self) -> Array:
     return machine_lib.coupling_matrix(self)
 
-  # ---- sampling (MATH.md §3): the chromatic sweep of graphs.gibbs
+  # ---- sampling (math.md §3): the chromatic sweep of graphs.gibbs
   def colour_classes(self) -> tuple[np.ndarray, ...]:
     g = self.graph
     return tuple(g.colour_class(c) for c in range(g.num_colours))
@@ -104,7 +104,7 @@ class BoltzmannMachine:
   def run_with_energy(self, key: Array, z: Array, num_sweeps: int, beta=1.0):
     return graph_gibbs.run_with_energy(key, z, self, num_sweeps, beta)
 
-  # ---- relaxations (MATH.md §4)
+  # ---- relaxations (math.md §4)
   def mean_field_log_partition(
     self, a: Array, num_iterations: int = base.MEAN_FIELD_ITERATIONS
   ) -> Array:

@@ -1,4 +1,4 @@
-"""The RBM prior: a restricted (bipartite) Boltzmann machine (MATH.md §2–§4).
+"""The RBM prior: a restricted (bipartite) Boltzmann machine (math.md §2–§4).
 
 An RBM over z = (z1, z2), z1 ∈ {0,1}^n1, z2 ∈ {0,1}^n2, with
 
@@ -43,7 +43,7 @@ RAO_BLACKWELL_MODES = base.RAO_BLACKWELL_MODES
 
 
 class RBM(NamedTuple):
-  """Parameters of a bipartite Boltzmann machine (MATH.md §2).
+  """Parameters of a bipartite Boltzmann machine (math.md §2).
 
   Attributes:
     b1: [n1] biases of the first side z1.
@@ -83,7 +83,7 @@ class RBM(NamedTuple):
     base.check_width(self, v)
     return v[..., : self.n1], v[..., self.n1 :]
 
-  # ---- the discrete model (MATH.md §2)
+  # ---- the discrete model (math.md §2)
   def energy(self, z: Array) -> Array:
     """E(z) of z [..., n] = (z1, z2): [...] (``energy``)."""
     return energy(self, *self.split(z))
@@ -111,7 +111,7 @@ class RBM(NamedTuple):
     z1, z2 = self.split(z)
     return Moments(jnp.mean(z1, 0), jnp.mean(z2, 0), (z1.T @ z2) / z1.shape[0])
 
-  # ---- sampling (MATH.md §3): the two-sided sweep of samplers.gibbs on the chains' sides
+  # ---- sampling (math.md §3): the two-sided sweep of samplers.gibbs on the chains' sides
   def colour_classes(self) -> tuple[np.ndarray, ...]:
     """(z2's units, z1's units): a sweep redraws z2 given z1, then z1 given z2."""
     n1, n = self.n1, self.num_units
@@ -133,7 +133,7 @@ class RBM(NamedTuple):
     state, e = gibbs_lib.run_with_energy(key, gibbs_lib.GibbsState(z1, z2), self, num_sweeps, beta)
     return jnp.concatenate(state, axis=-1), e
 
-  # ---- relaxations (MATH.md §4)
+  # ---- relaxations (math.md §4)
   def mean_field_log_partition(
     self, a: Array, num_iterations: int = base.MEAN_FIELD_ITERATIONS
   ) -> Array:
@@ -167,7 +167,7 @@ class RBM(NamedTuple):
     return jnp.maximum(sigma_max + base.GI_EIGEN_MARGIN, beta)
 
   def gaussian_integral_log_prob(self, zeta: Array, beta: float, log_z: Array | None) -> Array:
-    """log p(ζ) of the Gaussian-integral relaxation (MATH.md §4), [..., n] → [...].
+    """log p(ζ) of the Gaussian-integral relaxation (math.md §4), [..., n] → [...].
 
     Derivation (the augmented machine). With W_f = [[0, W], [Wᵀ, 0]], a = [b1; b2] and A = W_f + λI
     (positive definite since λ > σ_max(W), the largest |eigenvalue| of W_f), take
@@ -228,7 +228,7 @@ class Moments(NamedTuple):
 
 
 def init_rbm(n1: int, n2: int, dtype=jnp.float32) -> RBM:
-  """All-zero parameters (MATH.md §2: they start at 0, where p is uniform, log Z = n log 2)."""
+  """All-zero parameters (math.md §2: they start at 0, where p is uniform, log Z = n log 2)."""
   if n1 < 1 or n2 < 1:
     raise ValueError(f"an RBM needs n1 >= 1 and n2 >= 1 units, got n1={n1}, n2={n2}")
   return RBM(jnp.zeros((n1,), dtype), jnp.zeros((n2,), dtype), jnp.zeros((n1, n2), dtype))
@@ -262,7 +262,7 @@ def transpose(m: RBM) -> RBM:
 
 
 def energy(m: RBM, z1: Array, z2: Array) -> Array:
-  """E(z1, z2) = −b1·z1 − b2·z2 − z1ᵀ W z2 (MATH.md §2).
+  """E(z1, z2) = −b1·z1 − b2·z2 − z1ᵀ W z2 (math.md §2).
 
   Args:
     m: the RBM.
@@ -300,7 +300,7 @@ def rao_blackwellize(m: RBM, z1: Array, z2: Array, mode: str = "none") -> tuple[
   """Samples for the training log Z (``RBM.training_log_partition``) with one side replaced by its
   conditional mean.
 
-  The training log Z's gradient is the sample mean of s(z) = (z1, z2, z1 z2ᵀ) (MATH.md §2). Since
+  The training log Z's gradient is the sample mean of s(z) = (z1, z2, z1 z2ᵀ) (math.md §2). Since
   −E is linear in each side, feeding it E[z2 | z1] = σ(b2 + Wᵀz1) instead of the sampled z2 gives
   the gradient estimate mean_s (z1, μ2(z1), z1 μ2(z1)ᵀ): the same expectation under p (tower rule),
   lower variance (Rao-Blackwell), no extra sweeps. 'symmetric' averages that with the mirror image
@@ -333,7 +333,7 @@ def rao_blackwellize(m: RBM, z1: Array, z2: Array, mode: str = "none") -> tuple[
 def mean_field_log_partition(
   m: RBM, a1: Array, a2: Array, num_iterations: int = base.MEAN_FIELD_ITERATIONS
 ) -> Array:
-  """Mean-field lower bound on log Σ_z exp(−E(z) + a1·z1 + a2·z2) (MATH.md §4).
+  """Mean-field lower bound on log Σ_z exp(−E(z) + a1·z1 + a2·z2) (math.md §4).
 
   The magnetisations start at 0.5 and take ``num_iterations`` block updates
   m2 ← σ(b2 + a2 + Wᵀm1), m1 ← σ(b1 + a1 + W m2) under stop-gradient; then
@@ -394,7 +394,7 @@ chunk_states = base.chunk_states
 
 
 def exact_log_partition(m: RBM, chunk_bits: int = 14) -> Array:
-  """Exact log Z by enumerating the smaller side: log Z = logsumexp_{z1} −F(z1) (MATH.md §2).
+  """Exact log Z by enumerating the smaller side: log Z = logsumexp_{z1} −F(z1) (math.md §2).
 
   The 2^min(n1, n2) states are visited in chunks of 2^chunk_bits with `lax.map`, so memory stays at
   O(2^chunk_bits · max(n1, n2)) and min(n1, n2) ≤ 24 runs in seconds to minutes. Computed in the
@@ -419,7 +419,7 @@ def exact_log_partition(m: RBM, chunk_bits: int = 14) -> Array:
 
 
 def exact_moments(m: RBM, chunk_bits: int = 14) -> Moments:
-  """Exact E[z1] [n1], E[z2] [n2], E[z1 z2ᵀ] [n1, n2] by enumerating the smaller side (MATH.md §2).
+  """Exact E[z1] [n1], E[z2] [n2], E[z1 z2ᵀ] [n1, n2] by enumerating the smaller side (math.md §2).
 
   With the smaller side z_a enumerated, p(z_a) = e^{−F(z_a)}/Z and the other side is conditionally
   independent: E[z_b | z_a] = σ(b_b + z_aᵀW). The sums are accumulated chunk by chunk in a

@@ -1,4 +1,4 @@
-"""Samplers and partition-function estimators for Boltzmann machines, replacing QuPA (MATH.md §3).
+"""Samplers and partition-function estimators for Boltzmann machines, replacing QuPA (math.md §3).
 
 Every sampler below takes a prior that follows ``priors.base.Prior`` (an RBM, a graph machine, a
 new kind) and calls its methods (``init_chains``, ``run``, ``run_with_energy``, ``energy``,

@@ -58,7 +58,7 @@ class AISResult(NamedTuple):
 
 
 def run(key: Array, m: Machine, betas: Array, num_chains: int, num_sweeps: int = 1) -> AISResult:
-  """AIS along the schedule `betas` (MATH.md §3).
+  """AIS along the schedule `betas` (math.md §3).
 
   Args:
     key: PRNG key.
@@ -98,7 +98,7 @@ def run(key: Array, m: Machine, betas: Array, num_chains: int, num_sweeps: int =
 def ais_log_partition(
   key: Array, m: Machine, num_chains: int = 1024, num_temperatures: int = 1000, num_sweeps: int = 1
 ) -> AISResult:
-  """log Z of `m` by AIS with the evaluation defaults of MATH.md §3.
+  """log Z of `m` by AIS with the evaluation defaults of math.md §3.
 
   Uniform base (log Z_0 = n log 2), `num_temperatures` linearly spaced β from 0 to 1,
   `num_chains` chains, `num_sweeps` block Gibbs sweep(s) per temperature.

@@ -1,6 +1,6 @@
 """Is the training sampler's population in equilibrium? Moment errors in units of sampling noise.
 
-The gradient of log Z is the model expectation of the sufficient statistics s(z) (MATH.md §2; for
+The gradient of log Z is the model expectation of the sufficient statistics s(z) (math.md §2; for
 an RBM (z1, z2, z1 z2ᵀ), for a graph machine (z_i, z_i z_j per edge): the prior's
 ``sample_moments``, a NamedTuple of moment groups), and training estimates it by the mean s̄ over
 the persistent population's S samples.

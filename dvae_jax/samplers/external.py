@@ -1,5 +1,5 @@
 """A training-time prior sampler whose samples come from outside JAX: a dimod sampler, a quantum
-annealer, any function of the machine's parameters that returns states (MATH.md §2–§3).
+annealer, any function of the machine's parameters that returns states (math.md §2–§3).
 
   sampler = external.prior_sampler(1000, draw)   # draw(seed, m) -> [S, n] states in {0, 1}
   state = sampler.init(key, m)                   # PersistentState, as `pcd` and `persistent_pa`
@@ -9,7 +9,7 @@ Each `step` first moves the running log Z from the parameters the held samples w
 (`persistent.reweight`, PCD's bookkeeping), then replaces the samples by S fresh ones of m from
 `draw`, called through `jax.pure_callback` with a seed drawn from `key` (so a seeded sampler
 repeats a run exactly) and m with NumPy leaves. The surrogate gradient of log Z then uses those
-samples like any other population's (MATH.md §2): it is as right as the samples are Boltzmann at
+samples like any other population's (math.md §2): it is as right as the samples are Boltzmann at
 β = 1. A sampler that is not (simulated annealing at its default schedule is an optimiser) gives a
 biased gradient and a biased running log Z; the runner's sampler diagnostic (moment error of the
 held samples against fresh population annealing, `diagnostics`) measures the first at every

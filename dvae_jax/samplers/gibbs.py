@@ -1,4 +1,4 @@
-"""Block Gibbs sampling of an RBM at inverse temperature β (MATH.md §2–§3): the RBM prior's sweep.
+"""Block Gibbs sampling of an RBM at inverse temperature β (math.md §2–§3): the RBM prior's sweep.
 
 One sweep updates the two sides in turn from their exact conditionals,
 
@@ -135,7 +135,7 @@ def sweep_with_energy(key: Array, state: GibbsState, m: RBM, beta=1.0) -> tuple[
 
 
 def sweep(key: Array, state: GibbsState, m: RBM, beta=1.0) -> GibbsState:
-  """One block Gibbs sweep: z2 ~ σ(β(b2 + Wᵀz1)), then z1 ~ σ(β(b1 + W z2)) (MATH.md §2).
+  """One block Gibbs sweep: z2 ~ σ(β(b2 + Wᵀz1)), then z1 ~ σ(β(b1 + W z2)) (math.md §2).
 
   Args:
     key: PRNG key.

@@ -1,13 +1,13 @@
 """An honest training log Z: an independent population re-anchors the training sampler's running
-log Z every few steps (MATH.md §2–§3).
+log Z every few steps (math.md §2–§3).
 
 Why. The persistent sampler (`persistent`) updates its log Z by reweighting its own population when
 the parameters move from θ_t to θ_{t+1}. But θ_{t+1} − θ_t was computed from that very population
-(the surrogate gradient of MATH.md §2): the update lowers the model probability of the population's
+(the surrogate gradient of math.md §2): the update lowers the model probability of the population's
 current fluctuation, and the population still remembers it after the decorrelation sweeps, so every
 increment is biased low by ≈ Δθ · (correlated part of the sample mean's error). Tiny per step,
 it adds up: −3.7 to −7.1 nats per 5k steps of the default run (40 sweeps), −8 nats in 2,500 steps
-with 4 sweeps (issue 10). More sweeps shrink the correlation but never remove it.
+with 4 sweeps. More sweeps shrink the correlation but never remove it.
 
 How. A second, smaller population (`num_replicas`, by default 512) follows the same parameter path
 but is never used for a gradient, so the parameter changes do not depend on its samples. Every N
@@ -22,8 +22,8 @@ spread 1.2–1.8× it) only while the sweeps keep the resampled population diver
 refresh the default run's tracker read −0.44 and −0.72 nats at steps 2,500 and 5,000 (reported
 stderr 0.10); with 100, +0.21 and −0.12; with 200 (the default), −0.62 to +0.31 (28 of 32 within
 ± 0.3) at the evaluations of the default run with 40, 10 and 4 sweeps per step and 4 with the
-Rao-Blackwellised gradient (README "The training log Z"). What remains is that variance and the
-error of its start.
+Rao-Blackwellised gradient (docs/results.md "The training log Z"). What remains is that variance
+and the error of its start.
 Between refreshes the training sampler's own increments drift by at most N steps' worth.
 
 `seed` starts a tracker from R replicas of the training population, with its log Z; the runner
@@ -79,7 +79,7 @@ def refresh(
     num_sweeps: sweeps of the tracker's `persistent_pa.step` (half before the reweighting).
     target_ess: ESS fraction below which the change is split into stages (each resamples and
       sweeps once). On the default run's paths (2,500 steps, 512 replicas, 96–176 replays each,
-      BUILD_NOTES) 0.9 spread 0.21–0.26 nats (reported 0.17, |error| > 0.5 in 9 of 96) and 0.99
+      docs/results.md) 0.9 spread 0.21–0.26 nats (reported 0.17, |error| > 0.5 in 9 of 96) and 0.99
       spread 0.16–0.17 (reported 0.094, none of 96 beyond 0.5) for 3× the stages (≈ +6 sweeps
       per refresh): finer stages help, less than the reported variance says (stages one sweep
       apart share their replicas). Hence the default 0.99. The value never reaches a gradient:

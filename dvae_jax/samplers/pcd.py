@@ -1,7 +1,7 @@
-"""Persistent contrastive divergence (PCD) prior sampler with a tracked log Z (MATH.md §3).
+"""Persistent contrastive divergence (PCD) prior sampler with a tracked log Z (math.md §3).
 
 S persistent chains z [S, n] of a prior (an RBM, a graph machine, ...) and k Gibbs sweeps per
-training step (MATH.md §3 and §6: S = 1000, k = 40). Of the k sweeps, `decorrelation_sweeps`
+training step (math.md §3 and §6: S = 1000, k = 40). Of the k sweeps, `decorrelation_sweeps`
 (default k // 2) run under the previous parameters before the log Z reweighting and the rest under
 the new ones (see `persistent` for why).
 
@@ -66,7 +66,7 @@ def prior_sampler(
   """PriorSampler(init, step) of PCD; the arguments are `step`'s (num_samples: S chains).
 
   init(key, m) is the exact zero-parameter state followed by one `step` to m: exact for m = 0 (the
-  start of training, MATH.md §2); for other m the first log Z increment is a single
+  start of training, math.md §2); for other m the first log Z increment is a single
   importance-sampling jump from the uniform distribution, accurate only for weak m.
   """
   persistent.check_sizes(num_samples, num_sweeps, decorrelation_sweeps)

@@ -1,4 +1,4 @@
-"""State and interface shared by the persistent training-time prior samplers (MATH.md §3).
+"""State and interface shared by the persistent training-time prior samplers (math.md §3).
 
 The two samplers are `pcd` and `persistent_pa`; each offers `init`, `step(key, state, m)` and
 `prior_sampler(num_samples, num_sweeps, ...) -> PriorSampler(init, step)`.
@@ -12,7 +12,7 @@ on the kind. The machine is any prior with a sampler (an RBM, a graph machine, .
 one array z [S, n] (`chains`).
 
 Order of a step, and why. In training the new parameters are computed from the very samples held
-in the state (the surrogate gradient of MATH.md §2), and the update lowers the model probability of
+in the state (the surrogate gradient of math.md §2), and the update lowers the model probability of
 those samples relative to fresh ones. Reweighting them immediately would bias every log Z increment
 downwards by ≈ lr·Σ_k var(s̄_k) (s̄ the sufficient statistics' sample means): measured −0.69 nats
 after 300 steps at lr 0.1 on a 12×12 RBM, against a stderr of 0.03. So each step first runs
@@ -100,7 +100,7 @@ def zero_state(key: Array, m: Machine, num_samples: int) -> PersistentState:
 def init_fn(step: Callable, num_samples: int) -> Callable:
   """init(key, m): the exact zero-parameter state of S = num_samples chains moved to m by `step`.
 
-  With m = 0 (the start of training, MATH.md §2) the result is exact; for other m its accuracy is
+  With m = 0 (the start of training, math.md §2) the result is exact; for other m its accuracy is
   that of one `step` from the uniform distribution.
   """
 
@@ -184,7 +184,7 @@ def reset_log_z(
   """The state with its running log Z replaced by an independent estimate for `state.params`.
 
   The running estimate's increments are nearly unbiased, but the mixing biases of a population
-  that lags the model add up over thousands of steps (MATH.md §3); a caller holding an estimate
+  that lags the model add up over thousands of steps (math.md §3); a caller holding an estimate
   for the population's own parameters (AIS, fresh population annealing) re-anchors the run here.
   The Kahan compensation restarts at 0 and the variance at stderr²; each new leaf keeps the dtype
   and the sharding of the one it replaces.

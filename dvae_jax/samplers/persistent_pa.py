@@ -1,4 +1,4 @@
-"""Persistent population annealing: the reference training-time prior sampler (MATH.md §3, §6).
+"""Persistent population annealing: the reference training-time prior sampler (math.md §3, §6).
 
 A population of S replicas z [S, n] of the current prior (an RBM, a graph machine, ...), kept
 across training steps with a running log Z (`persistent.PersistentState`). When the parameters
@@ -137,7 +137,7 @@ def prior_sampler(
   """PriorSampler(init, step) of persistent PA; the arguments are `step`'s (num_samples: S).
 
   init(key, m) is the exact zero-parameter state annealed to m by one `step` (exact at m = 0,
-  MATH.md §2; for other m, adaptive PA in parameter space from the uniform distribution).
+  math.md §2; for other m, adaptive PA in parameter space from the uniform distribution).
   """
   persistent.check_sizes(num_samples, num_sweeps, decorrelation_sweeps)
   _check_options(target_ess, max_stages, num_intermediate_sweeps, resample_fn)

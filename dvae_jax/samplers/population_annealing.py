@@ -1,5 +1,5 @@
 """Population annealing (PA) of a Boltzmann machine: log Z with error bars and exact-in-the-limit
-samples (MATH.md §3). The machine is any prior with a sampler (`chains`: an RBM, a graph machine,
+samples (math.md §3). The machine is any prior with a sampler (`chains`: an RBM, a graph machine,
 ...); the replicas are z [S, n].
 
 A population of S replicas starts uniform (β = 0, exact; log Z_0 = n log 2). For each step β → β'

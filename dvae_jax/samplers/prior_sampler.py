@@ -1,4 +1,4 @@
-"""Training-time prior sampler by name: persistent PA (the default) or PCD (MATH.md §3, §6).
+"""Training-time prior sampler by name: persistent PA (the default) or PCD (math.md §3, §6).
 
   sampler = make_prior_sampler("pa", num_samples=1000, num_sweeps=40)
   state = sampler.init(key, prior)                # PersistentState: z [S, n], log_z, ...
@@ -31,8 +31,8 @@ def make_prior_sampler(
 
   Args:
     kind: 'pa' (persistent population annealing, `persistent_pa`) or 'pcd'.
-    num_samples: S, chains / replicas (MATH.md §6: 1000).
-    num_sweeps: block Gibbs sweeps per step (MATH.md §6: 40).
+    num_samples: S, chains / replicas (math.md §6: 1000).
+    num_sweeps: block Gibbs sweeps per step (math.md §6: 40).
     **options: the keyword arguments of the kind's `prior_sampler`: for both kinds
       decorrelation_sweeps (num_sweeps // 2: sweeps under the previous parameters before the log Z
       reweighting, see `persistent`); for 'pa' also target_ess (0.9), max_stages (1000),

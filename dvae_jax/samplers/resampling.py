@@ -1,4 +1,4 @@
-"""Resampling of weighted populations and the effective sample size (MATH.md §3).
+"""Resampling of weighted populations and the effective sample size (math.md §3).
 
 Each scheme maps normalised-or-not log weights [N] to ancestor indices [M] (M = N by default) such
 that the expected number of copies of particle i is M·w_i with w = softmax(log_weights): all three

@@ -1,4 +1,4 @@
-"""Annealing schedules and the one adaptive tempering rule (MATH.md §3).
+"""Annealing schedules and the one adaptive tempering rule (math.md §3).
 
 Shared by AIS (`ais`), population annealing (`population_annealing`) and persistent population
 annealing (`persistent_pa`). β here is an inverse temperature (0 = uniform, 1 = the model); the

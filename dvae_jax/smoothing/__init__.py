@@ -1,6 +1,6 @@
 """Smoothing transformations r(ζ|z), the relaxed mixture q(ζ) and its reparameterised samplers.
 
-MATH.md §1. Every smoothing is a small immutable pytree whose ``beta`` (the *sharpness*, not an
+math.md §1. Every smoothing is a small immutable pytree whose ``beta`` (the *sharpness*, not an
 inverse temperature) is a pytree leaf: a Python float or an array broadcastable against ζ, so it
 can be traced, vmapped and learned. All functions are elementwise and shape-polymorphic; ``q`` is
 the Bernoulli mean σ(l) of the encoder.
@@ -21,7 +21,7 @@ Inverse CDF of the mixture F(ζ) = (1 − q) R0(ζ) + q R1(ζ): closed forms for
 the exponential; for the power function, Gaussian and uniform+exp the safeguarded Newton–bisection
 solver of ``numerical_inverse`` with implicit derivatives (``jax.custom_jvp``).
 
-Numerics common to all (MATH.md §1 Numerics; the power function's clip is in ``power_function``):
+Numerics common to all (math.md §1 Numerics; the power function's clip is in ``power_function``):
 
 * Outside the support the log densities are −inf and the CDFs 0 or 1.
 * The exponential, uniform+exp and Gaussian log densities are finite on the whole support without

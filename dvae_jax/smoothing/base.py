@@ -1,6 +1,6 @@
 """The smoothing contract (``Smoothing``), helpers of the families, and the public functions.
 
-MATH.md §1. A smoothing r(ζ|z) turns a Bernoulli z into a continuous ζ; with q = σ(l) the relaxed
+math.md §1. A smoothing r(ζ|z) turns a Bernoulli z into a continuous ζ; with q = σ(l) the relaxed
 mixture is q(ζ) = (1 − q) r(ζ|0) + q r(ζ|1), with CDF F(ζ) = (1 − q) R0(ζ) + q R1(ζ).
 
 Every family (one module each: ``spike_and_exp``, ``exponential``, ``power_function``,
@@ -32,14 +32,14 @@ ArrayLike = Any
 
 @runtime_checkable
 class Smoothing(Protocol):
-  """What a smoothing provides (MATH.md §1); every method is elementwise over broadcast inputs.
+  """What a smoothing provides (math.md §1); every method is elementwise over broadcast inputs.
 
   Attributes:
     beta: the sharpness β > 0 (the only pytree leaf): a float or an array broadcastable against ζ.
     name: a static, per-class fixed string ('spike_exp', 'exp', 'power', 'gauss', 'unexp'). It
       makes the treedefs of the classes differ: in jax 0.10.2 the treedefs of two dataclasses with
       equal static fields compare equal, and jit's cache then occasionally ran one class's compiled
-      program on the other (BUILD_NOTES.md, "Smoothing").
+      program on the other (BUILD_NOTES.md, "Smoothings").
     numerical_inverse: whether ``inverse_cdf`` is the numerical solver of ``numerical_inverse``
       (class constant).
   """
@@ -76,7 +76,7 @@ class Smoothing(Protocol):
     """(ζ ~ r(·|z), dζ/dq) for binary ``z`` [...] and the Bernoulli means ``q`` [...].
 
     ζ is differentiable in β (z does not depend on β); dζ/dq = (R0(ζ) − R1(ζ))/q(ζ) is the implicit
-    derivative of the mixture's inverse CDF at that ζ (MATH.md §1), used by ``sample_ancestral``
+    derivative of the mixture's inverse CDF at that ζ (math.md §1), used by ``sample_ancestral``
     without gradient. Shapes and dtype are those of ``q``.
     """
     ...
@@ -160,13 +160,13 @@ def check_smoothing(s) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Public per-component functions (MATH.md §1).
+# Public per-component functions (math.md §1).
 
 
 def log_r0(s: Smoothing, zeta: ArrayLike) -> Array:
   """log r(ζ|0), elementwise over ζ [...] (broadcast against β); −inf outside the support.
 
-  This is c(ζ) of the DVAE# relaxed prior (MATH.md §4). Raises ValueError for ``SpikeAndExp``.
+  This is c(ζ) of the DVAE# relaxed prior (math.md §4). Raises ValueError for ``SpikeAndExp``.
   """
   check_smoothing(s)
   return s.log_r0(zeta)
@@ -191,7 +191,7 @@ def cdf1(s: Smoothing, zeta: ArrayLike) -> Array:
 
 
 def log_ratio(s: Smoothing, zeta: ArrayLike) -> Array:
-  """b(ζ) = log r(ζ|1) − log r(ζ|0) (MATH.md §1, §4), finite for every ζ.
+  """b(ζ) = log r(ζ|1) − log r(ζ|0) (math.md §1, §4), finite for every ζ.
 
   ζ is clipped to the support (and for ``PowerFunction`` to [δ, 1 − δ], δ = finfo.epsneg; see
   ``power_function``). Raises ValueError for ``SpikeAndExp``.
@@ -201,13 +201,13 @@ def log_ratio(s: Smoothing, zeta: ArrayLike) -> Array:
 
 
 def mixture_cdf(s: Smoothing, zeta: ArrayLike, q: ArrayLike) -> Array:
-  """F(ζ) = (1 − q) R0(ζ) + q R1(ζ), elementwise over broadcast ζ, q, β (MATH.md §1)."""
+  """F(ζ) = (1 − q) R0(ζ) + q R1(ζ), elementwise over broadcast ζ, q, β (math.md §1)."""
   check_smoothing(s)
   return (1.0 - q) * s.cdf0(zeta) + q * s.cdf1(zeta)
 
 
 def mixture_log_prob(s: Smoothing, zeta: ArrayLike, q: ArrayLike) -> Array:
-  """log q(ζ) = log[(1 − q) r(ζ|0) + q r(ζ|1)] by logaddexp, elementwise (MATH.md §1).
+  """log q(ζ) = log[(1 − q) r(ζ|0) + q r(ζ|1)] by logaddexp, elementwise (math.md §1).
 
   Prefer ``mixture_log_prob_logits`` when the logits are at hand. Raises ValueError for
   ``SpikeAndExp`` (its mixture has an atom at 0).
@@ -230,7 +230,7 @@ def mixture_log_prob_logits(s: Smoothing, zeta: ArrayLike, logits: ArrayLike) ->
 
 
 def inverse_cdf(s: Smoothing, rho: ArrayLike, q: ArrayLike) -> Array:
-  """ζ = F^{-1}(ρ; q), elementwise over broadcast ρ, q, β (MATH.md §1).
+  """ζ = F^{-1}(ρ; q), elementwise over broadcast ρ, q, β (math.md §1).
 
   Analytic for ``SpikeAndExp`` and ``Exponential`` (differentiated by autodiff); numerical for the
   others (``numerical_inverse``: fixed-budget safeguarded Newton on log F, differentiated
@@ -251,7 +251,7 @@ def _check_logits(logits) -> Array:
 def sample(key: Array, s: Smoothing, logits: Array) -> Array:
   """Reparameterised relaxed sample ζ = F^{-1}(ρ; σ(l)), ρ ~ U(0, 1), shape = ``logits.shape``.
 
-  Gradients flow to the logits (and to β) through the inverse CDF (MATH.md §1).
+  Gradients flow to the logits (and to β) through the inverse CDF (math.md §1).
   """
   check_smoothing(s)
   logits = _check_logits(logits)
@@ -260,7 +260,7 @@ def sample(key: Array, s: Smoothing, logits: Array) -> Array:
 
 
 def sample_ancestral(key: Array, s: Smoothing, logits: Array) -> Array:
-  """Ancestral relaxed sample: z ~ Bernoulli(σ(l)) (no gradient), ζ ~ r(·|z) (MATH.md §1).
+  """Ancestral relaxed sample: z ~ Bernoulli(σ(l)) (no gradient), ζ ~ r(·|z) (math.md §1).
 
   The implicit gradient is attached by the surrogate ζ_out = ζ + (sg(dζ/dq)·q − sg(sg(dζ/dq)·q)),
   dζ/dq = (R0(ζ) − R1(ζ))/q(ζ) (from ``s.sample_given_z``); ζ itself stays differentiable in β

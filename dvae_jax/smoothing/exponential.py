@@ -1,4 +1,4 @@
-"""Exponential and uniform+exponential smoothings (DVAE++, DVAE#; MATH.md §1).
+"""Exponential and uniform+exponential smoothings (DVAE++, DVAE#; math.md §1).
 
 r_exp(ζ|0) = β e^{−βζ}/(1 − e^{−β}) on [0, 1]; the uniform+exp mixes in ε of the uniform,
 r(ζ|0) = (1 − ε) r_exp(ζ) + ε. Both are symmetric (r(ζ|1) = r(1 − ζ|0)) and share their code: the
@@ -72,7 +72,7 @@ def _cdf0(beta, eps, zeta):
 
 
 def _exp_inverse_cdf(beta, rho, q):
-  """Analytic inverse of the exponential mixture CDF (DVAE++, MATH.md §1).
+  """Analytic inverse of the exponential mixture CDF (DVAE++, math.md §1).
 
   With x = e^{−βζ}: (1 − q) x² + B x − q e^{−β} = 0, B = ρ(1 − e^{−β}) + q e^{−β} − (1 − q);
   the positive root in the cancellation-free form for either sign of B.
@@ -159,7 +159,7 @@ class _ExponentialMixture(Symmetric):
 
 @struct.dataclass
 class Exponential(_ExponentialMixture):
-  """Exponential smoothing r(ζ|0) = β e^{−βζ}/(1 − e^{−β}) on [0, 1] (DVAE++/DVAE#, MATH.md §1).
+  """Exponential smoothing r(ζ|0) = β e^{−βζ}/(1 − e^{−β}) on [0, 1] (DVAE++/DVAE#, math.md §1).
 
   The mixture inverse CDF is analytic; b(ζ) = β(2ζ − 1).
 
@@ -190,7 +190,7 @@ class Exponential(_ExponentialMixture):
 
 @struct.dataclass
 class UniformExponential(_ExponentialMixture):
-  """Uniform+exponential smoothing r(ζ|0) = (1 − ε) r_exp(ζ) + ε on [0, 1] (DVAE#, MATH.md §1).
+  """Uniform+exponential smoothing r(ζ|0) = (1 − ε) r_exp(ζ) + ε on [0, 1] (DVAE#, math.md §1).
 
   Attributes:
     beta: sharpness β > 0 of the exponential part (not an inverse temperature), a float or an

@@ -1,4 +1,4 @@
-"""Gaussian smoothing (DVAE#; MATH.md §1): r(ζ|0) = N(ζ; 0, 1/β), r(ζ|1) = N(ζ; 1, 1/β) on ℝ.
+"""Gaussian smoothing (DVAE#; math.md §1): r(ζ|0) = N(ζ; 0, 1/β), r(ζ|1) = N(ζ; 1, 1/β) on ℝ.
 
 Inverse CDF by the numerical solver (``numerical_inverse``) in x = ζ − ½. The log densities are
 finite on all of ℝ, so nothing is clipped.
@@ -20,7 +20,7 @@ from dvae_jax.smoothing.symmetric import Symmetric
 
 @struct.dataclass
 class Gaussian(Symmetric):
-  """Gaussian smoothing r(ζ|0) = N(ζ; 0, 1/β) on ℝ, r(ζ|1) = N(ζ; 1, 1/β) (DVAE#, MATH.md §1).
+  """Gaussian smoothing r(ζ|0) = N(ζ; 0, 1/β) on ℝ, r(ζ|1) = N(ζ; 1, 1/β) (DVAE#, math.md §1).
 
   b(ζ) = β(ζ − ½). The solver coordinate is x = ζ − ½.
 

@@ -1,4 +1,4 @@
-"""The numerically inverted mixture CDF with its implicit derivatives (MATH.md §1, DVAE# §3.4).
+"""The numerically inverted mixture CDF with its implicit derivatives (math.md §1, DVAE# §3.4).
 
 For the symmetric smoothings without a closed-form inverse (power function, Gaussian,
 uniform+exp), ζ = F⁻¹(ρ; q) is found by a safeguarded Newton–bisection solver with a fixed
@@ -207,7 +207,7 @@ def _inverse_cdf_jvp(static, primals, tangents):
   y = lax.stop_gradient(_solve_lower(s, lr, lr1, lq, l1mq, static.solver_iterations))
   x = jnp.where(flip, -y, y)
   zeta = s.coordinate.to_zeta(x)
-  # dζ = (dρ − ∂F/∂q dq − ∂F/∂β dβ)/q(ζ), ∂F/∂q = R1 − R0, q(ζ) = f_x / T'(x) (MATH.md §1).
+  # dζ = (dρ − ∂F/∂q dq − ∂F/∂β dβ)/q(ζ), ∂F/∂q = R1 − R0, q(ζ) = f_x / T'(x) (math.md §1).
   # Tangents known to be zero (SymbolicZero) are skipped: d/dl alone needs no ∂F/∂β.
   dfdot = jnp.zeros_like(zeta)
   if not isinstance(rho_dot, SymbolicZero):
@@ -246,7 +246,7 @@ def inverse_cdf(s: Invertible, rho: base.ArrayLike, q: base.ArrayLike) -> Array:
 
 
 def dzeta_dq_x(s: Invertible, x: Array, q: Array) -> Array:
-  """The implicit dζ/dq = (R0 − R1)/q(ζ) at ζ = T(x) (MATH.md §1), from x (no rounding of ζ)."""
+  """The implicit dζ/dq = (R0 − R1)/q(ζ) at ζ = T(x) (math.md §1), from x (no rounding of ζ)."""
   log_q = jnp.log(q)
   log_1mq = jnp.log1p(-q)
   log_pdf_zeta = _mixture_log_pdf_x(s, x, log_q, log_1mq) - s.coordinate.log_dzeta_dx(x)

@@ -1,9 +1,9 @@
-"""Power-function smoothing (DVAE#; MATH.md §1).
+"""Power-function smoothing (DVAE#; math.md §1).
 
 r(ζ|0) = ζ^{1/β − 1}/β on (0, 1], R0(ζ) = ζ^{1/β}; r(ζ|1) = r(1 − ζ|0). Inverse CDF by the
 numerical solver (``numerical_inverse``) in the logit coordinate x = logit ζ.
 
-Numerics (MATH.md §1 Numerics): the log densities and b(ζ) evaluate ζ clipped to [δ, 1 − δ] with
+Numerics (math.md §1 Numerics): the log densities and b(ζ) evaluate ζ clipped to [δ, 1 − δ] with
 δ = ``finfo(dtype).epsneg`` (2^-24 ≈ 5.96e-8 in float32: the gap between 1 and the largest float
 below 1, so every ζ ≥ 1 − δ/2 is stored as exactly 1). The clip is symmetric, so
 r(ζ|1) = r(1 − ζ|0) and b(1 − ζ) = −b(ζ) hold exactly after clipping and draws of z = 0 and z = 1
@@ -42,7 +42,7 @@ def _log_softplus(y):
 
 @struct.dataclass
 class PowerFunction(Symmetric):
-  """Power-function smoothing r(ζ|0) = ζ^{1/β − 1}/β on (0, 1], R0(ζ) = ζ^{1/β} (DVAE#, MATH.md §1).
+  """Power-function smoothing r(ζ|0) = ζ^{1/β − 1}/β on (0, 1], R0(ζ) = ζ^{1/β} (DVAE#, math.md §1).
 
   With α = 1/β: b(ζ) = (1 − α) logit ζ, evaluated at ζ clipped to [δ, 1 − δ], δ = finfo.epsneg (see
   the module docstring: |b| ≤ 16.22 at β = 40 in float32).

@@ -1,4 +1,4 @@
-"""Spike-and-exponential smoothing (DVAE, Rolfe 2017; MATH.md §1)."""
+"""Spike-and-exponential smoothing (DVAE, Rolfe 2017; math.md §1)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dvae_jax.smoothing import base
 
 @struct.dataclass
 class SpikeAndExp:
-  """Spike-and-exponential smoothing (DVAE, MATH.md §1).
+  """Spike-and-exponential smoothing (DVAE, math.md §1).
 
   r(ζ|0) = δ(ζ) (a point mass: no density, so ``log_r0``, ``log_ratio`` and ``mixture_log_prob``
   raise), r(ζ|1) = β e^{βζ}/(e^β − 1) on [0, 1]. The inverse CDF is analytic and ζ = 0 exactly when

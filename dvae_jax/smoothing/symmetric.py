@@ -1,4 +1,4 @@
-"""``Symmetric``: what the overlapping smoothings share, r(ζ|1) = r(1 − ζ|0) (MATH.md §1).
+"""``Symmetric``: what the overlapping smoothings share, r(ζ|1) = r(1 − ζ|0) (math.md §1).
 
 A subclass (exponential, uniform+exp, power function, Gaussian) writes r(·|0) twice: in ζ
 (``log_r0``, ``cdf0``, ``log_ratio``) and in its solver coordinate x (the primitives of

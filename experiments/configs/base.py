@@ -1,13 +1,13 @@
-"""Base configuration shared by every named experiment (MATH.md §6).
+"""Base configuration shared by every named experiment (math.md §6).
 
 Keys left at ``None`` are filled in by ``experiments.config_lib.resolve_config``:
 
-* ``beta`` (also ``-1``): from the β table of MATH.md §6 for the method, dataset and struct (for
+* ``beta`` (also ``-1``): from the β table of math.md §6 for the method, dataset and struct (for
   ``gumbolt``, the concrete temperature ``config_lib.GUMBOLT_TEMPERATURE``);
 * the budget keys (``num_steps``, ``num_prior_samples``, ``num_sweeps``, ``eval_every``,
   ``eval_iw_samples``, ``val_iw_samples``, ``eval_num_examples``, ``ais_num_chains``,
   ``ais_num_temperatures``, ``checkpoint_every``): from the chosen ``protocol``, ``'cpu'`` (the
-  default: a short run that finishes on a laptop CPU) or ``'paper'`` (MATH.md §6's full protocol).
+  default: a short run that finishes on a laptop CPU) or ``'paper'`` (math.md §6's full protocol).
 
 Any key given on the command line (``--config.KEY=VALUE``) wins over both.
 """
@@ -18,7 +18,7 @@ from ml_collections import config_dict
 def get_config() -> config_dict.ConfigDict:
   c = config_dict.ConfigDict()
   c.method = "dvae_sharp"  # Objective, one of objectives.METHODS (each named config sets it).
-  c.protocol = "cpu"  # 'cpu' (short default run) or 'paper' (MATH.md §6, 1M steps).
+  c.protocol = "cpu"  # 'cpu' (short default run) or 'paper' (math.md §6, 1M steps).
 
   # Data and model.
   c.dataset = "binarized_mnist"  # binarized_mnist | omniglot | caltech101_silhouettes
@@ -28,13 +28,13 @@ def get_config() -> config_dict.ConfigDict:
   # Sizes of a graph prior's topology: chimera 'm[,n[,t]]', pegasus 'm', zephyr 'm[,t]'; '' = the
   # smallest square one with num_latent nodes. Latent unit k is node k (topologies.latent_graph).
   c.topology = ""
-  c.k = 1  # Importance samples K of the training objective (MATH.md §4).
+  c.k = 1  # Importance samples K of the training objective (math.md §4).
   c.beta = config_dict.placeholder(float)  # Sharpness (gumbolt: temperature τ); None/-1: table.
-  # Relaxed posterior samples (MATH.md §1): 'ancestral' or 'inverse_cdf'; the same estimator in law,
+  # Relaxed posterior samples (math.md §1): 'ancestral' or 'inverse_cdf'; the same estimator in law,
   # ancestral is 12-18x faster for the numerically inverted smoothings (power, Gaussian, un+exp).
   c.relaxed_sampler = "ancestral"
 
-  # Optimisation (MATH.md §6).
+  # Optimisation (math.md §6).
   c.num_steps = config_dict.placeholder(int)
   c.batch_size = 100
   c.learning_rate = 3e-3  # Base of the piecewise-constant schedule.
@@ -45,7 +45,7 @@ def get_config() -> config_dict.ConfigDict:
   c.weight_decay = 1e-4  # Coefficient of ½‖w‖² (dense kernels, BN scales, RBM W).
   c.kl_warmup_fraction = 0.3  # κ = min(t / (fraction · num_steps), 1).
 
-  # Prior sampler (MATH.md §3).
+  # Prior sampler (math.md §3).
   c.sampler = "pa"  # pa | pcd | dimod (each step's states drawn by a dimod sampler on the host)
   # With sampler='dimod' (the [dwave] extra; samplers.external): simulated_annealing | tabu |
   # steepest_descent | random | module.path:Name of any dimod.Sampler (a QPU's, a user's), and its
@@ -55,7 +55,7 @@ def get_config() -> config_dict.ConfigDict:
   c.dimod_kwargs = ""
   c.num_prior_samples = config_dict.placeholder(int)
   c.num_sweeps = config_dict.placeholder(int)
-  # Gradient of log Z from the samples (RBM.rao_blackwellize): 'none' (sampled z1, z2: MATH.md §2),
+  # Gradient of log Z from the samples (RBM.rao_blackwellize): 'none' (sampled z1, z2: math.md §2),
   # 'z2' (E[z2|z1] for z2) or 'symmetric' (both conditional means, averaged): same expectation,
   # lower variance (1.9x per sample on the default prior); not the default: changes the trajectory.
   c.rao_blackwell = "none"
@@ -63,7 +63,8 @@ def get_config() -> config_dict.ConfigDict:
   # population of log_z_tracker_replicas, moved along the same parameters by persistent PA with
   # log_z_tracker_sweeps sweeps, replaces the sampler's running log Z (which drifts low). 0: off,
   # the default since the training AIS below re-anchors that value at every logged step (the
-  # tracker was good to ± 0.6 nats; docs/training.md "The training log Z"); 50 was the default before.
+  # tracker was good to ± 0.6 nats; docs/training.md "The training log Z"); 50 was the default
+  # before.
   c.log_z_refresh_every = 0
   c.log_z_tracker_replicas = 512
   # 200: 40 left the tracker −0.44 / −0.72 nats low at steps 2,500 / 5,000 of the default run.
@@ -78,7 +79,7 @@ def get_config() -> config_dict.ConfigDict:
   c.train_ais_num_chains = 512
   c.train_ais_num_temperatures = 300
 
-  # Evaluation: the discrete model, AIS log Z (MATH.md §3, §6).
+  # Evaluation: the discrete model, AIS log Z (math.md §3, §6).
   c.eval_every = config_dict.placeholder(int)  # Validation NLL every this many steps.
   c.val_iw_samples = config_dict.placeholder(int)  # Importance samples of the validation NLL.
   c.eval_iw_samples = config_dict.placeholder(int)  # Importance samples of the final test NLL.

@@ -1,6 +1,6 @@
-"""DVAE (Rolfe 2017): spike-and-exp smoothing, RBM prior (MATH.md §4, §6).
+"""DVAE (Rolfe 2017): spike-and-exp smoothing, RBM prior (math.md §4, §6).
 
-β defaults to the "spike-and-exp" column of the MATH.md §6 table for the dataset and struct
+β defaults to the "spike-and-exp" column of the math.md §6 table for the dataset and struct
 (see ``experiments.config_lib.BETA_TABLE``).
 """
 

@@ -1,6 +1,6 @@
-"""DVAE++ (Vahdat et al. 2018a) with exponential smoothing (MATH.md §4, §6).
+"""DVAE++ (Vahdat et al. 2018a) with exponential smoothing (math.md §4, §6).
 
-β defaults to the "DVAE++ exp" column of the MATH.md §6 table for the dataset and struct
+β defaults to the "DVAE++ exp" column of the math.md §6 table for the dataset and struct
 (see ``experiments.config_lib.BETA_TABLE``).
 """
 

@@ -1,6 +1,6 @@
-"""DVAE# with power-function smoothing (the DVAE# paper's best method) (MATH.md §4, §6).
+"""DVAE# with power-function smoothing (the DVAE# paper's best method) (math.md §4, §6).
 
-β defaults to the "DVAE# power" column of the MATH.md §6 table for the dataset and struct
+β defaults to the "DVAE# power" column of the math.md §6 table for the dataset and struct
 (see ``experiments.config_lib.BETA_TABLE``).
 """
 

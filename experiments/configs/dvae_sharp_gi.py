@@ -1,6 +1,6 @@
-"""DVAE# Gaussian integral (β is the lower bound λ_min of λ) (MATH.md §4, §6).
+"""DVAE# Gaussian integral (β is the lower bound λ_min of λ) (math.md §4, §6).
 
-β defaults to the "DVAE# GI" column of the MATH.md §6 table for the dataset and struct
+β defaults to the "DVAE# GI" column of the math.md §6 table for the dataset and struct
 (see ``experiments.config_lib.BETA_TABLE``).
 """
 

@@ -27,7 +27,7 @@ def test_methods_match_the_library():
   assert set(config_lib.METHODS) == set(objectives.METHODS)
 
 
-# (dataset, struct, method, β) read off the MATH.md §6 table by hand.
+# (dataset, struct, method, β) read off the math.md §6 table by hand.
 @pytest.mark.parametrize(
   "dataset, struct, method, beta",
   [

@@ -14,8 +14,8 @@ from experiments import metrics, preemption, train
 
 
 def test_packed_run_resumes_elsewhere_exactly(data_dir, tmp_path):
-  # Checkpoints at 4 and 5 (the stop), evaluation at 3 and 6: the best-validation checkpoint (step 3)
-  # and the newest one must both travel for the final test evaluation to match.
+  # Checkpoints at 4 and 5 (the stop), evaluation at 3 and 6: the best-validation checkpoint
+  # (step 3) and the newest one must both travel for the final test evaluation to match.
   overrides = {"num_steps": 6, "checkpoint_every": 4, "eval_every": 3}
   straight = train.train_and_evaluate(
     tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "straight"

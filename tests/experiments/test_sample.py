@@ -282,7 +282,7 @@ def test_dimod_beta_scales_the_energies_the_sampler_sees(component_runs, tmp_pat
   z = np.random.default_rng(0).integers(0, 2, (50, 200))
   b1, b2, w = (np.asarray(a, np.float64) for a in prior)
   z1, z2 = z[:, :100], z[:, 100:]
-  energy = -(z1 @ b1) - (z2 @ b2) - ((z1 @ w) * z2).sum(1)  # E(z) of MATH.md §2, independently
+  energy = -(z1 @ b1) - (z2 @ b2) - ((z1 @ w) * z2).sum(1)  # E(z) of math.md §2, independently
   got = bqm.energies((2 * z - 1, range(200)))
   np.testing.assert_allclose(got, 2 * energy, rtol=1e-9, atol=1e-9)
   assert record["diagnostic"]["total"] > 5, record["diagnostic"]

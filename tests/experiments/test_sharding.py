@@ -81,7 +81,8 @@ _SPLIT_POPULATION = textwrap.dedent("""
   sampler = samplers.make_prior_sampler("pa", num_samples=64, num_sweeps=4)
 
   def state_of(sampler_state):
-    return experiment_lib.TrainState(jnp.zeros((), jnp.int32), {"w": m0.w}, {}, (), sampler_state, k[2])
+    step = jnp.zeros((), jnp.int32)
+    return experiment_lib.TrainState(step, {"w": m0.w}, {}, (), sampler_state, k[2])
 
   # 64 chains split 16 per device; 62 do not split: replicated.
   chains = sampler.init(k[2], m0)
@@ -91,7 +92,8 @@ _SPLIT_POPULATION = textwrap.dedent("""
   assert shardings.sampler_state.log_z == sharding.replicated(mesh)
   assert shardings.params["w"] == shardings.key == sharding.replicated(mesh)
   odd = samplers.make_prior_sampler("pa", num_samples=62, num_sweeps=4).init(k[2], m0)
-  assert experiment_lib.state_shardings(state_of(odd), mesh).sampler_state.z == sharding.replicated(mesh)
+  odd_shardings = experiment_lib.state_shardings(state_of(odd), mesh)
+  assert odd_shardings.sampler_state.z == sharding.replicated(mesh)
 
   # One PA step of the population split over 4 devices draws the same chains as on one device
   # (PA's reweighting sums over chains: only their order of summation differs).

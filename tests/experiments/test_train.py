@@ -126,7 +126,7 @@ def assert_rows_close(rows_a, rows_b, rtol):
 
 def test_learning_rate_schedule_is_math_section_6():
   schedule = experiment_lib.learning_rate_schedule(3e-3, 1_000_000)
-  # Steps just inside each piece of MATH.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3,
+  # Steps just inside each piece of math.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3,
   # [75%, 95%) 3e-4, [95%, 100%] 9.1e-5.
   for step, expected in [
     (0, 3e-4),
@@ -148,7 +148,8 @@ def test_learning_rate_schedule_is_math_section_6():
 
 def test_kl_warmup():
   for step, expected in [(0, 0.0), (150, 0.5), (300, 1.0), (999, 1.0)]:
-    np.testing.assert_allclose(train_step.kl_warmup(jnp.array(step), 1000, 0.3), expected, rtol=1e-6)
+    kappa = train_step.kl_warmup(jnp.array(step), 1000, 0.3)
+    np.testing.assert_allclose(kappa, expected, rtol=1e-6)
   assert train_step.kl_warmup(jnp.array(0), 1000, 0.0) == 1.0
 
 

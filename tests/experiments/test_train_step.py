@@ -2,12 +2,12 @@
 
 For an RBM, a graph prior (Chimera) and the factorial prior, the step is built as the runner builds
 it (``experiment.build`` then ``train_step.make_train_step``) and called once and several times;
-each call is compared with a step written here from the definitions of MATH.md §2, §4 and §6:
+each call is compared with a step written here from the definitions of math.md §2, §4 and §6:
 
 * the loss and its gradient: ``objectives.loss_fn`` called directly, differentiated by ``jax.grad``;
 * weight decay: coefficient · ½ Σ w² over the dense kernels, the BatchNorm scales and the prior's
-  couplings (MATH.md §2.5), selected here by name;
-* κ = min(t / (fraction · num_steps), 1) and the piecewise-constant learning rate (MATH.md §6),
+  couplings (math.md §2.5), selected here by name;
+* κ = min(t / (fraction · num_steps), 1) and the piecewise-constant learning rate (math.md §6),
   written here as plain Python;
 * Adam written out (m, v, bias corrections; ε after the correction, or TF1's ε before it);
 * the prior's update: its parameters by Adam, its persistent sampler by ``sampler.step`` with the
@@ -37,8 +37,8 @@ from dvae_jax import evaluation, objectives
 from experiments import experiment as experiment_lib
 from experiments import train_step
 
-B1, B2 = 0.9, 0.999  # Adam's moment decays (MATH.md §6)
-# MATH.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3, [75%, 95%) 3e-4, [95%, 100%] 9.1e-5
+B1, B2 = 0.9, 0.999  # Adam's moment decays (math.md §6)
+# math.md §6: [0, 2%) 3e-4, [2%, 60%) 3e-3, [60%, 75%) 1e-3, [75%, 95%) 3e-4, [95%, 100%] 9.1e-5
 # for the base rate 3e-3, as fractions of num_steps.
 LR_PIECES = ((0.02, 3e-4), (0.60, 3e-3), (0.75, 1e-3), (0.95, 3e-4), (math.inf, 9.1e-5))
 
@@ -69,7 +69,7 @@ def kappa(t: int, num_steps: int, fraction: float) -> float:
 
 
 def decayed_sum_of_squares(params: dict) -> jax.Array:
-  """Σ w² over the dense kernels, the BatchNorm scales and the prior's couplings (MATH.md §2.5)."""
+  """Σ w² over the dense kernels, the BatchNorm scales and the prior's couplings (math.md §2.5)."""
   total = 0.0
   for path, leaf in jax.tree_util.tree_flatten_with_path(params["model"])[0]:
     names = jax.tree_util.keystr(path)
@@ -96,7 +96,7 @@ class Reference:
     lr = learning_rate(t, config.num_steps, config.learning_rate)
     if exp.sampler is None:
       sampler_state, samples = (), None
-    else:  # the prior's persistent sampler moves to the current prior first (MATH.md §3.4)
+    else:  # the prior's persistent sampler moves to the current prior first (math.md §3.4)
       sampler_state, _ = exp.sampler.step(sampler_key, state.sampler_state, state.params["prior"])
       samples = (sampler_state.z, sampler_state.log_z)
 

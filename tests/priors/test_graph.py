@@ -1,4 +1,4 @@
-"""Tests of dvae_jax.priors.graph, the graph Boltzmann machine prior (MATH.md §2, §4).
+"""Tests of dvae_jax.priors.graph, the graph Boltzmann machine prior (math.md §2, §4).
 
 References are float64 NumPy enumerations of all 2^n states, SciPy's multivariate normal, central
 finite differences, and the RBM implementation itself for ``rbm.graph_machine`` (the bipartite case
@@ -71,7 +71,7 @@ def np_log_partition(m, a):
   return logsumexp(np_neg_energy(m, z)[:, None] + z @ np.asarray(a, np.float64).T, axis=0)
 
 
-# ---- mean-field log Z_ζ on a general graph (MATH.md §4) ------------------------------------------
+# ---- mean-field log Z_ζ on a general graph (math.md §4) ------------------------------------------
 
 
 @pytest.mark.parametrize("graph", sorted(GRAPHS))

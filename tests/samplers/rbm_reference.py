@@ -1,7 +1,7 @@
 """Float64 NumPy references for the sampler tests: random RBMs and brute-force enumeration.
 
 Independent of dvae_jax.rbm: log Z and the moments are computed here from the definitions of
-MATH.md §2 with NumPy/SciPy in float64.
+math.md §2 with NumPy/SciPy in float64.
 """
 
 import numpy as np

@@ -88,7 +88,7 @@ CLASSES = {
   "unexp": sm.UniformExponential,
 }
 OVERLAPPING = ["exp", "power", "gauss", "unexp"]
-# β values of the papers (MATH.md §6): the extremes of each range.
+# β values of the papers (math.md §6): the extremes of each range.
 PAPER_BETAS = {
   "spike_exp": [4.0, 5.0],
   "exp": [8.0, 14.0],

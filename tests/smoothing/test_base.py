@@ -1,4 +1,4 @@
-"""Tests of dvae_jax/smoothing/base.py (MATH.md §1): the contract, validation, pytree behaviour and
+"""Tests of dvae_jax/smoothing/base.py (math.md §1): the contract, validation, pytree behaviour and
 the public samplers (KS tests against F, expected gradients against quadrature).
 """
 
@@ -258,7 +258,7 @@ def test_expected_gradients_match_quadrature(case):
 
 
 def test_ancestral_surrogate_gradient_equals_implicit_formula():
-  """For fixed draws, sample_ancestral's dζ/dl is q(1 − q)(R0 − R1)/q(ζ) (MATH.md §1), float64."""
+  """For fixed draws, sample_ancestral's dζ/dl is q(1 − q)(R0 − R1)/q(ζ) (math.md §1), float64."""
   logits = jnp.linspace(-4.0, 4.0, 64)
   for name, beta in (("power", 30.0), ("gauss", 25.0), ("unexp", 16.0), ("exp", 10.0)):
     s = CLASSES[name](beta)

@@ -1,5 +1,5 @@
 """Tests of the smoothing families' densities and CDFs (dvae_jax/smoothing/{spike_and_exp,
-exponential, power_function, gaussian}.py, MATH.md §1) against SciPy and float64 quadrature.
+exponential, power_function, gaussian}.py, math.md §1) against SciPy and float64 quadrature.
 """
 
 import math

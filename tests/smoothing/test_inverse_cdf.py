@@ -1,4 +1,4 @@
-"""Tests of the mixture inverse CDF (MATH.md §1): the solver of dvae_jax/smoothing/
+"""Tests of the mixture inverse CDF (math.md §1): the solver of dvae_jax/smoothing/
 numerical_inverse.py and the analytic inverses, against a float64 bisection and finite differences.
 """
 
