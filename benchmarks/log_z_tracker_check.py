@@ -12,7 +12,8 @@ K = 1 the parameter trajectory does not depend on the tracker, so runs that diff
 tracker's settings are paired, and their untracked errors agree. With the training AIS, each
 logged step's re-anchoring (``sampler/log_z_ais_drift``) plays the refresh's part, and each
 evaluation also gets the logged value's own stderr (``terms/log_z_stderr``) and ``z``: the error
-over the combined stderr of the logged value and the fresh anneals (≈ N(0, 1) if the stderr is honest).
+over the combined stderr of the logged value and the fresh anneals (≈ N(0, 1) if the stderr is
+honest).
 
   # Three default runs that differ only in the tracker's sweeps (evaluations every 2,500 steps):
   for s in 40 100 200; do
