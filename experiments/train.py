@@ -343,8 +343,8 @@ def evaluate(
   progress: metrics_lib.Progress | None = None,
 ) -> tuple[TrainState, dict[str, float], dict[str, float]]:
   """One validation: AIS log Z of the prior, the NLL and −ELBO of ``x`` [n, 784] with ``eval_fn``
-  (``scoring.make_eval_fn``) and, with an RBM sampler, its diagnostic and the re-anchoring of its
-  log Z (``experiments.sampler_monitor``). ``progress`` reports the log Z's time and the examples
+  (``scoring.make_eval_fn``) and, for a prior with a sampler, its diagnostic and the re-anchoring
+  of its log Z (``experiments.sampler_monitor``). ``progress`` reports the log Z's time and the examples
   scored (``Progress.timed``, ``Progress.phase``).
 
   Returns:
