@@ -13,6 +13,20 @@ jax.config.update("jax_compilation_cache_dir", str(REPO_ROOT / ".jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+  """Frees the compiled programs that JAX's in-memory caches hold once a test module is done.
+
+  Every XLA:CPU executable keeps its code in its own memory mappings (≈ 3–30 each), and the
+  jit caches keep every executable compiled for a module-level function alive for the life of the
+  process. One pytest process compiling the whole suite passed the kernel's limit on mappings per
+  process (vm.max_map_count, 65,530 by default), after which LLVM's code allocation fails and the
+  compiler segfaults. Programs a later module needs again come back from the persistent cache.
+  """
+  yield
+  jax.clear_caches()
+
+
 # The files of the whole datasets (found through $DVAE_JAX_DATA_DIR, which CI sets);
 # tests/data/subsets.npz holds a few hundred real images of each split of each (see
 # tests/data/README.md).
