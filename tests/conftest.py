@@ -103,3 +103,15 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
   """A folder with all three datasets: the whole ones if on the search path, else the committed
   subsets of tests/data (so that a clone with no data and no network runs the suite)."""
   return find_full_data_dir() or write_subsets(tmp_path_factory.mktemp("subsets"))
+
+
+
+def pytest_collection_modifyitems(config, items):
+  """Marks ``whole_data`` every test that needs the whole datasets (the ``full_data_dir``
+  fixture; they skip without them). CI runs the suite once with the data search path pointed at
+  empty folders, where every other test must pass on the committed subsets, then these tests
+  again with the whole datasets."""
+  del config
+  for item in items:
+    if "full_data_dir" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.whole_data)
