@@ -44,15 +44,21 @@ def make_eval_fn(experiment, num_samples: int):
   )
 
 
-def eval_log_partition(experiment, prior, key) -> tuple[float, float]:
+def eval_log_partition(experiment, prior, key, progress=None) -> tuple[float, float]:
   """The evaluation's (log Z, its standard error): AIS for a prior with a sampler (math.md §3)
   with ``ais_num_chains`` × ``ais_num_temperatures``, exact (0, 0) for one without (the factorial
-  prior), whose log-probabilities are normalised."""
+  prior), whose log-probabilities are normalised. ``progress(temperatures done)``, if given, is
+  called as the AIS advances (in one process; with several, AIS stays one program that every
+  process runs alike)."""
   config = experiment.config
   if not prior.needs_sampler:
     return 0.0, 0.0
   result = samplers_lib.ais_log_partition(
-    key, prior, num_chains=config.ais_num_chains, num_temperatures=config.ais_num_temperatures
+    key,
+    prior,
+    num_chains=config.ais_num_chains,
+    num_temperatures=config.ais_num_temperatures,
+    progress=progress if jax.process_count() == 1 else None,
   )
   return float(sharding.to_host(result.log_z)), float(sharding.to_host(result.stderr))
 

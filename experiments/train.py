@@ -384,15 +384,18 @@ def evaluate(
 
 
 def log_partition(experiment: Experiment, prior, key, progress, phase: str) -> tuple[float, float]:
-  """``scoring.eval_log_partition``, reported by ``progress`` as a timed part of ``phase``."""
+  """``scoring.eval_log_partition``, reported by ``progress`` as part of ``phase``: AIS counts its
+  temperatures, an exact log Z is timed."""
   config = experiment.config
-  how = (
-    "exact"
-    if experiment.sampler is None
-    else f"AIS, {config.ais_num_chains} chains × {config.ais_num_temperatures} temperatures"
+  if not prior.needs_sampler:
+    with progress.timed(f"{phase}: log Z (exact)"):
+      return scoring.eval_log_partition(experiment, prior, key)
+  tick = progress.phase(
+    f"{phase}: log Z (AIS, {config.ais_num_chains} chains)",
+    config.ais_num_temperatures - 1,
+    unit="temperature",
   )
-  with progress.timed(f"{phase}: log Z ({how})"):
-    return scoring.eval_log_partition(experiment, prior, key)
+  return scoring.eval_log_partition(experiment, prior, key, progress=tick)
 
 
 def final_evaluation(
