@@ -1,0 +1,176 @@
+"""The runner on the user's own data (experiments.train / evaluate / sample with file:, tfds: and
+bars_and_stripes: datasets): every method and a graph prior train, evaluate and write results on
+data of another dimension than 784; the struct follows the data; grids only for square images; the
+data's identity is recorded and a resume on other data is refused; on bars and stripes the test NLL
+approaches the exact entropy (slow)."""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from own_data_util import grey_arrays, prepare_tfds
+from PIL import Image
+
+from dvae_jax import data
+from dvae_jax.data import bars_and_stripes
+from experiments import checkpointing, config_lib, restore, train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# A few steps and tiny evaluations: these tests check that the pieces fit, not the numbers that
+# long runs give (the slow test at the end does).
+TINY = {
+  "num_steps": 2,
+  "batch_size": 8,
+  "num_prior_samples": 16,
+  "num_sweeps": 2,
+  "eval_every": 2,
+  "val_iw_samples": 4,
+  "eval_iw_samples": 4,
+  "eval_num_examples": 8,
+  "eval_batch_size": 8,
+  "ais_num_chains": 8,
+  "ais_num_temperatures": 10,
+  "sampler_diagnostic_replicas": 0,
+  "train_ais_num_chains": 0,
+  "log_every": 1,
+  "checkpoint_every": 2,
+  "num_image_samples": 4,
+}
+
+
+def own_config(dataset, name="dvae_sharp", **overrides):
+  config = config_lib.load_config(name)
+  for key, value in {**TINY, "dataset": dataset, **overrides}.items():
+    config[key] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def own_file(tmp_path_factory) -> pathlib.Path:
+  """Grey [n, 3, 5] examples (15 values each: not 784, not a square image) in an .npz."""
+  path = tmp_path_factory.mktemp("own") / "grey35.npz"
+  np.savez(path, **grey_arrays(0))
+  return path
+
+
+@pytest.fixture(scope="module")
+def own_run(own_file, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("own_run")
+  return workdir, train.train_and_evaluate(own_config(f"file:{own_file}"), workdir)
+
+
+def check_run(workdir: pathlib.Path, results: dict, dataset: data.Dataset) -> None:
+  """What every run on the user's data must show: its config names the data and its content, the
+  model has the data's width, the final scores are consistent, the pictures are arrays."""
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["dataset"] == dataset.name and config["dataset_md5"] == dataset.identity
+  assert len(dataset.identity) == 32
+  assert results["num_test_examples"] == TINY["eval_num_examples"]
+  # −log mean_k w_k <= −mean_k log w_k example by example (Jensen), with the same samples.
+  assert 0 < results["test_nll"] <= results["test_neg_elbo"] + 1e-4
+  assert math.isfinite(results["test_log_z"])
+  weights = restore.restore(workdir, "best").state.params["model"]
+  leaves = jax.tree_util.tree_leaves_with_path(weights)
+  shapes = {jax.tree_util.keystr(path): leaf.shape for path, leaf in leaves}
+  # The first encoder's input and the decoder's output have the data's dimension.
+  first_in = [s[0] for k, s in shapes.items() if "encoders'][0]" in k and "kernel" in k]
+  decoder_out = [s[1] for k, s in shapes.items() if "decoder'].out" in k and "kernel" in k]
+  assert first_in[0] == decoder_out == [dataset.num_pixels] or (first_in, decoder_out)
+  images = workdir / train.IMAGES_DIR
+  if dataset.example_shape == (3, 5):  # not square images: arrays instead of grids
+    assert sorted(p.name for p in images.iterdir()) == ["samples_00000002.npz"]
+    with np.load(images / "samples_00000002.npz") as f:
+      assert tuple(f["example_shape"]) == (3, 5)
+      assert f["samples"].shape == (TINY["num_image_samples"], 15)
+      assert 0 <= f["samples"].min() and f["samples"].max() <= 1
+      np.testing.assert_array_equal(f["originals"], dataset.valid[:2])
+      assert f["reconstructions"].shape == (2, 15)
+
+
+def test_dvae_sharp_run_on_a_file(own_run, own_file):
+  workdir, results = own_run
+  ds = data.load_dataset(f"file:{own_file}")
+  check_run(workdir, results, ds)
+  assert results["data_source"] == own_file.name
+
+
+@pytest.mark.parametrize("method", [m for m in config_lib.METHODS if m != "dvae_sharp"])
+def test_every_method_trains_on_a_file(method, own_file, tmp_path):
+  results = train.train_and_evaluate(own_config(f"file:{own_file}", method=method), tmp_path)
+  check_run(tmp_path, results, data.load_dataset(f"file:{own_file}"))
+
+
+def test_chimera_prior_on_a_file(own_file, tmp_path):
+  results = train.train_and_evaluate(own_config(f"file:{own_file}", prior="chimera"), tmp_path)
+  check_run(tmp_path, results, data.load_dataset(f"file:{own_file}"))
+  assert json.loads((tmp_path / "config.json").read_text())["topology"] == "5,5,4"
+
+
+def test_tfds_run_draws_grids_of_its_square_images(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.setenv(data.OFFLINE_ENV, "1")
+  splits = bars_and_stripes.splits(4)
+  folder = tmp_path / "tfds"
+  prepare_tfds(folder, "binary", {s: {"image": x[:60, :, :, None]} for s, x in splits.items()})
+  config = own_config("tfds:own_tiny:binary", "dvae_sharp_factorial", data_dir=str(folder))
+  results = train.train_and_evaluate(config, tmp_path / "run")
+  ds = data.load_dataset("tfds:own_tiny:binary", folder)
+  assert ds.example_shape == (4, 4, 1) and ds.num_pixels == 16
+  check_run(tmp_path / "run", results, ds)
+  with Image.open(tmp_path / "run" / train.IMAGES_DIR / "samples_00000002.png") as image:
+    assert image.size == (2 * 5 + 1, 2 * 5 + 1)  # 2 × 2 cells of 4 × 4 pixels, 1-pixel borders
+
+
+def test_resume_or_restore_on_changed_data_is_refused(tmp_path):
+  path = tmp_path / "data.npz"
+  stored = grey_arrays(0)
+  np.savez(path, **stored)
+  workdir = tmp_path / "run"
+  config = own_config(f"file:{path}")
+  first = train.train_and_evaluate(config, workdir)
+  md5 = json.loads((workdir / "config.json").read_text())["dataset_md5"]
+  changed = {**stored, "test": stored["test"].copy()}
+  changed["test"][0, 0, 0] = 1 - changed["test"][0, 0, 0]
+  np.savez(path, **changed)
+  new_md5 = data.load_dataset(f"file:{path}").identity
+  with pytest.raises(checkpointing.WorkdirConfigError, match=f"dataset_md5: '{md5}' -> '{new_md5}'"):
+    train.train_and_evaluate(config, workdir)
+  with pytest.raises(restore.UsageError, match=f"is not the data of this run: .*{new_md5}.*{md5}"):
+    restore.restore(workdir)
+  np.savez(path, **stored)  # the run's data again: it resumes (here: it is finished)
+  assert train.train_and_evaluate(config, workdir)["test_nll"] == first["test_nll"]
+  assert restore.restore(workdir).experiment.config.dataset_md5 == md5
+
+
+def run_module(module, *args):
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache")}
+  command = [sys.executable, "-m", module, *args]
+  proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  return proc.stdout
+
+
+def test_evaluate_and_sample_a_run_on_own_data(own_run, tmp_path):
+  workdir, results = own_run
+  out = tmp_path / "eval.json"
+  run_module("experiments.evaluate", f"--workdir={workdir}", f"--out={out}")
+  record = json.loads(out.read_text())
+  assert record["num_examples"] == results["num_test_examples"]
+  assert record["data_md5"] == results["data_md5"]
+  # Fresh importance samples of the same examples: they differ by less than the spread between
+  # examples that nll_stderr measures.
+  assert abs(record["nll"] - results["test_nll"]) < 3 * record["nll_stderr"]
+  args = ("--num=5", "--population=32", "--temperatures=10", f"--out={tmp_path / 's.png'}")
+  text = run_module("experiments.sample", f"--workdir={workdir}", *args)
+  assert "not square images: no grid" in text and not (tmp_path / "s.png").exists()
+  with np.load(tmp_path / "s.npz") as f:
+    assert tuple(f["example_shape"]) == (3, 5) and f["x"].shape == (5, 15)
+    assert f["z"].shape == (5, 200)
