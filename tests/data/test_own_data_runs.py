@@ -195,3 +195,31 @@ def test_evaluate_and_sample_a_run_on_own_data(own_run, tmp_path):
   with np.load(tmp_path / "s.npz") as f:
     assert tuple(f["example_shape"]) == (3, 5) and f["x"].shape == (5, 15)
     assert f["z"].shape == (5, 200) and 0 <= f["x"].min() and f["x"].max() <= 1
+
+
+# The README's bars-and-stripes example: its command line and the gap it reports.
+README = REPO / "README.md"
+BAS_OVERRIDES = {"dataset": "bars_and_stripes:4", "struct": "1-layer-nonlin", "num_steps": 4000}
+BAS_README_GAP = 0.24  # nats above the entropy, as measured for the README (seed 0)
+
+
+@pytest.mark.slow
+def test_bars_and_stripes_test_nll_approaches_the_entropy(tmp_path):
+  """The README's example: the test NLL of the trained model against the data's exact entropy
+  log 30. No model can do better than the entropy in expectation (its NLL is the entropy plus
+  KL(data ‖ model) ≥ 0), up to the estimate's noise: the test examples' spread (nll_stderr) and
+  AIS's log Z error. The run must reach the README's gap, up to three standard errors."""
+  readme = " ".join(README.read_text().replace("\\\n", " ").split())
+  flags = " ".join(f"--config.{k}={v}" for k, v in BAS_OVERRIDES.items())
+  assert f"--config=dvae_sharp {flags}" in readme and f"{BAS_README_GAP} nats above the" in readme
+  config = config_lib.load_config("dvae_sharp")
+  for key, value in BAS_OVERRIDES.items():
+    config[key] = value
+  results = train.train_and_evaluate(config, tmp_path)
+  entropy = math.log(30)
+  assert bars_and_stripes.entropy(4) == pytest.approx(entropy, abs=1e-12)
+  noise = 3 * (results["test_nll_stderr"] + results["test_log_z_stderr"])
+  gap = results["test_nll"] - entropy
+  assert -noise < gap < BAS_README_GAP + 3 * results["test_nll_stderr"], results["test_nll"]
+  # Less than half the NLL of the best model of independent pixels (each on with probability ½).
+  assert results["test_nll"] < 16 * math.log(2) / 2
