@@ -48,7 +48,8 @@ class StructSpec(NamedTuple):
     units_per_group: latent units per group.
     encoder_hidden: hidden widths of each group's encoder (``()`` for a linear encoder).
     decoder_hidden: hidden widths of the decoder (``()`` for a linear decoder).
-    num_pixels: data dimension (784 for 28x28 images).
+    num_pixels: data dimension, values per example (784 for 28x28 images; the runner sets the
+      data's, ``get_struct(name, num_pixels)``).
   """
 
   name: str
@@ -97,13 +98,18 @@ STRUCTS: dict[str, StructSpec] = {
 }
 
 
-def get_struct(struct: str | StructSpec) -> StructSpec:
-  """Looks a struct up by name (math.md §5) or validates a custom ``StructSpec``."""
+def get_struct(struct: str | StructSpec, num_pixels: int | None = None) -> StructSpec:
+  """Looks a struct up by name (math.md §5) or validates a custom ``StructSpec``; with
+  ``num_pixels`` (the data's dimension), that struct for data of that many values per example."""
   if isinstance(struct, StructSpec):
-    return struct.validate()
-  if struct not in STRUCTS:
+    spec = struct
+  elif struct not in STRUCTS:
     raise ValueError(f"unknown struct {struct!r}; valid names: {sorted(STRUCTS)}")
-  return STRUCTS[struct]
+  else:
+    spec = STRUCTS[struct]
+  if num_pixels is not None:
+    spec = spec._replace(num_pixels=num_pixels)
+  return spec.validate()
 
 
 class GroupEncoding(NamedTuple):

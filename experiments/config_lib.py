@@ -57,7 +57,8 @@ _OMNIGLOT_BETAS = {
   "4-layer-nonlin": (4, 10, 30, 25, 25, 8, 16, 20),
 }
 # BETA_TABLE[dataset][struct][method] (math.md §6). The papers give no Caltech-101 values for these
-# methods; Caltech uses the MNIST column (both are fixed-binarization 28×28 sets).
+# methods; Caltech uses the MNIST column (both are fixed-binarization 28×28 sets), and so does any
+# other data (file:, tfds:, bars_and_stripes:), for want of a better default: set beta to tune it.
 BETA_TABLE = {
   dataset: {
     struct: {
@@ -154,7 +155,6 @@ _NON_NEGATIVE = ("weight_decay", "kl_warmup_fraction")
 _CHOICES = {
   "method": METHODS,
   "protocol": tuple(PROTOCOLS),
-  "dataset": data.DATASETS,
   "struct": tuple(models.STRUCTS),
   "prior": PRIORS,
   "sampler": SAMPLERS,
@@ -247,11 +247,12 @@ def resolve_config(
       raise ConfigError(f"invalid {key} {c[key]!r}; valid values: {', '.join(choices)}")
   if data_dir:
     c.data_dir = data_dir
+  _resolve_dataset(c)
   for key, value in PROTOCOLS[c.protocol].items():
     if c[key] is None:
       c[key] = value[c.struct] if isinstance(value, dict) else value
   if c.beta is None or c.beta == -1:
-    c.beta = BETA_TABLE[c.dataset][c.struct][c.method]
+    c.beta = BETA_TABLE.get(c.dataset, BETA_TABLE["binarized_mnist"])[c.struct][c.method]
   elif not c.beta > 0:
     raise ConfigError(
       f"invalid beta {c.beta}: must be > 0 (or -1 / unset for the math.md §6 table)"
@@ -287,6 +288,38 @@ def resolve_config(
     raise ConfigError(f"dimod_kwargs {c.dimod_kwargs!r} is given but sampler is {c.sampler!r}")
   if c.kl_warmup_fraction > 1:
     raise ConfigError(f"invalid kl_warmup_fraction {c.kl_warmup_fraction}: must be in [0, 1]")
+  return config_dict.FrozenConfigDict(c)
+
+
+def _resolve_dataset(c: config_dict.ConfigDict) -> None:
+  """Checks the dataset and its options; names it canonically (a file by its absolute path, so
+  that config.json names the data wherever the run is read from)."""
+  if not data.is_known(c.dataset):
+    raise ConfigError(
+      f"invalid dataset {c.dataset!r}; valid values: {', '.join(data.dataset_forms())}"
+    )
+  try:
+    source = data.get_source(c.dataset, binarization=c.binarization, feature=c.data_feature)
+  except ValueError as err:
+    raise ConfigError(f"invalid dataset {c.dataset!r}: {err}") from err
+  c.dataset = source.name
+
+
+def with_data_identity(config, dataset: data.Dataset) -> config_dict.FrozenConfigDict:
+  """``config`` with ``dataset_md5`` = the loaded data's identity (``Dataset.identity``).
+
+  Raises:
+    data.DataFileError: ``config`` already names an identity (a run's config.json, or the user's
+      pin) and the data found differs from it.
+  """
+  if config.dataset_md5 and config.dataset_md5 != dataset.identity:
+    raise data.DataFileError(
+      f"dataset {config.dataset} ({dataset.source}) is not the data of this run: its content md5 "
+      f"is {dataset.identity or 'that of a built-in dataset'}, the run's config records "
+      f"dataset_md5={config.dataset_md5}; restore the run's data or start a new run"
+    )
+  c = config_dict.ConfigDict(config.to_dict())
+  c.dataset_md5 = dataset.identity
   return config_dict.FrozenConfigDict(c)
 
 

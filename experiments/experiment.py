@@ -107,17 +107,27 @@ def _keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
 def build_model(config, *, mesh=None) -> tuple[Experiment, Weights]:
   """Loads the data and builds the model and its initial weights (not placed on the mesh).
 
+  The struct's widths take the data's dimension (``Dataset.num_pixels``); the experiment's config
+  records the data's identity (``dataset_md5``, ``config_lib.with_data_identity``).
+
   Raises:
     config_lib.ConfigError: an invalid config. ValueError: a batch size the mesh does not divide.
-    dvae_jax.data.DataNotFoundError, dvae_jax.data.DataFileError: the dataset is missing or bad.
+    dvae_jax.data.DataNotFoundError, dvae_jax.data.DataFileError: the dataset is missing or bad,
+      or not the data the config's ``dataset_md5`` names.
   """
   config = config_lib.resolve_config(config)
   mesh = mesh or sharding.make_mesh()
   sharding.check_divisible("batch_size", config.batch_size, mesh)
   sharding.check_divisible("eval_batch_size", config.eval_batch_size, mesh)
-  dataset = data_lib.load_dataset(config.dataset, config.data_dir or None)
+  dataset = data_lib.load_dataset(
+    config.dataset,
+    config.data_dir or None,
+    binarization=config.binarization,
+    feature=config.data_feature,
+  )
+  config = config_lib.with_data_identity(config, dataset)
   method = objectives.get_method(config.method, config.beta, relaxed_sampler=config.relaxed_sampler)
-  spec = models.get_struct(config.struct)
+  spec = models.get_struct(config.struct, num_pixels=dataset.num_pixels)
   init_key, _, _ = _keys(config)
   model = models.DVAENet(
     spec,

@@ -28,7 +28,11 @@ exact samples; ≈ 1 for Boltzmann samples, and the implied relative bias of the
 would give), so that heuristic samplers and annealers can be judged before their samples are used.
 
 Writes a PNG grid (ink black on white) to ``--out`` and, with ``--npz``, ``z`` [num, latents]
-uint8 and ``x`` [num, 784] (float32 means, or uint8 with ``--binary``); with ``--dimod_sampler``
+uint8, ``x`` [num, num_pixels] (float32 means, or uint8 with ``--binary``; 784 for 28 × 28 images)
+and ``example_shape`` (``x.reshape(-1, *example_shape)`` gives the examples). A grid needs square
+images (the run's data has examples of shape (s, s) or (s, s, 1)); for other data (vectors,
+non-square images) no PNG is written and the arrays go to ``--npz`` (default: ``--out`` with the
+suffix ``.npz``). With ``--dimod_sampler``
 also ``reads`` [S, latents] uint8 (every read, node order) and the diagnostic's numbers
 (``prior_sampling.diagnostic_values``, as ``diagnostic_<key>``), which ``--json`` writes too. The
 workdir is only read.
@@ -225,15 +229,24 @@ def main(argv):
     x = np.asarray(jax.random.bernoulli(jax.random.fold_in(key, 1), means), np.uint8)
   else:
     x = np.asarray(means, np.float32)
-  cols = _COLS.value or max(1, round(math.sqrt(_NUM.value)))
-  out = pathlib.Path(_OUT.value)
-  images.save_png(out, images.tile(x, cols))
-  print(f"wrote {out} ({_NUM.value} {'binary draws' if _BINARY.value else 'Bernoulli means'})")
-  if _NPZ.value:
-    path = pathlib.Path(_NPZ.value)
+  what = "binary draws" if _BINARY.value else "Bernoulli means"
+  shape = run.experiment.dataset.example_shape
+  out, npz = pathlib.Path(_OUT.value), _NPZ.value
+  if images.image_side(shape) is not None:
+    cols = _COLS.value or max(1, round(math.sqrt(_NUM.value)))
+    images.save_png(out, images.tile(x.reshape(-1, *shape[:2]), cols))
+    print(f"wrote {out} ({_NUM.value} {what})")
+  else:
+    npz = npz or str(out.with_suffix(".npz"))
+    print(f"the run's examples (shape {shape}) are not square images: no grid; {what} in {npz}")
+  if npz:
+    path = pathlib.Path(npz)
+    arrays["example_shape"] = np.asarray(shape, np.int64)
     write_atomically(path, lambda f: np.savez(f, z=np.asarray(z, np.uint8), x=x, **arrays))
-    shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if v.ndim)
-    print(f"wrote {path} (z {tuple(z.shape)}, x {x.shape}{', ' + shapes if shapes else ''})")
+    shapes = "".join(
+      f", {k} {v.shape}" for k, v in arrays.items() if v.ndim and k != "example_shape"
+    )
+    print(f"wrote {path} (z {tuple(z.shape)}, x {x.shape}{shapes}; examples of shape {shape})")
   if _JSON.value:
     path = pathlib.Path(_JSON.value)
     text = json.dumps(record, indent=2, default=repr) + "\n"

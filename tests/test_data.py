@@ -67,12 +67,14 @@ def test_mnist_is_upright(mnist):
 
 def test_a_new_source_is_one_registration(monkeypatch):
   """A kind of data addressed as PREFIX:ARGUMENT is a Source and one registration (the contract of
-  dvae_jax.data.base.Source): load_dataset hands it the folder and the options."""
+  dvae_jax.data.base.Source): its factory gets the argument and the data options, load_dataset
+  hands the source the folder and the loading options."""
   calls = []
 
   class ArraySource:
-    def __init__(self, argument):
+    def __init__(self, argument, *, binarization, feature):
       self.name = f"arrays:{argument}"
+      calls.append((argument, binarization, feature))
 
     def load(self, data_dir, *, allow_download, binarization_seed):
       calls.append((self.name, data_dir, allow_download, binarization_seed))
@@ -80,9 +82,11 @@ def test_a_new_source_is_one_registration(monkeypatch):
       return data.Dataset(self.name, x, x, x, False, "memory")
 
   monkeypatch.setattr(data.registry, "_PREFIXES", dict(data.registry._PREFIXES))
+  monkeypatch.setattr(data.registry, "_USAGES", dict(data.registry._USAGES))
   data.register_prefix("arrays", ArraySource)
-  ds = data.load_dataset("arrays:a", "folder", binarization_seed=5)
-  assert ds.name == "arrays:a" and calls == [("arrays:a", "folder", None, 5)]
+  ds = data.load_dataset("arrays:a", "folder", binarization_seed=5, binarization="static")
+  assert ds.name == "arrays:a"
+  assert calls == [("a", "static", ""), ("arrays:a", "folder", None, 5)]
   with pytest.raises(ValueError, match=r"unknown dataset 'other:a'; .*omniglot.*, arrays:\.\.\."):
     data.load_dataset("other:a")
 

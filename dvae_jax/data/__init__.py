@@ -1,17 +1,24 @@
-"""Datasets of the DVAE papers: binarized MNIST, OMNIGLOT (28×28) and Caltech-101 Silhouettes.
+"""Datasets: those of the DVAE papers (binarized MNIST, OMNIGLOT 28×28, Caltech-101 Silhouettes)
+and the user's own binary or [0, 1] data of any shape.
 
 Splits and binarization follow math.md §6 (each dataset's module says how: ``mnist``, ``omniglot``,
-``caltech``). All images are returned as rows of 784 pixels in row-major 28×28 order.
+``caltech``); the papers' images are returned as rows of 784 pixels in row-major 28×28 order. The
+user's data (``arrays``: shapes, values, splits, binarization) comes from an array file
+(``file:PATH``, ``array_file``), a dataset prepared by tensorflow-datasets
+(``tfds:NAME[:CONFIG]``, ``tfds``) or the generated bars and stripes (``bars_and_stripes:SIDE``),
+its examples flattened to rows of ``Dataset.num_pixels`` values (shape in ``example_shape``).
 
   ds = load_dataset("binarized_mnist", data_dir=None)   # a Dataset: train / valid / test arrays
-  x = train_batch(ds, seed, step, batch_size)           # [batch, 784] float32, a function of step
+  ds = load_dataset("file:my.npz", binarization="static")
+  x = train_batch(ds, seed, step, batch_size)           # [batch, num_pixels] float32, by step
 
 Modules, one concern each: ``base`` (``Dataset``, the errors, the ``Source`` contract),
 ``locate`` (the search path: ``data_dir`` / ``--data_dir``, else ``$DVAE_JAX_DATA_DIR``, else the
 download cache and TensorFlow Datasets' folder), ``checks`` (file checks, checksums, provenance),
 ``download`` (atomic downloads), ``tfds`` (datasets prepared by tensorflow-datasets, read without
 TensorFlow), ``files`` (the search → check → read → download sequence of a dataset stored as
-files), the datasets ``mnist``, ``omniglot`` and ``caltech``, ``registry`` (the sources by name and
+files), the datasets ``mnist``, ``omniglot`` and ``caltech``, ``arrays`` (the user's arrays to a
+``Dataset``), ``array_file`` and ``bars_and_stripes``, ``registry`` (the sources by name and
 ``load_dataset``) and ``batching`` (the data order and binarization). A new kind of data is one
 module with a ``Source``, registered in ``registry``.
 """
@@ -24,6 +31,7 @@ from dvae_jax.data.base import (
   Dataset,
   Source,
 )
+from dvae_jax.data.arrays import BINARIZATIONS
 from dvae_jax.data.batching import batch_indices, binarize, binarize_once, train_batch
 from dvae_jax.data.checks import file_md5, provenance
 from dvae_jax.data.locate import (
@@ -48,13 +56,16 @@ from dvae_jax.data.registry import (
   DATASETS,
   PUBLISHED_FILE_MD5,
   check_npz,
+  dataset_forms,
   get_source,
+  is_known,
   load_dataset,
   register,
   register_prefix,
 )
 
 __all__ = [
+  "BINARIZATIONS",
   "DATASETS",
   "DATA_DIR_ENV",
   "DATA_FILES",
@@ -76,10 +87,12 @@ __all__ = [
   "cache_dir",
   "check_npz",
   "data_search_path",
+  "dataset_forms",
   "download_binarized_mnist",
   "downloads_allowed",
   "file_md5",
   "get_source",
+  "is_known",
   "load_dataset",
   "omniglot_validation_rows",
   "parse_amat",

@@ -21,17 +21,25 @@ class DataFileError(ValueError):
 
 
 class Dataset(NamedTuple):
-  """A dataset's three splits as NumPy arrays of 784-pixel rows (row-major 28×28).
+  """A dataset's three splits as NumPy arrays of examples flattened to rows (row-major).
+
+  ``num_pixels`` = prod(``example_shape``): 784 for the 28×28 images of the built-in datasets.
 
   Attributes:
-    name: the dataset's name (one of ``DATASETS`` for the built-in ones).
-    train: [n_train, 784]; uint8 in {0, 1}, or float32 probabilities in [0, 1] when
+    name: the dataset's name (one of ``DATASETS`` for the built-in ones, ``PREFIX:ARGUMENT`` for
+      the others, e.g. ``file:/abs/path.npz``).
+    train: [n_train, num_pixels]; uint8 in {0, 1}, or float32 probabilities in [0, 1] when
       ``dynamic_binarization`` (binarize each batch with ``binarize``).
-    valid: [n_valid, 784] uint8 in {0, 1}.
-    test: [n_test, 784] uint8 in {0, 1}.
+    valid: [n_valid, num_pixels] uint8 in {0, 1}.
+    test: [n_test, num_pixels] uint8 in {0, 1}.
     dynamic_binarization: whether ``train`` holds grey values to be binarized per batch.
-    source: the file(s) the data came from (paths on this machine, joined by ', ').
+    source: the file(s) the data came from (paths on this machine, joined by ', '), or how it was
+      made (a generated set).
     files: the same paths, one per entry (see ``provenance``).
+    example_shape: the shape of one example before flattening (rows are its row-major order).
+    identity: MD5 of the arrays' content (``checks.content_md5``) for data outside the built-in
+      datasets, whose names already fix their content (checked against the published checksums);
+      '' for those. A run records it, so that a resume on other data is refused.
   """
 
   name: str
@@ -41,10 +49,17 @@ class Dataset(NamedTuple):
   dynamic_binarization: bool
   source: str
   files: tuple[str, ...] = ()
+  example_shape: tuple[int, ...] = (IMAGE_SIDE, IMAGE_SIDE)
+  identity: str = ""
+
+  @property
+  def num_pixels(self) -> int:
+    """Values per example (the data dimension, a struct's ``num_pixels``)."""
+    return int(self.train.shape[1])
 
   @property
   def train_mean(self) -> np.ndarray:
-    """[784] float32 training-set pixel means (the ``mean_x`` of math.md §5)."""
+    """[num_pixels] float32 training-set pixel means (the ``mean_x`` of math.md §5)."""
     return self.train.astype(np.float64).mean(axis=0).astype(np.float32)
 
 

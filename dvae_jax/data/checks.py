@@ -44,17 +44,60 @@ def is_binary(x: np.ndarray) -> bool:
   return bool(np.all((x == 0) | (x == 1)))
 
 
-def array_problem(x: np.ndarray, kind: str) -> str | None:
-  """What is wrong with an image array of ``kind`` ('binary' {0, 1} or 'grey' uint8), or None."""
+# What each kind of array must hold, for the messages of :func:`dtype_problem`.
+_EXPECTED = {
+  "binary": "uint8 pixels",
+  "grey": "uint8 grey values 0..255",
+  "unit": "numbers: integers or booleans in {0, 1}, or floats in [0, 1]",
+}
+
+
+def dtype_problem(x: np.ndarray, kind: str) -> str | None:
+  """What is wrong with the dtype of an array of ``kind``, or None.
+
+  Kinds: 'binary' (pixels in {0, 1}, any numeric dtype), 'grey' (uint8 0..255) and 'unit' (the
+  user's data: {0, 1} integers or booleans, or floats in [0, 1]).
+  """
   if kind == "grey" and x.dtype != np.uint8:
-    return f"has dtype {x.dtype}; expected uint8 grey values 0..255"
+    return f"has dtype {x.dtype}; expected {_EXPECTED[kind]}"
   if x.dtype.kind not in "biuf":
-    return f"has dtype {x.dtype}; expected uint8 pixels"
-  if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != NUM_PIXELS:
-    return f"has shape {x.shape}; expected [n, {NUM_PIXELS}] images (n >= 1)"
+    return f"has dtype {x.dtype}; expected {_EXPECTED[kind]}"
+  return None
+
+
+def values_problem(x: np.ndarray, kind: str) -> str | None:
+  """What is wrong with the values of a numeric array of ``kind`` (see :func:`dtype_problem`), or
+  None: 'binary' needs {0, 1}; 'unit' needs finite floats in [0, 1] or integers in {0, 1}."""
+  if x.size == 0 or kind == "grey":
+    return None
   if kind == "binary" and not is_binary(x):
     return f"holds values other than 0 and 1 (range {x.min()}..{x.max()})"
+  if kind != "unit":
+    return None
+  if x.dtype.kind == "f":
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    if nan or inf:
+      counts = [f"{c} {what}" for c, what in ((nan, "NaN"), (inf, "infinite")) if c]
+      return f"holds {' and '.join(counts)} values"
+    if x.min() < 0 or x.max() > 1:
+      return f"holds values outside [0, 1] (range {x.min():g}..{x.max():g})"
+  elif not is_binary(x):
+    return (
+      f"holds integers other than 0 and 1 (range {x.min()}..{x.max()}); store grey levels as "
+      "floats in [0, 1] (e.g. x / 255)"
+    )
   return None
+
+
+def array_problem(x: np.ndarray, kind: str) -> str | None:
+  """What is wrong with an image array of ``kind`` ('binary' {0, 1} or 'grey' uint8) of the
+  built-in datasets ([n, 784]), or None."""
+  problem = dtype_problem(x, kind)
+  if problem:
+    return problem
+  if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != NUM_PIXELS:
+    return f"has shape {x.shape}; expected [n, {NUM_PIXELS}] images (n >= 1)"
+  return values_problem(x, kind)
 
 
 def check_binary(name: str, split: str, x: np.ndarray) -> np.ndarray:
@@ -74,8 +117,10 @@ def bad_file_message(
   *,
   published_md5: Mapping[str, str] | None = None,
   downloadable: bool = False,
+  searched: bool = True,
 ) -> str:
-  """One paragraph: which file is bad, what is wrong, that the search stopped, how to replace it."""
+  """One paragraph: which file is bad, what is wrong, that the search stopped (for a file found
+  on the search path, ``searched``), how to replace it."""
   published_md5 = published_md5 or {}
   files = " / ".join(map(str, paths))
   published = "".join(
@@ -84,10 +129,15 @@ def bad_file_message(
     if p.name in published_md5
   )
   download = "; or delete it to have it downloaded again" if downloadable else ""
+  stopped = (
+    "Loading stopped there (other folders and file forms are not tried, so that a damaged file "
+    "is never passed over silently). Replace it with a good copy: "
+    if searched
+    else "Fix it: "
+  )
   return " ".join(
-    f"data file {files} ({name}) is unusable: {problem}. Loading stopped there (other folders and "
-    "file forms are not tried, so that a damaged file is never passed over silently). Replace it "
-    f"with a good copy: {how_to_provide}{published}{download}.".split()
+    f"data file {files} ({name}) is unusable: {problem}. {stopped}"
+    f"{how_to_provide}{published}{download}.".split()
   )
 
 
@@ -130,6 +180,19 @@ def check_npz_arrays(path: pathlib.Path, spec: NpzSpec, bad_file) -> None:
     raise DataFileError(bad_file(f"it cannot be read ({type(err).__name__}: {err})")) from err
 
 
+def content_md5(arrays: Mapping[str, np.ndarray], *extra: object) -> str:
+  """MD5 of named arrays' content (name, dtype, shape and bytes of each, in sorted name order)
+  and of ``extra`` values' text: a dataset's identity, independent of how its file was written."""
+  digest = hashlib.md5()
+  for name in sorted(arrays):
+    x = np.ascontiguousarray(arrays[name])
+    digest.update(f"{name}\0{x.dtype.str}\0{x.shape}\0".encode())
+    digest.update(x.tobytes())
+  for value in extra:
+    digest.update(f"{value!r}\0".encode())
+  return digest.hexdigest()
+
+
 def file_md5(path: str | os.PathLike) -> str:
   """MD5 of a file's bytes (as ``md5sum`` prints it), read in 1 MiB blocks; of a folder (a
   TFDS-prepared dataset), of its files' names and bytes in sorted order."""
@@ -150,7 +213,7 @@ def provenance(dataset: Dataset) -> dict:
 
   Returns:
     ``{'data_source': 'name[, name...]', 'data_md5': {name: md5}}``; compare with ``md5sum`` or the
-    data folder's ``MD5SUMS``.
+    data folder's ``MD5SUMS``. Generated data (no files): its ``source`` and no MD5s.
   """
   names = [
     f"{pathlib.Path(f).parent.name}/{pathlib.Path(f).name} (TFDS)"
@@ -159,6 +222,6 @@ def provenance(dataset: Dataset) -> dict:
     for f in dataset.files
   ]
   return {
-    "data_source": ", ".join(names),
+    "data_source": ", ".join(names) or dataset.source,
     "data_md5": {name: file_md5(f) for name, f in zip(names, dataset.files, strict=True)},
   }

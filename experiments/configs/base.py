@@ -21,8 +21,18 @@ def get_config() -> config_dict.ConfigDict:
   c.protocol = "cpu"  # 'cpu' (short default run) or 'paper' (math.md §6, 1M steps).
 
   # Data and model.
-  c.dataset = "binarized_mnist"  # binarized_mnist | omniglot | caltech101_silhouettes
+  # binarized_mnist | omniglot | caltech101_silhouettes, or the user's data (docs/data.md):
+  # file:PATH (.npz / .npy) | tfds:NAME[:CONFIG] (prepared by tensorflow-datasets) |
+  # bars_and_stripes:SIDE (generated; entropy known). Struct widths follow the data's dimension.
+  c.dataset = "binarized_mnist"
   c.data_dir = ""  # '' = search path of dvae_jax.data (also --data_dir, $DVAE_JAX_DATA_DIR).
+  # Grey values in [0, 1] of the user's data: 'dynamic' (train re-binarized every batch, valid /
+  # test once) or 'static' (all once); the built-in datasets keep their papers' (leave 'dynamic').
+  c.binarization = "dynamic"
+  c.data_feature = ""  # tfds: the examples' feature to model; '' = 'image' or the only one.
+  # Content MD5 of the user's data (dvae_jax.data.Dataset.identity), filled in when the data is
+  # loaded and recorded in config.json: a resume or evaluation on other data is refused.
+  c.dataset_md5 = ""
   c.struct = "1-layer-lin"  # 1-layer-lin | 1-layer-nonlin | 2-layer-nonlin | 4-layer-nonlin
   c.prior = "rbm"  # rbm | factorial | chimera | pegasus | zephyr (a quantum-annealer graph)
   # Sizes of a graph prior's topology: chimera 'm[,n[,t]]', pegasus 'm', zephyr 'm[,t]'; '' = the
