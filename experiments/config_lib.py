@@ -142,6 +142,7 @@ _MINIMUM = {
   "num_image_samples": 1,
   "seed": 0,
   "guard_grad_norm_steps": 1,
+  "steps_per_dispatch": 1,
 }
 _POSITIVE = (
   "learning_rate",
@@ -274,6 +275,7 @@ def resolve_config(
       f"invalid sampler_diagnostic_replicas {c.sampler_diagnostic_replicas}: must be a multiple of "
       f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
     )
+  _check_dispatch_cadences(c)
   _resolve_topology(c)
   if (c.sampler == "dimod") != bool(c.dimod_sampler):
     raise ConfigError(
@@ -288,6 +290,31 @@ def resolve_config(
   if c.kl_warmup_fraction > 1:
     raise ConfigError(f"invalid kl_warmup_fraction {c.kl_warmup_fraction}: must be in [0, 1]")
   return config_dict.FrozenConfigDict(c)
+
+
+# The periods of the work done between train dispatches (0: never), which must fall on their ends.
+DISPATCH_CADENCES = ("log_every", "eval_every", "checkpoint_every", "log_z_refresh_every")
+
+
+def _check_dispatch_cadences(c: config_dict.ConfigDict) -> None:
+  """Refuses a period of ``DISPATCH_CADENCES`` that ``steps_per_dispatch`` does not divide: the
+  runner acts only between dispatches of S steps (rounding would silently move a user's cadence)."""
+  s = c.steps_per_dispatch
+  bad = [key for key in DISPATCH_CADENCES if c[key] % s]
+  if bad:
+    raise ConfigError(
+      f"steps_per_dispatch={s} must divide every cadence (the runner logs, evaluates, checkpoints "
+      "and refreshes log Z between dispatches of that many steps): "
+      + "; ".join(
+        f"{key}={c[key]} is not a multiple (nearest: {_nearest_multiples(c[key], s)})"
+        for key in bad
+      )
+    )
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+  below = value // step * step
+  return f"{below} or {below + step}" if below else str(step)
 
 
 def _resolve_topology(c: config_dict.ConfigDict) -> None:
