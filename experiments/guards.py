@@ -16,8 +16,9 @@ reported a "test NLL" of 3.8e8). Three limits, each a config key:
 The per-step test runs on the device inside the jitted step (``step_flags``: one int32 of flag
 bits); the host reads it with the NaN guard's ``finite`` flag, only at the steps where it syncs
 anyway (log / checkpoint / evaluation), so the guard adds no host sync. Fused steps return both
-flags for each of their steps, so the guards name the first bad step inside a dispatch. The limits and the healthy
-values they were checked against are in docs/reliability.md and benchmarks/healthy_ranges.py.
+flags for each of their steps, so the guards name the first bad step inside a dispatch. The
+limits and the healthy values they were checked against are in docs/reliability.md and
+benchmarks/healthy_ranges.py.
 """
 
 from __future__ import annotations

@@ -227,9 +227,10 @@ class TrainLoop:
 
   Dispatches since the last host sync wait in ``pending`` as (steps done, stacked metrics on
   device). Reading a step's ``finite`` flag waits for it, so the flags are read only where the host
-  needs the state anyway (the on-host actions: logging, evaluation, checkpoints): between those the host prepares
-  and enqueues the next steps while the device works. A non-finite step is still reported, by
-  number and terms, before anything computed after it is logged, evaluated or saved.
+  needs the state anyway (the on-host actions: logging, evaluation, checkpoints): between those
+  the host prepares and enqueues the next steps while the device works. A non-finite step is
+  still reported, by number and terms, before anything computed after it is logged, evaluated or
+  saved.
   """
 
   def __init__(self, experiment, state, workdir, record, writer, progress, latest, best, start):
