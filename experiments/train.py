@@ -64,9 +64,9 @@ RESUMABLE_DIFFERENCES = (
   "guard_max_grad_norm",
   "guard_grad_norm_steps",
   "debug_signal_step",
-  # Diagnostics and the reported log Z: they never touch the parameters' trajectory.
-  # Fused steps compute the same steps (bitwise on CPU: tests/experiments/test_fused_steps.py).
+  # Fused steps compute the same steps (tests/experiments/test_fused_steps.py).
   "steps_per_dispatch",
+  # Diagnostics and the reported log Z: they never touch the parameters' trajectory.
   "sampler_diagnostic_replicas",
   "sampler_diagnostic_temperatures",
   "log_z_refresh_every",

@@ -14,7 +14,10 @@ almost as it compiles the step alone: losses, gradients and parameters came out 
 stated tolerance is the bound.
 """
 
+import json
 import math
+import subprocess
+import sys
 
 import hypothesis
 import hypothesis.strategies as st
@@ -22,7 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from ml_collections import config_dict
-from test_train import STDERR_KEYS, TIMING_KEYS, SimulatedCrash, assert_rows_close, tiny_config
+from test_train import (
+  REPO,
+  STDERR_KEYS,
+  TIMING_KEYS,
+  SimulatedCrash,
+  assert_rows_close,
+  cli_overrides,
+  subprocess_env,
+  tiny_config,
+)
 
 from dvae_jax import data as data_lib
 from dvae_jax.data import batching
@@ -304,3 +316,30 @@ def test_fused_run_resumes_exactly_after_a_crash_and_after_a_stop_with_another_s
     train.train_and_evaluate(stopped, tmp_path / "stopped")
   resumed = train.train_and_evaluate(config, tmp_path / "stopped")
   _assert_same_run(tmp_path / "straight", straight, tmp_path / "stopped", resumed)
+
+
+def test_fused_steps_on_four_devices_give_the_one_device_run(data_dir, tmp_path):
+  """The command line on 4 forced host devices with S = 2 (the slabs' batch axis split over the
+  devices, gathered from the replicated training set) against this process's one device with
+  S = 1; float32 sums over a batch split 4 ways round differently: rtol 2e-5, as for S = 1."""
+  overrides = {"dataset": "omniglot", "log_every": 2, "log_z_refresh_every": 2}
+  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.run",
+    "--config=dvae_sharp",
+    f"--workdir={tmp_path / 'four'}",
+    f"--data_dir={data_dir}",
+    *cli_overrides(steps_per_dispatch=2, **overrides),
+  ]
+  proc = subprocess.run(
+    command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  four = json.loads((tmp_path / "four" / "results.json").read_text())
+  assert four["num_devices"] == 4 and four["config"]["steps_per_dispatch"] == 2
+  assert_rows_close(
+    metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(tmp_path / "four"), rtol=2e-5
+  )
+  assert four["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
