@@ -143,6 +143,7 @@ _MINIMUM = {
   "num_image_samples": 1,
   "seed": 0,
   "guard_grad_norm_steps": 1,
+  "steps_per_dispatch": 1,
 }
 _POSITIVE = (
   "learning_rate",
@@ -275,6 +276,7 @@ def resolve_config(
       f"invalid sampler_diagnostic_replicas {c.sampler_diagnostic_replicas}: must be a multiple of "
       f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
     )
+  _check_dispatch_cadences(c)
   _resolve_topology(c)
   if (c.sampler == "dimod") != bool(c.dimod_sampler):
     raise ConfigError(
@@ -321,6 +323,31 @@ def with_data_identity(config, dataset: data.Dataset) -> config_dict.FrozenConfi
   c = config_dict.ConfigDict(config.to_dict())
   c.dataset_md5 = dataset.identity
   return config_dict.FrozenConfigDict(c)
+
+
+# The periods of the work done between train dispatches (0: never), which must fall on their ends.
+DISPATCH_CADENCES = ("log_every", "eval_every", "checkpoint_every", "log_z_refresh_every")
+
+
+def _check_dispatch_cadences(c: config_dict.ConfigDict) -> None:
+  """Refuses a period of ``DISPATCH_CADENCES`` that ``steps_per_dispatch`` does not divide: the
+  runner acts only between dispatches of S steps (rounding would silently move a user's cadence)."""
+  s = c.steps_per_dispatch
+  bad = [key for key in DISPATCH_CADENCES if c[key] % s]
+  if bad:
+    raise ConfigError(
+      f"steps_per_dispatch={s} must divide every cadence (the runner logs, evaluates, checkpoints "
+      "and refreshes log Z between dispatches of that many steps): "
+      + "; ".join(
+        f"{key}={c[key]} is not a multiple (nearest: {_nearest_multiples(c[key], s)})"
+        for key in bad
+      )
+    )
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+  below = value // step * step
+  return f"{below} or {below + step}" if below else str(step)
 
 
 def _resolve_topology(c: config_dict.ConfigDict) -> None:

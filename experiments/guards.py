@@ -15,8 +15,10 @@ reported a "test NLL" of 3.8e8). Three limits, each a config key:
 
 The per-step test runs on the device inside the jitted step (``step_flags``: one int32 of flag
 bits); the host reads it with the NaN guard's ``finite`` flag, only at the steps where it syncs
-anyway (log / checkpoint / evaluation), so the guard adds no host sync. The limits and the healthy
-values they were checked against are in docs/reliability.md and benchmarks/healthy_ranges.py.
+anyway (log / checkpoint / evaluation), so the guard adds no host sync. Fused steps return both
+flags for each of their steps, so the guards name the first bad step inside a dispatch. The
+limits and the healthy values they were checked against are in docs/reliability.md and
+benchmarks/healthy_ranges.py.
 """
 
 from __future__ import annotations
@@ -62,12 +64,30 @@ def raise_non_finite(step: int, metrics_host: Mapping[str, np.ndarray]) -> None:
 
 
 def check_pending(pending: list[tuple[int, dict]], guard: DivergenceGuard) -> None:
-  """Raises NonFiniteLossError / DivergenceError for the first (step, metrics) pair holding a
-  non-finite value (the step's ``finite`` flag) / a diverged one (``guard.observe``)."""
-  for step, metrics in pending:
-    if not bool(guard.to_host(metrics["finite"])):
-      raise_non_finite(step, {k: guard.to_host(v) for k, v in metrics.items()})
-    guard.observe(step, metrics)
+  """Raises NonFiniteLossError / DivergenceError for the first step holding a non-finite value
+  (its ``finite`` flag) / a diverged one (``guard.observe``).
+
+  Args:
+    pending: ``(done, metrics)`` of each dispatch of train steps since the last check, in order:
+      ``metrics`` maps names to [n] device arrays, row ``i`` for step ``done - n + 1 + i`` (fused
+      steps, ``train_step.make_fused_steps``). Only the flags are fetched, one array each per
+      dispatch; the values only for a flagged step.
+    guard: the run's divergence guard.
+  """
+  for done, metrics in pending:
+    finite = np.asarray(guard.to_host(metrics["finite"]))
+    flags = np.asarray(guard.to_host(metrics["guard"]))
+    first = done - finite.shape[0] + 1
+    values = None
+    for i in range(finite.shape[0]):
+      step_metrics = {"guard": flags[i]}
+      if not finite[i] or flags[i]:
+        if values is None:
+          values = {k: np.asarray(guard.to_host(v)) for k, v in metrics.items()}
+        step_metrics = {k: v[i] for k, v in values.items()}
+      if not finite[i]:
+        raise_non_finite(first + i, step_metrics)
+      guard.observe(first + i, step_metrics)
 
 
 def _limits(config) -> dict[str, float]:

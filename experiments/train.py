@@ -1,14 +1,18 @@
 """Training and evaluation loop: ``train_and_evaluate(config, workdir)`` (math.md §6).
 
 The runner in three rooms, as Flax's examples: ``experiments.experiment`` builds the run and its
-state (``build``), ``experiments.train_step`` makes the jitted train step, and this module runs the
-loop with its evaluations. After each step the loop runs the periodic actions due
-(``experiments.periodic``: refresh the sampler's log Z, log, evaluate, write images, checkpoint),
-a list rather than flags in the loop's body.
+state (``build``), ``experiments.train_step`` makes the jitted train steps, and this module runs the
+loop with its evaluations. The loop dispatches ``steps_per_dispatch`` (S) fused steps at a time
+(``train_step.make_fused_steps``: one launch, no host work between them); after each dispatch it
+runs the periodic actions due (``experiments.periodic``: refresh the sampler's log Z, log,
+evaluate, write images, checkpoint), a list rather than flags in the loop's body. Their periods are
+multiples of S (``config_lib`` refuses others), so a run with S > 1 logs, evaluates and saves at
+the same steps as with S = 1, and is the same run.
 
-The data of step ``t`` comes from ``(seed, t)`` alone and its randomness from ``fold_in(key, t)``,
-so a run restored from its checkpoint at step ``t`` continues exactly as if it had never stopped.
-The batch is split over all devices (``experiments.sharding``).
+The data of step ``t`` comes from ``(seed, t)`` alone (``data.batching.slab_indices`` into the
+training set, held on the device) and its randomness from ``fold_in(key, t)``, so a run restored
+from its checkpoint at step ``t`` continues exactly as if it had never stopped. The batch is split
+over all devices (``experiments.sharding``).
 
 Outputs in ``workdir``: ``metrics.jsonl`` (one JSON row per logged step / evaluation),
 ``tensorboard/`` (event files), ``checkpoints/`` (latest) and ``checkpoints_best/`` (best
@@ -32,6 +36,7 @@ import jax
 import numpy as np
 
 from dvae_jax import data as data_lib
+from dvae_jax.data import batching
 from experiments import (
   checkpointing,
   guards,
@@ -59,6 +64,8 @@ RESUMABLE_DIFFERENCES = (
   "guard_max_grad_norm",
   "guard_grad_norm_steps",
   "debug_signal_step",
+  # Fused steps compute the same steps (tests/experiments/test_fused_steps.py).
+  "steps_per_dispatch",
   # Diagnostics and the reported log Z: they never touch the parameters' trajectory.
   "sampler_diagnostic_replicas",
   "sampler_diagnostic_temperatures",
@@ -71,9 +78,11 @@ RESUMABLE_DIFFERENCES = (
 )
 
 
-def metrics_row(metrics: dict) -> dict[str, float]:
-  """A train step's metrics as host floats, without the guards' per-step flags."""
-  return {k: sharding.to_host(v).item() for k, v in metrics.items() if k not in guards.FLAG_KEYS}
+def metrics_row(metrics: dict, index: int | None = None) -> dict[str, float]:
+  """A train step's metrics as host floats, without the guards' per-step flags: ``metrics`` of one
+  step, or row ``index`` of the stacked metrics of fused steps."""
+  rows = {k: sharding.to_host(v) for k, v in metrics.items() if k not in guards.FLAG_KEYS}
+  return {k: (v if index is None else v[index]).item() for k, v in rows.items()}
 
 
 def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
@@ -173,28 +182,31 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
 
 
 def train(loop: TrainLoop, start: int) -> None:
-  """Training steps ``start`` .. ``num_steps - 1``, each followed by the periodic actions due
-  (``loop.actions``, in order): first those that only enqueue device work, then, once the steps in
-  flight are done and checked (``guards.check_pending``), those that need the state on the host.
+  """Training steps ``start`` .. ``num_steps - 1``, in dispatches of ``steps_per_dispatch`` fused
+  steps (``periodic.dispatches``), each followed by the periodic actions due (``loop.actions``, in
+  order): first those that only enqueue device work, then, once the steps in flight are done and
+  checked (``guards.check_pending``), those that need the state on the host.
 
   Raises:
     guards.NonFiniteLossError, guards.DivergenceError: a step went wrong (see the guards).
     preemption.Preempted: a signal asked the run to stop; it stopped after checkpointing.
   """
   config = loop.experiment.config
-  for step in range(start, config.num_steps):
+  num_examples = loop.experiment.dataset.train.shape[0]
+  for first, count in periodic.dispatches(start, config.num_steps, config.steps_per_dispatch):
     t0 = time.perf_counter()
-    x = data_lib.train_batch(loop.experiment.dataset, config.seed, step, config.batch_size)
-    loop.state, loop.metrics = loop.train_step(loop.state, loop.put_batch(x))
-    done = step + 1
-    preemption.debug_signal(done, config.debug_signal_step)
+    indices = batching.slab_indices(config.seed, first, count, config.batch_size, num_examples)
+    loop.state, loop.metrics = loop.train_steps(loop.state, loop.train_x, loop.put_indices(indices))
+    done = first + count
+    for step in range(first + 1, done + 1):
+      preemption.debug_signal(step, config.debug_signal_step)
     loop.pending.append((done, loop.metrics))
     due = periodic.due(loop.actions, done, done == config.num_steps)
     for action in due:
       if not action.on_host:
         action.run(done)
     on_host = loop.sync_each_step or any(action.on_host for action in due)
-    # A signal (SIGTERM / SIGINT) stops the run after this step, with a checkpoint of it.
+    # A signal (SIGTERM / SIGINT) stops the run after this dispatch, with a checkpoint of it.
     loop.stopping = preemption.stop_requested(at_sync=on_host)
     if on_host or loop.stopping:
       guards.check_pending(loop.pending, loop.guard)  # waits for the steps: their time is counted
@@ -206,18 +218,19 @@ def train(loop: TrainLoop, start: int) -> None:
     if loop.stopping:
       loop.checkpoint(done)  # unless the action did
       raise preemption.Preempted(done, str(loop.latest.step_path(done)))
-  if preemption.stop_requested():  # a signal during the last step: stop before the final test
+  if preemption.stop_requested():  # a signal during the last dispatch: stop before the final test
     raise preemption.Preempted(config.num_steps, str(loop.latest.step_path(config.num_steps)))
 
 
 class TrainLoop:
   """The training loop's state between steps and its periodic actions (:attr:`actions`).
 
-  Steps since the last host sync wait in ``pending`` as (step, metrics on device). Reading a
-  step's ``finite`` flag waits for it, so the flags are read only where the host needs the state
-  anyway (the on-host actions: logging, evaluation, checkpoints): between those the host prepares
-  and enqueues the next steps while the device works. A non-finite step is still reported, by
-  number and terms, before anything computed after it is logged, evaluated or saved.
+  Dispatches since the last host sync wait in ``pending`` as (steps done, stacked metrics on
+  device). Reading a step's ``finite`` flag waits for it, so the flags are read only where the host
+  needs the state anyway (the on-host actions: logging, evaluation, checkpoints): between those
+  the host prepares and enqueues the next steps while the device works. A non-finite step is
+  still reported, by number and terms, before anything computed after it is logged, evaluated or
+  saved.
   """
 
   def __init__(self, experiment, state, workdir, record, writer, progress, latest, best, start):
@@ -225,9 +238,10 @@ class TrainLoop:
     self.experiment, self.state, self.workdir, self.record = experiment, state, workdir, record
     self.writer, self.progress, self.latest, self.best = writer, progress, latest, best
     self.metrics, self.pending, self.stopping, self._saved = None, [], False, None
-    self.train_step = train_step_lib.make_train_step(experiment)
-    batch_sharding = sharding.batch_sharded(experiment.mesh)
-    self.put_batch = lambda x: sharding.put_global(x, batch_sharding)
+    self.train_steps = train_step_lib.make_fused_steps(experiment)
+    self.train_x = train_step_lib.prepare_train_x(experiment)
+    slab_sharding = train_step_lib.slab_sharded(experiment.mesh)
+    self.put_indices = lambda idx: sharding.put_global(idx.astype(np.int32), slab_sharding)
     self.val_eval = scoring.make_eval_fn(experiment, config.val_iw_samples)
     self.val_x = scoring.eval_subset(experiment.dataset.valid, config.eval_num_examples)
     self.image_fn = images.make_image_fn(experiment)
@@ -270,7 +284,7 @@ class TrainLoop:
 
   def log(self, step: int) -> None:
     """The step's metrics row; with ``train_ais_num_chains`` its log Z from a fresh AIS."""
-    row = metrics_row(self.metrics)
+    row = metrics_row(self.metrics, -1)  # the dispatch's last step, the one logged
     if self.train_log_z.enabled:  # its AIS is part of training's cost: counted in train_seconds
       t0 = time.perf_counter()
       self.state, row = self.train_log_z.anchor(step, self.state, row)

@@ -1,5 +1,7 @@
 """The train step (math.md §2, §6): a pure jitted function ``(state, x) -> (state, metrics)`` over
-the whole :class:`~experiments.experiment.TrainState`, which it donates.
+the whole :class:`~experiments.experiment.TrainState`, which it donates; and the fused steps the
+runner dispatches (``make_fused_steps``): S such steps in one ``lax.scan`` over S batches gathered
+on the device from the training set, so that one launch does S steps' work.
 
 The randomness of step ``t`` comes from ``fold_in(state.key, t)``: split into the prior sampler's,
 the loss's and the dynamic binarization's keys. One key drives the whole global batch, so the
@@ -35,8 +37,9 @@ def weight_decay_penalty(coefficient: float, params: dict) -> jax.Array:
   return objectives.weight_decay(params["model"], params["prior"], coefficient=coefficient)
 
 
-def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array], tuple]:
-  """The jitted step ``(state, x [batch, 784]) -> (state, metrics)``; ``state`` is donated."""
+def make_step_fn(experiment: Experiment) -> Callable[[TrainState, jax.Array], tuple]:
+  """The step ``(state, x [batch, 784]) -> (state, metrics)``, not jitted: the body of both
+  ``make_train_step`` and ``make_fused_steps``. ``metrics`` maps names to [] arrays."""
   config = experiment.config
   graphdef, method, sampler = experiment.graphdef, experiment.method, experiment.sampler
   dynamic = experiment.dataset.dynamic_binarization
@@ -92,12 +95,59 @@ def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array],
     )
     return new_state, metrics
 
+  return step_fn
+
+
+def make_train_step(experiment: Experiment) -> Callable[[TrainState, jax.Array], tuple]:
+  """The jitted step ``(state, x [batch, 784]) -> (state, metrics)``; ``state`` is donated."""
   return jax.jit(
-    step_fn,
+    make_step_fn(experiment),
     donate_argnums=(0,),
     in_shardings=(experiment.state_sharding, sharding.batch_sharded(experiment.mesh)),
     out_shardings=(experiment.state_sharding, sharding.replicated(experiment.mesh)),
   )
+
+
+def make_fused_steps(experiment: Experiment) -> Callable[[TrainState, jax.Array, jax.Array], tuple]:
+  """The jitted fused steps ``(state, train_x [n, 784], indices [S, batch]) -> (state, metrics)``:
+  S train steps in one ``lax.scan``, step ``i`` on the examples ``train_x[indices[i]]`` (as
+  float32, exactly what ``data.train_batch`` gives on the host). ``state`` is donated.
+
+  ``train_x`` is the training set placed once on the device, replicated (``prepare_train_x``);
+  ``indices`` are ``data.batching.slab_indices`` of the S steps, split over the devices along the
+  batch. The metrics come back stacked, each [S] (step ``i`` at row ``i``), so the host reads every
+  step's loss and guard flags at its next sync without a sync per step. Each length S compiles
+  once. The body is ``make_step_fn``'s: the randomness of step ``t`` is still
+  ``fold_in(state.key, t)``, so S steps fused give the steps one at a time.
+  """
+  step_fn = make_step_fn(experiment)
+  mesh = experiment.mesh
+  batch = sharding.batch_sharded(mesh)
+
+  def fused_fn(state: TrainState, train_x: jax.Array, indices: jax.Array):
+    def body(state, idx):
+      x = jax.lax.with_sharding_constraint(train_x[idx].astype(jnp.float32), batch)
+      return step_fn(state, x)
+
+    return jax.lax.scan(body, state, indices)
+
+  return jax.jit(
+    fused_fn,
+    donate_argnums=(0,),
+    in_shardings=(experiment.state_sharding, sharding.replicated(mesh), slab_sharded(mesh)),
+    out_shardings=(experiment.state_sharding, sharding.replicated(mesh)),
+  )
+
+
+def slab_sharded(mesh) -> jax.sharding.NamedSharding:
+  """Sharding of a slab of batch indices [S, batch]: the batch axis split over the devices."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.DATA_AXIS))
+
+
+def prepare_train_x(experiment: Experiment) -> jax.Array:
+  """The training set [n, 784] on the mesh, replicated, in its stored dtype (uint8 for a fixed
+  binarization: a quarter of float32's memory); ``make_fused_steps`` gathers each batch from it."""
+  return sharding.put_global(experiment.dataset.train, sharding.replicated(experiment.mesh))
 
 
 def _info_dict(info) -> dict:

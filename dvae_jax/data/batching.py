@@ -23,17 +23,27 @@ def batch_indices(seed: int, step: int, batch_size: int, num_examples: int) -> n
   ``(seed, epoch)``; batch ``step`` holds the consecutive positions ``step * batch_size + i`` of
   that endless sequence (a batch may straddle two epochs).
   """
-  if batch_size < 1 or num_examples < 1 or step < 0:
+  return slab_indices(seed, step, 1, batch_size, num_examples)[0]
+
+
+def slab_indices(
+  seed: int, step: int, num_batches: int, batch_size: int, num_examples: int
+) -> np.ndarray:
+  """Indices [num_batches, batch_size] of the global batches ``step .. step + num_batches - 1``:
+  row ``i`` is ``batch_indices(seed, step + i, ...)`` (the same order, one call for a slab of
+  batches that fused train steps consume on the device)."""
+  if batch_size < 1 or num_examples < 1 or step < 0 or num_batches < 1:
     raise ValueError(
-      f"need batch_size, num_examples >= 1 and step >= 0, got {batch_size}, {num_examples}, {step}"
+      "need batch_size, num_examples, num_batches >= 1 and step >= 0, got "
+      f"{batch_size}, {num_examples}, {num_batches}, {step}"
     )
-  positions = step * batch_size + np.arange(batch_size, dtype=np.int64)
+  positions = step * batch_size + np.arange(num_batches * batch_size, dtype=np.int64)
   epochs, offsets = np.divmod(positions, num_examples)
-  out = np.empty(batch_size, dtype=np.int64)
+  out = np.empty(positions.shape, dtype=np.int64)
   for epoch in np.unique(epochs):
     sel = epochs == epoch
     out[sel] = _epoch_permutation(seed, int(epoch), num_examples)[offsets[sel]]
-  return out
+  return out.reshape(num_batches, batch_size)
 
 
 def train_batch(dataset: Dataset, seed: int, step: int, batch_size: int) -> np.ndarray:

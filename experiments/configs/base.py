@@ -54,6 +54,11 @@ def get_config() -> config_dict.ConfigDict:
   c.adam_eps_mode = "optax"
   c.weight_decay = 1e-4  # Coefficient of ½‖w‖² (dense kernels, BN scales, RBM W).
   c.kl_warmup_fraction = 0.3  # κ = min(t / (fraction · num_steps), 1).
+  # Train steps per dispatch S (experiments.train_step.make_fused_steps): S steps in one jitted
+  # lax.scan over S batches gathered on the device; the same run as S = 1 (bitwise on CPU). Logs,
+  # evaluations, checkpoints and log Z refreshes happen between dispatches: log_every, eval_every,
+  # checkpoint_every and log_z_refresh_every must be multiples of S.
+  c.steps_per_dispatch = 1
 
   # Prior sampler (math.md §3).
   c.sampler = "pa"  # pa | pcd | dimod (each step's states drawn by a dimod sampler on the host)

@@ -308,18 +308,18 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
   config = tiny_config("dvae_sharp", data_dir, **overrides)
   straight = train.train_and_evaluate(config, tmp_path / "straight")
 
-  real_batch = train.data_lib.train_batch
+  real_slab = train.batching.slab_indices
 
-  def crashing_batch(dataset, seed, step, batch_size):
+  def crashing_slab(seed, step, *args):
     if step == 5:  # steps 1..5 done, last checkpoint at 3: steps 4 and 5 are redone
       raise SimulatedCrash
-    return real_batch(dataset, seed, step, batch_size)
+    return real_slab(seed, step, *args)
 
-  monkeypatch.setattr(train.data_lib, "train_batch", crashing_batch)
+  monkeypatch.setattr(train.batching, "slab_indices", crashing_slab)
   with pytest.raises(SimulatedCrash):
     train.train_and_evaluate(config, tmp_path / "resumed")
   assert max(r["step"] for r in metrics.read_metrics(tmp_path / "resumed")) == 5
-  monkeypatch.setattr(train.data_lib, "train_batch", real_batch)
+  monkeypatch.setattr(train.batching, "slab_indices", real_slab)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
   assert_rows_close(

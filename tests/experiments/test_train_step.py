@@ -13,6 +13,9 @@ each call is compared with a step written here from the definitions of math.md �
 * the prior's update: its parameters by Adam, its persistent sampler by ``sampler.step`` with the
   step's key.
 
+The fused steps the runner dispatches (``make_fused_steps``) are compared with the step called
+once per step (``test_fused_steps_are_the_steps_one_at_a_time``).
+
 Tolerance: the step runs as one fused XLA program, the reference op by op, so float32 sums (over
 the 784 × 200 kernel entries, the batch, the chains) are rounded in a different order. Measured:
 loss and weight decay within 6e-7 relative; parameters within 8e-4 · lr, the largest on biases
@@ -256,3 +259,42 @@ def test_training_lowers_the_validation_nll(data_dir):
   decrease = before - after
   stderr = decrease.std(ddof=1) / math.sqrt(NLL_EXAMPLES)
   assert decrease.mean() > NLL_Z * stderr, (decrease.mean(), stderr, before.mean(), after.mean())
+
+
+def test_fused_steps_are_the_steps_one_at_a_time(built):
+  """Three dispatches of 4 fused steps (``make_fused_steps``: a ``lax.scan`` over index slabs into
+  the training set on the device) against 12 calls of the step on the host's batches
+  (``data.train_batch``): every step's metrics, and the final state, bit for bit on CPU, except the
+  running log Z's standard error (a sum of 1/ESS − 1/R, differences of two ≈ 1/R terms whose
+  rounding XLA may order differently inside the scan: rtol 1e-5;
+  tests/experiments/test_fused_steps.py)."""
+  from dvae_jax import data as data_lib
+  from dvae_jax.data import batching
+
+  experiment, fresh_state, step = built
+  config, dataset = experiment.config, experiment.dataset
+  fused = train_step.make_fused_steps(experiment)
+  train_x = train_step.prepare_train_x(experiment)
+  state, one_by_one = fresh_state(), []
+  for t in range(12):
+    state, metrics = step(state, data_lib.train_batch(dataset, config.seed, t, config.batch_size))
+    one_by_one.append(jax.device_get(metrics))
+  fused_state, stacked = fresh_state(), []
+  for first in range(0, 12, 4):
+    idx = batching.slab_indices(config.seed, first, 4, config.batch_size, dataset.train.shape[0])
+    fused_state, metrics = fused(fused_state, train_x, jnp.asarray(idx, jnp.int32))
+    assert all(v.shape == (4,) for v in metrics.values())
+    stacked.append(jax.device_get(metrics))
+  for t in range(12):
+    row = {k: v[t % 4] for k, v in stacked[t // 4].items()}
+    assert row.keys() == one_by_one[t].keys()
+    for key, value in one_by_one[t].items():
+      if key == "sampler/log_z_stderr":
+        np.testing.assert_allclose(row[key], value, rtol=1e-5, err_msg=f"step {t} {key}")
+      else:
+        np.testing.assert_array_equal(row[key], value, err_msg=f"step {t} {key}")
+  assert int(fused_state.step) == 12
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(fused_state), strict=True):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
