@@ -212,7 +212,10 @@ def test_unwritable_workdir_is_found_before_training(data_dir, tmp_path):
   assert "step " not in proc.stdout  # no training, not even the model was built
   assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
   assert (workdir / "checkpoints" / "2" / "data").read_bytes() == b"the last good checkpoint"
-  # A workdir that cannot even be created (its parent is a file) is the same error.
+
+
+def test_a_workdir_that_cannot_be_created_is_found_before_training(data_dir, tmp_path):
+  """Its parent is a file: the same error as an unwritable workdir (needs no chattr as root)."""
   (tmp_path / "file").write_text("")
   proc = run_cli(tmp_path / "file" / "w", data_dir)
   assert f"workdir {tmp_path / 'file' / 'w'} cannot be written" in error_paragraph(proc)
