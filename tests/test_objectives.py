@@ -751,7 +751,8 @@ def _initial_loss_reference(graphdef, state, name, kind, x, key, kappa, num_samp
 
   * log p(x|ζ) = Σ_pixels x·l − softplus(l), l = ζ W_dec + b_dec + logit(mean_x) (linear decoder);
   * the prior is uniform, so log Z = n log 2; DVAE, DVAE++: KL = n log 2 − Σ_i H(q_i) with
-    q = σ((x − mean_x) W_enc + b_enc) (one group, a linear encoder), loss = mean(−log p(x|ζ) + κ KL);
+    q = σ((x − mean_x) W_enc + b_enc) (one group, a linear encoder),
+    loss = mean(−log p(x|ζ) + κ KL);
   * DVAE#, GumBolt: log w_k = κ (log p(ζ_k) − log q(ζ_k|x)) + log p(x|ζ_k) (GumBolt's log p(ζ) =
     −E(ζ) − log Z = −n log 2), loss = −mean_x Σ_k softmax(log w)_k log w_k (``iw_loss``'s value);
   * plus weight decay 0.5e-4 Σ w² over the kernels (with the Gaussian integral's shift head; the

@@ -191,10 +191,10 @@ def schedule_reference(config, t: int) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("name, overrides", _E2E_CASES)
-def test_every_config_trains_evaluates_and_checkpoints(name, overrides, finished_run):
+def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir, finished_run):
   run = finished_run(name, **SHARED_EVAL, **overrides)
   workdir, results = run.workdir, run.results
-  config = config_lib.resolve_config(tiny_config(name, workdir, **SHARED_EVAL, **overrides))
+  config = config_lib.resolve_config(tiny_config(name, data_dir, **SHARED_EVAL, **overrides))
 
   rows = metrics.read_metrics(workdir)
   train_rows = [r for r in rows if "loss" in r]
