@@ -83,11 +83,12 @@ def test_init_rbm_is_uniform():
 @hypothesis.settings(deadline=None, max_examples=25)
 @hypothesis.given(
   seed=st.integers(0, 2**31 - 1),
-  n1=st.integers(1, 5),
-  n2=st.integers(1, 5),
-  batch=st.integers(1, 4),
+  # Two fixed shapes (the one-unit edge case and a rectangular one): each new shape compiles every
+  # op again, which dominated the run time; the values vary with the seed.
+  shape=st.sampled_from([(1, 1, 1), (3, 5, 4)]),
 )
-def test_energy_matches_numpy_and_broadcasts(seed, n1, n2, batch):
+def test_energy_matches_numpy_and_broadcasts(seed, shape):
+  n1, n2, batch = shape
   m = random_rbm(seed, n1, n2, 1.0)
   rng = np.random.default_rng(seed)
   z1 = rng.integers(0, 2, (batch, 1, n1)).astype(np.float32)

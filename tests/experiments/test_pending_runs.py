@@ -6,20 +6,19 @@ import shutil
 import tarfile
 
 import pytest
-from test_reliability import run_cli
-from test_train import assert_rows_close, tiny_config
+from test_reliability import STOP_AT_5, run_cli
+from test_train import assert_rows_close
 
 from benchmarks import pending_runs
-from experiments import metrics, preemption, train
+from experiments import metrics, preemption
 
 
-def test_packed_run_resumes_elsewhere_exactly(data_dir, tmp_path):
+def test_packed_run_resumes_elsewhere_exactly(data_dir, tmp_path, finished_run):
   # Checkpoints at 4 and 5 (the stop), evaluation at 3 and 6: the best-validation checkpoint
   # (step 3) and the newest one must both travel for the final test evaluation to match.
-  overrides = {"num_steps": 6, "checkpoint_every": 4, "eval_every": 3}
-  straight = train.train_and_evaluate(
-    tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "straight"
-  )
+  overrides = STOP_AT_5
+  straight_run = finished_run("dvae_sharp", **overrides)  # shared with test_reliability.py
+  straight = straight_run.results
   here = tmp_path / "here" / "runs"
   stopped = run_cli(here / "r", data_dir, **overrides, debug_signal_step=5)
   assert stopped.returncode == preemption.EXIT_CODE, stopped.stderr[-3000:]
@@ -45,7 +44,7 @@ def test_packed_run_resumes_elsewhere_exactly(data_dir, tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming {elsewhere / 'r'} from step 5" in resumed.stdout
   assert_rows_close(
-    metrics.read_metrics(tmp_path / "straight"), metrics.read_metrics(elsewhere / "r"), rtol=1e-6
+    metrics.read_metrics(straight_run.workdir), metrics.read_metrics(elsewhere / "r"), rtol=1e-6
   )
   results = json.loads((elsewhere / "r" / "results.json").read_text())
   for key in ("test_nll", "val_nll", "best_step", "test_log_z"):

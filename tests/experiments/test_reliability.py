@@ -151,12 +151,18 @@ def test_second_run_on_a_workdir_in_use_is_refused(data_dir, tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written; the lock released
 
 
-def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(data_dir, tmp_path):
+# A 6-step run that checkpoints at 4 and evaluates at 3 and 6, trained once (finished_run) for the
+# tests that stop and resume it (here and in test_pending_runs.py).
+STOP_AT_5 = {"num_steps": 6, "checkpoint_every": 4, "eval_every": 3}
+
+
+def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(
+  data_dir, tmp_path, finished_run
+):
   # Checkpoints at 4 (and evaluations at 3, 6): the stop after step 5 is off both schedules.
-  overrides = {"num_steps": 6, "checkpoint_every": 4, "eval_every": 3}
-  straight = train.train_and_evaluate(
-    tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "straight"
-  )
+  overrides = STOP_AT_5
+  straight_run = finished_run("dvae_sharp", **overrides)
+  straight = straight_run.results
   workdir = tmp_path / "w"
   stopped = run_cli(workdir, data_dir, **overrides, debug_signal_step=5)
   assert stopped.returncode == preemption.EXIT_CODE == 75, stopped.stderr[-3000:]
@@ -172,7 +178,7 @@ def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_exactly(data_
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"resuming {workdir} from step 5" in resumed.stdout
   assert_rows_close(
-    metrics.read_metrics(tmp_path / "straight"), metrics.read_metrics(workdir), rtol=1e-6
+    metrics.read_metrics(straight_run.workdir), metrics.read_metrics(workdir), rtol=1e-6
   )
   results = json.loads((workdir / "results.json").read_text())
   for key in ("test_nll", "test_neg_elbo", "val_nll", "best_step", "test_log_z"):
@@ -212,7 +218,10 @@ def test_unwritable_workdir_is_found_before_training(data_dir, tmp_path):
   assert "step " not in proc.stdout  # no training, not even the model was built
   assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*")) == before
   assert (workdir / "checkpoints" / "2" / "data").read_bytes() == b"the last good checkpoint"
-  # A workdir that cannot even be created (its parent is a file) is the same error.
+
+
+def test_a_workdir_that_cannot_be_created_is_found_before_training(data_dir, tmp_path):
+  """Its parent is a file: the same error as an unwritable workdir (needs no chattr as root)."""
   (tmp_path / "file").write_text("")
   proc = run_cli(tmp_path / "file" / "w", data_dir)
   assert f"workdir {tmp_path / 'file' / 'w'} cannot be written" in error_paragraph(proc)
@@ -251,11 +260,14 @@ def test_second_signal_aborts_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_host_sigterm_stops_every_process_at_one_step_and_resumes(data_dir, tmp_path):
+def test_multi_host_sigterm_stops_every_process_at_one_step_and_resumes(
+  data_dir, tmp_path, finished_run
+):
   """Two processes (2 CPU devices each) get SIGTERM after step 5: they agree on the stop step,
   checkpoint it together, exit 75, and the same commands resume to the one-process run."""
-  overrides = {"num_steps": 6, "checkpoint_every": 4, "eval_every": 3}
-  one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
+  overrides = STOP_AT_5
+  one_run = finished_run("dvae_sharp", **overrides)
+  one = one_run.results
   workdir = tmp_path / "two"
   stopped = run_two_processes(workdir, data_dir, tmp_path, **overrides, debug_signal_step=5)
   for code, _, err in stopped:
@@ -267,7 +279,7 @@ def test_multi_host_sigterm_stops_every_process_at_one_step_and_resumes(data_dir
     assert code == 0, err[-3000:]
   assert "resuming" in resumed[0][1]
   assert_rows_close(
-    metrics.read_metrics(tmp_path / "one"), metrics.read_metrics(workdir), rtol=2e-5
+    metrics.read_metrics(one_run.workdir), metrics.read_metrics(workdir), rtol=2e-5
   )
   two = json.loads((workdir / "results.json").read_text())
   assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)

@@ -51,6 +51,11 @@ TINY = {
 }
 
 
+# The evaluation sizes of the runs that tests share (tests/experiments/conftest.py, finished_run):
+# 32 test examples with 8 importance samples, an AIS of 16 chains.
+SHARED_EVAL = {"eval_num_examples": 32, "eval_iw_samples": 8, "ais_num_chains": 16}
+
+
 def tiny_config(name, data_dir, **overrides):
   config = config_lib.load_config(name)
   for key, value in {**TINY, "data_dir": str(data_dir), **overrides}.items():
@@ -175,34 +180,52 @@ _E2E_CASES = [pytest.param(name, {}, id=name) for name in config_lib.CONFIG_NAME
 ]
 
 
-@pytest.mark.parametrize("name, overrides", _E2E_CASES)
-def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir, tmp_path):
-  config = tiny_config(name, data_dir, **overrides)
-  results = train.train_and_evaluate(config, tmp_path)
+def schedule_reference(config, t: int) -> tuple[float, float]:
+  """(learning rate, κ) of step t from their definitions (test_train_step.py writes them out)."""
+  from test_train_step import kappa, learning_rate
 
-  rows = metrics.read_metrics(tmp_path)
+  return (
+    learning_rate(t, config.num_steps, config.learning_rate),
+    kappa(t, config.num_steps, config.kl_warmup_fraction),
+  )
+
+
+@pytest.mark.parametrize("name, overrides", _E2E_CASES)
+def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir, finished_run):
+  run = finished_run(name, **SHARED_EVAL, **overrides)
+  workdir, results = run.workdir, run.results
+  config = config_lib.resolve_config(tiny_config(name, data_dir, **SHARED_EVAL, **overrides))
+
+  rows = metrics.read_metrics(workdir)
   train_rows = [r for r in rows if "loss" in r]
   val_rows = [r for r in rows if "val/nll" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   assert [r["step"] for r in val_rows] == [2, 4]
   for row in train_rows:
-    for key in (
-      "loss",
-      "lr",
-      "kappa",
-      "grad_norm",
-      "weight_decay",
-      "terms/recon",
-      "terms/kl",
-      "terms/neg_elbo",
-      "steps_per_second",
-    ):
-      assert np.isfinite(row[key]), (key, row)
+    t = row["step"] - 1  # the row of step t + 1 holds the metrics of the step run at t
+    lr, kappa = schedule_reference(config, t)
+    np.testing.assert_allclose([row["lr"], row["kappa"]], [lr, kappa], rtol=1e-6)
+    # The terms' definitions (math.md §4): −ELBO = recon + KL; DVAE, DVAE++ (no IW bound) and any
+    # K = 1: the loss is recon + κ·KL; DVAE#, GumBolt with K > 1: the softmax-weighted mean of
+    # log w is at least the plain mean, so the loss is at most that. KL is a difference of terms of
+    # ≈ 2e3 nats: float32 rounding relative to them.
+    scale = abs(row["terms/recon"]) + abs(row.get("terms/log_q", row["terms/kl"]))
+    np.testing.assert_allclose(
+      row["terms/neg_elbo"], row["terms/recon"] + row["terms/kl"], rtol=0, atol=1e-5 * scale
+    )
+    single_sample = row["terms/recon"] + row["kappa"] * row["terms/kl"]
+    if config.k == 1 or "terms/neg_iw_bound" not in row:
+      np.testing.assert_allclose(row["loss"], single_sample, rtol=0, atol=1e-5 * scale)
+    else:
+      assert row["loss"] <= single_sample + 1e-5 * scale, row
+    # Finite only: the time and the gradient norm of one tiny step have no independent value here
+    # (test_train_step.py checks the gradient norm against jax.grad).
+    assert np.isfinite(row["steps_per_second"]) and np.isfinite(row["grad_norm"]), row
+    assert row["weight_decay"] > 0, row  # He-normal kernels: never all zero
     if config.prior == "rbm":
       assert 0 < row["sampler/ess"] <= config.num_prior_samples and "sampler/log_z" in row
-  assert train_rows[0]["kappa"] == 0.0 and train_rows[-1]["kappa"] > 0
   assert not any({"finite", "guard"} & row.keys() for row in rows)  # flags are read, not logged
-  assert not (tmp_path / "lock").exists()  # the workdir lock is released at the end
+  assert not (workdir / "lock").exists()  # the workdir lock is released at the end
   if config.prior == "rbm":
     # Each evaluation re-anchors the sampler's tracked log Z to the diagnostic's fresh estimate for
     # the sampler's own parameters (and logs the drift it removed): the next step starts from that
@@ -211,28 +234,44 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
     assert [r["step"] for r in drift_rows] == [2, 4]
     after_eval = next(r for r in train_rows if r["step"] == 3)
     anchored = after_eval["sampler/log_z"] - after_eval["sampler/log_z_increment"]
+    # scoring.eval_log_partition: per evaluation the prior's AIS (val/log_z), then, without the
+    # diagnostic, the AIS of the sampler's parameters that re-anchors it; last the test's.
+    per_eval = 1 if config.sampler_diagnostic_replicas else 2
+    assert len(run.log_partitions) == 2 * per_eval + 1
+    for i, row in enumerate(val_rows):
+      assert row["val/log_z"] == pytest.approx(run.log_partitions[i * per_eval][0], rel=1e-6)
     if config.sampler_diagnostic_replicas:
       np.testing.assert_allclose(anchored, drift_rows[0]["val/sampler_reference_log_z"], rtol=1e-5)
     else:  # anchored to AIS of the sampler's parameters, one step behind the prior's val/log_z
-      assert anchored != val_rows[0]["val/log_z"]
+      np.testing.assert_allclose(anchored, run.log_partitions[1][0], rtol=1e-5)
     # The log Z tracker re-anchors the sampler's log Z at every step that is not an evaluation.
     refresh_rows = [r for r in rows if "sampler/log_z_refresh_drift" in r]
     assert [r["step"] for r in refresh_rows] == [1, 3]
+    # Finite only: a drift of the tracker over one tiny step has no reference value here
+    # (tests/samplers/test_log_z_tracking.py calibrates the tracker against enumeration).
     assert all(np.isfinite(r["sampler/log_z_refresh_drift"]) for r in refresh_rows)
-    # Every logged step reports the training AIS's log Z with its error bar (0 while the prior is
-    # still so close to the all-zero initial one that every AIS weight rounds to the same value).
-    for row in train_rows:
+    # Every logged step reports a fresh training AIS's log Z and its delta-method standard error
+    # std(w)/(√S w̄) (math.md §3), recomputed here from that AIS's own weights; the drift it removed
+    # is what the row's log Z moved by (each log-Z-dependent value moved with it).
+    assert [e[0] for e in run.train_log_z] == [1, 2, 3, 4]
+    for row, (_, log_z, stderr, log_w) in zip(train_rows, run.train_log_z, strict=True):
+      ratio = np.exp(log_w - log_w.max())
+      ratio /= ratio.mean()
+      want = np.sqrt(np.sum((ratio - 1) ** 2) / (len(log_w) - 1) / len(log_w))
+      assert row["terms/log_z"] == pytest.approx(log_z, rel=1e-6), row
+      np.testing.assert_allclose([row["terms/log_z_stderr"], stderr], want, rtol=1e-4, atol=1e-6)
       assert np.isfinite(row["sampler/log_z_ais_drift"]), row
-      assert 0 <= row["terms/log_z_stderr"] < 1, row
     # The sampler diagnostic is logged at every evaluation and summarised in results.json.
     diag_rows = [r for r in rows if "val/sampler_error" in r]
     assert [r["step"] for r in diag_rows] == ([2, 4] if config.sampler_diagnostic_replicas else [])
+    # ≥ 0 and finite only: ratios of a 4-step run's population have no reference value here
+    # (tests/samplers/test_diagnostics.py tests them against their exact expectations).
     for key in ("z1_error", "z2_error", "z1z2_error", "error", "grad_relative_bias"):
       assert all(
         np.isfinite(r[f"val/sampler_{key}"]) and r[f"val/sampler_{key}"] >= 0 for r in diag_rows
       ), key
 
-  saved = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads((workdir / "results.json").read_text())
   if config.prior == "rbm" and config.sampler_diagnostic_replicas:
     history = saved["sampler_diagnostic"]
     assert history["steps"] == [2, 4]
@@ -244,32 +283,40 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
   else:
     assert saved["sampler_diagnostic"] == {}
   for key in ("test_nll", "val_nll", "test_neg_elbo", "train_seconds"):
-    assert np.isfinite(saved[key]) and saved[key] == pytest.approx(results[key])
+    assert saved[key] == pytest.approx(results[key])
+  # results.json against the metrics and the recorded log Z: the test row, the best step.
+  (test_row,) = [r for r in rows if "test/nll" in r]
+  assert (test_row["test/nll"], test_row["test/neg_elbo"]) == pytest.approx(
+    (saved["test_nll"], saved["test_neg_elbo"]), rel=1e-6
+  )
+  assert (saved["test_log_z"], saved["test_log_z_stderr"]) == pytest.approx(
+    run.log_partitions[-1] if run.log_partitions else (0.0, 0.0), rel=1e-6
+  )
   # The IW bound is never above the single-sample bound it averages (on the same draws).
   assert saved["test_nll"] <= saved["test_neg_elbo"] + 1e-3
-  assert saved["config"]["method"] == config.method and saved["best_step"] in (2, 4)
-  assert saved["val_nll"] == min(r["val/nll"] for r in val_rows)
+  best = min(val_rows, key=lambda r: r["val/nll"])
+  assert saved["config"]["method"] == config.method and saved["best_step"] == best["step"]
+  assert saved["val_nll"] == best["val/nll"]
+  assert saved["num_test_examples"] == SHARED_EVAL["eval_num_examples"]
 
-  assert checkpointing.Checkpointer(tmp_path / "checkpoints", 2).all_steps() == [2, 4]
+  assert checkpointing.Checkpointer(workdir / "checkpoints", 2).all_steps() == [2, 4]
   for step in (2, 4):
     for kind in ("samples", "reconstructions"):
-      with Image.open(tmp_path / train.IMAGES_DIR / f"{kind}_{step:08d}.png") as image:
+      with Image.open(workdir / train.IMAGES_DIR / f"{kind}_{step:08d}.png") as image:
         assert image.mode == "L" and min(image.size) > 28
-  assert list((tmp_path / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+  assert list((workdir / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("name", ["dvae", "dvae_sharp"])
-def test_training_ais_changes_the_reported_values_only(name, data_dir, tmp_path):
+def test_training_ais_changes_the_reported_values_only(name, finished_run):
   # Same seed with and without the training AIS: the trajectory (everything that does not contain
   # log Z, and the evaluations) is identical; each log-Z-dependent value differs by exactly its
   # sensitivity × the difference of the reported log Z.
   overrides = {"k": 3} if name == "dvae_sharp" else {}
   runs = {}
-  for chains in (0, 8):
-    workdir = tmp_path / f"ais{chains}"
-    config = tiny_config(name, data_dir, train_ais_num_chains=chains, **overrides)
-    results = train.train_and_evaluate(config, workdir)
-    runs[chains] = (without_timing(metrics.read_metrics(workdir)), results)
+  for chains in (0, 8):  # dvae with 8 chains: test_every_config's run, shared
+    run = finished_run(name, train_ais_num_chains=chains, **SHARED_EVAL, **overrides)
+    runs[chains] = (without_timing(metrics.read_metrics(run.workdir)), run.results)
   (off, off_results), (on, on_results) = runs[0], runs[8]
   assert on_results["test_nll"] == off_results["test_nll"]
   assert on_results["val_nll"] == off_results["val_nll"]
@@ -546,6 +593,26 @@ def test_two_processes_match_one(data_dir, tmp_path):
   )
   assert two["test_nll"] == pytest.approx(one["test_nll"], rel=2e-5)
   assert not (tmp_path / "two" / "lock").exists()  # process 0's lock, released
+
+
+def test_eval_subset_is_a_fixed_uniform_sample_without_replacement():
+  """On a synthetic split whose rows carry their index: the subset is sorted, without repeats,
+  the same for any split of that size (and another for another size), and uniform: the mean index
+  of n of N drawn without replacement has standard error sd/√n·√(1 − n/N); 4 SE."""
+  big, n = 10_000, 2000
+  rows = np.stack([np.arange(big), np.arange(big)[::-1]], 1)
+  index = scoring.eval_subset(rows, n)[:, 0]
+  assert index.shape == (n,) and np.all(np.diff(index) > 0)  # sorted, no repeats
+  np.testing.assert_array_equal(scoring.eval_subset(rows, n)[:, 0], index)  # fixed
+  np.testing.assert_array_equal(scoring.eval_subset(-rows, n)[:, 0], -index)  # by size alone
+  assert not np.array_equal(scoring.eval_subset(rows[: big - 1], n)[:, 0], index)
+  assert scoring.eval_subset(rows, 0) is rows and scoring.eval_subset(rows, big) is rows
+  se = np.arange(big).std() / np.sqrt(n) * np.sqrt(1 - n / big)
+  assert abs(index.mean() - (big - 1) / 2) < 4 * se, (index.mean(), se)
+  # Uniform over the whole split, not only on average: each tenth holds n/10 ± 4 sd of them
+  # (hypergeometric sd ≈ √(n · 0.1 · 0.9 · (1 − n/N))).
+  counts = np.bincount(index // (big // 10), minlength=10)
+  assert np.all(np.abs(counts - n / 10) < 4 * np.sqrt(n * 0.09 * (1 - n / big))), counts
 
 
 def test_eval_subset_is_a_fixed_uniform_sample(full_data_dir):

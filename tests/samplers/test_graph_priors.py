@@ -278,14 +278,15 @@ def test_log_z_tracking_refreshes_a_graph_sampler():
 def test_diagnostics_on_a_graph_reads_one_when_exact_and_detects_a_lag():
   """8 exact populations of S = 1000 read ratio² ≈ 1 against two fresh anneals (tolerance: 4
   standard errors of the mean); the same samples diagnosed for parameters moved by one Adam-like
-  step (−lr·sign of the exact moment difference to another machine) read the exact
-  1 + ‖bias‖²/(Σ v/S) within 45% (as test_diagnostics.py for RBMs)."""
+  step (−lr·sign of the exact moment difference to another machine) read, on average over 8
+  populations, the exact expectation by enumeration within 4 standard errors of the mean."""
   g = gref.odd_cycles_12()
   m = gref.random_machine(g, seed=7, w_std=1.0)
   num, reps = 1000, 8
-  squared = []
+  squared, populations = [], []
   for r in range(reps):
     z = gref.exact_samples(jax.random.key(10 + r), m, num)
+    populations.append(z)
     out = diagnostics.population_moment_error(
       jax.random.key(100 + r), z, m, num_replicas=1024, num_temperatures=300
     )
@@ -307,16 +308,28 @@ def test_diagnostics_on_a_graph_reads_one_when_exact_and_detects_a_lag():
   )
   exact_new = new.exact_moments()
   bias2 = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(current, exact_new, strict=True))
-  noise2 = sum(float(jnp.sum(b * (1 - b))) for b in exact_new) / num
-  expected = 1 + bias2 / noise2
-  assert expected > 2.5, expected
-  z = gref.exact_samples(jax.random.key(50), m, num)
-  lagging = diagnostics.population_moment_error(jax.random.key(9), z, new, 2048, 300)
-  assert abs(float(lagging.total) ** 2 - expected) < 0.45 * expected, (lagging.total, expected)
+  v_old, v_new = (
+    sum(float(jnp.sum(p * (1 - p))) for p in moments) / num for moments in (current, exact_new)
+  )
+  # E[ratio²] for a population of θ_old judged as one of θ_new (tests/samplers/test_diagnostics.py
+  # derives it): (‖b‖² + Σ v_old/S) / (Σ v_new/S); the mean over 8 populations within 4 of its
+  # standard errors.
+  expected = (bias2 + v_old) / v_new
+  assert bias2 / v_new > 1.5, bias2 / v_new
+  lagging = []
+  for r, z in enumerate(populations):
+    lagging.append(
+      float(diagnostics.population_moment_error(jax.random.key(9 + r), z, new, 2048, 300).total)
+      ** 2
+    )
+  lag_mean, lag_se = np.mean(lagging), np.std(lagging, ddof=1) / np.sqrt(reps)
+  assert abs(lag_mean - expected) < 4 * lag_se, (lag_mean, lag_se, expected)
+  assert lag_mean - mean[0] > 4 * np.hypot(lag_se, se[0]), (lag_mean, lag_se, mean, se)
+  # The sampler-state entry point diagnoses against the state's own parameters: in step.
   in_step = diagnostics.state_moment_error(
     jax.random.key(9),
     persistent.PersistentState(z, 0.0, 0.0, 0.0, m),
     num_replicas=2048,
     num_temperatures=300,
   )
-  assert float(in_step.total) < 1.5, in_step
+  assert float(in_step.total) ** 2 < lag_mean - 4 * lag_se, (in_step, lag_mean)
