@@ -277,6 +277,7 @@ def resolve_config(
       f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
     )
   _check_dispatch_cadences(c)
+  _resolve_seeds(c)
   _resolve_topology(c)
   if (c.sampler == "dimod") != bool(c.dimod_sampler):
     raise ConfigError(
@@ -343,6 +344,59 @@ def _check_dispatch_cadences(c: config_dict.ConfigDict) -> None:
         for key in bad
       )
     )
+
+
+def _resolve_seeds(c: config_dict.ConfigDict) -> None:
+  """Checks ``seeds`` (several runs in one program) and writes it canonically ('0,1,2,3')."""
+  if c.seeds is None:
+    return
+  how = "give distinct integers >= 0 separated by commas (e.g. 0,1,2,3), or leave seeds unset"
+  entries = [e.strip() for e in str(c.seeds).split(",")]
+  if not any(entries):
+    raise ConfigError(f"invalid seeds {c.seeds!r}: an empty list; {how}")
+  bad = [e for e in entries if not re.fullmatch(r"[+-]?\d+", e)]
+  if bad:
+    raise ConfigError(f"invalid seeds {c.seeds!r}: {', '.join(map(repr, bad))} not an integer; {how}")
+  seeds = [int(e) for e in entries]
+  negative = [s for s in seeds if s < 0]
+  if negative:
+    raise ConfigError(f"invalid seeds {c.seeds!r}: {', '.join(map(str, negative))} negative; {how}")
+  repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+  if repeated:
+    raise ConfigError(f"invalid seeds {c.seeds!r}: {', '.join(map(str, repeated))} repeated; {how}")
+  if c.seed != 0 and c.seed not in seeds:
+    raise ConfigError(
+      f"seed={c.seed} is not one of seeds={c.seeds}: seed names the single run, seeds the runs of "
+      "one program; set seeds alone"
+    )
+  if c.sampler == "dimod":
+    raise ConfigError(
+      "seeds is not available with sampler='dimod' (its population is drawn on the host, one run at "
+      "a time): run each seed on its own with --config.seed"
+    )
+  c.seeds = ",".join(map(str, seeds))
+
+
+def seed_list(config) -> tuple[int, ...]:
+  """The seeds of a config's runs in one program, in order; () for a single run (``seeds`` unset).
+
+  Raises:
+    ConfigError: invalid ``seeds`` (see ``resolve_config``).
+  """
+  if config.get("seeds") is None:
+    return ()
+  c = config_dict.ConfigDict({"seeds": config.seeds, "seed": config.get("seed", 0)})
+  c.sampler = config.get("sampler", "")
+  _resolve_seeds(c)
+  return tuple(int(s) for s in c.seeds.split(","))
+
+
+def seed_config(config, seed: int) -> config_dict.FrozenConfigDict:
+  """The config of the single run of ``seed`` among a program's ``seeds``: ``config`` with
+  ``seed=seed`` and ``seeds`` unset (what that run's config.json records)."""
+  c = config_dict.ConfigDict(config.to_dict())
+  c.seed, c.seeds = seed, None
+  return config_dict.FrozenConfigDict(c)
 
 
 def _nearest_multiples(value: int, step: int) -> str:
