@@ -331,11 +331,17 @@ def make_record(
   return sharding.replicate(record, mesh)
 
 
-def resume(latest: Checkpointer, best: Checkpointer, state: Any, mesh) -> tuple[int, Any, dict]:
+def resume(
+  latest: Checkpointer, best: Checkpointer, state: Any, mesh, step: int | None = None
+) -> tuple[int, Any, dict]:
   """(start step, state, record as Python scalars) from ``latest``'s newest checkpoint that
-  restores, or (0, ``state``, the fresh record) without one. Best-validation checkpoints written
-  after the resumed step are deleted: the resumed run writes its own."""
-  start, (state, record) = latest.restore_newest((state, make_record(mesh)))
+  restores (or its checkpoint of ``step``, when given: runs that resume together), or (0,
+  ``state``, the fresh record) without one. Best-validation checkpoints written after the resumed
+  step are deleted: the resumed run writes its own."""
+  if step is None:
+    start, (state, record) = latest.restore_newest((state, make_record(mesh)))
+  else:
+    start, (state, record) = step, latest.restore(step, (state, make_record(mesh)))
   start = start or 0
   if start:
     for stale in [s for s in best.all_steps() if s > start]:

@@ -9,7 +9,10 @@ Two levels, so that a reader of a trained run builds only what it needs:
   initial :class:`TrainState`, placed on the mesh (``state_shardings``). :func:`build` is both.
 
 The keys of a run come from ``config.seed`` alone: ``split(key(seed), 3)`` gives the model's
-initialisation key, the training key and the sampler's key.
+initialisation key, the training key and the sampler's key. :func:`build_seeds` builds the runs of
+a config's ``seeds`` (one program training them all, ``experiments.train``): each exactly the run
+that ``build`` gives for its seed, and :func:`stack_states` stacks their states along a leading
+seed axis (:func:`seed_stacked`: that axis is never split over devices).
 """
 
 from __future__ import annotations
@@ -104,8 +107,9 @@ def _keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
   return init_key, train_key, sampler_key
 
 
-def build_model(config, *, mesh=None) -> tuple[Experiment, Weights]:
-  """Loads the data and builds the model and its initial weights (not placed on the mesh).
+def build_model(config, *, mesh=None, dataset=None) -> tuple[Experiment, Weights]:
+  """Loads the data (unless ``dataset``, the config's data already loaded, is given) and builds
+  the model and its initial weights (not placed on the mesh).
 
   The struct's widths take the data's dimension (``Dataset.num_pixels``); the experiment's config
   records the data's identity (``dataset_md5``, ``config_lib.with_data_identity``).
@@ -119,12 +123,13 @@ def build_model(config, *, mesh=None) -> tuple[Experiment, Weights]:
   mesh = mesh or sharding.make_mesh()
   sharding.check_divisible("batch_size", config.batch_size, mesh)
   sharding.check_divisible("eval_batch_size", config.eval_batch_size, mesh)
-  dataset = data_lib.load_dataset(
-    config.dataset,
-    config.data_dir or None,
-    binarization=config.binarization,
-    feature=config.data_feature,
-  )
+  if dataset is None:
+    dataset = data_lib.load_dataset(
+      config.dataset,
+      config.data_dir or None,
+      binarization=config.binarization,
+      feature=config.data_feature,
+    )
   config = config_lib.with_data_identity(config, dataset)
   method = objectives.get_method(config.method, config.beta, relaxed_sampler=config.relaxed_sampler)
   spec = models.get_struct(config.struct, num_pixels=dataset.num_pixels)
@@ -191,6 +196,46 @@ def create_train_state(experiment: Experiment, weights: Weights) -> tuple[Experi
 def build(config, *, mesh=None) -> tuple[Experiment, TrainState]:
   """Loads the data and builds the model, the optimiser and the initial (placed) state."""
   return create_train_state(*build_model(config, mesh=mesh))
+
+
+def build_seeds(config, *, mesh=None) -> list[tuple[Experiment, TrainState]]:
+  """``build(config_lib.seed_config(config, seed))`` for each seed of ``config.seeds``, in order,
+  loading the data once: the experiments differ in their config's seed alone, the states are each
+  seed's initial state.
+
+  Raises:
+    config_lib.ConfigError: an invalid config, or ``seeds`` unset.
+  """
+  config = config_lib.resolve_config(config)
+  seeds = config_lib.seed_list(config)
+  if not seeds:
+    raise config_lib.ConfigError("build_seeds needs seeds (e.g. '0,1'); build makes a single run")
+  runs, dataset = [], None
+  for seed in seeds:
+    experiment, weights = build_model(
+      config_lib.seed_config(config, seed), mesh=mesh, dataset=dataset
+    )
+    mesh, dataset = experiment.mesh, experiment.dataset
+    runs.append(create_train_state(experiment, weights))
+  return runs
+
+
+def seed_stacked(shardings: Any) -> Any:
+  """The shardings of a tree stacked along a new leading seed axis from those of one tree: the
+  seed axis whole on every device, the other axes split as before."""
+  return jax.tree.map(
+    lambda s: jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec(None, *s.spec)),
+    shardings,
+  )
+
+
+def stack_states(experiment: Experiment, states: list[TrainState]) -> TrainState:
+  """``states`` (each placed as ``experiment.state_sharding``) stacked along a leading seed axis,
+  placed as ``seed_stacked(experiment.state_sharding)``."""
+  stacked = seed_stacked(experiment.state_sharding)
+  return jax.jit(lambda *s: jax.tree.map(lambda *x: jnp.stack(x), *s), out_shardings=stacked)(
+    *states
+  )
 
 
 def make_prior_sampler(config, prior, mesh):

@@ -149,8 +149,9 @@ class LogZTracker:
   next host sync to be written (``write``).
   """
 
-  def __init__(self, experiment, root, start: int, state):
-    self._fns = make_log_z_tracking(experiment)
+  def __init__(self, experiment, root, start: int, state, *, tracking=None):
+    # ``tracking``: make_log_z_tracking's functions when already made (runs sharing one program).
+    self._fns = tracking or make_log_z_tracking(experiment)
     self._every = experiment.config.log_z_refresh_every
     self._root = root
     self._drifts = []

@@ -27,10 +27,14 @@ Its other helpers live beside it: ``scoring`` (NLL of examples, evaluation AIS),
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import json
 import os
 import pathlib
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -39,6 +43,7 @@ from dvae_jax import data as data_lib
 from dvae_jax.data import batching
 from experiments import (
   checkpointing,
+  config_lib,
   guards,
   images,
   periodic,
@@ -90,6 +95,9 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
 
   Holds the workdir's lock throughout (``experiments.workdir_lock``: one run per workdir).
 
+  With ``config.seeds`` (e.g. '0,1,2,3') it trains those seeds' runs in one program
+  (``train_seeds``) and returns ``{seed: results}``.
+
   Args:
     config: a config of ``experiments/configs`` (keys left at None are resolved, see
       ``experiments.config_lib.resolve_config``).
@@ -107,8 +115,72 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     ValueError: invalid config, or a workdir holding a run with another config
       (checkpointing.WorkdirConfigError).
   """
+  if config_lib.seed_list(config):
+    return train_seeds(config, workdir)
   with workdir_lock.WorkdirLock(workdir):
     return _train_and_evaluate(config, pathlib.Path(workdir))
+
+
+def seed_workdir(workdir: str | os.PathLike, seed: int) -> pathlib.Path:
+  """The folder of seed ``seed``'s run among a program's ``seeds``: ``WORKDIR/seed_N``."""
+  return pathlib.Path(workdir) / f"seed_{seed}"
+
+
+def train_seeds(config, workdir: str | os.PathLike) -> dict[int, dict]:
+  """Trains (or resumes) the runs of ``config.seeds`` in one program and returns each seed's
+  results: ``{seed: results}``.
+
+  Run ``N`` is the single run of ``config_lib.seed_config(config, N)`` (``seed=N``), written to
+  ``seed_workdir(workdir, N)`` as that run writes its workdir (config.json, metrics.jsonl,
+  checkpoints, images, results.json): a seed's folder can be resumed, evaluated or sampled as a
+  single run's. One ``vmap`` of the fused steps trains every seed at once
+  (``train_step.make_seeds_fused_steps``: parameters, optimiser and sampler states, keys and each
+  seed's data order differ); logs, evaluations, images and checkpoints are each seed's own, done on
+  its slice of the stacked state when due (``SeedRuns``). The seeds resume together from their
+  newest common checkpoint. A non-finite or diverged step of any seed stops the program, naming
+  the seed (every seed keeps its last good checkpoint).
+
+  Holds the locks of ``workdir`` and of every seed's folder throughout.
+
+  Raises:
+    As ``train_and_evaluate``; ``checkpointing.CheckpointRestoreError`` also when the seeds'
+    folders hold no common step to resume from.
+  """
+  seeds = config_lib.seed_list(config)
+  dirs = [seed_workdir(workdir, seed) for seed in seeds]
+  with contextlib.ExitStack() as locks:
+    for folder in [pathlib.Path(workdir), *dirs]:
+      locks.enter_context(workdir_lock.WorkdirLock(folder))
+    return _train_seeds(config, pathlib.Path(workdir), dirs)
+
+
+def _write_config(workdir: pathlib.Path, config) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(
+    json.dumps(metrics_lib.to_python(config.to_dict()), indent=1, sort_keys=True)
+  )
+
+
+def _checkpointers(workdir: pathlib.Path, config) -> tuple:
+  """(latest, best) checkpointers of a run's folder."""
+  latest = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints)
+  return latest, checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
+
+
+def _finished(workdir: pathlib.Path, start: int, config) -> dict | None:
+  """The results of a finished run in ``workdir`` (None if it has not finished)."""
+  path = workdir / "results.json"
+  if start == config.num_steps and path.exists():
+    return json.loads(path.read_text())
+  return None
+
+
+def _describe(config) -> str:
+  return (
+    f"{config.method} ({config.prior} prior, {config.sampler}) on {config.dataset}, "
+    f"struct {config.struct}, beta {config.beta}, k {config.k}, {config.num_steps} steps, "
+    f"{jax.device_count()} device(s)"
+  )
 
 
 def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
@@ -119,33 +191,29 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   checkpointing.check_resumable(workdir, config, RESUMABLE_DIFFERENCES)
   if primary:
     workdir_lock.check_free_space(workdir, state, config.max_checkpoints)  # before any write
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(
-      json.dumps(metrics_lib.to_python(config.to_dict()), indent=1, sort_keys=True)
-    )
-  latest = checkpointing.Checkpointer(workdir / "checkpoints", config.max_checkpoints)
-  best = checkpointing.Checkpointer(workdir / "checkpoints_best", 1)
+    _write_config(workdir, config)
+  latest, best = _checkpointers(workdir, config)
   start, state, record = checkpointing.resume(latest, best, state, experiment.mesh)
   writer = metrics_lib.MetricsWriter(workdir, enabled=primary)
   writer.truncate_after(start)
   progress = metrics_lib.Progress(config.num_steps, start, enabled=primary)
   if start:
     progress.message(f"resuming {workdir} from step {start}")
-  progress.message(
-    f"{config.method} ({config.prior} prior, {config.sampler}) on {config.dataset}, "
-    f"struct {config.struct}, beta {config.beta}, k {config.k}, {config.num_steps} steps, "
-    f"{jax.device_count()} device(s)"
-  )
+  progress.message(_describe(config))
 
-  results_path = workdir / "results.json"
-  if start == config.num_steps and results_path.exists():
+  results = _finished(workdir, start, config)
+  if results is not None:
     latest.close()
     best.close()
-    results = json.loads(results_path.read_text())
     writer.close()
     progress.message(f"{workdir} holds a finished run: test NLL {results['test_nll']:.3f} nats")
     return results
-  loop = TrainLoop(experiment, state, workdir, record, writer, progress, latest, best, start)
+  programs = make_programs(
+    experiment,
+    train_step_lib.make_fused_steps(experiment),
+    train_step_lib.slab_sharded(experiment.mesh),
+  )
+  loop = TrainLoop(experiment, state, workdir, record, writer, progress, latest, best, start, programs)
   try:
     train(loop, start)
   except BaseException:
@@ -154,72 +222,320 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
   finally:
     latest.close()
     best.close()
+  return loop.finish(wall_start)
 
-  test_eval = loop.val_eval  # the same program when the sizes agree: compiled once
-  if config.eval_iw_samples != config.val_iw_samples:
-    test_eval = scoring.make_eval_fn(experiment, config.eval_iw_samples)
-  results = final_evaluation(
-    experiment, test_eval, loop.state, record, workdir, loop.eval_root, progress
-  )
-  results.update(
-    train_seconds=loop.train_seconds,
-    wall_seconds_this_session=time.time() - wall_start,
-    sampler_diagnostic=sampler_monitor.sampler_diagnostic_history(workdir),
-  )
+
+def _train_seeds(config, workdir: pathlib.Path, dirs: list[pathlib.Path]) -> dict[int, dict]:
+  wall_start = time.time()
+  built = experiment_lib.build_seeds(config)
+  experiments = [experiment for experiment, _ in built]
+  first = experiments[0]
+  config = first.config  # seed_config(config, seeds[0]): every run's config but for its seed
+  primary = jax.process_index() == 0
+  for experiment, folder in zip(experiments, dirs, strict=True):
+    checkpointing.check_resumable(folder, experiment.config, RESUMABLE_DIFFERENCES)
   if primary:
-    tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(metrics_lib.to_python(results), indent=1, sort_keys=True))
-    os.replace(tmp, results_path)
-    writer.write(
-      config.num_steps, {"test/nll": results["test_nll"], "test/neg_elbo": results["test_neg_elbo"]}
+    states = [state for _, state in built]
+    workdir_lock.check_free_space(workdir, states, config.max_checkpoints)  # before any write
+    for experiment, folder in zip(experiments, dirs, strict=True):
+      _write_config(folder, experiment.config)
+  opened = [_checkpointers(folder, config) for folder in dirs]
+  resumed = [
+    checkpointing.resume(latest, best, state, first.mesh)
+    for (latest, best), (_, state) in zip(opened, built, strict=True)
+  ]
+  start = min(step for step, _, _ in resumed)
+  behind = [(folder.name, step) for folder, (step, _, _) in zip(dirs, resumed, strict=True)]
+  for i, ((latest, best), (step, _, _)) in enumerate(zip(opened, resumed, strict=True)):
+    if step == start:
+      continue
+    if start not in latest.all_steps():
+      for checkpointer in [c for pair in opened for c in pair]:
+        checkpointer.close()
+      raise checkpointing.CheckpointRestoreError(
+        f"the runs of {workdir} would resume from different steps ("
+        + ", ".join(f"{name}: {s}" for name, s in behind)
+        + f") and {dirs[i].name} holds no checkpoint of step {start}: the seeds of one program "
+        "train in step. Resume the seeds that are behind in a program of their own (or one at a "
+        "time with --config.seed and --workdir=FOLDER), then all together."
+      )
+    resumed[i] = checkpointing.resume(latest, best, built[i][1], first.mesh, step=start)
+  del built  # the initial states: the resumed ones replace them
+  seeds = [experiment.config.seed for experiment in experiments]
+  writers, progresses = [], []
+  for folder, seed in zip(dirs, seeds, strict=True):
+    writers.append(metrics_lib.MetricsWriter(folder, enabled=primary))
+    writers[-1].truncate_after(start)
+    progresses.append(
+      metrics_lib.Progress(config.num_steps, start, enabled=primary, label=f"seed {seed}")
     )
-  writer.close()
-  progress.message(
-    f"test NLL {results['test_nll']:.3f} nats ({config.eval_iw_samples} importance samples, "
-    f"best validation step {results['best_step']}); results in {workdir / 'results.json'}"
+  progress = progresses[0]
+  if start:
+    progress.message(f"resuming {', '.join(map(str, dirs))} from step {start}")
+  progress.message(f"seeds {', '.join(map(str, seeds))} in one program: {_describe(config)}")
+
+  programs = make_programs(
+    first,
+    train_step_lib.make_seeds_fused_steps(first),
+    train_step_lib.seeds_slab_sharded(first.mesh),
   )
+  runs = SeedRuns(first, [state for _, state, _ in resumed], programs)
+  loops = []
+  for i, (experiment, folder) in enumerate(zip(experiments, dirs, strict=True)):
+    _, state, record = resumed[i]
+    latest, best = opened[i]
+    loop = TrainLoop(
+      experiment, state, folder, record, writers[i], progresses[i], latest, best, start,
+      programs, slot=runs.slots[i], name=f"seed {seeds[i]}: ",
+    )  # fmt: skip
+    loops.append(loop)
+  runs.loops = loops
+  del resumed, state
+  try:
+    train(runs, start)
+  except BaseException:
+    for writer in writers:
+      writer.close()
+    raise
+  finally:
+    for checkpointer in [c for pair in opened for c in pair]:
+      checkpointer.close()
+  results = {}
+  for seed, loop in zip(seeds, loops, strict=True):
+    results[seed] = _finished(loop.workdir, start, config)
+    if results[seed] is None:
+      results[seed] = loop.finish(wall_start)
+    else:
+      loop.writer.close()
+      loop.progress.message(
+        f"{loop.workdir} holds a finished run: test NLL {results[seed]['test_nll']:.3f} nats"
+      )
   return results
 
 
-def train(loop: TrainLoop, start: int) -> None:
+def train(runs, start: int) -> None:
   """Training steps ``start`` .. ``num_steps - 1``, in dispatches of ``steps_per_dispatch`` fused
   steps (``periodic.dispatches``), each followed by the periodic actions due (``loop.actions``, in
   order): first those that only enqueue device work, then, once the steps in flight are done and
   checked (``guards.check_pending``), those that need the state on the host.
 
+  Args:
+    runs: a ``TrainLoop`` (one run) or ``SeedRuns`` (the seeds of one program, dispatched
+      together): ``dispatch(first, count)`` runs the steps, ``loops`` are the runs' loops, whose
+      actions run after each dispatch, ``commit()`` keeps what the actions changed in the state.
+    start: the first step.
+
   Raises:
     guards.NonFiniteLossError, guards.DivergenceError: a step went wrong (see the guards).
     preemption.Preempted: a signal asked the run to stop; it stopped after checkpointing.
   """
-  config = loop.experiment.config
-  num_examples = loop.experiment.dataset.train.shape[0]
+  loops = runs.loops
+  config = loops[0].experiment.config
   for first, count in periodic.dispatches(start, config.num_steps, config.steps_per_dispatch):
     t0 = time.perf_counter()
-    indices = batching.slab_indices(config.seed, first, count, config.batch_size, num_examples)
-    loop.state, loop.metrics = loop.train_steps(loop.state, loop.train_x, loop.put_indices(indices))
+    runs.dispatch(first, count)
     done = first + count
     for step in range(first + 1, done + 1):
       preemption.debug_signal(step, config.debug_signal_step)
-    loop.pending.append((done, loop.metrics))
-    due = periodic.due(loop.actions, done, done == config.num_steps)
-    for action in due:
-      if not action.on_host:
-        action.run(done)
-    on_host = loop.sync_each_step or any(action.on_host for action in due)
+    dues = []
+    for loop in loops:
+      loop.pending.append((done, loop.metrics))
+      dues.append(periodic.due(loop.actions, done, done == config.num_steps))
+      for action in dues[-1]:
+        if not action.on_host:
+          action.run(done)
+    on_host = loops[0].sync_each_step or any(action.on_host for action in dues[0])
     # A signal (SIGTERM / SIGINT) stops the run after this dispatch, with a checkpoint of it.
-    loop.stopping = preemption.stop_requested(at_sync=on_host)
-    if on_host or loop.stopping:
-      guards.check_pending(loop.pending, loop.guard)  # waits for the steps: their time is counted
-      loop.pending = []
-    loop.train_seconds += time.perf_counter() - t0
-    for action in due:
-      if action.on_host:
-        action.run(done)
-    if loop.stopping:
-      loop.checkpoint(done)  # unless the action did
-      raise preemption.Preempted(done, str(loop.latest.step_path(done)))
+    stopping = preemption.stop_requested(at_sync=on_host)
+    for loop in loops:
+      loop.stopping = stopping
+      if on_host or stopping:
+        loop.check_pending()  # waits for the steps: their time is counted
+    elapsed = time.perf_counter() - t0
+    for loop, due in zip(loops, dues, strict=True):
+      loop.train_seconds += elapsed
+      for action in due:
+        if action.on_host:
+          action.run(done)
+    if stopping:
+      for loop in loops:
+        loop.checkpoint(done)  # unless the action did
+      raise preemption.Preempted(done, runs.checkpoint_paths(done))
+    runs.commit()
   if preemption.stop_requested():  # a signal during the last dispatch: stop before the final test
-    raise preemption.Preempted(config.num_steps, str(loop.latest.step_path(config.num_steps)))
+    raise preemption.Preempted(config.num_steps, runs.checkpoint_paths(config.num_steps))
+
+
+class Programs(NamedTuple):
+  """The compiled functions and device data of a run's loop, made once (``make_programs``) and
+  shared by the runs of one program.
+
+  Attributes:
+    train_steps: ``(state, train_x, indices) -> (state, metrics)``, the fused steps.
+    train_x: the training set on the device (``train_step.prepare_train_x``).
+    put_indices: places a slab of batch indices as ``train_steps`` takes it.
+    val_eval, test_eval: ``scoring.make_eval_fn`` with the validation's / the test's importance
+      samples (the same function when they agree: compiled once).
+    image_fn: ``images.make_image_fn``.
+    log_z_tracking: ``sampler_monitor.make_log_z_tracking`` (None: no tracker).
+  """
+
+  train_steps: Callable
+  train_x: jax.Array
+  put_indices: Callable
+  val_eval: Callable
+  test_eval: Callable
+  image_fn: Callable
+  log_z_tracking: Any
+
+
+def make_programs(experiment: Experiment, train_steps: Callable, slab_sharding) -> Programs:
+  """The ``Programs`` of ``experiment`` with the fused steps ``train_steps``, whose slabs of batch
+  indices are placed with ``slab_sharding``."""
+  config = experiment.config
+  val_eval = scoring.make_eval_fn(experiment, config.val_iw_samples)
+  test_eval = val_eval  # the same program when the sizes agree: compiled once
+  if config.eval_iw_samples != config.val_iw_samples:
+    test_eval = scoring.make_eval_fn(experiment, config.eval_iw_samples)
+  return Programs(
+    train_steps=train_steps,
+    train_x=train_step_lib.prepare_train_x(experiment),
+    put_indices=lambda idx: sharding.put_global(idx.astype(np.int32), slab_sharding),
+    val_eval=val_eval,
+    test_eval=test_eval,
+    image_fn=images.make_image_fn(experiment),
+    log_z_tracking=sampler_monitor.make_log_z_tracking(experiment),
+  )
+
+
+class _Held:
+  """The state of a run trained alone: held as is."""
+
+  def __init__(self, state):
+    self.value = state
+
+  def get(self):
+    return self.value
+
+  def set(self, state) -> None:
+    self.value = state
+
+
+class _SeedSlot:
+  """One seed's view of the stacked state of ``SeedRuns``: its slice, taken (a device op) when an
+  action first reads it after a dispatch; an action's new state is kept until ``SeedRuns.commit``
+  writes it back."""
+
+  def __init__(self, runs: SeedRuns, index: int, state):
+    self._runs, self._index = runs, index
+    self.value, self.changed = state, False
+
+  def get(self):
+    if self.value is None:
+      self.value = self._runs.take(self._runs.stacked, self._index)
+    return self.value
+
+  def set(self, state) -> None:
+    self.value, self.changed = state, True
+
+  def clear(self) -> None:
+    self.value, self.changed = None, False
+
+
+class _HostMetrics:
+  """The stacked metrics of one dispatch of ``SeedRuns`` ([R, S] device arrays), each fetched to
+  the host once, when some seed first reads it."""
+
+  def __init__(self, metrics: dict):
+    self._device, self._host = metrics, {}
+
+  def keys(self):
+    return self._device.keys()
+
+  def get(self, key: str) -> np.ndarray:
+    if key not in self._host:
+      self._host[key] = sharding.to_host(self._device[key])
+    return self._host[key]
+
+
+class _SeedMetrics(collections.abc.Mapping):
+  """One seed's metrics of a dispatch of ``SeedRuns``: ``{name: [S] host array}``, read lazily."""
+
+  def __init__(self, fetched: _HostMetrics, index: int):
+    self._fetched, self._index = fetched, index
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return self._fetched.get(key)[self._index]
+
+  def __iter__(self):
+    return iter(self._fetched.keys())
+
+  def __len__(self) -> int:
+    return len(self._fetched.keys())
+
+
+class SeedRuns:
+  """The runs of one program's seeds (``train_seeds``), for ``train``: their states stacked along a
+  leading seed axis (``experiment.stack_states``), trained by one dispatch of the vmapped fused
+  steps (``Programs.train_steps`` from ``train_step.make_seeds_fused_steps``), each seed on its own
+  data order (``batching.slab_indices`` of its seed).
+
+  Each seed has its own ``TrainLoop`` (``loops``, set by the caller: writer, checkpoints, tracker,
+  guard, evaluation keys) whose ``state`` is its slot of ``slots``: its slice of the stacked state,
+  taken only when one of its actions reads it, and written back by ``commit`` only when an action
+  changed it. A dispatch with no action due adds no device or host work to the steps'.
+
+  Args:
+    experiment: any seed's experiment (they differ in the config's seed alone).
+    states: each seed's state, in order.
+    programs: the shared ``Programs``.
+  """
+
+  def __init__(self, experiment: Experiment, states: list[TrainState], programs: Programs):
+    self.stacked = experiment_lib.stack_states(experiment, states)
+    self.programs = programs
+    self.take = jax.jit(
+      lambda stacked, i: jax.tree.map(lambda x: x[i], stacked),
+      out_shardings=experiment.state_sharding,
+    )
+    self._put = jax.jit(
+      lambda stacked, i, state: jax.tree.map(lambda x, y: x.at[i].set(y), stacked, state),
+      donate_argnums=(0,),
+      out_shardings=experiment_lib.seed_stacked(experiment.state_sharding),
+    )
+    self.slots = [_SeedSlot(self, i, state) for i, state in enumerate(states)]
+    self.loops: list[TrainLoop] = []
+    self._batch_size = experiment.config.batch_size
+    self._num_examples = experiment.dataset.train.shape[0]
+
+  def dispatch(self, first: int, count: int) -> None:
+    """Steps ``first .. first + count - 1`` of every seed; each loop's ``metrics`` are its rows."""
+    indices = np.stack(
+      [
+        batching.slab_indices(
+          loop.experiment.config.seed, first, count, self._batch_size, self._num_examples
+        )
+        for loop in self.loops
+      ]
+    )
+    programs = self.programs
+    self.stacked, metrics = programs.train_steps(
+      self.stacked, programs.train_x, programs.put_indices(indices)
+    )
+    fetched = _HostMetrics(metrics)
+    for i, (loop, slot) in enumerate(zip(self.loops, self.slots, strict=True)):
+      slot.clear()
+      loop.metrics = _SeedMetrics(fetched, i)
+
+  def commit(self) -> None:
+    """Writes the states the actions changed back into the stacked state."""
+    for i, slot in enumerate(self.slots):
+      if slot.changed:
+        self.stacked = self._put(self.stacked, i, slot.value)
+        slot.changed = False
+
+  def checkpoint_paths(self, step: int) -> str:
+    return ", ".join(str(loop.latest.step_path(step)) for loop in self.loops)
 
 
 class TrainLoop:
@@ -231,23 +547,40 @@ class TrainLoop:
   the host prepares and enqueues the next steps while the device works. A non-finite step is
   still reported, by number and terms, before anything computed after it is logged, evaluated or
   saved.
+
+  A run trained alone is its own ``runs`` for ``train`` (``loops``, ``dispatch``, ``commit``);
+  the runs of a program's seeds have one loop each, with ``slot`` their seed's view of the
+  stacked state (``SeedRuns``) and ``name`` the prefix of their messages.
   """
 
-  def __init__(self, experiment, state, workdir, record, writer, progress, latest, best, start):
+  def __init__(
+    self,
+    experiment,
+    state,
+    workdir,
+    record,
+    writer,
+    progress,
+    latest,
+    best,
+    start,
+    programs: Programs,
+    *,
+    slot=None,
+    name: str = "",
+  ):
     config = experiment.config
-    self.experiment, self.state, self.workdir, self.record = experiment, state, workdir, record
+    self._slot = slot or _Held(state)
+    self.experiment, self.workdir, self.record, self.name = experiment, workdir, record, name
     self.writer, self.progress, self.latest, self.best = writer, progress, latest, best
     self.metrics, self.pending, self.stopping, self._saved = None, [], False, None
-    self.train_steps = train_step_lib.make_fused_steps(experiment)
-    self.train_x = train_step_lib.prepare_train_x(experiment)
-    slab_sharding = train_step_lib.slab_sharded(experiment.mesh)
-    self.put_indices = lambda idx: sharding.put_global(idx.astype(np.int32), slab_sharding)
-    self.val_eval = scoring.make_eval_fn(experiment, config.val_iw_samples)
+    self.programs = programs
     self.val_x = scoring.eval_subset(experiment.dataset.valid, config.eval_num_examples)
-    self.image_fn = images.make_image_fn(experiment)
     self.eval_root = jax.random.key(config.seed + 1)  # independent of the training keys
     tracking_root = jax.random.fold_in(self.eval_root, 2**31 - 2)
-    self.tracker = sampler_monitor.LogZTracker(experiment, tracking_root, start, state)
+    self.tracker = sampler_monitor.LogZTracker(
+      experiment, tracking_root, start, state, tracking=programs.log_z_tracking
+    )
     self.train_log_z = sampler_monitor.TrainLogZ(
       experiment, jax.random.fold_in(self.eval_root, 2**31 - 3)
     )
@@ -262,13 +595,60 @@ class TrainLoop:
     self._evaluation = periodic.PeriodicAction("evaluate", evals, self.evaluate)
     self.actions = [
       periodic.PeriodicAction("progress bar", (1,), progress.update, on_host=False),
-      periodic.PeriodicAction("refresh log Z", (1,), self.refresh_log_z, on_host=False),
+      # Due only at its own steps (not at the end, where an evaluation re-anchors log Z instead),
+      # so that a dispatch without a refresh never reads the state.
+      periodic.PeriodicAction(
+        "refresh log Z",
+        (config.log_z_refresh_every if programs.log_z_tracking else 0,),
+        self.refresh_log_z,
+        on_host=False,
+        at_end=False,
+      ),
       periodic.PeriodicAction("write log Z refreshes", logs + evals, self.write_refreshes),
       periodic.PeriodicAction("log", logs, self.log),
       self._evaluation,
       periodic.PeriodicAction("images", evals, self.write_images),
       periodic.PeriodicAction("checkpoint", (config.checkpoint_every, *evals), self.checkpoint),
     ]
+
+  @property
+  def state(self) -> TrainState:
+    return self._slot.get()
+
+  @state.setter
+  def state(self, state: TrainState) -> None:
+    self._slot.set(state)
+
+  @property
+  def loops(self) -> tuple[TrainLoop]:
+    return (self,)
+
+  def dispatch(self, first: int, count: int) -> None:
+    """Steps ``first .. first + count - 1`` of this run alone; ``metrics`` are theirs."""
+    config = self.experiment.config
+    num_examples = self.experiment.dataset.train.shape[0]
+    indices = batching.slab_indices(config.seed, first, count, config.batch_size, num_examples)
+    programs = self.programs
+    self.state, self.metrics = programs.train_steps(
+      self.state, programs.train_x, programs.put_indices(indices)
+    )
+
+  def commit(self) -> None:
+    """Nothing to do: the state is held as is."""
+
+  def checkpoint_paths(self, step: int) -> str:
+    return str(self.latest.step_path(step))
+
+  def check_pending(self) -> None:
+    """``guards.check_pending`` of the dispatches since the last check (their errors name the run
+    by ``name``)."""
+    try:
+      guards.check_pending(self.pending, self.guard)
+    except (guards.NonFiniteLossError, guards.DivergenceError) as err:
+      if not self.name:
+        raise
+      raise type(err)(f"{self.name}{err}") from err
+    self.pending = []
 
   def _last(self, step: int) -> bool:
     return step == self.experiment.config.num_steps
@@ -302,7 +682,7 @@ class TrainLoop:
     t0 = time.perf_counter()
     key = jax.random.fold_in(self.eval_root, step)
     self.state, sampler_row, val = evaluate(
-      self.experiment, self.val_eval, self.state, self.val_x, key, self.progress
+      self.experiment, self.programs.val_eval, self.state, self.val_x, key, self.progress
     )
     if sampler_row:
       self.writer.write(step, sampler_row)
@@ -314,7 +694,7 @@ class TrainLoop:
     val.update({"val/best_nll": record["best_val_nll"], "eval_seconds": time.perf_counter() - t0})
     self.writer.write(step, val)
     self.progress.message(
-      f"step {step}: val NLL {val['val/nll']:.3f} (best {record['best_val_nll']:.3f}"
+      f"{self.name}step {step}: val NLL {val['val/nll']:.3f} (best {record['best_val_nll']:.3f}"
       f" at step {record['best_step']}), log Z {val['val/log_z']:.2f}"
       f" ± {val['val/log_z_stderr']:.2f}"
     )
@@ -323,7 +703,7 @@ class TrainLoop:
     key = jax.random.fold_in(jax.random.fold_in(self.eval_root, step), 2)
     images.write_images(
       self.experiment,
-      self.image_fn,
+      self.programs.image_fn,
       self.state,
       key,
       self.workdir / IMAGES_DIR,
@@ -346,6 +726,41 @@ class TrainLoop:
     self.latest.save(step, (self.state, rec))
     self._saved = step
     self.tracker.reseed(step, self.state)
+
+  def finish(self, wall_start: float) -> dict:
+    """The final test (``final_evaluation``) of the trained run: written to ``results.json``
+    and, as its last row, to ``metrics.jsonl``; returns the results. ``wall_start``: when this
+    session of the run started (``time.time()``)."""
+    config, workdir, progress = self.experiment.config, self.workdir, self.progress
+    results = final_evaluation(
+      self.experiment,
+      self.programs.test_eval,
+      self.state,
+      self.record,
+      workdir,
+      self.eval_root,
+      progress,
+    )
+    results.update(
+      train_seconds=self.train_seconds,
+      wall_seconds_this_session=time.time() - wall_start,
+      sampler_diagnostic=sampler_monitor.sampler_diagnostic_history(workdir),
+    )
+    if jax.process_index() == 0:
+      tmp = workdir / "results.json.tmp"
+      tmp.write_text(json.dumps(metrics_lib.to_python(results), indent=1, sort_keys=True))
+      os.replace(tmp, workdir / "results.json")
+      self.writer.write(
+        config.num_steps,
+        {"test/nll": results["test_nll"], "test/neg_elbo": results["test_neg_elbo"]},
+      )
+    self.writer.close()
+    progress.message(
+      f"{self.name}test NLL {results['test_nll']:.3f} nats ({config.eval_iw_samples} importance "
+      f"samples, best validation step {results['best_step']}); results in "
+      f"{workdir / 'results.json'}"
+    )
+    return results
 
 
 def evaluate(

@@ -21,6 +21,7 @@ from flax import nnx
 
 from dvae_jax import data as data_lib
 from dvae_jax import objectives
+from experiments import experiment as experiment_lib
 from experiments import guards, sharding
 from experiments.experiment import Experiment, TrainState
 
@@ -120,9 +121,39 @@ def make_fused_steps(experiment: Experiment) -> Callable[[TrainState, jax.Array,
   once. The body is ``make_step_fn``'s: the randomness of step ``t`` is still
   ``fold_in(state.key, t)``, so S steps fused give the steps one at a time.
   """
-  step_fn = make_step_fn(experiment)
   mesh = experiment.mesh
-  batch = sharding.batch_sharded(mesh)
+  return jax.jit(
+    _fused_fn(experiment),
+    donate_argnums=(0,),
+    in_shardings=(experiment.state_sharding, sharding.replicated(mesh), slab_sharded(mesh)),
+    out_shardings=(experiment.state_sharding, sharding.replicated(mesh)),
+  )
+
+
+def make_seeds_fused_steps(
+  experiment: Experiment,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple]:
+  """``make_fused_steps`` of independent runs at once: ``(state, train_x [n, 784], indices [R, S,
+  batch]) -> (state, metrics)`` with every leaf of ``state`` stacked along a leading axis of R runs
+  (``experiment.stack_states``), run ``r`` on the slab ``indices[r]`` (its own seed's data order);
+  the metrics come back [R, S]. One ``vmap`` of the same fused steps over the runs: parameters,
+  optimiser state, the sampler's population and log Z, keys. The run axis stays whole on every
+  device; the batch and the chains are split as for one run. ``state`` is donated.
+  """
+  mesh = experiment.mesh
+  stacked = experiment_lib.seed_stacked(experiment.state_sharding)
+  return jax.jit(
+    jax.vmap(_fused_fn(experiment), in_axes=(0, None, 0)),
+    donate_argnums=(0,),
+    in_shardings=(stacked, sharding.replicated(mesh), seeds_slab_sharded(mesh)),
+    out_shardings=(stacked, sharding.replicated(mesh)),
+  )
+
+
+def _fused_fn(experiment: Experiment):
+  """The body of the fused steps, not jitted: ``lax.scan`` of ``make_step_fn`` over a slab."""
+  step_fn = make_step_fn(experiment)
+  batch = sharding.batch_sharded(experiment.mesh)
 
   def fused_fn(state: TrainState, train_x: jax.Array, indices: jax.Array):
     def body(state, idx):
@@ -131,17 +162,19 @@ def make_fused_steps(experiment: Experiment) -> Callable[[TrainState, jax.Array,
 
     return jax.lax.scan(body, state, indices)
 
-  return jax.jit(
-    fused_fn,
-    donate_argnums=(0,),
-    in_shardings=(experiment.state_sharding, sharding.replicated(mesh), slab_sharded(mesh)),
-    out_shardings=(experiment.state_sharding, sharding.replicated(mesh)),
-  )
+  return fused_fn
 
 
 def slab_sharded(mesh) -> jax.sharding.NamedSharding:
   """Sharding of a slab of batch indices [S, batch]: the batch axis split over the devices."""
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.DATA_AXIS))
+
+
+def seeds_slab_sharded(mesh) -> jax.sharding.NamedSharding:
+  """Sharding of the slabs of several runs [R, S, batch]: the batch axis split over the devices."""
+  return jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec(None, None, sharding.DATA_AXIS)
+  )
 
 
 def prepare_train_x(experiment: Experiment) -> jax.Array:
