@@ -335,13 +335,18 @@ def resume(
   latest: Checkpointer, best: Checkpointer, state: Any, mesh, step: int | None = None
 ) -> tuple[int, Any, dict]:
   """(start step, state, record as Python scalars) from ``latest``'s newest checkpoint that
-  restores (or its checkpoint of ``step``, when given: runs that resume together), or (0,
-  ``state``, the fresh record) without one. Best-validation checkpoints written after the resumed
-  step are deleted: the resumed run writes its own."""
+  restores, or (0, ``state``, the fresh record) without one. Best-validation checkpoints written
+  after the resumed step are deleted: the resumed run writes its own.
+
+  With ``step`` (runs that resume together from their newest common step, ``train.train_seeds``)
+  the checkpoint of ``step`` is restored and the newer ones are deleted: the resumed run, which
+  computes exactly what they hold, writes them again."""
   if step is None:
     start, (state, record) = latest.restore_newest((state, make_record(mesh)))
   else:
     start, (state, record) = step, latest.restore(step, (state, make_record(mesh)))
+    for newer in [s for s in latest.all_steps() if s > step]:
+      latest.delete(newer)
   start = start or 0
   if start:
     for stale in [s for s in best.all_steps() if s > start]:
