@@ -9,7 +9,8 @@ DVAE-vs-DVAE# comparison that fits the remaining time budget.
    steps/s beside its jitted step's alone, with the host's per-step work added piece by piece
    → ``OUT/runner_overhead.json``.
 3. From the measured steps/s, the number of training steps at which the paired runs — dvae and
-   dvae_sharp, K = 5, seed 0, on each of ``--compare_structs`` (1-layer-lin and 1-layer-nonlin) —
+   dvae_sharp, K = 5, the ``--seeds`` (0; several train in one program per run), on each of
+   ``--compare_structs`` (1-layer-lin and 1-layer-nonlin) —
    fit the rest of the budget (``--train_fraction`` of each run's share, counted at train_speed's
    rate, goes to training), rounded down to a multiple of 500 steps. They run through
    ``benchmarks.table1`` (resumable, same protocol as the CPU grids: evaluation every num_steps/5 on
@@ -62,6 +63,9 @@ def _define_flags() -> None:
     "compare_structs", ["1-layer-lin", "1-layer-nonlin"], "Structs of the paired comparison."
   )
   flags.DEFINE_list("configs", ["dvae_sharp", "dvae"], "Configs compared (paired).")
+  flags.DEFINE_list(
+    "seeds", ["0"], "Seeds of each comparison run (several: one program per run, all vmapped)."
+  )
   flags.DEFINE_float(
     "train_fraction",
     0.3,
@@ -89,14 +93,17 @@ def comparison_steps(
   structs: list[str],
   train_fraction: float,
   min_steps: int,
+  num_seeds: int = 1,
 ) -> int:
-  """Training steps per run so that len(configs) × len(structs) runs fit ``seconds_left``.
+  """Training steps per run so that len(configs) × len(structs) runs of ``num_seeds`` seeds each
+  fit ``seconds_left``.
 
   Every run gets an equal share of the time; ``train_fraction`` of it is spent training at the
-  slowest compared struct's measured rate. Rounded down to a multiple of 500 (of 100 below 500),
-  never below ``min_steps``.
+  slowest compared struct's measured rate. A program of several seeds is counted as that many
+  runs (a device with work to spare trains them in less: the check then ends early, never late).
+  Rounded down to a multiple of 500 (of 100 below 500), never below ``min_steps``.
   """
-  runs = len(configs) * len(structs)
+  runs = len(configs) * len(structs) * num_seeds
   rate = min(steps_per_second[s] for s in structs)
   steps = int(train_fraction * seconds_left / runs * rate)
   unit = 500 if steps >= 500 else 100
@@ -109,12 +116,15 @@ def _write_summary(out: pathlib.Path, summary: dict) -> None:
   os.replace(tmp, out / "gpu_check.json")
 
 
-def runner_rates(table1_out: pathlib.Path, configs: list[str], struct: str) -> dict[str, float]:
-  """Training steps per second of each finished comparison run of ``struct`` (its own
-  ``train_seconds``: compilation of the train step and of the training log Z's AIS included)."""
+def runner_rates(
+  table1_out: pathlib.Path, configs: list[str], struct: str, seed: int = 0
+) -> dict[str, float]:
+  """Training steps per second of each finished comparison run of ``struct`` and ``seed`` (its own
+  ``train_seconds``: compilation of the train step and of the training log Z's AIS included; the
+  seeds of one program share its training time)."""
   rates = {}
   for config in configs:
-    path = table1_out / "json" / f"{config}__{struct}__k5__s0.json"
+    path = table1_out / "json" / f"{config}__{struct}__k5__s{seed}.json"
     if path.exists():
       results = json.loads(path.read_text())["results"]
       rates[config] = results["config"]["num_steps"] / results["train_seconds"]
@@ -160,6 +170,7 @@ def main(argv):
     structs=f.compare_structs,
     train_fraction=f.train_fraction,
     min_steps=f.min_steps,
+    num_seeds=len(f.seeds),
   )
   summary = {
     "device": speed["device"],
@@ -181,7 +192,7 @@ def main(argv):
       f"--configs={','.join(f.configs)}",
       f"--structs={struct}",
       "--ks=5",
-      "--seeds=0",
+      f"--seeds={','.join(f.seeds)}",
       f"--num_steps={steps}",
       f"--out={out / 'table1'}",
       f"--override=eval_every={max(1, steps // 5)}",
@@ -189,7 +200,9 @@ def main(argv):
       f"--override=eval_iw_samples={f.eval_iw_samples}",
     ] + [f"--override={o}" for o in f.override]
     summary["comparison_wall_s"][struct] = _run("benchmarks.table1", table1)
-    summary["runner_steps_per_second"][struct] = runner_rates(out / "table1", f.configs, struct)
+    summary["runner_steps_per_second"][struct] = runner_rates(
+      out / "table1", f.configs, struct, int(f.seeds[0])
+    )
     summary["total_wall_s"] = time.perf_counter() - start
     _write_summary(out, summary)
   # One report over both structs (each table1 call above reported its own struct only).
@@ -201,7 +214,7 @@ def main(argv):
       f"--configs={','.join(f.configs)}",
       f"--structs={','.join(f.compare_structs)}",
       "--ks=5",
-      "--seeds=0",
+      f"--seeds={','.join(f.seeds)}",
       f"--num_steps={steps}",
       f"--out={out / 'table1'}",
     ],

@@ -1,7 +1,9 @@
 r"""Trains and evaluates a grid of the DVAE# paper's Table 1 and writes one JSON per run + a table.
 
-Each run is ``python -m experiments.run`` in a subprocess (its own workdir under ``--out``, so an
-interrupted grid resumes: finished runs are skipped, unfinished ones resume from their checkpoint).
+Each (config, struct, K) cell is one ``python -m experiments.run`` in a subprocess training all of
+its seeds in one program (``--config.seeds``; a single seed is a single run). Every run has its own
+folder under ``--out``, so an interrupted grid resumes: finished runs are skipped, unfinished ones
+resume from their checkpoint.
 
   # The CPU grids of docs/results.md (2 structs, 4 methods, K = 1 and 5; docs/results.md has
   # the exact flags): binarized MNIST, then the OMNIGLOT stand-in.
@@ -11,7 +13,9 @@ interrupted grid resumes: finished runs are skipped, unfinished ones resume from
   # The paper's full protocol (1M steps, 1000 × 40 PA, 4000 IW samples) on a GPU: one flag away.
   python -m benchmarks.table1 --preset=paper_mnist --protocol=paper
 
-Outputs: ``OUT/runs/<name>/`` (the runner's workdir: metrics.jsonl, results.json, images),
+Outputs: ``OUT/runs/<name>/`` (the run's folder: metrics.jsonl, results.json, images; a program of
+several seeds has its workdir in ``OUT/programs/<config>__<struct>__k<K>/``, whose ``seed_N`` links
+to the run folders),
 ``OUT/json/<name>.json`` (results + the learning curve), ``OUT/images/`` (each run's last sample
 and reconstruction grids), ``OUT/table1.md`` and ``OUT/learning_curves_<struct>.png``. The run
 folders (checkpoints) are not meant to be committed (``.gitignore``).
@@ -97,34 +101,65 @@ def grid():
   return list(itertools.product(configs, structs, ks, seeds))
 
 
-def run_one(out: pathlib.Path, config: str, struct: str, k: int, seed: int) -> dict | None:
-  name = run_name(config, struct, k, seed)
-  workdir = out / "runs" / name
-  if (workdir / "results.json").exists():
-    return json.loads((workdir / "results.json").read_text())
-  cmd = [
-    sys.executable,
-    "-m",
-    "experiments.run",
-    f"--config={config}",
-    f"--workdir={workdir}",
-    f"--config.struct={struct}",
-    f"--config.k={k}",
-    f"--config.seed={seed}",
-    f"--config.protocol={_PROTOCOL.value}",
-    f"--config.dataset={_dataset(_PRESET.value)}",
-  ]
-  if _NUM_STEPS.value:
-    cmd.append(f"--config.num_steps={_NUM_STEPS.value}")
-  cmd += [f"--config.{o}" if not o.startswith("--") else o for o in _EXTRA.value]
-  print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with open(workdir / "stdout.log", "a") as log:
-    proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-  if proc.returncode != 0:
-    print(f"  FAILED (exit {proc.returncode}); see {workdir / 'stdout.log'}", flush=True)
-    return None
-  return json.loads((workdir / "results.json").read_text())
+def program_dir(out: pathlib.Path, config: str, struct: str, k: int) -> pathlib.Path:
+  """The workdir of the program that trains a cell's seeds together: ``OUT/programs/<config>__
+  <struct>__k<K>`` (its lock and stdout.log); its ``seed_N`` folders link to the runs' folders."""
+  return out / "programs" / f"{config}__{struct}__k{k}"
+
+
+def _link_seed_folders(program: pathlib.Path, runs: dict[int, pathlib.Path]) -> None:
+  """``program/seed_N`` → ``runs[N]`` (relative links), so that the runner's seed folders are the
+  run folders ``OUT/runs/<config>__<struct>__k<K>__s<seed>`` that every reader knows."""
+  program.mkdir(parents=True, exist_ok=True)
+  for seed, run in runs.items():
+    run.mkdir(parents=True, exist_ok=True)
+    link = program / f"seed_{seed}"
+    target = os.path.relpath(run, program)
+    if link.is_symlink() and os.readlink(link) != target:
+      link.unlink()
+    if not link.is_symlink() and not link.exists():
+      link.symlink_to(target, target_is_directory=True)
+
+
+def run_cell(out: pathlib.Path, config: str, struct: str, k: int, seeds: list[int]) -> dict:
+  """Trains the unfinished seeds of one (config, struct, K) cell: one seed as a single run, several
+  in one program (``--config.seeds``, one vmapped training of them all). Every seed's outputs are
+  in its run folder ``OUT/runs/<config>__<struct>__k<K>__s<seed>`` either way. Returns ``{seed:
+  results, or None if its run failed}``."""
+  runs = {seed: out / "runs" / run_name(config, struct, k, seed) for seed in seeds}
+  todo = [seed for seed in seeds if not (runs[seed] / "results.json").exists()]
+  if todo:
+    cmd = [
+      sys.executable,
+      "-m",
+      "experiments.run",
+      f"--config={config}",
+      f"--config.struct={struct}",
+      f"--config.k={k}",
+      f"--config.protocol={_PROTOCOL.value}",
+      f"--config.dataset={_dataset(_PRESET.value)}",
+    ]
+    if len(todo) == 1:
+      workdir = runs[todo[0]]
+      workdir.mkdir(parents=True, exist_ok=True)
+      cmd += [f"--workdir={workdir}", f"--config.seed={todo[0]}"]
+    else:
+      workdir = program_dir(out, config, struct, k)
+      _link_seed_folders(workdir, {seed: runs[seed] for seed in todo})
+      cmd += [f"--workdir={workdir}", f"--config.seeds={','.join(map(str, todo))}"]
+    if _NUM_STEPS.value:
+      cmd.append(f"--config.num_steps={_NUM_STEPS.value}")
+    cmd += [f"--config.{o}" if not o.startswith("--") else o for o in _EXTRA.value]
+    names = ", ".join(runs[seed].name for seed in todo)
+    print(f"[{time.strftime('%H:%M:%S')}] {names}", flush=True)
+    with open(workdir / "stdout.log", "a") as log:
+      proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+      print(f"  FAILED (exit {proc.returncode}); see {workdir / 'stdout.log'}", flush=True)
+  return {
+    seed: json.loads(path.read_text()) if (path := runs[seed] / "results.json").exists() else None
+    for seed in seeds
+  }
 
 
 def learning_curve(workdir: pathlib.Path) -> dict:
@@ -401,7 +436,7 @@ def main(argv):
   del argv
   out = pathlib.Path(_OUT.value)
   (out / "json").mkdir(parents=True, exist_ok=True)
-  rows = []
+  rows, trained = [], {}
   for cell in grid():
     workdir = out / "runs" / run_name(*cell)
     saved = saved_record(out, run_name(*cell))
@@ -413,7 +448,9 @@ def main(argv):
       result = json.loads(path.read_text()) if path.exists() else None
       curve = learning_curve(workdir)
     else:
-      result = run_one(out, *cell)
+      if cell[:3] not in trained:  # the cell's seeds, in one program
+        trained[cell[:3]] = run_cell(out, *cell[:3], [int(s) for s in _SEEDS.value])
+      result = trained[cell[:3]][cell[3]]
       curve = learning_curve(workdir)
     if result is not None:
       copy_images(out, workdir, run_name(*cell))

@@ -130,3 +130,60 @@ def test_plot_draws_one_figure_per_struct(tmp_path):
 
   image = Image.open(tmp_path / "learning_curves_1-layer-lin.png")
   assert image.size[0] > 1500 and image.size[1] > 400
+
+
+def test_a_cells_seeds_train_in_one_program_writing_the_run_folders(tmp_path, monkeypatch):
+  """``run_cell``: several unfinished seeds are one ``--config.seeds`` program whose ``seed_N``
+  folders link to the run folders ``runs/<config>__<struct>__k<K>__s<seed>`` (which
+  long_run_curves reads); one seed is a single run in its folder; finished seeds are skipped."""
+  import subprocess
+  import types
+
+  from benchmarks import long_run_curves
+
+  for name, value in (("_PROTOCOL", "cpu"), ("_PRESET", "cpu_mnist"), ("_NUM_STEPS", 8)):
+    monkeypatch.setattr(table1, name, types.SimpleNamespace(value=value))
+  monkeypatch.setattr(table1, "_EXTRA", types.SimpleNamespace(value=["log_every=2"]))
+  commands = []
+
+  def fake_run(cmd, **kwargs):  # the runner's outputs, written where its workdir says
+    commands.append(cmd)
+    args = dict(a[2:].split("=", 1) for a in cmd if a.startswith("--"))
+    workdir = tmp_path / args["workdir"]
+    seeds = args.get("config.seeds")
+    folders = (
+      {int(s): workdir / f"seed_{s}" for s in seeds.split(",")}
+      if seeds
+      else {int(args["config.seed"]): workdir}
+    )
+    for seed, folder in folders.items():
+      (folder / "metrics.jsonl").write_text(json.dumps({"step": 8, "val/nll": 90.0 + seed}) + "\n")
+      (folder / "results.json").write_text(json.dumps(_result(90.0 + seed, 8)))
+    return subprocess.CompletedProcess(cmd, 0)
+
+  monkeypatch.setattr(table1.subprocess, "run", fake_run)
+  out = tmp_path / "out"
+  results = table1.run_cell(out, "dvae", "1-layer-lin", 5, [0, 1, 2])
+  assert {s: r["test_nll"] for s, r in results.items()} == {0: 90.0, 1: 91.0, 2: 92.0}
+  (command,) = commands
+  program = out / "programs" / "dvae__1-layer-lin__k5"
+  assert f"--workdir={program}" in command and "--config.seeds=0,1,2" in command
+  assert "--config.num_steps=8" in command and "--config.log_every=2" in command
+  assert not any(a.startswith("--config.seed=") for a in command)
+  for seed in (0, 1, 2):
+    run = out / "runs" / f"dvae__1-layer-lin__k5__s{seed}"
+    assert run.is_dir() and not run.is_symlink() and (run / "results.json").is_file()
+    assert (program / f"seed_{seed}").resolve() == run.resolve()
+  assert (program / "stdout.log").exists()
+  assert sorted(long_run_curves.load(out / "runs")) == [("dvae", "1-layer-lin", 5, s) for s in range(3)]
+
+  # Finished seeds are skipped; the one left is a single run in its own folder.
+  (out / "runs" / "dvae__1-layer-lin__k5__s1" / "results.json").unlink()
+  commands.clear()
+  assert table1.run_cell(out, "dvae", "1-layer-lin", 5, [0, 1, 2])[1]["test_nll"] == 91.0
+  (command,) = commands
+  assert f"--workdir={out / 'runs' / 'dvae__1-layer-lin__k5__s1'}" in command
+  assert "--config.seed=1" in command and not any("config.seeds" in a for a in command)
+  commands.clear()
+  table1.run_cell(out, "dvae", "1-layer-lin", 5, [0, 1, 2])
+  assert commands == []
