@@ -20,13 +20,15 @@ def test_comparison_steps_fit_the_budget_at_the_slowest_struct():
   assert gpu_check.comparison_steps(rates, 400.0, **options) == 1500  # 0.5 · 100 s · 30 = 1500
   assert gpu_check.comparison_steps(rates, 100.0, **options) == 300  # 375: multiple of 100
   assert gpu_check.comparison_steps(rates, 1.0, **options) == 200  # never below min_steps
+  # Two seeds per run: counted as twice the runs.
+  assert gpu_check.comparison_steps(rates, 400.0, **options, num_seeds=2) == 500
 
 
 def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
   out = tmp_path / "gpu"
   cmd = [
     sys.executable, "-m", "benchmarks.gpu_check", "--budget_s=1", f"--out={out}",
-    "--structs=1-layer-lin", "--compare_structs=1-layer-lin", "--speed_steps=2",
+    "--structs=1-layer-lin", "--compare_structs=1-layer-lin", "--speed_steps=2", "--seeds=0,1",
     "--speed_repeats=1", "--min_steps=10", "--eval_num_examples=20", "--eval_iw_samples=4",
     "--override=val_iw_samples=4", "--override=ais_num_chains=16",
     "--override=ais_num_temperatures=10", "--override=num_prior_samples=64",
@@ -53,7 +55,12 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
   assert set(runner) == {"dvae", "dvae_sharp"} and min(runner.values()) > 0
   speed = json.loads((out / "train_speed.json").read_text())
   assert speed["rows"][0]["num_sweeps"] == 40 and speed["rows"][0]["steps_per_second"] > 0
-  for config in ("dvae", "dvae_sharp"):
-    run = json.loads((out / "table1" / "json" / f"{config}__1-layer-lin__k5__s0.json").read_text())
-    assert run["results"]["config"]["num_steps"] == 10 and run["results"]["test_nll"] > 0
+  for config in ("dvae", "dvae_sharp"):  # seeds 0 and 1 of each config trained in one program
+    for seed in (0, 1):
+      name = f"{config}__1-layer-lin__k5__s{seed}"
+      run = json.loads((out / "table1" / "json" / f"{name}.json").read_text())
+      assert run["results"]["config"]["num_steps"] == 10 and run["results"]["test_nll"] > 0
+      assert run["results"]["config"]["seed"] == seed
+      assert (out / "table1" / "runs" / name / "results.json").is_file()
+    assert (out / "table1" / "programs" / f"{config}__1-layer-lin__k5" / "seed_1").is_symlink()
   assert "| dvae | 1-layer-lin |" in (out / "table1" / "table1.md").read_text()
