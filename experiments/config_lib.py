@@ -356,7 +356,8 @@ def _resolve_seeds(c: config_dict.ConfigDict) -> None:
     raise ConfigError(f"invalid seeds {c.seeds!r}: an empty list; {how}")
   bad = [e for e in entries if not re.fullmatch(r"[+-]?\d+", e)]
   if bad:
-    raise ConfigError(f"invalid seeds {c.seeds!r}: {', '.join(map(repr, bad))} not an integer; {how}")
+    named = ", ".join(map(repr, bad))
+    raise ConfigError(f"invalid seeds {c.seeds!r}: {named} not an integer; {how}")
   seeds = [int(e) for e in entries]
   negative = [s for s in seeds if s < 0]
   if negative:
@@ -371,8 +372,8 @@ def _resolve_seeds(c: config_dict.ConfigDict) -> None:
     )
   if c.sampler == "dimod":
     raise ConfigError(
-      "seeds is not available with sampler='dimod' (its population is drawn on the host, one run at "
-      "a time): run each seed on its own with --config.seed"
+      "seeds is not available with sampler='dimod' (its population is drawn on the host, one run "
+      "at a time): run each seed on its own with --config.seed"
     )
   c.seeds = ",".join(map(str, seeds))
 

@@ -4,8 +4,9 @@ r"""Trains and evaluates a discrete VAE: the project's one entry point.
       [--config.dataset=omniglot --config.struct=2-layer-nonlin --config.protocol=paper ...]
 
 ``--config`` names a file in ``experiments/configs/`` (or is a path to a config file); every key
-of the config can be overridden with ``--config.KEY=VALUE``. Multi-host: pass
-``--coordinator_address``, ``--num_processes`` and ``--process_id`` on every host
+of the config can be overridden with ``--config.KEY=VALUE``; ``--config.seeds=0,1,2,3`` trains the
+runs of several seeds in one program, each in ``WORKDIR/seed_N/`` (``train.train_seeds``).
+Multi-host: pass ``--coordinator_address``, ``--num_processes`` and ``--process_id`` on every host
 (``jax.distributed.initialize``); only process 0 writes metrics, images and results.
 """
 

@@ -213,7 +213,9 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
     train_step_lib.make_fused_steps(experiment),
     train_step_lib.slab_sharded(experiment.mesh),
   )
-  loop = TrainLoop(experiment, state, workdir, record, writer, progress, latest, best, start, programs)
+  loop = TrainLoop(
+    experiment, state, workdir, record, writer, progress, latest, best, start, programs
+  )
   try:
     train(loop, start)
   except BaseException:
@@ -227,6 +229,11 @@ def _train_and_evaluate(config, workdir: pathlib.Path) -> dict:
 
 def _train_seeds(config, workdir: pathlib.Path, dirs: list[pathlib.Path]) -> dict[int, dict]:
   wall_start = time.time()
+  if (workdir / "config.json").exists():
+    raise checkpointing.WorkdirConfigError(
+      f"workdir {workdir} holds a single run (its config.json); the runs of seeds are written to "
+      "WORKDIR/seed_N/: choose another --workdir"
+    )
   built = experiment_lib.build_seeds(config)
   experiments = [experiment for experiment, _ in built]
   first = experiments[0]
@@ -273,6 +280,14 @@ def _train_seeds(config, workdir: pathlib.Path, dirs: list[pathlib.Path]) -> dic
   if start:
     progress.message(f"resuming {', '.join(map(str, dirs))} from step {start}")
   progress.message(f"seeds {', '.join(map(str, seeds))} in one program: {_describe(config)}")
+  finished = [_finished(folder, start, config) for folder in dirs]
+  if all(results is not None for results in finished):
+    for checkpointer in [c for pair in opened for c in pair]:
+      checkpointer.close()
+    for writer, folder, results in zip(writers, dirs, finished, strict=True):
+      writer.close()
+      progress.message(f"{folder} holds a finished run: test NLL {results['test_nll']:.3f} nats")
+    return dict(zip(seeds, finished, strict=True))
 
   programs = make_programs(
     first,

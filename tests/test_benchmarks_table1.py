@@ -175,7 +175,8 @@ def test_a_cells_seeds_train_in_one_program_writing_the_run_folders(tmp_path, mo
     assert run.is_dir() and not run.is_symlink() and (run / "results.json").is_file()
     assert (program / f"seed_{seed}").resolve() == run.resolve()
   assert (program / "stdout.log").exists()
-  assert sorted(long_run_curves.load(out / "runs")) == [("dvae", "1-layer-lin", 5, s) for s in range(3)]
+  cells = sorted(long_run_curves.load(out / "runs"))
+  assert cells == [("dvae", "1-layer-lin", 5, seed) for seed in range(3)]
 
   # Finished seeds are skipped; the one left is a single run in its own folder.
   (out / "runs" / "dvae__1-layer-lin__k5__s1" / "results.json").unlink()

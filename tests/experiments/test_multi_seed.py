@@ -109,18 +109,27 @@ def test_two_seeds_are_the_two_single_runs(data_dir, tmp_path):
     assert (folder / "config.json").read_text() == (
       tmp_path / f"single_{seed}" / "config.json"
     ).read_text()
-    rows, single_rows = metrics.read_metrics(folder), metrics.read_metrics(tmp_path / f"single_{seed}")
+    rows = metrics.read_metrics(folder)
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 101))
-    assert_rows_close(single_rows, rows, rtol=TOLERANCE)
+    assert_rows_close(metrics.read_metrics(tmp_path / f"single_{seed}"), rows, rtol=TOLERANCE)
     for key in ("test_nll", "test_neg_elbo", "test_log_z", "val_nll"):
       assert program[seed][key] == pytest.approx(single[key], rel=TOLERANCE), key
     assert program[seed]["best_step"] == single["best_step"]
-    assert json.loads((folder / "results.json").read_text())["test_nll"] == program[seed]["test_nll"]
+    written = json.loads((folder / "results.json").read_text())
+    assert written["test_nll"] == program[seed]["test_nll"]
     # The single run's command on the seed's folder finds it finished.
     again = train.train_and_evaluate(config, folder)
     assert again["test_nll"] == program[seed]["test_nll"]
+  # A program is not written over a single run's folder.
+  with pytest.raises(checkpointing.WorkdirConfigError, match="holds a single run"):
+    train.train_and_evaluate(
+      tiny_config("dvae_sharp", data_dir, seeds="0,1", **HUNDRED), tmp_path / "single_0"
+    )
   # The seeds are independent runs: their losses differ.
-  losses = [[r["loss"] for r in metrics.read_metrics(tmp_path / "program" / f"seed_{s}") if "loss" in r] for s in (0, 1)]
+  losses = [
+    [r["loss"] for r in metrics.read_metrics(tmp_path / "program" / f"seed_{s}") if "loss" in r]
+    for s in (0, 1)
+  ]
   assert losses[0] != losses[1]
 
 
