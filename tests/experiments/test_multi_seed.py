@@ -27,7 +27,7 @@ from test_train import (
   tiny_config,
 )
 
-from experiments import checkpointing, config_lib, metrics, periodic, sharding, train
+from experiments import checkpointing, config_lib, guards, metrics, periodic, sharding, train
 
 # Measured (CPU, jax 0.10.2) over the 100 steps of test_two_seeds_are_the_two_single_runs: 64 and
 # 66 of the 100 losses of the two seeds were bit for bit their single run's, the largest relative
@@ -228,6 +228,19 @@ def test_seeds_behind_resume_from_the_common_checkpoint(data_dir, tmp_path):
   shutil.rmtree(tmp_path / "cut" / "seed_1" / "checkpoints" / "8")
   train.train_and_evaluate(config, tmp_path / "cut")
   _assert_same_program(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_a_non_finite_step_stops_the_program_naming_the_seed(data_dir, tmp_path):
+  config = tiny_config("dvae_pp_exp", data_dir, seeds="3,4", debug_nan_step=3, eval_every=100)
+  with pytest.raises(
+    guards.NonFiniteLossError, match=r"^seed 3: non-finite value at training step 3: .*=nan"
+  ):
+    train.train_and_evaluate(config, tmp_path)
+  for seed in (3, 4):  # the last good checkpoint (step 2) of every seed is kept, nothing after it
+    ckpt = checkpointing.Checkpointer(tmp_path / f"seed_{seed}" / "checkpoints", 2)
+    assert ckpt.all_steps() == [2]
+    ckpt.close()
+    assert max(r["step"] for r in metrics.read_metrics(tmp_path / f"seed_{seed}")) == 2
 
 
 # ----------------------------------------------------------------------------------------------
