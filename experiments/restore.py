@@ -60,7 +60,11 @@ def run_config(workdir: str | os.PathLike, **overrides) -> config_dict.ConfigDic
       f"{workdir} holds no run: no config.json (found: {', '.join(found) or 'nothing'}); "
       "point --workdir to the folder given to python -m experiments.run"
     )
-  config = config_dict.ConfigDict(json.loads(path.read_text()))
+  # A run written before a key existed reads that key's default: every key added since defaults
+  # to the behaviour runs had before it (e.g. binarization, steps_per_dispatch, dataset_md5).
+  from experiments.configs import base
+
+  config = config_dict.ConfigDict({**base.get_config().to_dict(), **json.loads(path.read_text())})
   for key, value in overrides.items():
     if value is not None:
       config[key] = value

@@ -5,7 +5,7 @@ import json
 from benchmarks import ablations
 
 
-def _write(folder, method, seed, nll, **config):
+def _write(folder, method, seed, nll, results=None, **config):
   (folder / "json").mkdir(parents=True, exist_ok=True)
   c = {
     "method": method,
@@ -21,7 +21,7 @@ def _write(folder, method, seed, nll, **config):
     **config,
   }
   name = f"{method}__1-layer-lin__k5__s{seed}"
-  record = {"run": name, "results": {"test_nll": nll, "config": c}}
+  record = {"run": name, "results": {"test_nll": nll, "config": c, **(results or {})}}
   (folder / "json" / f"{name}.json").write_text(json.dumps(record))
 
 
@@ -60,4 +60,31 @@ def test_variants_are_named_by_their_departures_and_paired_by_seed(tmp_path):
     "| dvae_sharp β=20 | 1-layer-lin | 5 | 6000 | 20 | 98.50 ± 0.00 (2) | -1.00 ± 0.71 (2) |"
     in (table)
   )
-  assert "| dvae β=10 | 1-layer-lin | 5 | 2000 | 10 | 97.00 (1) | — | — |" in table
+  assert "| dvae β=10 | 1-layer-lin | 5 | 2000 | 10 | 97.00 (1) | — | — | — | — |" in table
+
+
+def test_population_variants_carry_their_diagnostic_and_speed(tmp_path):
+  ref, small = tmp_path / "ref", tmp_path / "small"
+  for seed in (0, 1):
+    diag = {"max_error": 1.1 + seed, "log_z_drift": []}
+    _write(ref, "dvae_sharp", seed, 99.0 + seed, num_sweeps=10, results={"train_seconds": 300.0})
+    _write(
+      small,
+      "dvae_sharp",
+      seed,
+      99.25 + seed,
+      num_sweeps=10,
+      num_prior_samples=250,
+      rao_blackwell="symmetric",
+      results={"train_seconds": 100.0 + 100.0 * seed, "sampler_diagnostic": diag},
+    )
+  reference = "dvae_sharp num_sweeps=10"
+  rows = ablations.summarise(ablations.load_runs([ref, small]), reference)
+  row = next(r for r in rows if r["variant"] != reference)
+  assert row["variant"] == "dvae_sharp num_sweeps=10 num_prior_samples=250 rao_blackwell=symmetric"
+  assert row["diff"] == {0: 0.25, 1: 0.25} and row["speed"] == {0: 60.0, 1: 30.0}
+  table = ablations.report(rows, reference)
+  # Largest diagnostic over the seeds; mean steps/s; none recorded for the reference.
+  assert "| +0.25 ± 0.00 (2) | — | 2.10 | 45.0 |" in table
+  reference_row = "| 1-layer-lin | 5 | 6000 | 40 | 99.50 ± 0.71 (2) | 0 | — | — | 20.0 |"
+  assert f"| {reference} {reference_row}" in table

@@ -76,6 +76,8 @@ def check_run(workdir: pathlib.Path, results: dict, dataset: data.Dataset) -> No
   assert results["num_test_examples"] == TINY["eval_num_examples"]
   # −log mean_k w_k <= −mean_k log w_k example by example (Jensen), with the same samples.
   assert 0 < results["test_nll"] <= results["test_neg_elbo"] + 1e-4
+  # Finite only: the value of an AIS log Z is checked against enumeration and independent
+  # estimates in tests/samplers; here the own-data path only has to produce one.
   assert math.isfinite(results["test_log_z"])
   weights = restore.restore(workdir, "best").state.params["model"]
   leaves = jax.tree_util.tree_leaves_with_path(weights)

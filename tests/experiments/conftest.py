@@ -42,8 +42,8 @@ def train_recorded(config, workdir: pathlib.Path) -> FinishedRun:
     )
     return result
 
-  def recording_log_partition(experiment, prior, key):
-    out = log_partition(experiment, prior, key)
+  def recording_log_partition(experiment, prior, key, progress=None):
+    out = log_partition(experiment, prior, key, progress)
     log_partitions.append(out)
     return out
 

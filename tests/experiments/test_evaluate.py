@@ -4,9 +4,11 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -154,6 +156,24 @@ def test_restore_refuses_a_step_it_does_not_hold(tiny_run, step, message):
     restore.restore(tiny_run[0], step)
   assert message in str(err.value)
   assert checksums(tiny_run[0]) == before
+
+
+def test_a_run_written_before_newer_config_keys_restores_as_it_was(tiny_run, tmp_path):
+  """A config.json without the keys added since (runs of earlier versions) reads their defaults,
+  which are the behaviour those runs had, and restores the same weights."""
+  workdir = tmp_path / "older"
+  shutil.copytree(tiny_run[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  newer = ("binarization", "data_feature", "dataset_md5", "steps_per_dispatch")
+  older = {k: v for k, v in saved.items() if k not in newer}
+  assert set(saved) - set(older) == set(newer)
+  (workdir / "config.json").write_text(json.dumps(older))
+  old_run, run = restore.restore(workdir), restore.restore(tiny_run[0])
+  config = old_run.experiment.config
+  assert (config.binarization, config.data_feature, config.steps_per_dispatch) == ("dynamic", "", 1)
+  assert config.dataset_md5 == saved["dataset_md5"]  # the built-in data's identity, found again
+  assert old_run.step == run.step
+  chex.assert_trees_all_equal(old_run.state, run.state)
 
 
 def test_evaluate_refuses_a_batch_that_does_not_split_over_the_devices(tiny_run):
