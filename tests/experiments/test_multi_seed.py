@@ -70,6 +70,13 @@ def test_bad_seeds_are_refused_naming_the_problem(overrides, message):
     config_lib.seed_list(config)  # what train_and_evaluate asks first
 
 
+def test_command_line_refuses_bad_seeds_in_one_line(data_dir, tmp_path):
+  proc = _run_cli(tmp_path, data_dir, seeds="0,0")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "error: invalid seeds '0,0': 0 repeated" in proc.stderr
+  assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_seeds_are_listed_canonically_and_each_run_is_the_single_run_config():
   assert config_lib.seed_list(_resolved()) == ()
   config = _resolved(seeds=" 3, 1,2")
