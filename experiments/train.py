@@ -14,6 +14,11 @@ training set, held on the device) and its randomness from ``fold_in(key, t)``, s
 from its checkpoint at step ``t`` continues exactly as if it had never stopped. The batch is split
 over all devices (``experiments.sharding``).
 
+With ``config.seeds`` the runs of several seeds train in one program (``train_seeds``): one
+vmapped dispatch of the fused steps over their stacked states (``SeedRuns``), and one loop per seed
+whose periodic actions act on its slice of the stacked state, only when due; each seed's folder
+``WORKDIR/seed_N/`` holds what its single run's workdir would.
+
 Outputs in ``workdir``: ``metrics.jsonl`` (one JSON row per logged step / evaluation),
 ``tensorboard/`` (event files), ``checkpoints/`` (latest) and ``checkpoints_best/`` (best
 validation NLL), ``images/samples_STEP.png`` / ``images/reconstructions_STEP.png``,
@@ -27,13 +32,12 @@ Its other helpers live beside it: ``scoring`` (NLL of examples, evaluation AIS),
 
 from __future__ import annotations
 
-import collections.abc
 import contextlib
 import json
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -473,7 +477,7 @@ class _HostMetrics:
     return self._host[key]
 
 
-class _SeedMetrics(collections.abc.Mapping):
+class _SeedMetrics(Mapping):
   """One seed's metrics of a dispatch of ``SeedRuns``: ``{name: [S] host array}``, read lazily."""
 
   def __init__(self, fetched: _HostMetrics, index: int):
