@@ -112,7 +112,8 @@ def get_config() -> config_dict.ConfigDict:
   c.seed = 0
   # Several independent runs in one program (experiments.train, docs/training.md "Many seeds in one
   # program"): distinct integers >= 0 separated by commas, e.g. '0,1,2,3'. Each seed's run is the
-  # single run of seed=N, written to WORKDIR/seed_N/. Unset (None): one run of `seed`.
+  # single run of seed=N, written to WORKDIR/seed_N/; `seed`, if set (not 0), must be one of them.
+  # Unset (None): one run of `seed`.
   c.seeds = config_dict.placeholder(str)
   c.log_every = 100  # Metrics row every this many steps (and at the last step).
   c.checkpoint_every = config_dict.placeholder(int)
