@@ -251,26 +251,12 @@ def _train_seeds(config, workdir: pathlib.Path, dirs: list[pathlib.Path]) -> dic
     for experiment, folder in zip(experiments, dirs, strict=True):
       _write_config(folder, experiment.config)
   opened = [_checkpointers(folder, config) for folder in dirs]
-  resumed = [
-    checkpointing.resume(latest, best, state, first.mesh)
-    for (latest, best), (_, state) in zip(opened, built, strict=True)
-  ]
-  start = min(step for step, _, _ in resumed)
-  behind = [(folder.name, step) for folder, (step, _, _) in zip(dirs, resumed, strict=True)]
-  for i, ((latest, best), (step, _, _)) in enumerate(zip(opened, resumed, strict=True)):
-    if step == start:
-      continue
-    if start not in latest.all_steps():
-      for checkpointer in [c for pair in opened for c in pair]:
-        checkpointer.close()
-      raise checkpointing.CheckpointRestoreError(
-        f"the runs of {workdir} would resume from different steps ("
-        + ", ".join(f"{name}: {s}" for name, s in behind)
-        + f") and {dirs[i].name} holds no checkpoint of step {start}: the seeds of one program "
-        "train in step. Resume the seeds that are behind in a program of their own (or one at a "
-        "time with --config.seed and --workdir=FOLDER), then all together."
-      )
-    resumed[i] = checkpointing.resume(latest, best, built[i][1], first.mesh, step=start)
+  try:
+    start, resumed = _resume_together(workdir, dirs, opened, [s for _, s in built], first.mesh)
+  except BaseException:
+    for checkpointer in [c for pair in opened for c in pair]:
+      checkpointer.close()
+    raise
   del built  # the initial states: the resumed ones replace them
   seeds = [experiment.config.seed for experiment in experiments]
   writers, progresses = [], []
@@ -330,6 +316,33 @@ def _train_seeds(config, workdir: pathlib.Path, dirs: list[pathlib.Path]) -> dic
         f"{loop.workdir} holds a finished run: test NLL {results[seed]['test_nll']:.3f} nats"
       )
   return results
+
+
+def _resume_together(workdir, dirs, opened, states, mesh) -> tuple[int, list]:
+  """(start, [(start, state, record) of each seed]): every seed resumed from the newest step that
+  all of them hold (``checkpointing.resume``; those ahead from that step).
+
+  Raises:
+    checkpointing.CheckpointRestoreError: a seed ahead holds no checkpoint of that step.
+  """
+  resumed = [
+    checkpointing.resume(latest, best, state, mesh)
+    for (latest, best), state in zip(opened, states, strict=True)
+  ]
+  start = min(step for step, _, _ in resumed)
+  steps = ", ".join(f"{d.name}: {step}" for d, (step, _, _) in zip(dirs, resumed, strict=True))
+  for i, ((latest, best), (step, _, _)) in enumerate(zip(opened, resumed, strict=True)):
+    if step == start:
+      continue
+    if start not in latest.all_steps():
+      raise checkpointing.CheckpointRestoreError(
+        f"the runs of {workdir} would resume from different steps ({steps}) and {dirs[i].name} "
+        f"holds no checkpoint of step {start}: the seeds of one program train in step. Resume the "
+        "seeds that are behind in a program of their own (or one at a time with --config.seed "
+        "and --workdir=FOLDER), then all together."
+      )
+    resumed[i] = checkpointing.resume(latest, best, states[i], mesh, step=start)
+  return start, resumed
 
 
 def train(runs, start: int) -> None:
