@@ -1,6 +1,7 @@
 r"""Learning curves of paired long runs, read while they train (or after).
 
-Reads the run folders that ``benchmarks.table1`` trains (``RUNS/<config>__<struct>__k<K>__s<seed>/``,
+Reads the run folders that ``benchmarks.table1`` trains
+(``RUNS/<config>__<struct>__k<K>__s<seed>/``,
 each with its ``metrics.jsonl``), pairs every config with the reference config of the same struct,
 K and seed (same initialisation key and batch order), and reports at each validation step:
 

@@ -35,7 +35,15 @@ from absl import app, flags
 
 from benchmarks import timing
 from dvae_jax import data as data_lib
-from experiments import config_lib, metrics, sampler_monitor, sharding, train, train_step
+from experiments import (
+  config_lib,
+  metrics,
+  sampler_monitor,
+  sharding,
+  train,
+  train_loop,
+  train_step,
+)
 from experiments import experiment as experiment_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -110,7 +118,7 @@ def host_variants(config, block: int):
     holder["state"] = tracker.refresh(i + 1, holder["state"], False)
     if (i + 1) % config.log_every == 0:
       tracker.write(quiet)
-      holder["state"], _ = train_log_z.anchor(i + 1, holder["state"], train.metrics_row(m))
+      holder["state"], _ = train_log_z.anchor(i + 1, holder["state"], train_loop.metrics_row(m))
       if train_log_z.enabled:
         tracker.reseed(i + 1, holder["state"])
     return m["loss"]

@@ -43,6 +43,7 @@ from dvae_jax import data as data_lib
 from experiments import config_lib, sampler_monitor, sharding, train_step
 from experiments import experiment as experiment_lib
 
+
 def _define_flags() -> None:
   """Command-line flags, defined only when run as a program (benchmarks.table1, which a test
   process may import too, defines flags of the same names)."""

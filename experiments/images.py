@@ -20,6 +20,7 @@ from flax import nnx
 from dvae_jax import posterior
 from experiments import sharding
 
+
 def image_side(example_shape: tuple[int, ...]) -> int | None:
   """The side s of examples that are square images (shape (s, s) or (s, s, 1)), else None."""
   shape = tuple(example_shape)
@@ -98,13 +99,15 @@ def model_samples(experiment, params, batch_stats, sampler_state, key, num: int)
 
 
 def decode_means(experiment, params, batch_stats, z: jax.Array) -> jax.Array:
-  """[n, num_pixels] decoder means sigmoid(logits of p(x|z)) of binary latents ``z`` [n, num_latent]."""
+  """[n, num_pixels] decoder means sigmoid(logits of p(x|z)) of binary latents ``z``
+  [n, num_latent]."""
   model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
   return jax.nn.sigmoid(model.decode(z.astype(jnp.float32), use_running_average=True))
 
 
 def reconstructions(experiment, params, batch_stats, key, x: jax.Array) -> jax.Array:
-  """[n, num_pixels] decoder means of binary z ~ q(z|x) through the encoder hierarchy (math.md §5)."""
+  """[n, num_pixels] decoder means of binary z ~ q(z|x) through the encoder hierarchy
+  (math.md §5)."""
   model = nnx.merge(experiment.eval_graphdef, params["model"], batch_stats)
   post = posterior.sample_hierarchy(
     key, model, x, 1, posterior.bernoulli_group, use_running_average=True

@@ -190,7 +190,7 @@ class Progress:
     yield
     if self._enabled:
       line = f"{label}: {time.perf_counter() - t0:.1f} s"
-      self._stream.write((f"\r{line}\033[K\n" if self._tty else line + "\n"))
+      self._stream.write(f"\r{line}\033[K\n" if self._tty else line + "\n")
       self._stream.flush()
 
 

@@ -4,7 +4,6 @@ batching."""
 import hashlib
 import io
 import os
-import pathlib
 import sys
 import urllib.error
 import urllib.request

@@ -23,6 +23,7 @@ files), the datasets ``mnist``, ``omniglot`` and ``caltech``, ``arrays`` (the us
 module with a ``Source``, registered in ``registry``.
 """
 
+from dvae_jax.data.arrays import BINARIZATIONS
 from dvae_jax.data.base import (
   IMAGE_SIDE,
   NUM_PIXELS,
@@ -31,7 +32,6 @@ from dvae_jax.data.base import (
   Dataset,
   Source,
 )
-from dvae_jax.data.arrays import BINARIZATIONS
 from dvae_jax.data.batching import batch_indices, binarize, binarize_once, train_batch
 from dvae_jax.data.checks import file_md5, provenance
 from dvae_jax.data.locate import (

@@ -58,7 +58,8 @@ def dataset_forms() -> list[str]:
 
 
 def is_known(name: str) -> bool:
-  """Whether ``name`` is a registered name or of a registered ``PREFIX:`` (its argument unchecked)."""
+  """Whether ``name`` is a registered name or of a registered ``PREFIX:`` (its argument
+  unchecked)."""
   prefix, colon, _ = name.partition(":")
   return name in _SOURCES or bool(colon and prefix in _PREFIXES)
 

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -20,7 +19,7 @@ from PIL import Image
 
 from dvae_jax import data
 from dvae_jax.data import bars_and_stripes
-from experiments import checkpointing, config_lib, restore, scoring, train
+from experiments import checkpointing, config_lib, restore, scoring, train, train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -86,7 +85,7 @@ def check_run(workdir: pathlib.Path, results: dict, dataset: data.Dataset) -> No
   first_in = [s[0] for k, s in shapes.items() if "encoders'][0]" in k and "kernel" in k]
   decoder_out = [s[1] for k, s in shapes.items() if "decoder'].out" in k and "kernel" in k]
   assert first_in[0] == decoder_out == [dataset.num_pixels] or (first_in, decoder_out)
-  images = workdir / train.IMAGES_DIR
+  images = workdir / train_loop.IMAGES_DIR
   if dataset.example_shape == (3, 5):  # not square images: arrays instead of grids
     assert sorted(p.name for p in images.iterdir()) == ["samples_00000002.npz"]
     with np.load(images / "samples_00000002.npz") as f:
@@ -139,7 +138,7 @@ def test_tfds_run_draws_grids_of_its_square_images(tmp_path, monkeypatch):
   ds = data.load_dataset("tfds:own_tiny:binary", folder)
   assert ds.example_shape == (4, 4, 1) and ds.num_pixels == 16
   check_run(tmp_path / "run", results, ds)
-  with Image.open(tmp_path / "run" / train.IMAGES_DIR / "samples_00000002.png") as image:
+  with Image.open(tmp_path / "run" / train_loop.IMAGES_DIR / "samples_00000002.png") as image:
     assert image.size == (2 * 5 + 1, 2 * 5 + 1)  # 2 × 2 cells of 4 × 4 pixels, 1-pixel borders
 
 
@@ -155,7 +154,8 @@ def test_resume_or_restore_on_changed_data_is_refused(tmp_path):
   changed["test"][0, 0, 0] = 1 - changed["test"][0, 0, 0]
   np.savez(path, **changed)
   new_md5 = data.load_dataset(f"file:{path}").identity
-  with pytest.raises(checkpointing.WorkdirConfigError, match=f"dataset_md5: '{md5}' -> '{new_md5}'"):
+  changed = f"dataset_md5: '{md5}' -> '{new_md5}'"
+  with pytest.raises(checkpointing.WorkdirConfigError, match=changed):
     train.train_and_evaluate(config, workdir)
   with pytest.raises(restore.UsageError, match=f"is not the data of this run: .*{new_md5}.*{md5}"):
     restore.restore(workdir)

@@ -15,7 +15,7 @@ from test_train import tiny_config
 
 from dvae_jax import posterior
 from experiments import experiment as experiment_lib
-from experiments import images, restore, train
+from experiments import images, restore, train_loop
 
 NUM = 4  # TINY's num_image_samples: a 2 × 2 grid of samples, 2 originals beside 2 reconstructions
 
@@ -42,7 +42,7 @@ def cells(grid: np.ndarray, num: int, cols: int) -> np.ndarray:
 def test_grids_hold_decoded_means(name, data_dir, tmp_path):
   config = tiny_config(name, data_dir, num_image_samples=NUM)
   experiment, state = experiment_lib.build(config)
-  params, stats = state.params, state.batch_stats
+  params = state.params
   # Away from the initial weights (all decoded means near the pixel means): a random decoder.
   params = jax.tree_util.tree_map_with_path(
     lambda path, v: v + 0.3 * jax.random.normal(jax.random.key(len(str(path))), v.shape)
@@ -67,7 +67,8 @@ def test_the_runs_grids_hold_decoded_means_of_its_saved_model(tiny_run):
   assert run.which == "latest" and run.step == 4
   config = run.experiment.config
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed + 1), 4), 2)
-  assert_grids_hold_decoded_means(run.experiment, run.state, key, workdir / train.IMAGES_DIR, 4)
+  grids = workdir / train_loop.IMAGES_DIR
+  assert_grids_hold_decoded_means(run.experiment, run.state, key, grids, 4)
 
 
 def png(folder, kind: str, step: int) -> np.ndarray:

@@ -300,7 +300,7 @@ def test_host_reads_only_at_the_periodic_actions(seeds, data_dir, tmp_path, monk
 
     return wrapped
 
-  monkeypatch.setattr(train.periodic, "dispatches", recording_dispatches)
+  monkeypatch.setattr(periodic, "dispatches", recording_dispatches)
   monkeypatch.setattr(sharding, "to_host", recording(sharding.to_host))
   monkeypatch.setattr(jax, "device_get", recording(jax.device_get))
   monkeypatch.setattr(jax, "block_until_ready", recording(jax.block_until_ready))

@@ -14,7 +14,16 @@ import pytest
 from PIL import Image
 
 from dvae_jax import objectives
-from experiments import checkpointing, config_lib, guards, metrics, scoring, train, train_step
+from experiments import (
+  checkpointing,
+  config_lib,
+  guards,
+  metrics,
+  scoring,
+  train,
+  train_loop,
+  train_step,
+)
 from experiments import experiment as experiment_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -304,7 +313,7 @@ def test_every_config_trains_evaluates_and_checkpoints(name, overrides, data_dir
   assert checkpointing.Checkpointer(workdir / "checkpoints", 2).all_steps() == [2, 4]
   for step in (2, 4):
     for kind in ("samples", "reconstructions"):
-      with Image.open(workdir / train.IMAGES_DIR / f"{kind}_{step:08d}.png") as image:
+      with Image.open(workdir / train_loop.IMAGES_DIR / f"{kind}_{step:08d}.png") as image:
         assert image.mode == "L" and min(image.size) > 28
   assert list((workdir / metrics.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
 
@@ -640,8 +649,8 @@ def test_resume_accepts_a_key_added_later_only_at_its_default(tmp_path):
   del old["adam_eps_mode"]
   (tmp_path / "config.json").write_text(json.dumps(old))
   # The default 'optax': the same run.
-  checkpointing.check_resumable(tmp_path, config, train.RESUMABLE_DIFFERENCES)
+  checkpointing.check_resumable(tmp_path, config, train_loop.RESUMABLE_DIFFERENCES)
   changed = config.as_configdict()
   changed.adam_eps_mode = "tf1"
   with pytest.raises(checkpointing.WorkdirConfigError, match=r"adam_eps_mode: None -> 'tf1'"):
-    checkpointing.check_resumable(tmp_path, changed, train.RESUMABLE_DIFFERENCES)
+    checkpointing.check_resumable(tmp_path, changed, train_loop.RESUMABLE_DIFFERENCES)
