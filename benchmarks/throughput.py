@@ -1,5 +1,5 @@
-r"""Steps per second of the training runner with fused steps (``steps_per_dispatch`` = S), next to
-the jitted step alone.
+r"""Run-steps per second of the training runner with fused steps (``steps_per_dispatch`` = S) and
+many seeds in one program (``seeds``), next to the jitted step alone and to separate processes.
 
 For each struct, at the CPU protocol's sweep budget (``--protocol``; batch 100, PA 1000 samples):
 
@@ -11,15 +11,21 @@ For each struct, at the CPU protocol's sweep budget (``--protocol``; batch 100, 
              ``--runner_steps`` steps, evaluated only at the end), from its own ``steps_per_second``
              rows (``runner_overhead.runner_seconds_per_step``): the host's work per dispatch and
              the logged steps' training AIS (``train_ais_num_chains``) included
+  runner S × N seeds   the same with ``seeds`` = 0..N−1: N runs in one vmapped program
+             (``--num_seeds``)
+  N processes          N single runs (S = 1) in N processes at once, each on its own seed
+             (``--processes``): the throughput of running seeds side by side instead
 
 The step and the fused programs are timed in alternation (``--block`` steps per call, median of
 ``--repeats``) so they see the same load; the runs follow one another. ``÷ step`` is each row's
 seconds per step over the step's: below 1, fusing saved launch and host time; the runner's excess
-over its fused program is the host's work between dispatches. Every row is one run (``seeds`` 1)
-of ``run_steps_per_second`` = steps/s × runs.
+over its fused program is the host's work between dispatches. ``run_steps_per_second`` = steps/s
+× runs (the runs' training steps per second, all runs together): the number that says how much
+training a machine does.
 
-  python -m benchmarks.throughput [--structs=1-layer-lin] [--sizes=1,10,100] [--config=dvae_sharp]
-    [--k=1] [--runner_steps=2000] [--out_dir=benchmarks/results/throughput]
+  python -m benchmarks.throughput [--structs=1-layer-lin] [--sizes=1,10,100] [--num_seeds=1,2,4]
+    [--processes=2] [--config=dvae_sharp] [--k=1] [--runner_steps=2000]
+    [--out_dir=benchmarks/results/throughput]
 
 Writes ``OUT_DIR/throughput_<platform>.json`` and ``.md`` (a Markdown table). Absolute numbers
 depend on the machine's load: measure on idle cores.
@@ -49,6 +55,8 @@ def _define_flags() -> None:
   define flags of the same names)."""
   flags.DEFINE_list("structs", ["1-layer-lin"], "Structs.")
   flags.DEFINE_list("sizes", ["1", "10", "100"], "Steps per dispatch S to measure.")
+  flags.DEFINE_list("num_seeds", ["1"], "Seeds per program N to measure (runner rows).")
+  flags.DEFINE_list("processes", [], "Numbers of separate single-run processes to measure.")
   flags.DEFINE_string("config", "dvae_sharp", "Named config.")
   flags.DEFINE_integer("k", 1, "Importance samples K.")
   flags.DEFINE_string("protocol", "cpu", "Budget protocol (the sweep budget per struct).")
@@ -126,21 +134,48 @@ def device_variants(config, sizes: list[int], block: int):
   return ["step"] + [f"fused {s}" for s in sizes], fns, first_s
 
 
-def rows_from_seconds(names: list[str], seconds: list[float], first_s: list[float | None]):
-  """Rows of the table from seconds per step (the first is the step's, the reference) and each
-  variant's first block (None for the runs)."""
+def rows_from_seconds(
+  names: list[str],
+  seconds: list[float],
+  first_s: list[float | None],
+  runs: list[int] | None = None,
+):
+  """Rows of the table from seconds per step (the first is the step's, the reference), each
+  variant's first block (None for the runs) and its number of runs trained at once (default 1):
+  ``run_steps_per_second`` = runs / seconds per step."""
+  runs = runs or [1] * len(names)
   return [
     {
       "variant": name,
-      "seeds": 1,
+      "seeds": n,
       "ms_per_step": 1e3 * s,
       "steps_per_second": 1.0 / s,
-      "run_steps_per_second": 1.0 / s,
+      "run_steps_per_second": n / s,
       "vs_step": s / seconds[0],
       "first_block_seconds": c,
     }
-    for name, s, c in zip(names, seconds, first_s, strict=True)
+    for name, s, c, n in zip(names, seconds, first_s, runs, strict=True)
   ]
+
+
+def _process_seconds_per_step(args) -> float:
+  """``runner_overhead.runner_seconds_per_step`` in a process of its own (``processes_seconds``)."""
+  config, num_steps, workdir = args
+  return runner_overhead.runner_seconds_per_step(config, num_steps, pathlib.Path(workdir))
+
+
+def processes_seconds(config, n: int, num_steps: int, tmp: pathlib.Path) -> list[float]:
+  """Seconds per step of each of ``n`` single runs (seeds 0..n−1) trained at once, one process
+  each (spawned: a fresh JAX per process)."""
+  import multiprocessing
+
+  jobs = []
+  for seed in range(n):
+    c = config.copy_and_resolve_references()
+    c.seed, c.steps_per_dispatch = seed, 1
+    jobs.append((c, num_steps, str(tmp / f"process_{seed}")))
+  with multiprocessing.get_context("spawn").Pool(n) as pool:
+    return pool.map(_process_seconds_per_step, jobs)
 
 
 def measure(struct: str, f) -> dict:
@@ -152,15 +187,28 @@ def measure(struct: str, f) -> dict:
   check_sizes(sizes, f.block, f.runner_steps, resolved.log_every)
   names, fns, first_s = device_variants(config, sizes, f.block)
   seconds = [s / f.block for s in timing.interleaved_medians(fns, 1, f.repeats)]
-  for s in sizes:
-    c = config.copy_and_resolve_references()
-    c.steps_per_dispatch = s
+  runs = [1] * len(names)
+  for n in [int(n) for n in f.num_seeds]:
+    for s in sizes:
+      c = config.copy_and_resolve_references()
+      c.steps_per_dispatch = s
+      if n > 1:
+        c.seeds = ",".join(str(seed) for seed in range(n))
+      with tempfile.TemporaryDirectory() as tmp:
+        seconds.append(
+          runner_overhead.runner_seconds_per_step(c, f.runner_steps, pathlib.Path(tmp) / "run")
+        )
+      names.append(f"runner {s}" + (f" × {n} seeds" if n > 1 else ""))
+      first_s.append(None)
+      runs.append(n)
+  for n in [int(n) for n in f.processes]:
     with tempfile.TemporaryDirectory() as tmp:
-      seconds.append(
-        runner_overhead.runner_seconds_per_step(c, f.runner_steps, pathlib.Path(tmp) / "run")
-      )
-    names.append(f"runner {s}")
+      each = processes_seconds(config, n, f.runner_steps, pathlib.Path(tmp))
+    # The row's seconds per step: one run-step of all n at the rate they reached together.
+    seconds.append(n / sum(1.0 / s for s in each))
+    names.append(f"{n} processes")
     first_s.append(None)
+    runs.append(n)
   return {
     "struct": struct,
     "config": f.config,
@@ -176,24 +224,24 @@ def measure(struct: str, f) -> dict:
     "repeats": f.repeats,
     "runner_steps": f.runner_steps,
     "device_peak_mib": train_speed._device_peak_mib(),
-    "rows": rows_from_seconds(names, seconds, first_s),
+    "rows": rows_from_seconds(names, seconds, first_s, runs),
   }
 
 
 def markdown(records: list[dict], device: str) -> str:
   lines = [
     f"Steps/s on {device}; PA with the protocol's samples × sweeps, batch 100 (÷ step: seconds per"
-    " step over the jitted step's).",
+    " step over the jitted step's; run-steps/s: the training steps of all runs together).",
     "",
-    "| struct | K | samples × sweeps | variant | ms/step | steps/s | ÷ step |",
-    "|---|---:|---|---|---:|---:|---:|",
+    "| struct | K | samples × sweeps | variant | ms/step | steps/s | run-steps/s | ÷ step |",
+    "|---|---:|---|---|---:|---:|---:|---:|",
   ]
   for rec in records:
     for r in rec["rows"]:
       lines.append(
         f"| {rec['struct']} | {rec['k']} | {rec['num_prior_samples']} × {rec['num_sweeps']} | "
         f"{r['variant']} | {r['ms_per_step']:.2f} | {r['steps_per_second']:.1f} | "
-        f"{r['vs_step']:.2f} |"
+        f"{r['run_steps_per_second']:.1f} | {r['vs_step']:.2f} |"
       )
   return "\n".join(lines) + "\n"
 

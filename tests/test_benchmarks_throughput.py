@@ -45,7 +45,11 @@ def test_rows_from_known_timings():
     [{"struct": "1-layer-lin", "k": 1, "num_prior_samples": 1000, "num_sweeps": 10, "rows": rows}],
     "cpu:cpu",
   )
-  assert "| 1-layer-lin | 1 | 1000 × 10 | fused 10 | 16.00 | 62.5 | 0.80 |" in table
+  assert "| 1-layer-lin | 1 | 1000 × 10 | fused 10 | 16.00 | 62.5 | 62.5 | 0.80 |" in table
+  # N runs at once: run-steps/s = N / seconds per (program or each process's) step.
+  (row,) = throughput.rows_from_seconds(["runner 1 × 4 seeds"], [0.040], [None], [4])
+  assert row["seeds"] == 4 and row["steps_per_second"] == pytest.approx(25.0, rel=1e-12)
+  assert row["run_steps_per_second"] == pytest.approx(100.0, rel=1e-12)
 
 
 def test_measure_times_each_size_and_runs_the_runner_with_it(monkeypatch):
@@ -53,7 +57,7 @@ def test_measure_times_each_size_and_runs_the_runner_with_it(monkeypatch):
   steps_per_dispatch (stubbed), in that order."""
   fake = types.SimpleNamespace(
     config="dvae_sharp", k=1, protocol="cpu", override=[], sizes=["1", "10"], block=200,
-    repeats=1, runner_steps=2000,
+    repeats=1, runner_steps=2000, num_seeds=["1", "2"], processes=["2"],
   )  # fmt: skip
   monkeypatch.setattr(
     throughput,
@@ -64,16 +68,34 @@ def test_measure_times_each_size_and_runs_the_runner_with_it(monkeypatch):
   runs = []
 
   def runner(config, num_steps, workdir):
-    runs.append((config.steps_per_dispatch, num_steps))
-    return 0.030 if config.steps_per_dispatch == 1 else 0.024
+    runs.append((config.steps_per_dispatch, config.seeds, num_steps))
+    return (0.030 if config.steps_per_dispatch == 1 else 0.024) * (1.5 if config.seeds else 1)
+
+  def processes(config, n, num_steps, tmp):
+    runs.append(("processes", n, num_steps))
+    return [0.050, 0.075]  # each process's seconds per step while they ran together
 
   monkeypatch.setattr(throughput.runner_overhead, "runner_seconds_per_step", runner)
+  monkeypatch.setattr(throughput, "processes_seconds", processes)
   record = throughput.measure("1-layer-lin", fake)
-  assert runs == [(1, 2000), (10, 2000)]
+  assert runs == [
+    (1, None, 2000), (10, None, 2000), (1, "0,1", 2000), (10, "0,1", 2000), ("processes", 2, 2000)
+  ]  # fmt: skip
   assert (record["num_prior_samples"], record["num_sweeps"]) == (1000, 10)  # the cpu protocol
-  got = {r["variant"]: r["ms_per_step"] for r in record["rows"]}
-  want = {"step": 20.0, "fused 1": 22.0, "fused 10": 15.0, "runner 1": 30.0, "runner 10": 24.0}
-  assert got == pytest.approx(want, rel=1e-12)
+  got = {r["variant"]: (r["ms_per_step"], r["run_steps_per_second"]) for r in record["rows"]}
+  want = {
+    "step": (20.0, 50.0),
+    "fused 1": (22.0, 1 / 0.022),
+    "fused 10": (15.0, 1 / 0.015),
+    "runner 1": (30.0, 1 / 0.030),
+    "runner 10": (24.0, 1 / 0.024),
+    "runner 1 × 2 seeds": (45.0, 2 / 0.045),
+    "runner 10 × 2 seeds": (36.0, 2 / 0.036),
+    "2 processes": (60.0, 1 / 0.050 + 1 / 0.075),  # 20 + 13.3 run-steps/s together
+  }
+  assert list(got) == list(want)
+  for name, (ms, rate) in want.items():
+    assert got[name] == (pytest.approx(ms, rel=1e-12), pytest.approx(rate, rel=1e-12)), name
 
 
 def test_throughput_end_to_end(data_dir, tmp_path):
@@ -81,7 +103,7 @@ def test_throughput_end_to_end(data_dir, tmp_path):
     sys.executable, "-m", "benchmarks.throughput", "--sizes=1,2", "--block=4", "--repeats=1",
     "--runner_steps=8", "--override=num_prior_samples=16", "--override=num_sweeps=1",
     "--override=batch_size=8", "--override=log_every=2", "--override=train_ais_num_chains=8",
-    "--override=train_ais_num_temperatures=10", f"--out_dir={tmp_path}",
+    "--override=train_ais_num_temperatures=10", f"--out_dir={tmp_path}", "--num_seeds=1,2",
   ]  # fmt: skip
   env = {
     **os.environ,
@@ -93,6 +115,12 @@ def test_throughput_end_to_end(data_dir, tmp_path):
   (rec,) = record["records"]
   assert (rec["struct"], rec["num_sweeps"], rec["num_prior_samples"]) == ("1-layer-lin", 1, 16)
   rows = {r["variant"]: r for r in rec["rows"]}
-  assert list(rows) == ["step", "fused 1", "fused 2", "runner 1", "runner 2"]
+  assert list(rows) == [
+    "step", "fused 1", "fused 2", "runner 1", "runner 2", "runner 1 × 2 seeds",
+    "runner 2 × 2 seeds",
+  ]  # fmt: skip
+  assert rows["runner 2 × 2 seeds"]["run_steps_per_second"] == pytest.approx(
+    2 * rows["runner 2 × 2 seeds"]["steps_per_second"], rel=1e-12
+  )
   assert min(r["ms_per_step"] for r in rows.values()) > 0
   assert "| runner 2 |" in (tmp_path / "throughput_cpu.md").read_text()
