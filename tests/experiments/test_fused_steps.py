@@ -292,18 +292,18 @@ def test_fused_run_resumes_exactly_after_a_crash_and_after_a_stop_with_another_s
   straight = train.train_and_evaluate(config, tmp_path / "straight")
 
   # A crash in the dispatch of steps 13..16 (data for steps 12..15): the run resumes from step 8.
-  real_slab = train.batching.slab_indices
+  real_slab = batching.slab_indices
 
   def crashing_slab(seed, step, *args):
     if step == 12:
       raise SimulatedCrash
     return real_slab(seed, step, *args)
 
-  monkeypatch.setattr(train.batching, "slab_indices", crashing_slab)
+  monkeypatch.setattr(batching, "slab_indices", crashing_slab)
   with pytest.raises(SimulatedCrash):
     train.train_and_evaluate(config, tmp_path / "crashed")
   assert max(r["step"] for r in metrics.read_metrics(tmp_path / "crashed")) == 12
-  monkeypatch.setattr(train.batching, "slab_indices", real_slab)
+  monkeypatch.setattr(batching, "slab_indices", real_slab)
   crashed = train.train_and_evaluate(config, tmp_path / "crashed")
   _assert_same_run(tmp_path / "straight", straight, tmp_path / "crashed", crashed)
 

@@ -12,6 +12,7 @@ from test_evaluate import run_module
 from test_train import SimulatedCrash, cli_overrides, tiny_config
 
 from dvae_jax import priors
+from dvae_jax.data import batching
 from dvae_jax.graphs import topologies
 from experiments import metrics, restore, train
 
@@ -115,17 +116,17 @@ def test_graph_prior_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
   and its log Z are checkpointed and restored."""
   config = tiny_config("dvae_sharp", data_dir, prior="pegasus")
   straight = train.train_and_evaluate(config, tmp_path / "straight")
-  real_slab = train.batching.slab_indices
+  real_slab = batching.slab_indices
 
   def crashing_slab(seed, step, *args):
     if step == 3:
       raise SimulatedCrash
     return real_slab(seed, step, *args)
 
-  monkeypatch.setattr(train.batching, "slab_indices", crashing_slab)
+  monkeypatch.setattr(batching, "slab_indices", crashing_slab)
   with pytest.raises(SimulatedCrash):
     train.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.setattr(train.batching, "slab_indices", real_slab)
+  monkeypatch.setattr(batching, "slab_indices", real_slab)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
   for key in ("test_nll", "val_nll", "test_log_z"):
     assert resumed[key] == pytest.approx(straight[key], rel=1e-6), key

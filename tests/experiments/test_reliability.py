@@ -23,6 +23,7 @@ from test_train import (
   tiny_config,
 )
 
+from dvae_jax.data import batching
 from experiments import checkpointing, metrics, preemption, train, workdir_lock
 
 
@@ -106,17 +107,17 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(data_dir, tmp_
   config = tiny_config("dvae_sharp", data_dir, num_steps=6, checkpoint_every=2, eval_every=3)
   straight = train.train_and_evaluate(config, tmp_path / "straight")
   workdir = tmp_path / "w"
-  real_slab = train.batching.slab_indices
+  real_slab = batching.slab_indices
 
   def crashing_slab(seed, step, *args):
     if step == 4:  # steps 1..4 done
       raise SimulatedCrash
     return real_slab(seed, step, *args)
 
-  monkeypatch.setattr(train.batching, "slab_indices", crashing_slab)
+  monkeypatch.setattr(batching, "slab_indices", crashing_slab)
   with pytest.raises(SimulatedCrash):
     train.train_and_evaluate(config, workdir)
-  monkeypatch.setattr(train.batching, "slab_indices", real_slab)
+  monkeypatch.setattr(batching, "slab_indices", real_slab)
   damaged = _damage(workdir / "checkpoints" / "4")  # then a disk error hits the latest checkpoint
 
   proc = run_cli(workdir, data_dir, num_steps=6, checkpoint_every=2, eval_every=3)

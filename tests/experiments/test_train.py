@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from dvae_jax import objectives
+from dvae_jax.data import batching
 from experiments import (
   checkpointing,
   config_lib,
@@ -366,18 +367,18 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(
   config = tiny_config("dvae_sharp", data_dir, **overrides)
   straight = train.train_and_evaluate(config, tmp_path / "straight")
 
-  real_slab = train.batching.slab_indices
+  real_slab = batching.slab_indices
 
   def crashing_slab(seed, step, *args):
     if step == 5:  # steps 1..5 done, last checkpoint at 3: steps 4 and 5 are redone
       raise SimulatedCrash
     return real_slab(seed, step, *args)
 
-  monkeypatch.setattr(train.batching, "slab_indices", crashing_slab)
+  monkeypatch.setattr(batching, "slab_indices", crashing_slab)
   with pytest.raises(SimulatedCrash):
     train.train_and_evaluate(config, tmp_path / "resumed")
   assert max(r["step"] for r in metrics.read_metrics(tmp_path / "resumed")) == 5
-  monkeypatch.setattr(train.batching, "slab_indices", real_slab)
+  monkeypatch.setattr(batching, "slab_indices", real_slab)
   resumed = train.train_and_evaluate(config, tmp_path / "resumed")
 
   assert_rows_close(
