@@ -92,6 +92,6 @@ def not_found_message(
   where = "\n".join(f"  - {path} ({why})" for path, why in searched)
   return (
     f"dataset {name!r} not found; looked for {' or '.join(files)} in:\n{where}\n"
-    f"({reason}). Provide {how_to_provide} in a folder and point to it with "
-    f"--data_dir=FOLDER or ${DATA_DIR_ENV}=FOLDER (or put it in {cache_dir()})."
+    f"({reason}). Put the files in a folder and point to it with --data_dir=FOLDER or "
+    f"${DATA_DIR_ENV}=FOLDER (or put them in {cache_dir()}). The files: {how_to_provide}."
   )
