@@ -26,6 +26,8 @@ from experiments.train_loop import Programs, TrainLoop
 
 
 def run(config, workdir: pathlib.Path, dirs: list[pathlib.Path]) -> dict[int, dict]:
+  """Trains (or resumes) the seeds' runs of ``config`` into ``dirs`` (one folder per seed, in the
+  order of ``config.seeds``; the caller holds their locks) and returns ``{seed: results}``."""
   wall_start = time.time()
   if (workdir / "config.json").exists():
     raise checkpointing.WorkdirConfigError(
