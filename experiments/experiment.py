@@ -10,7 +10,7 @@ Two levels, so that a reader of a trained run builds only what it needs:
 
 The keys of a run come from ``config.seed`` alone: ``split(key(seed), 3)`` gives the model's
 initialisation key, the training key and the sampler's key. :func:`build_seeds` builds the runs of
-a config's ``seeds`` (one program training them all, ``experiments.train``): each exactly the run
+a config's ``seeds`` (one program training them all, ``experiments.seeds``): each exactly the run
 that ``build`` gives for its seed, and :func:`stack_states` stacks their states along a leading
 seed axis (:func:`seed_stacked`: that axis is never split over devices).
 """
