@@ -16,8 +16,6 @@ stated tolerance is the bound.
 
 import json
 import math
-import subprocess
-import sys
 
 import hypothesis
 import hypothesis.strategies as st
@@ -26,13 +24,11 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 from test_train import (
-  REPO,
   STDERR_KEYS,
   TIMING_KEYS,
   SimulatedCrash,
   assert_rows_close,
-  cli_overrides,
-  subprocess_env,
+  run_cli,
   tiny_config,
 )
 
@@ -324,18 +320,7 @@ def test_fused_steps_on_four_devices_give_the_one_device_run(data_dir, tmp_path)
   S = 1; float32 sums over a batch split 4 ways round differently: rtol 2e-5, as for S = 1."""
   overrides = {"dataset": "omniglot", "log_every": 2, "log_z_refresh_every": 2}
   one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
-  command = [
-    sys.executable,
-    "-m",
-    "experiments.run",
-    "--config=dvae_sharp",
-    f"--workdir={tmp_path / 'four'}",
-    f"--data_dir={data_dir}",
-    *cli_overrides(steps_per_dispatch=2, **overrides),
-  ]
-  proc = subprocess.run(
-    command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True, timeout=600
-  )
+  proc = run_cli(tmp_path / "four", data_dir, num_devices=4, steps_per_dispatch=2, **overrides)
   assert proc.returncode == 0, proc.stderr[-3000:]
   four = json.loads((tmp_path / "four" / "results.json").read_text())
   assert four["num_devices"] == 4 and four["config"]["steps_per_dispatch"] == 2

@@ -23,6 +23,7 @@ from test_train import (
   TIMING_KEYS,
   assert_rows_close,
   cli_overrides,
+  run_cli,
   subprocess_env,
   tiny_config,
 )
@@ -325,18 +326,7 @@ def test_program_on_four_devices_gives_the_one_device_program(data_dir, tmp_path
   (test_fused_steps.py)."""
   overrides = {"dataset": "omniglot", "log_every": 2, "log_z_refresh_every": 2, "seeds": "0,1"}
   one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
-  command = [
-    sys.executable,
-    "-m",
-    "experiments.run",
-    "--config=dvae_sharp",
-    f"--workdir={tmp_path / 'four'}",
-    f"--data_dir={data_dir}",
-    *cli_overrides(steps_per_dispatch=2, **overrides),
-  ]
-  proc = subprocess.run(
-    command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True, timeout=600
-  )
+  proc = run_cli(tmp_path / "four", data_dir, num_devices=4, steps_per_dispatch=2, **overrides)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for seed in (0, 1):
     four = json.loads((tmp_path / "four" / f"seed_{seed}" / "results.json").read_text())

@@ -17,30 +17,13 @@ import pytest
 from test_train import (
   REPO,
   assert_rows_close,
-  cli_overrides,
+  run_cli,
   run_two_processes,
-  subprocess_env,
   tiny_config,
 )
 
 from dvae_jax.data import batching
 from experiments import checkpointing, metrics, preemption, train, workdir_lock
-
-
-def run_cli(workdir, data_dir, *extra, config="dvae_sharp", **overrides):
-  command = [
-    sys.executable,
-    "-m",
-    "experiments.run",
-    f"--config={config}",
-    f"--workdir={workdir}",
-    f"--data_dir={data_dir}",
-    *cli_overrides(**overrides),
-    *extra,
-  ]
-  return subprocess.run(
-    command, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True, timeout=600
-  )
 
 
 def error_paragraph(proc) -> str:

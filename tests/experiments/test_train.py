@@ -86,6 +86,24 @@ def subprocess_env(num_devices=1, **extra):
   return env
 
 
+def run_cli(workdir, data_dir, *extra, config="dvae_sharp", num_devices=1, **overrides):
+  """``python -m experiments.run`` of ``tiny_config``'s run with ``overrides`` in a subprocess on
+  ``num_devices`` forced host devices (XLA_FLAGS must precede jax's import)."""
+  command = [
+    sys.executable,
+    "-m",
+    "experiments.run",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--data_dir={data_dir}",
+    *cli_overrides(**overrides),
+    *extra,
+  ]
+  return subprocess.run(
+    command, cwd=REPO, env=subprocess_env(num_devices), capture_output=True, text=True, timeout=600
+  )
+
+
 def without_timing(rows):
   return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
@@ -454,18 +472,7 @@ def test_one_and_four_devices_give_the_same_run(data_dir, tmp_path):
   assert jax.device_count() == 1
   overrides = {"dataset": "omniglot"}
   one = train.train_and_evaluate(tiny_config("dvae_sharp", data_dir, **overrides), tmp_path / "one")
-  command = [
-    sys.executable,
-    "-m",
-    "experiments.run",
-    "--config=dvae_sharp",
-    f"--workdir={tmp_path / 'four'}",
-    f"--data_dir={data_dir}",
-    *cli_overrides(**overrides),
-  ]
-  proc = subprocess.run(
-    command, cwd=REPO, env=subprocess_env(4), capture_output=True, text=True, timeout=600
-  )
+  proc = run_cli(tmp_path / "four", data_dir, num_devices=4, **overrides)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "test NLL" in proc.stdout and "4 device(s)" in proc.stdout
   four = json.loads((tmp_path / "four" / "results.json").read_text())
