@@ -8,15 +8,18 @@ best-validation checkpoint, PA 1000 × 40 sweeps), each training its seeds (``--
 program through ``benchmarks.table1``: ``WORK/programs/<config>__<struct>__k5/seed_N`` link to the
 run folders ``WORK/runs/<config>__<struct>__k5__s<N>``.
 
-  # first invocation, and every later one on a machine that keeps the repository's folder:
+  # in place: the campaign folder benchmarks/results/gpu_campaign (created by the first one)
   python -m benchmarks.gpu_campaign --budget_s=480
-  # on a machine that hands back only an output folder: continue the committed campaign, write
-  # what changed into FOLDER, then merge FOLDER into the committed campaign and commit it
+  # on a machine that hands back only an output folder: continue the committed campaign (a new one
+  # if that folder does not exist yet), write what changed into FOLDER; then, where the
+  # repository is, merge FOLDER into the committed campaign and commit it
   python -m benchmarks.gpu_campaign --budget_s=480 \
       --resume_from=benchmarks/results/gpu_campaign --out=FOLDER
   python -m benchmarks.gpu_campaign merge FOLDER benchmarks/results/gpu_campaign
 
-(``python -m benchmarks.gpu_check --campaign`` runs the same.) Each invocation:
+(``python -m benchmarks.gpu_check --campaign`` runs the same.) Each invocation normally ends
+within ``--budget_s``; a stop that waits for an evaluation in progress can add up to
+``--stop_grace_s`` less ``--reserve_s``. It:
 
 1. restores the campaign from ``--resume_from`` (default ``--out``): its ``campaign.json`` and the
    archives that lists, unpacked into the work folder ``--work`` (not committed);
@@ -52,9 +55,16 @@ run folders ``WORK/runs/<config>__<struct>__k5__s<N>``.
 finished programs are removed. Otherwise ``--out`` holds only what the invocation changed (its
 summary, the archives it rewrote, the new records), small enough for the output limits; ``merge``
 copies it over the committed campaign, removes archives the new summary no longer lists, and
-refuses (changing nothing) if an archive the summary lists would be missing. A resume refuses a
-folder whose archives of one program hold different steps (the set written together did not all
-arrive) or miss an archive its summary lists.
+refuses (changing nothing) if an archive the summary lists would be missing or if the output
+does not continue that campaign (its invocations do not begin with the campaign's). A program whose
+archives miss one its summary lists, or hold different steps (the set written together did not all
+arrive), is left out with an error in the summary's ``refused`` (the others go on).
+
+The output limits' defaults (8 files, 60 MiB) fit one program per invocation: a 1-layer-lin
+program of 4 seeds packs to ≈ 19 MiB at its start and ≈ 25 MiB near 1M steps (per seed ≈ 3.7 MB
+newest and ≈ 1.2 MB best checkpoint, which hardly compress, and metrics of ≈ 1.5 MB compressed at
+1M steps), a 1-layer-nonlin one to ≈ 28–34 MiB (5.5 MB newest checkpoints). Where more may be
+written, ``--max_out_files=0 --max_out_mib=0`` advances every program.
 """
 
 from __future__ import annotations
@@ -293,9 +303,9 @@ def program_step(work: pathlib.Path, program: Program) -> int:
   return 0 if None in steps else min(steps)
 
 
-def restore(program: Program, state: dict, resume: pathlib.Path, work: pathlib.Path) -> int:
-  """Unpacks the program's archives listed in ``state`` from ``resume`` into ``work`` (a run folder
-  already holding a checkpoint as new is kept) and returns the step it resumes from.
+def check_archives(program: Program, state: dict, resume: pathlib.Path) -> int:
+  """The step of the program's archives listed in ``state`` (in ``resume``); ``state``'s step when
+  it lists none.
 
   Raises:
     CampaignError: an archive is missing, or the archives hold different steps.
@@ -315,10 +325,21 @@ def restore(program: Program, state: dict, resume: pathlib.Path, work: pathlib.P
       f"the archives of {program.name} in {resume} hold different steps ({found}): they were not "
       "written together, and its seeds resume only together; restore the set one invocation wrote"
     )
-  for n in names:
-    pending_runs.unpack_archive(resume / f"{n}.tar.gz", work)
+  return next(iter(steps.values())) if steps else state["step"]
+
+
+def restore(program: Program, state: dict, resume: pathlib.Path, work: pathlib.Path) -> int:
+  """Unpacks the program's archives listed in ``state`` from ``resume`` into ``work`` (a run folder
+  already holding a checkpoint as new is kept) and returns the step it resumes from.
+
+  Raises:
+    CampaignError: as ``check_archives``.
+  """
+  check_archives(program, state, resume)
+  for name in state["archives"]:
+    pending_runs.unpack_archive(resume / f"{name}.tar.gz", work)
   step = program_step(work, program)
-  if names and step != state["step"]:
+  if state["archives"] and step != state["step"]:
     print(f"note: {program.name} resumes from step {step} ({SUMMARY} says {state['step']})")
   return step
 
@@ -611,13 +632,27 @@ def run_campaign(f) -> dict:
   programs = [
     Program(config, struct, f.k, tuple(seeds)) for struct in f.structs for config in f.configs
   ]
-  pending = []
+  pending, refused = [], {}
   for program in programs:
     state = program_state(summary, program)
-    if not state["finished"]:
-      state["step"] = restore(program, state, resume, work)
-      known = sum(a["bytes"] for a in state["archives"].values()) or None
-      pending.append((program.name, state["step"], known))
+    if state["finished"]:
+      continue
+    try:  # a program whose archives cannot resume is left out, the others go on
+      step = check_archives(program, state, resume)
+    except CampaignError as err:
+      print(f"error: {err}", flush=True)
+      refused[program.name] = str(err)
+      continue
+    known = sum(a["bytes"] for a in state["archives"].values()) or None
+    pending.append((program.name, step, known))
+  if refused and not pending:
+    raise CampaignError("no program can resume (see above)")
+  out.mkdir(parents=True, exist_ok=True)
+  if not pending:
+    probe.kill()
+    print("every program of the campaign has finished")
+    _write_json(out / SUMMARY, summary)
+    return summary
   chosen = select_programs(
     pending,
     max_files=f.max_out_files,
@@ -639,13 +674,14 @@ def run_campaign(f) -> dict:
     "overrides": list(f.override),
     "programs": [],
     "not_advanced": [name for name, _, _ in pending if name not in chosen],
+    "refused": refused,
   }
   summary["invocations"].append(invocation)
-  out.mkdir(parents=True, exist_ok=True)
   by_name = {p.name: p for p in programs}
   with StopRequest() as stop:
     for i, name in enumerate(chosen):
       program, state = by_name[name], summary["programs"][name]
+      state["step"] = restore(program, state, resume, work)
       left = f.budget_s - f.reserve_s - (time.monotonic() - start)
       share = share_seconds(left, len(chosen) - i)
       if stop.requested or share < f.min_share_s:
