@@ -110,7 +110,7 @@ _PROBE = "import jax; d = jax.devices(); print(f'{d[0].platform}:{d[0].device_ki
 
 
 class CampaignError(Exception):
-  """The campaign folder or the settings do not allow the invocation; nothing was trained."""
+  """The campaign folder, an output to merge or the settings do not allow what was asked."""
 
 
 def define_flags(shared: bool = True) -> None:
@@ -519,6 +519,8 @@ def run_program(
       if _wait(proc, min(1.0, share_s - (time.monotonic() - t0))):
         return "ended", time.monotonic() - t0
     outcome = stop_program(proc, work / "programs" / program.name / "lock", f.stop_grace_s)
+    after = " after a checkpoint (table1 shows the runner's exit 75)" * (outcome == "stopped")
+    print(f"{program.name}: {outcome} at its share's end{after}", flush=True)
   except BaseException:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
