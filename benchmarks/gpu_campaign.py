@@ -466,21 +466,32 @@ def stop_program(proc: subprocess.Popen, lock: pathlib.Path, grace_s: float) -> 
   if pid is None:
     if proc.poll() is not None:
       return "ended"
-    os.killpg(proc.pid, signal.SIGKILL)  # no training process took the lock within the grace
-    proc.wait()
+    _kill_group(proc)  # no training process took the lock within the grace
     return "killed before training"
-  os.kill(pid, signal.SIGTERM)
+  _signal(pid, signal.SIGTERM)
   if _wait(proc, deadline - time.monotonic()):
     return "stopped"
   print(f"not stopped within {grace_s:.0f} s: aborting (its last checkpoint is kept)", flush=True)
+  _signal(pid, signal.SIGTERM)
+  if not _wait(proc, 60):
+    _kill_group(proc)
+  return "aborted"
+
+
+def _signal(pid: int, signum: int) -> None:
   try:
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signum)
+  except ProcessLookupError:
+    pass  # it has ended meanwhile
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+  """Kills ``proc`` and what it started (its own process group) and waits for it."""
+  try:
+    os.killpg(proc.pid, signal.SIGKILL)
   except ProcessLookupError:
     pass
-  if not _wait(proc, 60):
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-  return "aborted"
+  proc.wait()
 
 
 def table1_command(program: Program, f, work: pathlib.Path, report_only: bool = False) -> list:
@@ -522,9 +533,7 @@ def run_program(
     after = " after a checkpoint (table1 shows the runner's exit 75)" * (outcome == "stopped")
     print(f"{program.name}: {outcome} at its share's end{after}", flush=True)
   except BaseException:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-      proc.wait()
+    _kill_group(proc)
     raise
   return outcome, time.monotonic() - t0
 

@@ -313,3 +313,45 @@ def test_campaign_stops_at_its_budget_and_a_later_invocation_finishes_it_exactly
     assert record["results"]["test_nll"] == alone["results"]["test_nll"] == state["test_nll"][run]
     assert record["learning_curve"] == alone["learning_curve"]
     assert _rows(tmp_path / "w2" / "runs" / run) == _rows(tmp_path / "straight_work" / "runs" / run)
+
+
+# A stand-in for benchmarks.table1 and its runner: the parent waits for a child that takes the lock
+# (naming itself, as experiments.workdir_lock does) and, on each SIGTERM, counts it; it exits 75 at
+# the first when told to "stop", at the second when told to "linger" (an evaluation in progress).
+FAKE_PROGRAM = r"""
+import json, os, signal, subprocess, sys, time
+mode, lock = sys.argv[1], sys.argv[2]
+if mode != "child":
+  sys.exit(subprocess.call([sys.executable, __file__, "child", lock, mode]))
+behaviour = sys.argv[3]
+if behaviour == "no lock":
+  time.sleep(60)
+got = []
+signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+open(lock, "w").write(json.dumps({"pid": os.getpid()}))
+while len(got) < (1 if behaviour == "stop" else 2):
+  time.sleep(0.05)
+print("terms", len(got), flush=True)
+sys.exit(75)
+"""
+
+
+@pytest.mark.parametrize(
+  "behaviour, grace, outcome",
+  [("stop", 30, "stopped"), ("linger", 1, "aborted"), ("no lock", 1, "killed before training")],
+)
+def test_stop_reaches_the_training_process_by_its_lock(tmp_path, behaviour, grace, outcome):
+  lock, script = tmp_path / "lock", tmp_path / "program.py"
+  script.write_text(FAKE_PROGRAM)
+  proc = subprocess.Popen(
+    [sys.executable, str(script), behaviour, str(lock)],
+    start_new_session=True,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert gpu_campaign.stop_program(proc, lock, grace) == outcome
+  output = proc.stdout.read()
+  if behaviour == "no lock":
+    assert proc.returncode != 0 and output == ""  # killed, with its child (its process group)
+  else:
+    assert proc.returncode == 75 and output == f"terms {1 if behaviour == 'stop' else 2}\n"
