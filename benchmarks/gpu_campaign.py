@@ -600,15 +600,14 @@ def settle(program: Program, state: dict, f, work: pathlib.Path, out: pathlib.Pa
 
 
 def main(argv):
-  if len(argv) == 4 and argv[1] == "merge":
-    for name in merge(pathlib.Path(argv[2]), pathlib.Path(argv[3])):
-      print(f"merged {name}")
-    return
-  if len(argv) > 1:
+  if len(argv) > 1 and not (len(argv) == 4 and argv[1] == "merge"):
     raise app.UsageError("usage: python -m benchmarks.gpu_campaign [--flags] | merge SRC DEST")
-  f = flags.FLAGS
   try:
-    run_campaign(f)
+    if len(argv) == 4:
+      for name in merge(pathlib.Path(argv[2]), pathlib.Path(argv[3])):
+        print(f"merged {name}")
+    else:
+      run_campaign(flags.FLAGS)
   except CampaignError as err:
     sys.exit(f"error: {err}")
 

@@ -184,7 +184,7 @@ def run_rates(
     path = table1_out / "runs" / f"{config}__{struct}__k5__s{seeds[0]}" / "metrics.jsonl"
     if path.exists():
       rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-      rate = gpu_campaign.steady_rate(rows, 0, max(row["step"] for row in rows))
+      rate = gpu_campaign.steady_rate(rows, 0, max((row["step"] for row in rows), default=0))
       if rate is not None:
         rates[config] = len(seeds) * rate
   return rates
