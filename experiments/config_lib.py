@@ -8,9 +8,10 @@ the protocol) and refuses unknown or invalid values with a message that lists th
 
 from __future__ import annotations
 
+import math
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ml_collections import config_dict
 
@@ -143,7 +144,6 @@ _MINIMUM = {
   "num_image_samples": 1,
   "seed": 0,
   "guard_grad_norm_steps": 1,
-  "steps_per_dispatch": 1,
 }
 _POSITIVE = (
   "learning_rate",
@@ -230,6 +230,8 @@ def resolve_config(
 
   β: None or -1 → ``BETA_TABLE[dataset][struct][method]``.
   Budget keys: None → ``PROTOCOLS[protocol]`` (per struct where it is a dict: ``num_sweeps``).
+  ``steps_per_dispatch``: 0 (auto) → the largest S <= ``PREFERRED_STEPS_PER_DISPATCH`` of
+  ``jax.default_backend()`` that divides every nonzero cadence (``auto_steps_per_dispatch``).
   ``data_dir`` (the ``--data_dir`` flag) replaces ``config.data_dir`` when given.
 
   Returns:
@@ -276,7 +278,7 @@ def resolve_config(
       f"invalid sampler_diagnostic_replicas {c.sampler_diagnostic_replicas}: must be a multiple of "
       f"{samplers.diagnostics.NUM_GROUPS} (0 = off)"
     )
-  _check_dispatch_cadences(c)
+  _resolve_steps_per_dispatch(c)
   _resolve_seeds(c)
   _resolve_topology(c)
   if (c.sampler == "dimod") != bool(c.dimod_sampler):
@@ -329,11 +331,52 @@ def with_data_identity(config, dataset: data.Dataset) -> config_dict.FrozenConfi
 # The periods of the work done between train dispatches (0: never), which must fall on their ends.
 DISPATCH_CADENCES = ("log_every", "eval_every", "checkpoint_every", "log_z_refresh_every")
 
+# The fused steps per dispatch that steps_per_dispatch = 0 (auto, the default) aims for, by
+# jax.default_backend(); a backend not listed gets 1. cpu: 10, measured by benchmarks.throughput
+# (1-layer-lin, idle 2-core CPU; benchmarks/results/throughput/throughput_cpu.md): the runner trains
+# 38.7 steps/s at S = 1 and 44.1 at S = 10, near the jitted step alone (45.6), and the run is the
+# same bit for bit. gpu / tpu: 100, not measured yet; an accelerator at these model sizes is bound
+# by launching kernels, which is what fusing steps saves (benchmarks.throughput /
+# benchmarks.gpu_check on the device is how to confirm or replace this value).
+PREFERRED_STEPS_PER_DISPATCH = {"cpu": 10, "gpu": 100, "tpu": 100}
 
-def _check_dispatch_cadences(c: config_dict.ConfigDict) -> None:
-  """Refuses a period of ``DISPATCH_CADENCES`` that ``steps_per_dispatch`` does not divide: the
-  runner acts only between dispatches of S steps (rounding would silently move a user's cadence)."""
+# What a config.json lacking a key means, for the keys whose default has changed since runs were
+# first written: a run from before steps_per_dispatch existed ran one step per dispatch.
+UNRECORDED_KEYS = {"steps_per_dispatch": 1}
+
+
+def auto_steps_per_dispatch(cadences: Iterable[int], preferred: int) -> int:
+  """The largest S <= ``preferred`` that divides every nonzero cadence (``preferred`` when all are
+  0): the fused steps that keep each period on a dispatch's end without moving it.
+
+  Args:
+    cadences: periods in steps (0: never), each >= 0.
+    preferred: the backend's preferred S, >= 1.
+  """
+  period = math.gcd(*cadences)  # 0 when every cadence is 0 (or none is given)
+  if not period:
+    return preferred
+  return max(d for d in range(1, min(preferred, period) + 1) if period % d == 0)
+
+
+def _resolve_steps_per_dispatch(c: config_dict.ConfigDict) -> None:
+  """Fills ``steps_per_dispatch`` = 0 (auto) with ``auto_steps_per_dispatch`` of the cadences and
+  the backend's ``PREFERRED_STEPS_PER_DISPATCH``; refuses an explicit S that does not divide a
+  period of ``DISPATCH_CADENCES``: the runner acts only between dispatches of S steps (rounding
+  would silently move a user's cadence)."""
   s = c.steps_per_dispatch
+  if not isinstance(s, int) or s < 0:
+    raise ConfigError(
+      f"invalid steps_per_dispatch {s!r}: must be an integer >= 1 (train steps per dispatch), or 0 "
+      "(the default) for the largest S up to the backend's preferred value that divides every "
+      f"cadence ({', '.join(DISPATCH_CADENCES)})"
+    )
+  if s == 0:
+    import jax
+
+    preferred = PREFERRED_STEPS_PER_DISPATCH.get(jax.default_backend(), 1)
+    c.steps_per_dispatch = auto_steps_per_dispatch((c[key] for key in DISPATCH_CADENCES), preferred)
+    return
   bad = [key for key in DISPATCH_CADENCES if c[key] % s]
   if bad:
     raise ConfigError(
@@ -343,6 +386,7 @@ def _check_dispatch_cadences(c: config_dict.ConfigDict) -> None:
         f"{key}={c[key]} is not a multiple (nearest: {_nearest_multiples(c[key], s)})"
         for key in bad
       )
+      + "; or leave steps_per_dispatch at 0 (auto) for the largest S that divides them all"
     )
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from ml_collections import config_dict
 
-from experiments import checkpointing
+from experiments import checkpointing, config_lib
 from experiments import experiment as experiment_lib
 from experiments.cli import UsageError, check_minimum, start_command  # noqa: F401 (the CLIs' names)
 
@@ -61,10 +61,14 @@ def run_config(workdir: str | os.PathLike, **overrides) -> config_dict.ConfigDic
       "point --workdir to the folder given to python -m experiments.run"
     )
   # A run written before a key existed reads that key's default: every key added since defaults
-  # to the behaviour runs had before it (e.g. binarization, steps_per_dispatch, dataset_md5).
+  # to the behaviour runs had before it (e.g. binarization, dataset_md5), or, where the default
+  # has changed since, to config_lib.UNRECORDED_KEYS (steps_per_dispatch: 1).
   from experiments.configs import base
 
-  config = config_dict.ConfigDict({**base.get_config().to_dict(), **json.loads(path.read_text())})
+  recorded = json.loads(path.read_text())
+  config = config_dict.ConfigDict(
+    {**base.get_config().to_dict(), **config_lib.UNRECORDED_KEYS, **recorded}
+  )
   for key, value in overrides.items():
     if value is not None:
       config[key] = value

@@ -9,6 +9,8 @@ Keys left at ``None`` are filled in by ``experiments.config_lib.resolve_config``
   ``ais_num_temperatures``, ``checkpoint_every``): from the chosen ``protocol``, ``'cpu'`` (the
   default: a short run that finishes on a laptop CPU) or ``'paper'`` (math.md §6's full protocol).
 
+``steps_per_dispatch`` = 0 (auto) is resolved there too, from the backend and the cadences.
+
 Any key given on the command line (``--config.KEY=VALUE``) wins over both.
 """
 
@@ -57,8 +59,10 @@ def get_config() -> config_dict.ConfigDict:
   # Train steps per dispatch S (experiments.train_step.make_fused_steps): S steps in one jitted
   # lax.scan over S batches gathered on the device; the same run as S = 1 (bitwise on CPU). Logs,
   # evaluations, checkpoints and log Z refreshes happen between dispatches: log_every, eval_every,
-  # checkpoint_every and log_z_refresh_every must be multiples of S.
-  c.steps_per_dispatch = 1
+  # checkpoint_every and log_z_refresh_every must be multiples of S. 0 (auto): the largest S up to
+  # the backend's preferred value (config_lib.PREFERRED_STEPS_PER_DISPATCH: cpu 10, gpu/tpu 100)
+  # that divides every nonzero cadence (1 when log_every = 1); config.json records the S chosen.
+  c.steps_per_dispatch = 0
 
   # Prior sampler (math.md §3).
   c.sampler = "pa"  # pa | pcd | dimod (each step's states drawn by a dimod sampler on the host)

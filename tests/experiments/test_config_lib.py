@@ -1,5 +1,8 @@
 """Tests of experiments/config_lib.py and experiments/configs: names, overrides, β, refusals."""
 
+import hypothesis
+import hypothesis.strategies as st
+import jax
 import pytest
 from ml_collections import config_dict
 
@@ -210,3 +213,108 @@ def test_bad_graph_priors_are_refused_by_name(overrides, message):
   config.update(overrides)
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.resolve_config(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# steps_per_dispatch = 0 (auto): the largest S <= the backend's preferred value that divides every
+# nonzero cadence.
+
+
+def _brute_force_auto(cadences, preferred):
+  """The largest S in 1..preferred that divides every nonzero cadence, by trying each S."""
+  return max(s for s in range(1, preferred + 1) if all(c % s == 0 for c in cadences if c))
+
+
+@hypothesis.settings(deadline=None, max_examples=300)
+@hypothesis.given(
+  cadences=st.lists(
+    st.one_of(st.just(0), st.integers(1, 5000), st.sampled_from([100, 250, 2500, 5000, 20_000])),
+    min_size=len(config_lib.DISPATCH_CADENCES),
+    max_size=len(config_lib.DISPATCH_CADENCES),
+  ),
+  preferred=st.integers(1, 150),
+)
+def test_auto_steps_per_dispatch_is_the_largest_divisor_up_to_the_preferred(cadences, preferred):
+  auto = config_lib.auto_steps_per_dispatch(cadences, preferred)
+  assert auto == _brute_force_auto(cadences, preferred)
+  assert 1 <= auto <= preferred
+  assert all(c % auto == 0 for c in cadences)  # 0 % S == 0: a cadence of 0 (never) takes any S
+
+
+def test_auto_steps_per_dispatch_examples():
+  assert config_lib.auto_steps_per_dispatch([0, 0, 0, 0], 10) == 10  # nothing to land on
+  assert config_lib.auto_steps_per_dispatch([], 100) == 100
+  assert config_lib.auto_steps_per_dispatch([100, 5000, 2500, 0], 10) == 10  # the cpu protocol
+  assert config_lib.auto_steps_per_dispatch([100, 5000, 2500, 0], 100) == 100
+  assert config_lib.auto_steps_per_dispatch([100, 5000, 2500, 50], 100) == 50
+  assert config_lib.auto_steps_per_dispatch([1, 2, 2, 1], 10) == 1  # log_every = 1: as S = 1
+  assert config_lib.auto_steps_per_dispatch([12, 0, 18, 0], 10) == 6
+  assert config_lib.auto_steps_per_dispatch([7, 7, 7, 7], 10) == 7
+  assert config_lib.auto_steps_per_dispatch([13, 26, 0, 0], 10) == 1  # a prime above preferred
+
+
+def _resolved(**overrides):
+  config = config_lib.load_config("dvae_sharp")
+  config.update(overrides)
+  return config_lib.resolve_config(config)
+
+
+def test_auto_steps_per_dispatch_by_backend(monkeypatch):
+  """The default resolves from ``jax.default_backend()`` and the cadences; a backend without a
+  preferred value gets 1."""
+  assert config_lib.load_config("dvae_sharp").steps_per_dispatch == 0  # the default is auto
+  assert config_lib.PREFERRED_STEPS_PER_DISPATCH == {"cpu": 10, "gpu": 100, "tpu": 100}
+  # Default cadences: log 100, eval 5000, checkpoint 2500, no log Z refresh; paper: 100, 20k, 20k.
+  for backend, s in (("cpu", 10), ("gpu", 100), ("tpu", 100), ("other", 1)):
+    monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+    assert _resolved().steps_per_dispatch == s
+    assert _resolved(protocol="paper").steps_per_dispatch == s
+    assert _resolved(log_z_refresh_every=30).steps_per_dispatch == min(s, 10)
+    assert _resolved(log_every=1).steps_per_dispatch == 1  # exactly today's one step per dispatch
+    assert _resolved(log_every=7, eval_every=70, checkpoint_every=35).steps_per_dispatch == min(
+      s, 7
+    )
+
+
+@hypothesis.settings(deadline=None, max_examples=60)
+@hypothesis.given(
+  log_every=st.integers(1, 400),
+  eval_every=st.integers(1, 6000),
+  checkpoint_every=st.integers(1, 6000),
+  log_z_refresh_every=st.integers(0, 400),
+)
+def test_auto_never_moves_a_cadence_and_never_reaches_the_runner_as_zero(
+  log_every, eval_every, checkpoint_every, log_z_refresh_every
+):
+  cadences = dict(
+    log_every=log_every,
+    eval_every=eval_every,
+    checkpoint_every=checkpoint_every,
+    log_z_refresh_every=log_z_refresh_every,
+  )
+  c = _resolved(**cadences)
+  preferred = config_lib.PREFERRED_STEPS_PER_DISPATCH.get(jax.default_backend(), 1)
+  assert c.steps_per_dispatch == _brute_force_auto(cadences.values(), preferred) >= 1
+  assert {key: c[key] for key in cadences} == cadences  # the user's cadences, unmoved
+  # The resolved config resolves to itself: S is now explicit and divides every cadence.
+  assert config_lib.resolve_config(c).steps_per_dispatch == c.steps_per_dispatch
+
+
+def test_explicit_steps_per_dispatch_is_kept_or_refused():
+  for s in (1, 2, 4, 5, 10, 20, 50, 100):  # divisors of the cpu protocol's cadences, kept as given
+    assert _resolved(steps_per_dispatch=s).steps_per_dispatch == s
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r"steps_per_dispatch=30 must divide every cadence.*log_every=100 is not a multiple "
+    r"\(nearest: 90 or 120\).*or leave steps_per_dispatch at 0 \(auto\)",
+  ):
+    _resolved(steps_per_dispatch=30)
+
+
+@pytest.mark.parametrize("value", [-1, -10])
+def test_negative_steps_per_dispatch_is_refused(value):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=rf"invalid steps_per_dispatch {value}: must be an integer >= 1 .*or 0 \(the default\)",
+  ):
+    _resolved(steps_per_dispatch=value)

@@ -19,6 +19,7 @@ import math
 
 import hypothesis
 import hypothesis.strategies as st
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -131,8 +132,17 @@ def test_cadences_must_be_multiples_of_steps_per_dispatch():
   with pytest.raises(config_lib.ConfigError, match=r"log_every=5 .*\(nearest: 20\)"):
     _resolved(steps_per_dispatch=20, log_every=5)
   assert _resolved(steps_per_dispatch=20, log_every=20, log_z_refresh_every=0).log_every == 20
-  with pytest.raises(config_lib.ConfigError, match="steps_per_dispatch"):
-    _resolved(steps_per_dispatch=0)
+  with pytest.raises(config_lib.ConfigError, match="invalid steps_per_dispatch -1"):
+    _resolved(steps_per_dispatch=-1)
+
+
+def test_the_default_is_ten_fused_steps_on_this_cpu():
+  """The default (0, auto) on the CPU the tests run on: the cpu protocol's cadences (log 100, eval
+  5000, checkpoint 2500) take the CPU's preferred S = 10 (config_lib.PREFERRED_STEPS_PER_DISPATCH,
+  measured by benchmarks.throughput)."""
+  assert jax.default_backend() == "cpu", "the tests run on a CPU"
+  assert config_lib.load_config("dvae_sharp").steps_per_dispatch == 0
+  assert _resolved().steps_per_dispatch == 10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +254,26 @@ def test_fused_steps_give_the_same_run(overrides, per_dispatch, data_dir, tmp_pa
   every = overrides["log_every"]
   assert logged == sorted({*range(every, num_steps + 1, every), num_steps})
   _assert_same_run(one, one_results, fused, fused_results)
+
+
+def test_the_default_resolution_gives_the_same_run_as_one_step_per_dispatch(data_dir, tmp_path):
+  """A run left at the default steps_per_dispatch (auto: 10 here, the cadences' largest divisor up
+  to the CPU's 10) is the S = 1 run, and config.json records the S it ran with."""
+  overrides = {
+    "num_steps": 20,
+    "log_every": 10,
+    "eval_every": 20,
+    "checkpoint_every": 10,
+    "log_z_refresh_every": 10,
+  }
+  one_config = tiny_config("dvae_sharp", data_dir, steps_per_dispatch=1, **overrides)
+  one = train.train_and_evaluate(one_config, tmp_path / "one")
+  auto_config = tiny_config("dvae_sharp", data_dir, **overrides)
+  assert auto_config.steps_per_dispatch == 0  # the named config's default
+  auto = train.train_and_evaluate(auto_config, tmp_path / "auto")
+  assert json.loads((tmp_path / "auto" / "config.json").read_text())["steps_per_dispatch"] == 10
+  assert auto["config"]["steps_per_dispatch"] == 10
+  _assert_same_run(tmp_path / "one", one, tmp_path / "auto", auto)
 
 
 def test_nan_inside_a_dispatch_is_named_with_its_step(data_dir, tmp_path):
