@@ -170,6 +170,8 @@ def main(argv):
     "num_sweeps": resolved.num_sweeps,
     "log_z_refresh_every": resolved.log_z_refresh_every,
     "log_every": resolved.log_every,
+    # The "runner" row trains with the config's steps per dispatch (0: the backend's auto value).
+    "steps_per_dispatch": resolved.steps_per_dispatch,
     "train_ais_num_chains": resolved.train_ais_num_chains,
     "train_ais_num_temperatures": resolved.train_ais_num_temperatures,
     "block": f.block,

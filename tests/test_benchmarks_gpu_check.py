@@ -245,6 +245,9 @@ def _rows(run):
   ]
 
 
+# Slow (three campaigns, each a chain of subprocesses that start JAX); the pure parts of the campaign
+# (selection, shares, merge, resume refusals, the stop protocol) are tested in the default suite.
+@pytest.mark.slow
 def test_campaign_stops_at_its_budget_and_a_later_invocation_finishes_it_exactly(
   mnist_subset, tmp_path
 ):

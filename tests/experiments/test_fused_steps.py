@@ -237,6 +237,8 @@ _SAME_RUN_CASES = [
     },
     4,
     id="pegasus",
+    # Compiling the Pegasus sweep is most of this case's time; the RBM case covers the fused loop.
+    marks=pytest.mark.slow,
   ),
 ]
 
@@ -344,6 +346,9 @@ def test_fused_run_resumes_exactly_after_a_crash_and_after_a_stop_with_another_s
   _assert_same_run(tmp_path / "straight", straight, tmp_path / "stopped", resumed)
 
 
+# Slow: test_multi_seed.py's four-device program (S = 2, two seeds) checks fused steps on the mesh
+# in the default suite.
+@pytest.mark.slow
 def test_fused_steps_on_four_devices_give_the_one_device_run(data_dir, tmp_path):
   """The command line on 4 forced host devices with S = 2 (the slabs' batch axis split over the
   devices, gathered from the replicated training set) against this process's one device with
