@@ -27,6 +27,9 @@ def test_comparison_steps_fit_the_budget_at_the_slowest_struct():
   assert gpu_check.comparison_steps(rates, 400.0, **options, num_seeds=2) == 500
 
 
+# Slow (every sub-benchmark and a 4-run comparison, each a fresh process that compiles): the
+# budget arithmetic above and the campaign's pure parts run in the default suite.
+@pytest.mark.slow
 def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
   out = tmp_path / "gpu"
   cmd = [
@@ -245,7 +248,7 @@ def _rows(run):
   ]
 
 
-# Slow (three campaigns, each a chain of subprocesses that start JAX); the pure parts of the campaign
+# Slow (three campaigns, each a chain of subprocesses that start JAX); the campaign's pure parts
 # (selection, shares, merge, resume refusals, the stop protocol) are tested in the default suite.
 @pytest.mark.slow
 def test_campaign_stops_at_its_budget_and_a_later_invocation_finishes_it_exactly(

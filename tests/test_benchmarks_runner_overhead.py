@@ -37,6 +37,9 @@ def test_block_must_hold_whole_log_and_tracker_periods(data_dir, monkeypatch):
     runner_overhead.host_variants(c, 100)
 
 
+# Slow (a subprocess that compiles every variant and runs the runner); the variants' checks above
+# run in the default suite.
+@pytest.mark.slow
 def test_runner_overhead_end_to_end(data_dir, tmp_path):
   out = tmp_path / "overhead.json"
   cmd = [

@@ -98,6 +98,8 @@ def test_measure_times_each_size_and_runs_the_runner_with_it(monkeypatch):
     assert got[name] == (pytest.approx(ms, rel=1e-12), pytest.approx(rate, rel=1e-12)), name
 
 
+# Slow (a subprocess that compiles every variant); the report's arithmetic is tested above.
+@pytest.mark.slow
 def test_throughput_end_to_end(data_dir, tmp_path):
   cmd = [
     sys.executable, "-m", "benchmarks.throughput", "--sizes=1,2", "--block=4", "--repeats=1",

@@ -89,8 +89,9 @@ def test_chimera_dvae_sharp_from_the_command_line(data_dir, tmp_path):
   "name, prior, topology, sizes",
   [
     ("dvae", "zephyr", "", "3,4"),  # non-bipartite (5 colours): the DVAE KL over edges
-    # Slow (compiling their sweeps is most of their time): Pegasus trains in the default suite in
-    # test_graph_prior_run_resumes_exactly, Chimera in test_chimera_dvae_sharp_from_the_command_line.
+    # Slow (compiling their sweeps is most of their time): Pegasus trains in the default suite
+    # in test_graph_prior_run_resumes_exactly, Chimera in
+    # test_chimera_dvae_sharp_from_the_command_line.
     pytest.param("dvae_pp_power", "pegasus", "", "4", marks=pytest.mark.slow),
     # the first 200 of C(6, 6, 4)'s 288 qubits
     pytest.param("dvae_sharp_gi", "chimera", "6", "6,6,4", marks=pytest.mark.slow),
