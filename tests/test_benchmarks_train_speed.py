@@ -13,6 +13,9 @@ from benchmarks import timing
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+# Slow (a subprocess that compiles two budgets' steps and the tracker); the rows' formulas are
+# tested from known timings in the default suite (test_benchmarks_train_speed_rows.py).
+@pytest.mark.slow
 def test_sweep_budgets_are_timed_together_with_the_tracker_refresh(data_dir, tmp_path):
   out = tmp_path / "speed.json"
   cmd = [
