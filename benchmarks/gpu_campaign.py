@@ -328,6 +328,12 @@ def check_archives(program: Program, state: dict, resume: pathlib.Path) -> int:
   return next(iter(steps.values())) if steps else state["step"]
 
 
+def refusal_record(err: CampaignError, resume: pathlib.Path) -> str:
+  """The error of a refused program as campaign.json keeps it: the campaign folder is named as
+  such, not by its path on the machine that ran the invocation (the file is committed)."""
+  return str(err).replace(str(resume), "the campaign folder")
+
+
 def restore(program: Program, state: dict, resume: pathlib.Path, work: pathlib.Path) -> int:
   """Unpacks the program's archives listed in ``state`` from ``resume`` into ``work`` (a run folder
   already holding a checkpoint as new is kept) and returns the step it resumes from.
@@ -651,7 +657,7 @@ def run_campaign(f) -> dict:
       step = check_archives(program, state, resume)
     except CampaignError as err:
       print(f"error: {err}", flush=True)
-      refused[program.name] = str(err)
+      refused[program.name] = refusal_record(err, resume)
       continue
     known = sum(a["bytes"] for a in state["archives"].values()) or None
     pending.append((program.name, step, known))

@@ -129,15 +129,22 @@ def host_variants(config, block: int):
   return ["step", "+batch", "+log Z"], [step_only, with_batch, with_log_z], compile_s
 
 
-def runner_seconds_per_step(config, num_steps: int, workdir: pathlib.Path) -> float:
-  """Median seconds per step of the runner's ``log_every`` blocks after the first two (with
-  ``config.seeds``, per step of the program that trains them all)."""
+def runner_config(config, num_steps: int):
+  """The copy of ``config`` that the runner row trains: ``num_steps`` steps, evaluated and
+  checkpointed once at the end, with that one (untimed) evaluation kept small."""
   c = config.copy_and_resolve_references()
   c.num_steps = c.eval_every = c.checkpoint_every = num_steps
-  # The one evaluation at the end is not timed: keep it small.
   c.eval_num_examples, c.val_iw_samples, c.eval_iw_samples = 100, 10, 10
   c.ais_num_chains, c.ais_num_temperatures = 64, 100
   c.sampler_diagnostic_replicas, c.sampler_diagnostic_temperatures = 64, 10
+  return c
+
+
+def runner_seconds_per_step(config, num_steps: int, workdir: pathlib.Path) -> float:
+  """Median seconds per step of the runner's ``log_every`` blocks after the first two (with
+  ``config.seeds``, per step of the program that trains them all) in a run of
+  ``runner_config(config, num_steps)``."""
+  c = runner_config(config, num_steps)
   train.train_and_evaluate(c, workdir)
   seeds = config_lib.seed_list(c)  # several seeds in one program: each logs the program's rate
   logged = train.seed_workdir(workdir, seeds[0]) if seeds else workdir
@@ -170,8 +177,10 @@ def main(argv):
     "num_sweeps": resolved.num_sweeps,
     "log_z_refresh_every": resolved.log_z_refresh_every,
     "log_every": resolved.log_every,
-    # The "runner" row trains with the config's steps per dispatch (0: the backend's auto value).
-    "steps_per_dispatch": resolved.steps_per_dispatch,
+    # The steps per dispatch of the run timed in the "runner" row (0 resolves from its periods).
+    "steps_per_dispatch": config_lib.resolve_config(
+      runner_config(config, f.runner_steps)
+    ).steps_per_dispatch,
     "train_ais_num_chains": resolved.train_ais_num_chains,
     "train_ais_num_temperatures": resolved.train_ais_num_temperatures,
     "block": f.block,

@@ -53,7 +53,8 @@ def test_rows_from_known_timings(monkeypatch):
 
 def test_runner_overhead_rows_from_known_timings(monkeypatch, tmp_path):
   """benchmarks/runner_overhead.py's rows (ms/step, steps/s, ratio to the bare step) from stubbed
-  timings, against values computed here."""
+  timings, against values computed here; the steps per dispatch it records are those of the run
+  it times (4 steps: S = 4 divides them and log_every = 100), not the config's (S = 10)."""
   import json
 
   from benchmarks import runner_overhead
@@ -61,7 +62,7 @@ def test_runner_overhead_rows_from_known_timings(monkeypatch, tmp_path):
   out = tmp_path / "overhead.json"
   fake_flags = types.SimpleNamespace(
     config="dvae_sharp", struct="1-layer-lin", k=1, num_sweeps=1, override=[], block=100,
-    repeats=1, runner_steps=10, out=str(out),
+    repeats=1, runner_steps=4, out=str(out),
   )  # fmt: skip
   monkeypatch.setattr(runner_overhead, "flags", types.SimpleNamespace(FLAGS=fake_flags))
   monkeypatch.setattr(
@@ -85,3 +86,4 @@ def test_runner_overhead_rows_from_known_timings(monkeypatch, tmp_path):
     assert (got["ms_per_step"], got["steps_per_second"], got["vs_step"]) == pytest.approx(
       (ms, per_second, ratio), rel=1e-12
     ), name
+  assert json.loads(out.read_text())["steps_per_dispatch"] == 4
