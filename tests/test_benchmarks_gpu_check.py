@@ -195,7 +195,8 @@ def test_a_resume_refuses_a_folder_it_cannot_continue_exactly(tmp_path):
   with pytest.raises(gpu_campaign.CampaignError, match=r"different steps \(.*s0: 8, .*s1: 6\)"):
     gpu_campaign.restore(program, state, resume, work)
   (resume / f"{program.runs[1]}.tar.gz").unlink()
-  with pytest.raises(gpu_campaign.CampaignError, match=f"lacks the archives {program.runs[1]}") as e:
+  lacks = f"lacks the archives {program.runs[1]}"
+  with pytest.raises(gpu_campaign.CampaignError, match=lacks) as e:
     gpu_campaign.restore(program, state, resume, work)
   # campaign.json (committed) records the refusal without the machine's path to the folder.
   record = gpu_campaign.refusal_record(e.value, resume)
