@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import chex
+import cli_cases
 import jax
 import numpy as np
 import pytest
@@ -122,25 +123,36 @@ def test_evaluate_other_checkpoint_split_and_sizes(tiny_run, tmp_path):
 
 
 # The refusals of the flags experiments/evaluate.py itself defines (absl's enum, its minimums) need
-# the command; those decided by experiments.restore are tested in-process below. Each command
-# checks the CLI's contract: exit status ≠ 0, the message on stderr, no traceback, nothing written.
-@pytest.mark.parametrize(
-  "args, message",
-  [
-    (["--split=training"], "value should be one of <test|valid|train>"),
-    (["--iw_samples=0"], "invalid --iw_samples=0: must be an integer >= 1"),
-    (["--ais_temperatures=1"], "invalid --ais_temperatures=1: must be an integer >= 2"),
-    (["--num_examples=-1"], "invalid --num_examples=-1: must be an integer >= 0"),
-  ],
-)
-def test_evaluate_refuses_bad_flags(tiny_run, args, message):
+# the command (run in one process: cli_cases); those decided by experiments.restore are tested
+# in-process below. Each case checks the CLI's contract: exit status ≠ 0, the message on stderr, no
+# traceback, nothing written.
+BAD_FLAGS = [
+  (["--split=training"], "value should be one of <test|valid|train>"),
+  (["--iw_samples=0"], "invalid --iw_samples=0: must be an integer >= 1"),
+  (["--ais_temperatures=1"], "invalid --ais_temperatures=1: must be an integer >= 2"),
+  (["--num_examples=-1"], "invalid --num_examples=-1: must be an integer >= 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_results(tiny_run):
+  """({args: Result} of every BAD_FLAGS case, the run folder's checksums before and after)."""
   workdir, _ = tiny_run
   before = checksums(workdir)
-  proc = run_module("experiments.evaluate", f"--workdir={workdir}", *args)
-  assert proc.returncode != 0
-  assert message in proc.stderr, proc.stderr
-  assert "Traceback" not in proc.stderr
-  assert checksums(workdir) == before
+  cases = [[f"--workdir={workdir}", *args] for args, _ in BAD_FLAGS]
+  results = cli_cases.run_cases("experiments.evaluate", cases)
+  by_args = {tuple(args): r for (args, _), r in zip(BAD_FLAGS, results, strict=True)}
+  return by_args, before, checksums(workdir)
+
+
+@pytest.mark.parametrize("args, message", BAD_FLAGS)
+def test_evaluate_refuses_bad_flags(bad_flag_results, args, message):
+  by_args, before, after = bad_flag_results
+  result = by_args[tuple(args)]
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert "Traceback" not in result.stderr
+  assert after == before
 
 
 @pytest.mark.parametrize(

@@ -85,16 +85,17 @@ def test_chimera_dvae_sharp_from_the_command_line(data_dir, tmp_path):
   )
 
 
+# Slow, as the resume below (compiling a graph's sweeps is most of their time): the default suite
+# trains a graph prior end to end in test_chimera_dvae_sharp_from_the_command_line, checks every
+# method's terms on a non-bipartite graph against definitions in tests/test_objectives.py, and a
+# Chimera prior's training step in test_train_step.py.
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name, prior, topology, sizes",
   [
     ("dvae", "zephyr", "", "3,4"),  # non-bipartite (5 colours): the DVAE KL over edges
-    # Slow (compiling their sweeps is most of their time): Pegasus trains in the default suite
-    # in test_graph_prior_run_resumes_exactly, Chimera in
-    # test_chimera_dvae_sharp_from_the_command_line.
-    pytest.param("dvae_pp_power", "pegasus", "", "4", marks=pytest.mark.slow),
-    # the first 200 of C(6, 6, 4)'s 288 qubits
-    pytest.param("dvae_sharp_gi", "chimera", "6", "6,6,4", marks=pytest.mark.slow),
+    ("dvae_pp_power", "pegasus", "", "4"),
+    ("dvae_sharp_gi", "chimera", "6", "6,6,4"),  # the first 200 of C(6, 6, 4)'s 288 qubits
     ("gumbolt", "zephyr", "3,4", "3,4"),
   ],
 )
@@ -114,6 +115,7 @@ def test_every_family_trains_on_a_graph_prior(data_dir, tmp_path, name, prior, t
   assert not finite, f"non-finite metrics: {sorted(set(finite))}"
 
 
+@pytest.mark.slow  # the default suite's resume tests (test_train.py) run the same code on an RBM
 def test_graph_prior_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
   """Crashed after step 3 (last checkpoint at 2) and resumed, a Pegasus-prior run (non-bipartite,
   4 colours) ends exactly where the uninterrupted one does: the machine, the persistent population

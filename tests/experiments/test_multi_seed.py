@@ -192,6 +192,9 @@ def _run_cli(workdir, data_dir, **overrides):
   )
 
 
+# Slow: the default suite resumes a multi-seed program in test_seeds_behind_resume_from_the_common_
+# checkpoint and stops one run by SIGTERM in test_reliability.py.
+@pytest.mark.slow
 def test_program_stopped_by_sigterm_resumes_exactly_and_fused_steps_compose(data_dir, tmp_path):
   straight = tiny_config("dvae_sharp", data_dir, steps_per_dispatch=2, **EIGHT)
   train.train_and_evaluate(straight, tmp_path / "straight")
@@ -319,6 +322,7 @@ def test_host_reads_only_at_the_periodic_actions(seeds, data_dir, tmp_path, monk
 # The data-parallel mesh.
 
 
+@pytest.mark.slow  # the default suite runs one run on four devices (test_train.py)
 def test_program_on_four_devices_gives_the_one_device_program(data_dir, tmp_path):
   """The command line on 4 forced host devices (each seed's batch and chains split over them, the
   seed axis whole on each) with S = 2, against this process's one device with S = 1; float32 sums

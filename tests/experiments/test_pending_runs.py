@@ -14,6 +14,9 @@ from benchmarks import pending_runs
 from experiments import metrics, preemption
 
 
+# Slow: what an archive holds and refuses is tested below; a run resuming exactly from its own
+# checkpoints, in the default suite's test_reliability.py.
+@pytest.mark.slow
 def test_packed_run_resumes_elsewhere_exactly(data_dir, tmp_path, finished_run):
   # Checkpoints at 4 and 5 (the stop), evaluation at 3 and 6: the best-validation checkpoint
   # (step 3) and the newest one must both travel for the final test evaluation to match.

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 
 import chex
+import cli_cases
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -69,19 +70,27 @@ def test_sample_binary_draws(tiny_run, tmp_path):
   assert set(np.unique(grid)) <= {0, 255}
 
 
-@pytest.mark.parametrize(
-  "args, message",
-  [
-    (["--num=0"], "invalid --num=0: must be an integer >= 1"),
-    (["--temperatures=1"], "invalid --temperatures=1: must be an integer >= 2"),
-    (["--out=s.jpg"], "invalid --out='s.jpg': must name a .png file"),
-    (["--step=7"], "holds no checkpoint of step 7"),
-  ],
-)
-def test_sample_refuses_bad_flags(tiny_run, tmp_path, args, message):
-  proc = run_module("experiments.sample", f"--workdir={tiny_run[0]}", *args)
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr
-  assert message in proc.stderr, proc.stderr
+BAD_FLAGS = [
+  (["--num=0"], "invalid --num=0: must be an integer >= 1"),
+  (["--temperatures=1"], "invalid --temperatures=1: must be an integer >= 2"),
+  (["--out=s.jpg"], "invalid --out='s.jpg': must name a .png file"),
+  (["--step=7"], "holds no checkpoint of step 7"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_flag_results(tiny_run):
+  """{args: Result} of every BAD_FLAGS case, run in one process (cli_cases)."""
+  cases = [[f"--workdir={tiny_run[0]}", *args] for args, _ in BAD_FLAGS]
+  results = cli_cases.run_cases("experiments.sample", cases)
+  return {tuple(args): r for (args, _), r in zip(BAD_FLAGS, results, strict=True)}
+
+
+@pytest.mark.parametrize("args, message", BAD_FLAGS)
+def test_sample_refuses_bad_flags(bad_flag_results, args, message):
+  result = bad_flag_results[tuple(args)]
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert message in result.stderr, result.stderr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +216,10 @@ def test_exact_test_sampler_draws_the_boltzmann_law():
       assert np.all(np.abs(np.asarray(got) - np.asarray(want)) < 5 * se + 1e-9), vartype
 
 
-@pytest.mark.parametrize("prior", ["rbm", "chimera"])
+@pytest.mark.parametrize(
+  "prior",
+  ["rbm", pytest.param("chimera", marks=pytest.mark.slow)],  # the same code on a graph
+)
 def test_dimod_reads_of_the_prior_law_read_one_and_uniform_reads_do_not(
   component_runs, tmp_path, prior
 ):
@@ -295,66 +307,74 @@ def factorial_run(tiny_run, tmp_path_factory):
   return workdir_with_prior(tiny_run[0], root / "factorial", logits, prior="factorial")
 
 
-@pytest.mark.parametrize(
-  "args, message",
-  [
-    (
-      ["--dimod_sampler=annealer"],
-      "unknown --dimod_sampler='annealer': one of simulated_annealing, tabu, steepest_descent, "
-      "random, or module.path:Name",
-    ),
-    (["--dimod_sampler=no_such_module:X"], "cannot import 'no_such_module'"),
-    (["--dimod_sampler=dimod_test_samplers:Missing"], "dimod_test_samplers has no 'Missing'"),
-    (
-      ["--dimod_sampler=dimod_test_samplers:NOT_A_SAMPLER"],
-      "dimod_test_samplers.NOT_A_SAMPLER is not a dimod.Sampler class or instance",
-    ),
-    (["--dimod_kwargs=num_reads=5"], "--dimod_kwargs needs --dimod_sampler"),
-    (["--json=d.json"], "--json needs --dimod_sampler"),
-    (
-      ["--dimod_sampler=random", "--dimod_kwargs=num_read=5"],
-      "RandomSampler takes no num_read (its parameters: num_reads)",
-    ),
-    (
-      ["--dimod_sampler=random", "--dimod_kwargs=num_reads=5,seed"],
-      "invalid --dimod_kwargs item 'seed': expected key=value",
-    ),
-    (
-      ["--dimod_sampler=random", "--dimod_kwargs=num_reads=5,beta_range=(0.1,1"],
-      "invalid --dimod_kwargs='num_reads=5,beta_range=(0.1,1': unbalanced brackets",
-    ),
-    (["--dimod_sampler=random", "--dimod_beta=0"], "invalid --dimod_beta=0.0: must be finite"),
-    (
-      ["--dimod_sampler=dimod_test_samplers:DropVariableSampler"],
-      "DropVariableSampler returned samples of other variables than the prior's BQM's 200: "
-      "missing 1 [199], extra 0 []",
-    ),
-    (
-      ["--dimod_sampler=random", "--dimod_kwargs=num_reads=3"],
-      "RandomSampler returned 3 reads, fewer than --num=6; ask for more, e.g. "
-      "--dimod_kwargs=num_reads=6",
-    ),
-    (  # the sampler's own error (ExactSampler enumerates components of up to 16 units)
-      ["--dimod_sampler=dimod_test_samplers:ExactSampler"],
-      "ExactSampler.sample failed: ValueError: a connected component of 200 > 16 variables",
-    ),
-  ],
-)
-def test_dimod_sampler_refuses_bad_input(tiny_run, args, message):
-  needs_dimod()
-  proc = run_module(
-    "experiments.sample", f"--workdir={tiny_run[0]}", "--num=6", *args, env=SAMPLERS_ENV
-  )
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert message in proc.stderr, proc.stderr[-3000:]
+DIMOD_BAD_INPUT = [
+  (
+    ["--dimod_sampler=annealer"],
+    "unknown --dimod_sampler='annealer': one of simulated_annealing, tabu, steepest_descent, "
+    "random, or module.path:Name",
+  ),
+  (["--dimod_sampler=no_such_module:X"], "cannot import 'no_such_module'"),
+  (["--dimod_sampler=dimod_test_samplers:Missing"], "dimod_test_samplers has no 'Missing'"),
+  (
+    ["--dimod_sampler=dimod_test_samplers:NOT_A_SAMPLER"],
+    "dimod_test_samplers.NOT_A_SAMPLER is not a dimod.Sampler class or instance",
+  ),
+  (["--dimod_kwargs=num_reads=5"], "--dimod_kwargs needs --dimod_sampler"),
+  (["--json=d.json"], "--json needs --dimod_sampler"),
+  (
+    ["--dimod_sampler=random", "--dimod_kwargs=num_read=5"],
+    "RandomSampler takes no num_read (its parameters: num_reads)",
+  ),
+  (
+    ["--dimod_sampler=random", "--dimod_kwargs=num_reads=5,seed"],
+    "invalid --dimod_kwargs item 'seed': expected key=value",
+  ),
+  (
+    ["--dimod_sampler=random", "--dimod_kwargs=num_reads=5,beta_range=(0.1,1"],
+    "invalid --dimod_kwargs='num_reads=5,beta_range=(0.1,1': unbalanced brackets",
+  ),
+  (["--dimod_sampler=random", "--dimod_beta=0"], "invalid --dimod_beta=0.0: must be finite"),
+  (
+    ["--dimod_sampler=dimod_test_samplers:DropVariableSampler"],
+    "DropVariableSampler returned samples of other variables than the prior's BQM's 200: "
+    "missing 1 [199], extra 0 []",
+  ),
+  (
+    ["--dimod_sampler=random", "--dimod_kwargs=num_reads=3"],
+    "RandomSampler returned 3 reads, fewer than --num=6; ask for more, e.g. "
+    "--dimod_kwargs=num_reads=6",
+  ),
+  (  # the sampler's own error (ExactSampler enumerates components of up to 16 units)
+    ["--dimod_sampler=dimod_test_samplers:ExactSampler"],
+    "ExactSampler.sample failed: ValueError: a connected component of 200 > 16 variables",
+  ),
+]
 
 
-def test_dimod_sampler_refuses_a_factorial_prior(factorial_run):
+@pytest.fixture(scope="module")
+def dimod_bad_input_results(tiny_run, factorial_run):
+  """{args: Result} of every DIMOD_BAD_INPUT case on the tiny run, and (key "factorial") of
+  --dimod_sampler=random on the factorial run, run in one process (cli_cases)."""
   needs_dimod()
-  proc = run_module("experiments.sample", f"--workdir={factorial_run}", "--dimod_sampler=random")
-  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  assert "the run's prior is factorial" in proc.stderr and "nothing to sample with dimod" in (
-    proc.stderr
+  cases = [[f"--workdir={tiny_run[0]}", "--num=6", *args] for args, _ in DIMOD_BAD_INPUT]
+  cases.append([f"--workdir={factorial_run}", "--dimod_sampler=random"])
+  results = cli_cases.run_cases("experiments.sample", cases, env=SAMPLERS_ENV)
+  keys = [tuple(args) for args, _ in DIMOD_BAD_INPUT] + ["factorial"]
+  return dict(zip(keys, results, strict=True))
+
+
+@pytest.mark.parametrize("args, message", DIMOD_BAD_INPUT)
+def test_dimod_sampler_refuses_bad_input(dimod_bad_input_results, args, message):
+  result = dimod_bad_input_results[tuple(args)]
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert message in result.stderr, result.stderr[-3000:]
+
+
+def test_dimod_sampler_refuses_a_factorial_prior(dimod_bad_input_results):
+  result = dimod_bad_input_results["factorial"]
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert "the run's prior is factorial" in result.stderr and "nothing to sample with dimod" in (
+    result.stderr
   )
 
 

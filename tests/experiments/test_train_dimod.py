@@ -62,6 +62,9 @@ def test_training_on_dimod_reads_runs_and_repeats_bit_for_bit(data_dir, tmp_path
   assert results["test_nll"] <= results["test_neg_elbo"] + 1e-3
 
 
+# Slow: the default suite trains on a dimod sampler's reads with an RBM (above) and judges a graph
+# prior's unit and edge moment groups in tests/samplers/test_graph_priors.py.
+@pytest.mark.slow
 def test_a_chimera_prior_trains_on_annealed_reads(data_dir, tmp_path):
   pytest.importorskip("dwave_networkx", reason="the Chimera prior needs the [dwave] extra")
   anneal = "beta_range=(0.01,1.0),num_sweeps=20"  # anneals to β = 1 (README's table)

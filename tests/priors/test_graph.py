@@ -192,7 +192,7 @@ def _prior_terms(prior, zeta, gauss, z, log_z):
   return out
 
 
-@pytest.mark.parametrize("n1,n2", [(3, 4), (4, 2)])
+@pytest.mark.parametrize("n1,n2", [(3, 4), pytest.param(4, 2, marks=pytest.mark.slow)])
 def test_rbm_graph_machine_equals_the_rbm_prior(n1, n2):
   """Every prior function and its gradient with respect to the prior (the RBM's mapped to (b1; b2)
   and W row-major) agree for r and graph_machine(r), strong couplings (W ~ N(0, 2²))."""

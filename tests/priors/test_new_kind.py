@@ -284,7 +284,10 @@ def _train(name, beta, num_steps):
   return graphdef, state, sampler_state, np.array(losses), data
 
 
-@pytest.mark.parametrize("name,beta", [("dvae_sharp", 8.0), ("dvae_pp_exp", 8.0)])
+@pytest.mark.parametrize(
+  "name,beta",
+  [("dvae_sharp", 8.0), pytest.param("dvae_pp_exp", 8.0, marks=pytest.mark.slow)],
+)
 def test_two_methods_train_with_the_new_kind(name, beta):
   """80 Adam steps of DVAE# (mean-field relaxed prior over the machine's colouring) and DVAE++
   (discrete KL, couplings across the two groups) with the new prior and the library's persistent
