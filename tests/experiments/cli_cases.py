@@ -1,12 +1,12 @@
-"""The refusals of a command line, many cases in one process.
+"""Many runs of a command line in one process (refusals, repeated draws).
 
 ``run_cases(module, cases)`` starts one Python process that imports ``module`` (an absl command:
 experiments.run, .evaluate, .sample) once and runs its entry point (``run()``, else
 ``absl.app.run(main)``) for each case's arguments as ``sys.argv``, with the flags reset to their
-defaults in between, recording each case's exit status and what it wrote to stderr, as
-``python -m module *args`` would have. A case that ends in
-an exception other than ``SystemExit`` is recorded with its traceback in stderr, so the tests'
-"no traceback" check still fails on it. Each command keeps at least one test that runs it as a
+defaults in between, recording each case's exit status and what it wrote to stdout and stderr, as
+``python -m module *args`` would have (files it writes are written). A case that ends in an
+exception other than ``SystemExit`` is recorded with its traceback in stderr, so the tests' "no
+traceback" check still fails on it. Each command keeps at least one test that runs it as a
 real process (``test_evaluate.run_module``): the interpreter's own exit path is checked there.
 """
 
@@ -32,8 +32,8 @@ results = []
 for args in cases:
   flags.FLAGS.unparse_flags()
   sys.argv = [module_name, *args]
-  err = io.StringIO()
-  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+  err, out = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
     try:
       entry()
       code = 0
@@ -45,13 +45,14 @@ for args in cases:
   if isinstance(code, str):  # sys.exit(message): the interpreter prints it and exits with 1
     err.write(code + "\n")
     code = 1
-  results.append({"returncode": code or 0, "stderr": err.getvalue()})
+  results.append({"returncode": code or 0, "stdout": out.getvalue(), "stderr": err.getvalue()})
 print(json.dumps(results))
 """
 
 
 class Result(NamedTuple):
   returncode: int
+  stdout: str
   stderr: str
 
 

@@ -18,28 +18,54 @@ from dvae_jax.priors import rbm
 from experiments import checkpointing, images, restore
 from experiments import prior_sampling as sample_lib
 
-
-def sample(workdir, out_dir, *args, name="s"):
-  png, npz = out_dir / f"{name}.png", out_dir / f"{name}.npz"
-  proc = run_module(
-    "experiments.sample",
-    f"--workdir={workdir}",
-    "--num=6",
-    "--population=32",
-    "--temperatures=20",
-    f"--out={png}",
-    f"--npz={npz}",
-    *args,
-  )
-  assert proc.returncode == 0, proc.stderr
-  return proc.stdout, np.asarray(Image.open(png)), dict(np.load(npz))
+SAMPLE_FLAGS = ["--num=6", "--population=32", "--temperatures=20"]
 
 
-def test_sample_writes_grid_and_npz_of_fresh_prior_samples(tiny_run, tmp_path):
-  workdir, _ = tiny_run
+@pytest.fixture(scope="module")
+def draws(tiny_run, tmp_path_factory):
+  """{name: (stdout, grid, npz arrays)} of experiments.sample on the tiny run: 'seed1' (--seed=1
+  --step=latest) as a process of its own, then 'again' (the same flags), 'other' (--seed=2) and
+  'binary' (--binary) in one process (cli_cases); and the run folder's checksums before and after.
+  """
+  workdir, out = tiny_run[0], tmp_path_factory.mktemp("draws")
   before = checksums(workdir)
-  text, grid, arrays = sample(workdir, tmp_path, "--seed=1", "--step=latest")
-  assert checksums(workdir) == before
+  cases = {
+    "seed1": ["--seed=1", "--step=latest"],
+    "again": ["--seed=1", "--step=latest"],
+    "other": ["--seed=2", "--step=latest"],
+    "binary": ["--binary"],
+  }
+  argv = {
+    name: [
+      f"--workdir={workdir}",
+      *SAMPLE_FLAGS,
+      f"--out={out / name}.png",
+      f"--npz={out / name}.npz",
+    ]
+    + args
+    for name, args in cases.items()
+  }
+  proc = run_module("experiments.sample", *argv["seed1"])
+  assert proc.returncode == 0, proc.stderr
+  stdout = {"seed1": proc.stdout}
+  results = cli_cases.run_cases(
+    "experiments.sample", [argv[n] for n in ("again", "other", "binary")]
+  )
+  for name, result in zip(("again", "other", "binary"), results, strict=True):
+    assert result.returncode == 0, result.stderr
+    stdout[name] = result.stdout
+  got = {
+    name: (text, np.asarray(Image.open(out / f"{name}.png")), dict(np.load(out / f"{name}.npz")))
+    for name, text in stdout.items()
+  }
+  return got, before, checksums(workdir)
+
+
+def test_sample_writes_grid_and_npz_of_fresh_prior_samples(tiny_run, draws):
+  workdir, _ = tiny_run
+  got, before, after = draws
+  assert after == before
+  text, grid, arrays = got["seed1"]
   assert "population annealing: 32 replicas, 20 temperatures" in text
   assert "wrote" in text and "6 Bernoulli means" in text
   z, x = arrays["z"], arrays["x"]
@@ -56,15 +82,14 @@ def test_sample_writes_grid_and_npz_of_fresh_prior_samples(tiny_run, tmp_path):
   # Grid: round(√6) = 2 columns of 28-pixel images with 1-pixel borders; ink black on white.
   assert grid.shape == (3 * 29 + 1, 2 * 29 + 1) and grid.dtype == np.uint8
   np.testing.assert_array_equal(grid[1:29, 1:29], np.round(255 * (1 - x[0].reshape(28, 28))))
-  # The seed fixes the draw; another seed draws others.
-  _, _, again = sample(workdir, tmp_path, "--seed=1", "--step=latest", name="again")
-  np.testing.assert_array_equal(again["z"], z)
-  _, _, other = sample(workdir, tmp_path, "--seed=2", "--step=latest", name="other")
-  assert (other["z"] != z).any()
+  # The seed fixes the draw (in a process of its own or not); another seed draws others.
+  np.testing.assert_array_equal(got["again"][2]["z"], z)
+  np.testing.assert_array_equal(got["again"][2]["x"], x)
+  assert (got["other"][2]["z"] != z).any()
 
 
-def test_sample_binary_draws(tiny_run, tmp_path):
-  text, grid, arrays = sample(tiny_run[0], tmp_path, "--binary")
+def test_sample_binary_draws(draws):
+  text, grid, arrays = draws[0]["binary"]
   assert "6 binary draws" in text
   assert arrays["x"].dtype == np.uint8 and set(np.unique(arrays["x"])) <= {0, 1}
   assert set(np.unique(grid)) <= {0, 255}
