@@ -259,6 +259,7 @@ def test_seeds_behind_resume_from_the_common_checkpoint(data_dir, tmp_path):
   _assert_same_program(tmp_path / "straight", tmp_path / "single", rtol=TOLERANCE, exact=False)
 
 
+@pytest.mark.slow  # the guard itself: test_train.py and test_fused_steps.py in the default suite
 def test_a_non_finite_step_stops_the_program_naming_the_seed(data_dir, tmp_path):
   config = tiny_config("dvae_pp_exp", data_dir, seeds="3,4", debug_nan_step=3, eval_every=100)
   with pytest.raises(
@@ -276,7 +277,9 @@ def test_a_non_finite_step_stops_the_program_naming_the_seed(data_dir, tmp_path)
 # No host sync between the periodic actions.
 
 
-@pytest.mark.parametrize("seeds", [None, "0,1"], ids=["single", "two-seeds"])
+@pytest.mark.parametrize(
+  "seeds", [None, pytest.param("0,1", marks=pytest.mark.slow)], ids=["single", "two-seeds"]
+)
 def test_host_reads_only_at_the_periodic_actions(seeds, data_dir, tmp_path, monkeypatch):
   """Every wait for device values on the host is attributed to the dispatch last started: the
   runner's ``sharding.to_host`` (the metrics, the guards' flags, the sampler's values),
