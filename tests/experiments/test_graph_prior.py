@@ -86,9 +86,10 @@ def test_chimera_dvae_sharp_from_the_command_line(data_dir, tmp_path):
 
 
 # Slow, as the resume below (compiling a graph's sweeps is most of their time): the default suite
-# trains a graph prior end to end in test_chimera_dvae_sharp_from_the_command_line, checks every
-# method's terms on a non-bipartite graph against definitions in tests/test_objectives.py, and a
-# Chimera prior's training step in test_train_step.py.
+# trains a graph prior end to end in test_chimera_dvae_sharp_from_the_command_line, checks the
+# objectives' graph-prior terms (a non-bipartite graph included) against definitions and exact
+# enumeration in tests/test_objectives.py and tests/priors/test_graph.py, and a Chimera prior's
+# training step in test_train_step.py.
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "name, prior, topology, sizes",
