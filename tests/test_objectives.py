@@ -488,8 +488,8 @@ def one_per_family_by_default(names, *rest):
 
 # Every method with the RBM prior; the factorial prior once per distinct prior term (analytic
 # Bernoulli KL, per-unit relaxed mixture, Gaussian-integral mixture) and the graph prior once per
-# family, in the slow set (each method's terms on those priors are checked against definitions in
-# the default suite: test_training_steps_on_mnist, test_from_rbm_prior_gives_the_rbm_losses_...).
+# family, in the slow set (the default suite checks the factorial prior's terms against definitions
+# in test_training_steps_on_mnist and the graph prior's in test_from_rbm_prior_gives_the_rbm_...).
 @pytest.mark.parametrize(
   "name,kind",
   one_per_family_by_default(objectives.METHODS, "rbm")

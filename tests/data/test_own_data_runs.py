@@ -104,8 +104,9 @@ def test_dvae_sharp_run_on_a_file(own_run, own_file):
 
 
 # Slow: one method (dvae_sharp in `own_run`) trains on a file by default. The data reaches the
-# objective only through the encoder and decoder, which every method shares; each method's
-# training is checked in the default suite on the committed images (experiments/test_train.py).
+# objective only through the encoder and decoder, which every method shares; one config of each
+# method family trains end to end in the default suite on the committed images
+# (experiments/test_train.py).
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in config_lib.METHODS if m != "dvae_sharp"])
 def test_every_method_trains_on_a_file(method, own_file, tmp_path):
