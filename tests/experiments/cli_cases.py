@@ -71,3 +71,12 @@ def run_cases(module: str, cases: list[list[str]], env: dict | None = None) -> l
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return [Result(**r) for r in json.loads(proc.stdout.splitlines()[-1])]
+
+
+def run_table(
+  module: str, table: list[tuple[list[str], str]], *common: str, env: dict | None = None
+) -> dict[tuple[str, ...], Result]:
+  """``run_cases`` of every ``(args, message)`` row of a refusal table, each run with ``common``
+  arguments first; returns {tuple(args): Result}."""
+  results = run_cases(module, [[*common, *args] for args, _ in table], env=env)
+  return {tuple(args): r for (args, _), r in zip(table, results, strict=True)}

@@ -139,9 +139,7 @@ def bad_flag_results(tiny_run):
   """({args: Result} of every BAD_FLAGS case, the run folder's checksums before and after)."""
   workdir, _ = tiny_run
   before = checksums(workdir)
-  cases = [[f"--workdir={workdir}", *args] for args, _ in BAD_FLAGS]
-  results = cli_cases.run_cases("experiments.evaluate", cases)
-  by_args = {tuple(args): r for (args, _), r in zip(BAD_FLAGS, results, strict=True)}
+  by_args = cli_cases.run_table("experiments.evaluate", BAD_FLAGS, f"--workdir={workdir}")
   return by_args, before, checksums(workdir)
 
 

@@ -106,9 +106,7 @@ BAD_FLAGS = [
 @pytest.fixture(scope="module")
 def bad_flag_results(tiny_run):
   """{args: Result} of every BAD_FLAGS case, run in one process (cli_cases)."""
-  cases = [[f"--workdir={tiny_run[0]}", *args] for args, _ in BAD_FLAGS]
-  results = cli_cases.run_cases("experiments.sample", cases)
-  return {tuple(args): r for (args, _), r in zip(BAD_FLAGS, results, strict=True)}
+  return cli_cases.run_table("experiments.sample", BAD_FLAGS, f"--workdir={tiny_run[0]}")
 
 
 @pytest.mark.parametrize("args, message", BAD_FLAGS)
