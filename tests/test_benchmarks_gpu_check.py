@@ -48,7 +48,6 @@ def test_gpu_check_runs_end_to_end_on_cpu(data_dir, tmp_path):
   env = {
     **os.environ,
     "DVAE_JAX_DATA_DIR": str(data_dir),
-    "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
   }
   subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=900)
   summary = json.loads((out / "gpu_check.json").read_text())
@@ -268,7 +267,6 @@ def test_campaign_stops_at_its_budget_and_a_later_invocation_finishes_it_exactly
   env = {
     **os.environ,
     "DVAE_JAX_DATA_DIR": str(mnist_subset),
-    "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
   }
 
   def campaign(*args):

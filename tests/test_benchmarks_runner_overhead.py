@@ -53,7 +53,6 @@ def test_runner_overhead_end_to_end(data_dir, tmp_path):
   env = {
     **os.environ,
     "DVAE_JAX_DATA_DIR": str(data_dir),
-    "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
   }
   subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=900)
   record = json.loads(out.read_text())

@@ -110,7 +110,6 @@ def test_throughput_end_to_end(data_dir, tmp_path):
   env = {
     **os.environ,
     "DVAE_JAX_DATA_DIR": str(data_dir),
-    "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
   }
   subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=900)
   record = json.loads((tmp_path / "throughput_cpu.json").read_text())

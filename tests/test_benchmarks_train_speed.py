@@ -25,7 +25,6 @@ def test_sweep_budgets_are_timed_together_with_the_tracker_refresh(data_dir, tmp
   env = {
     **os.environ,
     "DVAE_JAX_DATA_DIR": str(data_dir),
-    "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
   }
   subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=900)
   rows = json.loads(out.read_text())["rows"]

@@ -5,6 +5,7 @@ binary states, Gauss–Legendre quadrature, or the expectation of a Monte-Carlo 
 gradient of a quadrature (with tolerances from the standard error).
 """
 
+import functools
 import itertools
 import math
 
@@ -101,9 +102,7 @@ def test_mean_field_is_a_lower_bound_on_exact_log_z_zeta(name):
   # Without couplings the mean-field solution is exact (a factorial distribution).
   m0 = m._replace(w=jnp.zeros_like(m.w))
   exact0 = logsumexp(_np_neg_energy(m0, z)[:, None] + log_r.sum(-1), axis=0)
-  np.testing.assert_allclose(
-    m0.relaxed_log_prob(s, zeta32, 0.0), exact0, rtol=1e-5, atol=1e-4
-  )
+  np.testing.assert_allclose(m0.relaxed_log_prob(s, zeta32, 0.0), exact0, rtol=1e-5, atol=1e-4)
 
 
 def _gauss_legendre(a, b, n):
@@ -457,18 +456,43 @@ def _exact_log_z(prior):
   return prior.exact_log_partition()
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "k"))
+def _loss_and_grads_program(
+  params, batch_stats, prior, samples, x, key, kappa, *, graphdef, method, k
+):
+  def f(params, prior):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    return objectives.loss_fn(key, model, prior, samples, x, method, k, kappa)
+
+  return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
+
+
 def _loss_and_grads(net, prior, samples, x, key, method, k, kappa):
+  """((loss, terms), (network gradient, prior gradient)) of ``objectives.loss_fn``. One program
+  per (network structure, method, K, prior structure), compiled once for the module: the values
+  (parameters, prior, samples and their log Z, batch, key, κ) are its arguments."""
   graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+  return _loss_and_grads_program(
+    params,
+    batch_stats,
+    prior,
+    samples,
+    x,
+    key,
+    jnp.float32(kappa),
+    graphdef=graphdef,
+    method=method,
+    k=k,
+  )
 
-  @jax.jit
-  def run(params, prior):
-    def f(params, prior):
-      model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      return objectives.loss_fn(key, model, prior, samples, x, method, k, kappa)
 
-    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
+# The tests of loss_fn's values and gradients below share their programs (_loss_and_grads): each
+# method at its β of BETAS with K = SHARED_K importance samples (K > 1: the IW bound's weights).
+SHARED_K = 2
 
-  return run(params, prior)
+
+def _shared_method(name):
+  return objectives.get_method(name, BETAS[name])
 
 
 # Methods whose objective is another's with another smoothing r(ζ|z): the same code of their
@@ -504,10 +528,9 @@ def one_per_family_by_default(names, *rest):
 )
 def test_every_method_has_finite_nonzero_gradients(name, kind):
   net, prior, x, samples = _tiny_setup(kind)
-  method = objectives.get_method(name, 8.0)
-  k = 1 if name.startswith("dvae_pp") else 2
+  method = _shared_method(name)
   (loss, terms), (g_params, g_prior) = _loss_and_grads(
-    net, prior, samples, x, jax.random.key(0), method, k, 0.5
+    net, prior, samples, x, jax.random.key(0), method, SHARED_K, 0.5
   )
   chex.assert_tree_all_finite((loss, terms, g_params, g_prior))
   expected = {"recon", "kl", "neg_elbo", "log_z"}
@@ -537,13 +560,9 @@ def test_every_method_has_finite_nonzero_gradients(name, kind):
 @pytest.mark.parametrize("name", ["dvae_sharp_exp", "dvae_sharp_gi", "gumbolt"])
 def test_iw_loss_gradient_is_the_gradient_of_log_mean_exp(name):
   net, prior, x, samples = _tiny_setup("rbm", seed=1)
-  method = objectives.get_method(name, 10.0)
-  key, k, kappa = jax.random.key(3), 4, 0.7
+  method = _shared_method(name)
+  key, k, kappa = jax.random.key(3), SHARED_K, 0.7
   graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
-
-  def via_loss(params, prior):
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    return objectives.loss_fn(key, model, prior, samples, x, method, k, kappa)[0]
 
   def via_log_mean_exp(params, prior):
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -552,7 +571,7 @@ def test_iw_loss_gradient_is_the_gradient_of_log_mean_exp(name):
     log_w = kappa * (t.log_prior - t.log_q) + t.log_px
     return -jnp.mean(jax.nn.logsumexp(log_w, axis=0) - math.log(k))
 
-  g1 = jax.jit(jax.grad(via_loss, argnums=(0, 1)))(params, prior)
+  _, g1 = _loss_and_grads(net, prior, samples, x, key, method, k, kappa)
   g2 = jax.jit(jax.grad(via_log_mean_exp, argnums=(0, 1)))(params, prior)
   chex.assert_trees_all_close(g1, g2, rtol=1e-4, atol=1e-6)
 
@@ -566,20 +585,14 @@ def test_iw_gradient_does_not_depend_on_the_value_of_the_training_log_z(name, ki
   # importance weights are computed without it, so the gradient is the same bit for bit (with the
   # softmax taken of the shifted weights, the rounding of the shift moved every K > 1 run).
   net, prior, x, (z, _) = _tiny_setup(kind, seed=2)
-  method = objectives.get_method(name, 10.0)
-  graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+  method = _shared_method(name)
 
-  @jax.jit
-  def grads(params, prior, log_z):
-    def f(params, prior):
-      model = nnx.merge(graphdef, params, batch_stats, copy=True)
-      samples = (z, log_z)
-      return objectives.loss_fn(jax.random.key(5), model, prior, samples, x, method, 5, 0.7)
+  def grads(log_z):
+    samples = (z, jnp.float32(log_z))
+    return _loss_and_grads(net, prior, samples, x, jax.random.key(5), method, SHARED_K, 0.7)
 
-    return jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, prior)
-
-  (loss_a, terms_a), g_a = grads(params, prior, jnp.float32(0.3))
-  (loss_b, terms_b), g_b = grads(params, prior, jnp.float32(187.123))
+  (loss_a, terms_a), g_a = grads(0.3)
+  (loss_b, terms_b), g_b = grads(187.123)
   chex.assert_trees_all_equal(g_a, g_b)
   # The values do move with it: the loss by κ Δlog Z, the reported log Z by Δlog Z.
   np.testing.assert_allclose(loss_b - loss_a, 0.7 * (187.123 - 0.3), rtol=1e-5)
@@ -601,20 +614,17 @@ def test_log_z_sensitivity_is_how_every_reported_value_moves_with_log_z(name, ki
   # Recompute the step with another log Z: every output must move by exactly sensitivity × Δ, and
   # the listed keys must be the only ones that move (a new log-Z-dependent term fails here).
   net, prior, x, (z, _) = _tiny_setup(kind, seed=4)
-  method = objectives.get_method(name, 8.0)
-  graphdef, params, batch_stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+  method = _shared_method(name)
   kappa, delta = 0.6, 3.25
 
-  @jax.jit
   def outputs(log_z):
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    k = 1 if name.startswith("dvae_pp") else 3
-    loss, terms = objectives.loss_fn(
-      jax.random.key(6), model, prior, (z, log_z), x, method, k, kappa
+    samples = (z, jnp.float32(log_z))
+    (loss, terms), _ = _loss_and_grads(
+      net, prior, samples, x, jax.random.key(6), method, SHARED_K, kappa
     )
     return {"loss": loss, **terms}
 
-  a, b = outputs(jnp.float32(140.0)), outputs(jnp.float32(140.0 + delta))
+  a, b = outputs(140.0), outputs(140.0 + delta)
   sensitivity = objectives.log_z_sensitivity(kappa)
   for key in a:
     expected = sensitivity.get(key, 0.0) * delta
@@ -1016,12 +1026,10 @@ def test_from_rbm_prior_gives_the_rbm_losses_and_gradients(name):
   diagnostics and gradients (network and prior, the prior's mapped to (b1; b2), W row-major)."""
   net, r, x, samples = _tiny_setup("rbm", seed=6)
   gm = rbm.graph_machine(r)
-  method = objectives.get_method(name, BETAS[name])
-  key, k, kappa = jax.random.key(7), 2, 0.7
+  method = _shared_method(name)
+  key, k, kappa = jax.random.key(7), SHARED_K, 0.7
   (loss_r, terms_r), (gp_r, gprior_r) = _loss_and_grads(net, r, samples, x, key, method, k, kappa)
-  (loss_g, terms_g), (gp_g, gprior_g) = _loss_and_grads(
-    net, gm, samples, x, key, method, k, kappa
-  )
+  (loss_g, terms_g), (gp_g, gprior_g) = _loss_and_grads(net, gm, samples, x, key, method, k, kappa)
   np.testing.assert_allclose(loss_g, loss_r, rtol=1e-5)
   chex.assert_trees_all_close(terms_g, terms_r, rtol=1e-5, atol=1e-5)
   chex.assert_trees_all_close(gp_g, gp_r, rtol=1e-4, atol=1e-6)

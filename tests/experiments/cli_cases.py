@@ -59,7 +59,7 @@ class Result(NamedTuple):
 def run_cases(module: str, cases: list[list[str]], env: dict | None = None) -> list[Result]:
   """One process running ``module``'s command once per entry of ``cases`` (argument lists);
   returns each case's ``Result`` in order."""
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"), **(env or {})}
+  env = {**os.environ, **(env or {})}
   proc = subprocess.run(
     [sys.executable, "-c", _DRIVER, module],
     input=json.dumps(cases),

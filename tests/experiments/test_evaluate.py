@@ -23,7 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_module(module, *args, env=None):
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"), **(env or {})}
+  env = {**os.environ, **(env or {})}
   return subprocess.run(
     [sys.executable, "-m", module, *args],
     cwd=REPO,

@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args, env=None):
-  full_env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"), **(env or {})}
+  full_env = {**os.environ, **(env or {})}
   return subprocess.run(
     [sys.executable, "-m", "experiments.run", *args],
     cwd=REPO,

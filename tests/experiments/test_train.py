@@ -80,8 +80,6 @@ def cli_overrides(**overrides):
 def subprocess_env(num_devices=1, **extra):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(REPO / ".jax_cache")
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
   env.update(extra)
   return env
 

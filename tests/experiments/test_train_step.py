@@ -16,10 +16,10 @@ each call is compared with a step written here from the definitions of math.md �
 The fused steps the runner dispatches (``make_fused_steps``) are compared with the step called
 once per step (``test_fused_steps_are_the_steps_one_at_a_time``).
 
-Tolerance: the step runs as one fused XLA program, the reference op by op, so float32 sums (over
-the 784 × 200 kernel entries, the batch, the chains) are rounded in a different order. Measured:
-loss and weight decay within 6e-7 relative; parameters within 8e-4 · lr, the largest on biases
-that feed a BatchNorm (their exact gradient is zero, so Adam divides rounding noise by ε). The
+Tolerance: the step runs as one fused XLA program, the reference as separate ones (its gradient,
+the sampler's step) and NumPy (Adam), so float32 sums (over the 784 × 200 kernel entries, the
+batch, the chains) are rounded in a different order. Measured: loss and weight decay within 6e-7
+relative; parameters within 8e-4 · lr, the largest on biases that feed a BatchNorm (their exact gradient is zero, so Adam divides rounding noise by ε). The
 tolerances (3e-5 relative on the loss terms, 2e-4 on the gradient norm, 2e-3 · lr on parameters)
 sit above that, and each deliberate error moves some checked value by far more: weight decay
 applied twice (coefficient 0.05: a penalty of ≈ 50 nats, its gradient a visible share of the
@@ -83,13 +83,28 @@ def decayed_sum_of_squares(params: dict) -> jax.Array:
 
 
 class Reference:
-  """The train step from the definitions, keeping its own Adam moments and count."""
+  """The train step from the definitions, keeping its own Adam moments and count.
+
+  Its gradient (``objectives.loss_fn`` and the decay, under ``jax.grad``) and the sampler's step
+  are each compiled once per case, their inputs passed as arguments; Adam runs in NumPy."""
 
   def __init__(self, experiment, state):
     self.experiment = experiment
-    self.mu = jax.tree.map(jnp.zeros_like, state.params)
-    self.nu = jax.tree.map(jnp.zeros_like, state.params)
+    self.mu = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state.params)
+    self.nu = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state.params)
     self.count = int(state.step)  # Adam's count: the steps done (its moments start at zero here)
+    config = experiment.config
+
+    def objective(params, batch_stats, samples, x, loss_key, kappa):
+      model = nnx.merge(experiment.graphdef, params["model"], batch_stats, copy=True)
+      loss, _ = objectives.loss_fn(
+        loss_key, model, params["prior"], samples, x, experiment.method, config.k, kappa
+      )
+      penalty = 0.5 * config.weight_decay * decayed_sum_of_squares(params)
+      return loss + penalty, (loss, penalty, nnx.state(model, nnx.BatchStat))
+
+    self.grad = jax.jit(jax.grad(objective, has_aux=True))
+    self.sampler_step = None if experiment.sampler is None else jax.jit(experiment.sampler.step)
 
   def step(self, state, x):
     exp, config = self.experiment, self.experiment.config
@@ -100,18 +115,13 @@ class Reference:
     if exp.sampler is None:
       sampler_state, samples = (), None
     else:  # the prior's persistent sampler moves to the current prior first (math.md §3.4)
-      sampler_state, _ = exp.sampler.step(sampler_key, state.sampler_state, state.params["prior"])
+      sampler_state, _ = self.sampler_step(sampler_key, state.sampler_state, state.params["prior"])
       samples = (sampler_state.z, sampler_state.log_z)
 
-    def objective(params):
-      model = nnx.merge(exp.graphdef, params["model"], state.batch_stats, copy=True)
-      loss, _ = objectives.loss_fn(
-        loss_key, model, params["prior"], samples, x, exp.method, config.k, k
-      )
-      penalty = 0.5 * config.weight_decay * decayed_sum_of_squares(params)
-      return loss + penalty, (loss, penalty, nnx.state(model, nnx.BatchStat))
-
-    grads, (loss, penalty, batch_stats) = jax.grad(objective, has_aux=True)(state.params)
+    grads, (loss, penalty, batch_stats) = self.grad(
+      state.params, state.batch_stats, samples, x, loss_key, jnp.float32(k)
+    )
+    grads = jax.tree.map(np.asarray, grads)
     self.count += 1
     c = self.count
     self.mu = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, self.mu, grads)
@@ -119,15 +129,17 @@ class Reference:
     eps = config.adam_eps
     if config.adam_eps_mode == "tf1":  # lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)
       rate = lr * math.sqrt(1 - B2**c) / (1 - B1**c)
-      direction = jax.tree.map(lambda m, v: rate * m / (jnp.sqrt(v) + eps), self.mu, self.nu)
+      direction = jax.tree.map(lambda m, v: rate * m / (np.sqrt(v) + eps), self.mu, self.nu)
     else:  # lr · m̂ / (√v̂ + ε)
       direction = jax.tree.map(
-        lambda m, v: lr * (m / (1 - B1**c)) / (jnp.sqrt(v / (1 - B2**c)) + eps),
+        lambda m, v: lr * (m / (1 - B1**c)) / (np.sqrt(v / (1 - B2**c)) + eps),
         self.mu,
         self.nu,
       )
-    params = jax.tree.map(lambda p, d: p - d, state.params, direction)
-    grad_norm = math.sqrt(sum(float(jnp.sum(g * g)) for g in jax.tree.leaves(grads)))
+    params = jax.tree.map(lambda p, d: np.asarray(p) - d, state.params, direction)
+    grad_norm = math.sqrt(
+      sum(float(np.sum(np.square(g, dtype=np.float64))) for g in jax.tree.leaves(grads))
+    )
     expected = {
       "loss": float(loss),
       "weight_decay": float(penalty),
