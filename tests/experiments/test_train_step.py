@@ -16,15 +16,16 @@ each call is compared with a step written here from the definitions of math.md �
 The fused steps the runner dispatches (``make_fused_steps``) are compared with the step called
 once per step (``test_fused_steps_are_the_steps_one_at_a_time``).
 
-Tolerance: the step runs as one fused XLA program, the reference as separate ones (its gradient,
-the sampler's step) and NumPy (Adam), so float32 sums (over the 784 × 200 kernel entries, the
-batch, the chains) are rounded in a different order. Measured: loss and weight decay within 6e-7
-relative; parameters within 8e-4 · lr, the largest on biases that feed a BatchNorm (their exact gradient is zero, so Adam divides rounding noise by ε). The
-tolerances (3e-5 relative on the loss terms, 2e-4 on the gradient norm, 2e-3 · lr on parameters)
-sit above that, and each deliberate error moves some checked value by far more: weight decay
-applied twice (coefficient 0.05: a penalty of ≈ 50 nats, its gradient a visible share of the
-gradient norm), κ applied twice (κ = 2/3 vs 4/9 on a KL of several nats), the prior's update
-skipped (its parameters unchanged, or its sampler's chains not moved: exact equality).
+Tolerance: the step runs as one fused XLA program, the reference as separate ones (its gradient, the
+sampler's step) and NumPy (Adam), so float32 sums (over the 784 × 200 kernel entries, the batch, the
+chains) are rounded in a different order. Measured: loss and weight decay within 6e-7 relative;
+parameters within 8e-4 · lr, the largest on biases that feed a BatchNorm (their exact gradient is
+zero, so Adam divides rounding noise by ε). The tolerances (3e-5 relative on the loss terms, 2e-4 on
+the gradient norm, 2e-3 · lr on parameters) sit above that, and each deliberate error moves some
+checked value by far more: weight decay applied twice (coefficient 0.05: a penalty of ≈ 50 nats, its
+gradient a visible share of the gradient norm), κ applied twice (κ = 2/3 vs 4/9 on a KL of several
+nats), the prior's update skipped (its parameters unchanged, or its sampler's chains not moved:
+exact equality).
 """
 
 import math
